@@ -1,0 +1,414 @@
+//! What each subcommand does, composed from the engines.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pgproof_core::config::Config;
+use pgproof_core::crypto::{Identities, KeyPair, Recipients};
+use pgproof_core::manifest::{self, Manifest};
+use pgproof_core::pg::ConnParams;
+use pgproof_core::pipeline::{self, BackupRequest, Progress, RestoreRequest};
+use pgproof_core::{Error, Result, Sink};
+use pgproof_sink_fs::FsSink;
+
+use crate::settings::{self, FlagOverrides};
+use crate::{Cli, Command, ConfigCommand, LogFormat};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut flags = FlagOverrides {
+        sink_url: cli.sink.clone(),
+        ..FlagOverrides::default()
+    };
+    match &cli.command {
+        Command::Backup { format, source, .. } => {
+            flags.format = format.clone();
+            flags.source_url = source.clone();
+        }
+        Command::Restore { identity, .. } => flags.identity_file = identity.clone(),
+        Command::Keygen { output } => return keygen(output),
+        _ => {}
+    }
+    let (config, file) = settings::load(cli.config.as_deref(), &flags)?;
+    if let Some(file) = &file {
+        tracing::debug!(file = %file.display(), "configuration file read");
+    }
+    let progress = ProgressOutput::new(&cli);
+    match cli.command {
+        Command::Backup { json, .. } => backup(&config, json, &progress).await,
+        Command::Restore {
+            backup,
+            target,
+            database,
+            clean,
+            json,
+            ..
+        } => {
+            restore(
+                &config,
+                &backup,
+                &target,
+                database.as_deref(),
+                clean,
+                json,
+                &progress,
+            )
+            .await
+        }
+        Command::List { database, json } => list(&config, database.as_deref(), json).await,
+        Command::Show {
+            backup,
+            database,
+            json,
+        } => show(&config, &backup, database.as_deref(), json).await,
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => config_check(&config, file.as_deref(), json),
+        Command::Keygen { .. } => Ok(()),
+    }
+}
+
+/// Progress bars on stderr when it is a terminal and logs are for humans; nothing
+/// otherwise.
+struct ProgressOutput {
+    enabled: bool,
+}
+
+impl ProgressOutput {
+    fn new(cli: &Cli) -> Self {
+        Self {
+            enabled: std::io::stderr().is_terminal()
+                && cli.quiet == 0
+                && cli.log_format == LogFormat::Text,
+        }
+    }
+
+    fn start(&self, label: String) -> (ProgressBar, Option<Progress>) {
+        if !self.enabled {
+            return (ProgressBar::hidden(), None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{spinner} {prefix} {bytes} at {binary_bytes_per_sec}, {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(label);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let handle = bar.clone();
+        let callback: Progress = Arc::new(move |bytes| handle.set_position(bytes));
+        (bar, Some(callback))
+    }
+}
+
+fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
+    let Some(url) = config.sink.url.as_deref() else {
+        return Err(Error::Config(
+            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof)".into(),
+        ));
+    };
+    if let Some((scheme, _)) = url.split_once("://") {
+        if matches!(scheme, "s3" | "gs") {
+            return Err(Error::Config(format!(
+                "sink.url {url:?}: {scheme}:// sinks are not built yet in this version of pgproof; use a file:// sink"
+            )));
+        }
+    }
+    Ok(Arc::new(FsSink::from_url(url)?))
+}
+
+fn recipients(config: &Config) -> Result<Option<Recipients>> {
+    let enc = &config.encryption;
+    if !enc.enabled {
+        tracing::warn!("encryption.enabled = false: backups are stored unencrypted");
+        return Ok(None);
+    }
+    Recipients::load(&enc.recipients, enc.recipients_file.as_deref()).map(Some)
+}
+
+/// Databases to back up: `source.databases`, else the URL's database.
+fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
+    let params = ConnParams::parse(config.source_url())?;
+    let databases = if config.source.databases.is_empty() {
+        vec![params.dbname().to_owned()]
+    } else {
+        config.source.databases.clone()
+    };
+    Ok((params, databases))
+}
+
+async fn backup(config: &Config, json: bool, progress: &ProgressOutput) -> Result<()> {
+    let sink = open_sink(config)?;
+    let recipients = recipients(config)?;
+    let (params, databases) = source_databases(config)?;
+    let mut committed: Vec<Manifest> = Vec::new();
+    let mut first_error: Option<Error> = None;
+    for database in &databases {
+        let (bar, callback) = progress.start(format!("backup {database}"));
+        let request = BackupRequest {
+            source: params.with_dbname(database),
+            format: config.dump.format,
+            gzip_level: config.dump.gzip_level,
+            recipients: recipients.clone(),
+            pg_bin_dir: config.source.pg_bin_dir.clone(),
+            progress: callback,
+        };
+        let result = pipeline::backup(sink.clone(), request).await;
+        bar.finish_and_clear();
+        match result {
+            Ok(outcome) => {
+                let m = outcome.manifest;
+                if !json {
+                    println!(
+                        "{}  {}  {}  {} -> {} stored in {:.1}s",
+                        m.backup_id,
+                        m.database,
+                        m.format,
+                        human_bytes(m.object.raw_bytes),
+                        human_bytes(m.object.stored_bytes),
+                        m.duration_ms as f64 / 1000.0
+                    );
+                }
+                committed.push(m);
+            }
+            Err(e) => {
+                tracing::error!(database = %database, error = %e, "backup failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if json {
+        print_json(&committed)?;
+    }
+    match first_error {
+        Some(e) if databases.len() > 1 => Err(Error::Tool(format!(
+            "{} of {} backups failed; first: {e}",
+            databases.len() - committed.len(),
+            databases.len()
+        ))),
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn restore(
+    config: &Config,
+    which: &str,
+    target: &str,
+    database: Option<&str>,
+    clean: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    let sink = open_sink(config)?;
+    let found = manifest::resolve(&*sink, which, database).await?;
+    let (m, _) = manifest::load_manifest(&*sink, &found).await?;
+    let identities = match (&m.encryption, &config.encryption.identity_file) {
+        (Some(_), Some(path)) => Some(Identities::load(path)?),
+        _ => None,
+    };
+    let target = ConnParams::parse(target)?;
+    let (bar, callback) = progress.start(format!("restore {}", m.backup_id));
+    let outcome = pipeline::restore(
+        sink,
+        &m,
+        RestoreRequest {
+            target,
+            identities,
+            clean,
+            pg_bin_dir: config.source.pg_bin_dir.clone(),
+            progress: callback,
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    if json {
+        print_json(&serde_json::json!({
+            "backup_id": m.backup_id,
+            "source_database": m.database,
+            "target_database": outcome.database,
+            "created": outcome.created,
+            "raw_bytes": outcome.raw_bytes,
+            "duration_ms": outcome.duration.as_millis() as u64,
+        }))
+    } else {
+        println!(
+            "restored {} ({}) into {} in {:.1}s",
+            m.backup_id,
+            m.database,
+            outcome.database,
+            outcome.duration.as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
+    let sink = open_sink(config)?;
+    let mut manifests = Vec::new();
+    for found in manifest::list_backups(&*sink, database).await? {
+        manifests.push(manifest::load_manifest(&*sink, &found).await?.0);
+    }
+    if json {
+        return print_json(&manifests);
+    }
+    if manifests.is_empty() {
+        eprintln!("no backups in {}", sink.describe());
+        return Ok(());
+    }
+    println!(
+        "{:<22}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
+        "BACKUP ID", "DATABASE", "FORMAT", "DUMP", "STORED", "STARTED (UTC)"
+    );
+    for m in &manifests {
+        println!(
+            "{:<22}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
+            m.backup_id,
+            m.database,
+            m.format.to_string(),
+            human_bytes(m.object.raw_bytes),
+            human_bytes(m.object.stored_bytes),
+            m.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    Ok(())
+}
+
+async fn show(config: &Config, which: &str, database: Option<&str>, json: bool) -> Result<()> {
+    let sink = open_sink(config)?;
+    let found = manifest::resolve(&*sink, which, database).await?;
+    let (m, sha256) = manifest::load_manifest(&*sink, &found).await?;
+    if json {
+        return print_json(&m);
+    }
+    let encryption = m.encryption.as_ref().map_or("none".to_owned(), |e| {
+        format!("{} to {}", e.scheme, e.recipients.join(", "))
+    });
+    let previous = m
+        .previous
+        .as_ref()
+        .map_or("none (first backup)".to_owned(), |p| {
+            format!("{} (manifest sha256 {})", p.backup_id, p.manifest_sha256)
+        });
+    println!("backup      {}", m.backup_id);
+    println!(
+        "database    {} ({}, server {})",
+        m.database, m.source.encoding, m.source.server_version
+    );
+    println!(
+        "format      {} via pg_dump {}; codecs: {}",
+        m.format,
+        m.pg_dump_version,
+        m.codecs.join(" -> ")
+    );
+    println!("encryption  {encryption}");
+    println!("object      {}", m.object.key);
+    println!(
+        "  dump      {} bytes, sha256 {}",
+        m.object.raw_bytes, m.object.raw_sha256
+    );
+    println!(
+        "  stored    {} bytes, sha256 {}",
+        m.object.stored_bytes, m.object.stored_sha256
+    );
+    println!("started     {}", m.started_at);
+    println!("took        {:.1}s", m.duration_ms as f64 / 1000.0);
+    println!("previous    {previous}");
+    println!("manifest    sha256 {sha256}");
+    Ok(())
+}
+
+fn keygen(output: &Path) -> Result<()> {
+    let pair = KeyPair::generate();
+    pair.write_identity_file(output)?;
+    eprintln!(
+        "wrote age identity to {} (keep it secret, keep it off the database host); its public key:",
+        output.display()
+    );
+    println!("{}", pair.public_key());
+    Ok(())
+}
+
+fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
+    let mut shown = config.clone();
+    shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(e) = ConnParams::parse(config.source_url()) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = open_sink(config) {
+        problems.push(e.to_string());
+    }
+    if config.encryption.enabled {
+        if let Err(e) = Recipients::load(
+            &config.encryption.recipients,
+            config.encryption.recipients_file.as_deref(),
+        ) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(path) = &config.encryption.identity_file {
+        if let Err(e) = Identities::load(path) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(dir) = &config.source.pg_bin_dir {
+        if !dir.join("pg_dump").is_file() {
+            problems.push(format!(
+                "source.pg_bin_dir {} holds no pg_dump",
+                dir.display()
+            ));
+        }
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "file": file.map(|f| f.display().to_string()),
+            "config": shown,
+            "problems": problems,
+        }))?;
+    } else {
+        match file {
+            Some(f) => println!("# read from {} and PGPROOF_* environment", f.display()),
+            None => println!("# no config file; defaults and PGPROOF_* environment"),
+        }
+        let text = toml::to_string_pretty(&shown)
+            .map_err(|e| Error::Config(format!("cannot render the configuration: {e}")))?;
+        print!("{text}");
+        for p in &problems {
+            println!("# problem: {p}");
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(Error::Config(problems.remove(0))),
+        n => Err(Error::Config(format!(
+            "{n} problems: {}",
+            problems.join("; ")
+        ))),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Tool(format!("cannot render JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,188 @@
+//! pgproof: logical PostgreSQL backups that are proven, not assumed.
+//!
+//! A thin binary over `pgproof-core` and the sink crates: clap for the command line,
+//! figment for the layered config, tracing for logs, indicatif for progress.
+
+mod commands;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pgproof_core::Error;
+
+/// Logical PostgreSQL backups, streamed, encrypted and committed by manifest.
+///
+/// Configuration is layered: built-in defaults < TOML file (--config, PGPROOF_CONFIG,
+/// ./pgproof.toml or /etc/pgproof/pgproof.toml) < PGPROOF_* environment variables
+/// (`__` nests: PGPROOF_SINK__URL sets sink.url) < flags. PG* variables fill gaps in
+/// source.url as libpq does.
+///
+/// Exit codes: 0 success; 1 operation failed; 2 bad usage or configuration;
+/// 3 integrity failure (hash mismatch, corrupted object, wrong age identity).
+#[derive(Debug, Parser)]
+#[command(name = "pgproof", version, max_term_width = 100)]
+pub struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "PGPROOF_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Sink URL, overriding sink.url (file:///path or a directory).
+    #[arg(long, global = true, value_name = "URL")]
+    sink: Option<String>,
+
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dump each configured database in an exported snapshot, stream it through
+    /// gzip (plain) and age into the sink, then commit its manifest.
+    Backup {
+        /// Archive format, overriding dump.format.
+        #[arg(long, value_parser = ["custom", "plain"])]
+        format: Option<String>,
+        /// Source URL, overriding source.url.
+        #[arg(long, value_name = "URL")]
+        source: Option<String>,
+        /// Print the committed manifests as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a database: by default a new one that pgproof creates,
+    /// and drops again if anything fails.
+    Restore {
+        /// Backup id, or `latest`.
+        backup: String,
+        /// Database to restore into (libpq URI); must not exist, or be empty,
+        /// unless --clean.
+        #[arg(long, value_name = "URL")]
+        target: String,
+        /// Which database's backups `latest` refers to.
+        #[arg(long)]
+        database: Option<String>,
+        /// Drop and recreate the target database if it exists.
+        #[arg(long)]
+        clean: bool,
+        /// age identity file, overriding encryption.identity_file.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Print the outcome as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List committed backups (those with a manifest), oldest first.
+    List {
+        /// Only this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one backup's manifest.
+    Show {
+        /// Backup id, or `latest`.
+        backup: String,
+        /// Database, where the id alone is ambiguous.
+        #[arg(long)]
+        database: Option<String>,
+        /// The manifest as stored (JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate an age identity: writes the private key (mode 0600, never
+    /// overwriting) and prints the public key for encryption.recipients.
+    Keygen {
+        /// Where to write the identity file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) and check it: URLs
+    /// parse, keys and files exist.
+    Check {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.verbose, cli.quiet) {
+        (0, 0) => tracing::Level::INFO,
+        (1, _) => tracing::Level::DEBUG,
+        (v, _) if v >= 2 => tracing::Level::TRACE,
+        (_, 1) => tracing::Level::WARN,
+        _ => tracing::Level::ERROR,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Exit code for an error, as documented in `--help`.
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Config(_) => 2,
+        Error::Integrity(_) | Error::Auth(_) => 3,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgproof: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgproof: error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

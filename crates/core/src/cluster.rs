@@ -1,0 +1,188 @@
+//! A throwaway PostgreSQL cluster: initdb + pg_ctl in a temp dir, unix socket only,
+//! stopped and removed on drop. Tests, the demo and scratch restores use it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::error::{Error, Result};
+use crate::pg::{ConnParams, PgTools};
+
+/// The superuser every ephemeral cluster is created with.
+pub const SUPERUSER: &str = "postgres";
+
+/// A running ephemeral cluster.
+#[derive(Debug)]
+pub struct EphemeralCluster {
+    dir: tempfile::TempDir,
+    tools: PgTools,
+    run_as: Option<String>,
+    port: u16,
+}
+
+impl EphemeralCluster {
+    /// Creates and starts a cluster with the newest PostgreSQL found (or the one in
+    /// `bin_dir`). As root, the server runs as `$PGPROOF_CLUSTER_USER` or `postgres`,
+    /// since initdb refuses root.
+    pub fn start(bin_dir: Option<&Path>) -> Result<Self> {
+        let tools = PgTools::find(bin_dir, 0, &["initdb", "pg_ctl", "postgres"])?;
+        let run_as = if is_root() {
+            Some(std::env::var("PGPROOF_CLUSTER_USER").unwrap_or_else(|_| "postgres".into()))
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pgproof-cluster-")
+            .tempdir()
+            .map_err(|e| Error::io("cannot create a temp dir for the ephemeral cluster", e))?;
+        if let Some(user) = &run_as {
+            chown_to(dir.path(), user)?;
+        }
+        let cluster = Self {
+            dir,
+            tools,
+            run_as,
+            port: 5432,
+        };
+        let data = cluster.data_dir();
+        cluster.run(
+            "initdb",
+            &[
+                "--pgdata",
+                &data.to_string_lossy(),
+                "--username",
+                SUPERUSER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ],
+        )?;
+        let opts = format!(
+            "-c listen_addresses='' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            cluster.dir.path().display(),
+            cluster.port
+        );
+        cluster.run(
+            "pg_ctl",
+            &[
+                "--pgdata",
+                &data.to_string_lossy(),
+                "--log",
+                &cluster.dir.path().join("server.log").to_string_lossy(),
+                "--options",
+                &opts,
+                "--wait",
+                "start",
+            ],
+        )?;
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let bin = self.tools.bin(program);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(args).current_dir(self.dir.path());
+        let out = cmd
+            .output()
+            .map_err(|e| Error::Tool(format!("cannot run {}: {e}", bin.display())))?;
+        if !out.status.success() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            return Err(Error::Tool(format!(
+                "{program} failed for the ephemeral cluster ({}): {} {}",
+                out.status,
+                one_line(&String::from_utf8_lossy(&out.stderr)),
+                one_line(&log)
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The directory holding the server's unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The PostgreSQL tools the cluster runs.
+    pub fn tools(&self) -> &PgTools {
+        &self.tools
+    }
+
+    /// A libpq URI for `database` as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@/{database}?host={}&port={}",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// Connection parameters for `database` as the superuser.
+    pub fn params(&self, database: &str) -> Result<ConnParams> {
+        ConnParams::parse_with_env(&self.url(database), |_| None)
+    }
+}
+
+impl Drop for EphemeralCluster {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "--pgdata",
+                &data.to_string_lossy(),
+                "--mode",
+                "immediate",
+                "--wait",
+                "stop",
+            ],
+        );
+    }
+}
+
+fn is_root() -> bool {
+    // /proc/self belongs to our effective uid; this avoids unsafe geteuid().
+    std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    })
+}
+
+fn chown_to(path: &Path, user: &str) -> Result<()> {
+    let out = Command::new("chown")
+        .arg(user)
+        .arg(path)
+        .output()
+        .map_err(|e| Error::Tool(format!("cannot run chown: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Tool(format!(
+            "cannot hand {} to user {user} for the ephemeral cluster: {}; set PGPROOF_CLUSTER_USER to an existing unprivileged user",
+            path.display(),
+            one_line(&String::from_utf8_lossy(&out.stderr))
+        )));
+    }
+    Ok(())
+}
+
+/// Joins the non-empty lines of a program's output into one line.
+pub(crate) fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,106 @@
+//! Configuration types owned by the library; the CLI layers them from defaults, a TOML
+//! file, `PGPROOF_*` environment variables and flags.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dump::Format;
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// What to back up.
+    pub source: SourceConfig,
+    /// How to dump.
+    pub dump: DumpConfig,
+    /// How to encrypt.
+    pub encryption: EncryptionConfig,
+    /// Where backups go.
+    pub sink: SinkConfig,
+}
+
+/// `[source]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// libpq URI; `PG*` variables fill the gaps.
+    pub url: Option<String>,
+    /// Databases to back up; empty means the URL's database.
+    pub databases: Vec<String>,
+    /// Directory holding pg_dump/pg_restore/psql; default: the newest found whose
+    /// major is at least the server's.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+/// `[dump]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DumpConfig {
+    /// `custom` or `plain`.
+    pub format: Format,
+    /// gzip level for plain dumps, 0–9.
+    pub gzip_level: u32,
+}
+
+impl Default for DumpConfig {
+    fn default() -> Self {
+        Self {
+            format: Format::Custom,
+            gzip_level: 6,
+        }
+    }
+}
+
+/// `[encryption]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Encrypt backups (default true). Turning it off must be explicit.
+    pub enabled: bool,
+    /// age public keys (`age1…`).
+    pub recipients: Vec<String>,
+    /// File of age public keys, one a line.
+    pub recipients_file: Option<PathBuf>,
+    /// age identity file for restore.
+    pub identity_file: Option<PathBuf>,
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            recipients: Vec::new(),
+            recipients_file: None,
+            identity_file: None,
+        }
+    }
+}
+
+/// `[sink]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `file:///path` or a plain path.
+    pub url: Option<String>,
+}
+
+impl Config {
+    /// Checks values serde cannot: ranges and required combinations.
+    pub fn validate(&self) -> Result<()> {
+        if self.dump.gzip_level > 9 {
+            return Err(Error::Config(format!(
+                "dump.gzip_level = {} is out of range; use 0 (store) to 9 (smallest)",
+                self.dump.gzip_level
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configured source URL, or the empty string (all from `PG*` variables).
+    pub fn source_url(&self) -> &str {
+        self.source.url.as_deref().unwrap_or("")
+    }
+}

@@ -1,0 +1,255 @@
+//! age encryption: recipients for backup, identities for restore, key generation.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use age::x25519;
+
+use crate::error::{Error, Result};
+
+/// Public keys a backup is encrypted to.
+#[derive(Clone, Debug)]
+pub struct Recipients {
+    keys: Vec<x25519::Recipient>,
+}
+
+impl Recipients {
+    /// Parses `age1…` public keys given inline and, if set, read from a recipients file
+    /// (one key a line, `#` comments allowed, as `age -R` reads).
+    pub fn load(inline: &[String], file: Option<&Path>) -> Result<Self> {
+        let mut keys = Vec::new();
+        for (i, key) in inline.iter().enumerate() {
+            keys.push(parse_recipient(
+                key.trim(),
+                &format!("encryption.recipients[{i}]"),
+            )?);
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read encryption.recipients_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                keys.push(parse_recipient(
+                    line,
+                    &format!("{} line {}", path.display(), n + 1),
+                )?);
+            }
+        }
+        if keys.is_empty() {
+            return Err(Error::Config(
+                "no age recipient configured: set encryption.recipients (run `pgproof keygen` to make a key) or, to store backups unencrypted, encryption.enabled = false".into(),
+            ));
+        }
+        Ok(Self { keys })
+    }
+
+    /// The public keys, as `age1…` strings (safe to record in a manifest).
+    pub fn public_keys(&self) -> Vec<String> {
+        self.keys.iter().map(ToString::to_string).collect()
+    }
+
+    /// Wraps `output` so what is written to the result is age-encrypted to these
+    /// recipients. Call `finish()` on the writer, or the object is truncated.
+    pub fn encrypt<W: Write>(&self, output: W) -> Result<age::stream::StreamWriter<W>> {
+        let encryptor =
+            age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
+                .map_err(|e| {
+                    Error::Config(format!("cannot encrypt to the configured recipients: {e}"))
+                })?;
+        encryptor
+            .wrap_output(output)
+            .map_err(|e| Error::io("writing the age header", e))
+    }
+}
+
+fn parse_recipient(text: &str, origin: &str) -> Result<x25519::Recipient> {
+    x25519::Recipient::from_str(text).map_err(|e| {
+        Error::Config(format!(
+            "{origin} is not an age X25519 public key ({e}); it must look like age1… as printed by `pgproof keygen`"
+        ))
+    })
+}
+
+/// Private keys that can open backups.
+#[derive(Clone)]
+pub struct Identities {
+    keys: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    origin: String,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identities({} from {})", self.keys.len(), self.origin)
+    }
+}
+
+impl Identities {
+    /// Reads an age identity file (as written by `pgproof keygen` or `age-keygen`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!(
+                "age identity file {} does not exist; set encryption.identity_file (or --identity) to the key `pgproof keygen` wrote",
+                path.display()
+            )),
+            _ => Error::io(format!("cannot open age identity file {}", path.display()), e),
+        })?;
+        let parsed = age::IdentityFile::from_buffer(BufReader::new(file))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{} is not an age identity file: {e}",
+                    path.display()
+                ))
+            })?
+            .into_identities()
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{} holds an identity pgproof cannot use: {e}",
+                    path.display()
+                ))
+            })?;
+        if parsed.is_empty() {
+            return Err(Error::Config(format!(
+                "{} holds no age identity (AGE-SECRET-KEY-1… line)",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            keys: std::sync::Arc::new(parsed),
+            origin: path.display().to_string(),
+        })
+    }
+
+    /// Opens an age stream; the returned reader authenticates every 64 KiB chunk before
+    /// handing it out, and fails at the end if the stream was truncated.
+    pub fn decrypt<R: Read>(&self, input: R) -> Result<age::stream::StreamReader<R>> {
+        let decryptor = age::Decryptor::new(input).map_err(|e| self.decrypt_error(e))?;
+        decryptor
+            .decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
+            .map_err(|e| self.decrypt_error(e))
+    }
+
+    fn decrypt_error(&self, e: age::DecryptError) -> Error {
+        match e {
+            age::DecryptError::NoMatchingKeys => Error::Auth(format!(
+                "no identity in {} can open this backup: it was encrypted to other recipients (see the manifest's encryption.recipients)",
+                self.origin
+            )),
+            age::DecryptError::Io(e) => Error::io("reading the backup object", e),
+            other => Error::Integrity(format!(
+                "the backup object is not a valid age file or was altered ({other}); it cannot be restored"
+            )),
+        }
+    }
+}
+
+/// A freshly generated key pair.
+pub struct KeyPair {
+    identity: x25519::Identity,
+}
+
+impl KeyPair {
+    /// Generates a new X25519 identity.
+    pub fn generate() -> Self {
+        Self {
+            identity: x25519::Identity::generate(),
+        }
+    }
+
+    /// The public key (`age1…`), for `encryption.recipients`.
+    pub fn public_key(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
+    /// Writes the identity file to `path`, create-only, mode 0600, in the format
+    /// `age-keygen` writes.
+    pub fn write_identity_file(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Error::AlreadyExists(format!(
+                    "{} already exists; pgproof never overwrites a key (move it away first)",
+                    path.display()
+                )),
+                _ => Error::io(format!("cannot create {}", path.display()), e),
+            })?;
+        let created = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+        let secret = self.identity.to_string();
+        let body = format!(
+            "# created: {created}\n# public key: {}\n{}\n",
+            self.public_key(),
+            secret.expose_secret()
+        );
+        file.write_all(body.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = KeyPair::generate();
+        let key_path = dir.path().join("key");
+        pair.write_identity_file(&key_path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key_path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            pair.write_identity_file(&key_path),
+            Err(Error::AlreadyExists(_))
+        ));
+
+        let recipients = Recipients::load(&[pair.public_key()], None).unwrap();
+        let mut w = recipients.encrypt(Vec::new()).unwrap();
+        w.write_all(b"secret rows").unwrap();
+        let ct = w.finish().unwrap();
+        assert!(ct.starts_with(b"age-encryption.org/v1\n"));
+
+        let ids = Identities::load(&key_path).unwrap();
+        let mut out = Vec::new();
+        ids.decrypt(&ct[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"secret rows");
+
+        let other_path = dir.path().join("other");
+        KeyPair::generate()
+            .write_identity_file(&other_path)
+            .unwrap();
+        let other = Identities::load(&other_path).unwrap();
+        assert!(matches!(other.decrypt(&ct[..]), Err(Error::Auth(_))));
+    }
+
+    #[test]
+    fn bad_recipient_names_where_it_came_from() {
+        let err = Recipients::load(&["age1nope".into()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("encryption.recipients[0]"), "{err}");
+        let err = Recipients::load(&[], None).unwrap_err().to_string();
+        assert!(err.contains("encryption.enabled = false"), "{err}");
+    }
+
+    #[test]
+    fn missing_identity_file_says_what_to_set() {
+        let err = Identities::load(Path::new("/nonexistent/key")).unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)));
+        assert!(err.to_string().contains("encryption.identity_file"));
+    }
+}

@@ -1,0 +1,295 @@
+//! The manifest: the commit point of a backup, and the catalog built from manifests.
+//!
+//! An object without a manifest beside it is garbage from a failed run, never a backup.
+//! Each manifest names the previous manifest of its database and that manifest's
+//! sha256, so a deleted or edited manifest breaks the chain visibly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::dump::Format;
+use crate::error::{Error, Result};
+use crate::hashing::sha256_hex;
+use crate::sink::{self, Sink};
+
+/// The manifest's file name inside a backup's directory.
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// Version of the manifest layout written by this crate.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Manifests are small; anything larger under that name was not written by pgproof.
+const MANIFEST_LIMIT: usize = 1 << 20;
+
+/// Everything needed to trust, find and restore one backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version ([`MANIFEST_VERSION`]).
+    pub manifest_version: u32,
+    /// Sortable id: UTC time of the start plus a random suffix.
+    pub backup_id: String,
+    /// The database dumped.
+    pub database: String,
+    /// The program that wrote the backup.
+    pub tool: ToolInfo,
+    /// The source server.
+    pub source: SourceInfo,
+    /// Version of the pg_dump that wrote the archive.
+    pub pg_dump_version: String,
+    /// Archive format.
+    pub format: Format,
+    /// Transformations applied after pg_dump, in order (`gzip`, `age`).
+    pub codecs: Vec<String>,
+    /// Encryption, if any; public keys only.
+    pub encryption: Option<EncryptionInfo>,
+    /// The stored dump object.
+    pub object: ObjectInfo,
+    /// The exported snapshot the dump was taken in.
+    pub snapshot_id: String,
+    /// When the backup started (UTC).
+    pub started_at: Timestamp,
+    /// When the dump object was complete (UTC).
+    pub finished_at: Timestamp,
+    /// Wall time from start to the dump object's commit, in milliseconds.
+    pub duration_ms: u64,
+    /// The previous backup of this database at the time this one was taken.
+    pub previous: Option<PreviousManifest>,
+}
+
+/// The writing program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    /// `pgproof`.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+}
+
+impl ToolInfo {
+    /// This build.
+    pub fn current() -> Self {
+        Self {
+            name: "pgproof".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// The source server and database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `server_version`.
+    pub server_version: String,
+    /// `server_version_num`.
+    pub server_version_num: i32,
+    /// The database's encoding; restores create the target with the same one.
+    pub encoding: String,
+}
+
+/// How the object was encrypted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// `age-x25519`.
+    pub scheme: String,
+    /// The recipients' public keys.
+    pub recipients: Vec<String>,
+}
+
+/// The stored dump object and its hashes on both sides of the codecs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Key in the sink.
+    pub key: String,
+    /// Bytes pg_dump wrote.
+    pub raw_bytes: u64,
+    /// sha256 of what pg_dump wrote (hex).
+    pub raw_sha256: String,
+    /// Bytes stored.
+    pub stored_bytes: u64,
+    /// sha256 of the stored object (hex).
+    pub stored_sha256: String,
+}
+
+/// Link to the previous manifest of the same database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousManifest {
+    /// Its backup id.
+    pub backup_id: String,
+    /// sha256 of its manifest.json bytes (hex).
+    pub manifest_sha256: String,
+}
+
+impl Manifest {
+    /// The manifest's key in the sink.
+    pub fn key(&self) -> String {
+        manifest_key(&self.database, &self.backup_id)
+    }
+
+    /// The bytes stored for this manifest.
+    pub fn to_bytes(&self) -> Result<Bytes> {
+        let mut text = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Integrity(format!("cannot serialize the manifest: {e}")))?;
+        text.push(b'\n');
+        Ok(Bytes::from(text))
+    }
+}
+
+/// `<database>/<backup-id>/manifest.json`.
+pub fn manifest_key(database: &str, backup_id: &str) -> String {
+    format!("{database}/{backup_id}/{MANIFEST_NAME}")
+}
+
+/// Refuses database names that cannot be one key segment.
+pub fn check_database_name(database: &str) -> Result<()> {
+    if database.is_empty() || database.contains('/') || database.starts_with('.') {
+        return Err(Error::Config(format!(
+            "database name {database:?} cannot be stored: pgproof needs names without '/' that do not start with '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// A new backup id: `20261123T063151.042Z-3fa9`, sorting by start time (to the
+/// millisecond, so `latest` and the manifest chain hold even for back-to-back runs).
+pub fn new_backup_id(now: Timestamp) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{}-{}-{}",
+        now.as_nanosecond(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let suffix = &sha256_hex(seed.as_bytes())[..4];
+    format!("{}-{suffix}", now.strftime("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// A backup found in a sink: a committed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupRef {
+    /// The database.
+    pub database: String,
+    /// The backup id.
+    pub backup_id: String,
+}
+
+impl BackupRef {
+    /// The manifest's key.
+    pub fn manifest_key(&self) -> String {
+        manifest_key(&self.database, &self.backup_id)
+    }
+}
+
+/// Every committed backup in the sink, of one database or all, oldest first.
+pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec<BackupRef>> {
+    let prefix = match database {
+        Some(db) => {
+            check_database_name(db)?;
+            format!("{db}/")
+        }
+        None => String::new(),
+    };
+    let mut found: Vec<BackupRef> = sink
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let mut parts = meta.key.split('/');
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(db), Some(id), Some(MANIFEST_NAME), None) => Some(BackupRef {
+                    database: db.to_owned(),
+                    backup_id: id.to_owned(),
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| (&a.backup_id, &a.database).cmp(&(&b.backup_id, &b.database)));
+    Ok(found)
+}
+
+/// Reads a manifest and the sha256 of its stored bytes.
+pub async fn load_manifest(sink: &dyn Sink, backup: &BackupRef) -> Result<(Manifest, String)> {
+    let key = backup.manifest_key();
+    let bytes = sink::get_bytes(sink, &key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Integrity(format!(
+            "manifest {key} is not a valid pgproof manifest ({e}); it was damaged or edited"
+        ))
+    })?;
+    if manifest.backup_id != backup.backup_id || manifest.database != backup.database {
+        return Err(Error::Integrity(format!(
+            "manifest {key} describes backup {}/{}: it was moved or edited",
+            manifest.database, manifest.backup_id
+        )));
+    }
+    Ok((manifest, sha256_hex(&bytes)))
+}
+
+/// Resolves `latest` or a backup id for `database` (or, for an id, any database).
+pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Result<BackupRef> {
+    let all = list_backups(sink, database).await?;
+    if which == "latest" {
+        let Some(db) = database else {
+            let mut dbs: Vec<&str> = all.iter().map(|b| b.database.as_str()).collect();
+            dbs.dedup();
+            dbs.sort_unstable();
+            dbs.dedup();
+            return match dbs.as_slice() {
+                [] => Err(Error::NotFound(format!("no backup in {}", sink.describe()))),
+                [_] => Ok(all
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound("no backup".into()))?),
+                _ => Err(Error::Config(format!(
+                    "`latest` is ambiguous: {} holds backups of {}; name one with --database",
+                    sink.describe(),
+                    dbs.join(", ")
+                ))),
+            };
+        };
+        return all.last().cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "no backup of database {db} in {}; run `pgproof backup` first",
+                sink.describe()
+            ))
+        });
+    }
+    let mut matches = all.into_iter().filter(|b| b.backup_id == which);
+    match (matches.next(), matches.next()) {
+        (Some(found), None) => Ok(found),
+        (Some(_), Some(_)) => Err(Error::Config(format!(
+            "backup id {which} exists for several databases; name one with --database"
+        ))),
+        (None, _) => Err(Error::NotFound(format!(
+            "no backup {which} in {}; `pgproof list` shows the backups there",
+            sink.describe()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_sort_by_time_and_differ() {
+        let t1: Timestamp = "2026-11-23T06:31:51Z".parse().unwrap();
+        let t2: Timestamp = "2026-11-23T06:31:51.001Z".parse().unwrap();
+        let a = new_backup_id(t1);
+        let b = new_backup_id(t1);
+        let c = new_backup_id(t2);
+        assert!(a.starts_with("20261123T063151.000Z-"), "{a}");
+        assert_ne!(a, b);
+        assert!(a < c && b < c);
+    }
+
+    #[test]
+    fn database_names_stay_one_segment() {
+        assert!(check_database_name("app").is_ok());
+        assert!(check_database_name("a/b").is_err());
+        assert!(check_database_name(".hidden").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Where backups live: the [`Sink`] trait and helpers shared by every backend.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+use crate::error::{Error, Result};
+
+/// A stream of byte chunks flowing into or out of a sink. An `Err` item ends the stream
+/// and means "abort": the producer failed.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// One object found by [`Sink::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key, relative to the sink's root (never starts with `/`).
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A place for backup objects: a local directory, an S3 bucket, a GCS bucket.
+///
+/// Keys are `/`-separated relative paths (see [`validate_key`]). An implementation:
+///
+/// - MUST make [`put`](Sink::put) create-only: if `key` exists it fails with
+///   [`Error::AlreadyExists`] and leaves the existing object untouched;
+/// - MUST make a put atomic: the object becomes visible to `get` and `list` only after
+///   the body stream ended without error and every byte is durable; if the body yields
+///   an `Err`, or writing fails, or the future is dropped, nothing is left listed under
+///   `key` (partial uploads are aborted or removed);
+/// - MUST consume the body as it arrives, holding at most a bounded number of chunks in
+///   memory, whatever the object's size;
+/// - MUST return [`Error::NotFound`] from `get` and `delete` for a missing key;
+/// - MUST list every committed object whose key starts with `prefix`, recursively,
+///   sorted by key, and nothing that is not committed;
+/// - MUST map backend errors onto [`Error`] kinds (not found, already exists, auth,
+///   transient, …) with a message naming the operation, the key and what to check, and
+///   never a credential.
+#[async_trait]
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// A description for logs and manifests, without credentials (e.g. `file:///var/backups`).
+    fn describe(&self) -> String;
+
+    /// Stores `body` under `key`, create-only; returns the number of bytes stored.
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64>;
+
+    /// Streams the object stored under `key`.
+    async fn get(&self, key: &str) -> Result<ByteStream>;
+
+    /// Lists committed objects whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Deletes the object under `key`.
+    async fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Checks that `key` is a relative `/`-separated path with no empty, `.` or `..`
+/// segment, so no backend can be led outside its root.
+pub fn validate_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.contains('\0')
+        || key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if bad {
+        return Err(Error::Config(format!(
+            "invalid object key {key:?}: keys are relative paths without empty, '.' or '..' segments"
+        )));
+    }
+    Ok(())
+}
+
+/// Stores a small in-memory object (a manifest, a record) create-only.
+pub async fn put_bytes(sink: &dyn Sink, key: &str, data: Bytes) -> Result<u64> {
+    sink.put(key, stream::once(async move { Ok(data) }).boxed())
+        .await
+}
+
+/// Reads a whole object into memory, refusing objects larger than `limit` bytes (for
+/// manifests and records, never for dumps).
+pub async fn get_bytes(sink: &dyn Sink, key: &str, limit: usize) -> Result<Vec<u8>> {
+    let mut body = sink.get(key).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = body.try_next().await? {
+        if out.len() + chunk.len() > limit {
+            return Err(Error::Integrity(format!(
+                "object {key} is larger than {limit} bytes, which no pgproof manifest is; it was not written by pgproof"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/", "..", "a\0b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "app/20261123T063151Z-3fa9/manifest.json", "ünï/cödé"] {
+            assert!(validate_key(good).is_ok(), "{good:?} refused");
+        }
+    }
+}
