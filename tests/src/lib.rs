@@ -1,1 +1,295 @@
-//! placeholder
+//! Shared harness for pgproof's workspace-level tests: ephemeral clusters, a scratch
+//! workspace with keys and a config file, the `pgproof` binary, SQL helpers, and the
+//! [`conformance`] suite every [`pgproof_core::Sink`] must pass.
+
+pub mod conformance;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pgproof_core::cluster::EphemeralCluster;
+use tokio_postgres::Client;
+
+/// True when a missing service must fail the run (CI sets it via `scripts/test`).
+pub fn services_required() -> bool {
+    std::env::var("PGPROOF_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Reports a missing service: a failure when services are required, otherwise a
+/// loud skip on stderr.
+pub fn missing_service(what: &str) {
+    assert!(
+        !services_required(),
+        "{what} is required (PGPROOF_REQUIRE_SERVICES=1) but unavailable"
+    );
+    eprintln!("SKIPPED: {what} unavailable; set PGPROOF_REQUIRE_SERVICES=1 to make this a failure");
+}
+
+/// Starts an ephemeral cluster, or returns `None` after [`missing_service`].
+pub fn start_cluster() -> Option<EphemeralCluster> {
+    let bin_dir = std::env::var_os("PGPROOF_TEST_PG_BIN_DIR").map(PathBuf::from);
+    match EphemeralCluster::start(bin_dir.as_deref()) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => {
+            missing_service(&format!("PostgreSQL ({e})"));
+            None
+        }
+    }
+}
+
+/// Connects to `database` on the cluster.
+pub async fn connect(cluster: &EphemeralCluster, database: &str) -> Client {
+    cluster
+        .params(database)
+        .expect("cluster URL parses")
+        .connect()
+        .await
+        .expect("connect to the ephemeral cluster")
+}
+
+/// The `pgproof` binary built alongside this test.
+pub fn pgproof_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/pgproof
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("pgproof");
+    assert!(
+        bin.is_file(),
+        "{} not built; run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory with an age key pair, a sink directory and a config file
+/// pointing at a cluster's `app` database.
+pub struct Workspace {
+    /// Holds everything below.
+    pub dir: tempfile::TempDir,
+    /// Identity file.
+    pub key: PathBuf,
+    /// Its public key.
+    pub public_key: String,
+    /// Sink directory.
+    pub sink: PathBuf,
+    /// Config file.
+    pub config: PathBuf,
+}
+
+impl Workspace {
+    /// Creates keys and a config for `cluster`'s database `database`, format `format`.
+    pub fn new(cluster: &EphemeralCluster, database: &str, format: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("age.key");
+        let out = run(
+            &pgproof_bin(),
+            &["keygen", "--output", key.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "keygen failed: {}", stderr(&out));
+        let public_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let sink = dir.path().join("sink");
+        let config = dir.path().join("pgproof.toml");
+        let ws = Self {
+            dir,
+            key,
+            public_key,
+            sink,
+            config,
+        };
+        ws.write_config(&format!(
+            r#"[source]
+url = "{url}"
+pg_bin_dir = "{bin}"
+
+[dump]
+format = "{format}"
+
+[encryption]
+recipients = ["{public}"]
+identity_file = "{key}"
+
+[sink]
+url = "file://{sink}"
+"#,
+            url = cluster.url(database),
+            bin = cluster.tools().dir().display(),
+            public = ws.public_key,
+            key = ws.key.display(),
+            sink = ws.sink.display(),
+        ));
+        ws
+    }
+
+    /// Replaces the config file.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Runs `pgproof --config <ws config> args…`.
+    pub fn pgproof(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--config", self.config.to_str().unwrap()];
+        full.extend_from_slice(args);
+        run(&pgproof_bin(), &full)
+    }
+
+    /// Like [`pgproof`](Self::pgproof) but asserts success and returns stdout.
+    pub fn pgproof_ok(&self, args: &[&str]) -> String {
+        let out = self.pgproof(args);
+        assert!(
+            out.status.success(),
+            "pgproof {args:?} failed ({}): {}",
+            out.status,
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Backs up and returns the manifest as JSON.
+    pub fn backup(&self) -> serde_json::Value {
+        let out = self.pgproof_ok(&["backup", "--json"]);
+        let mut list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("backup --json");
+        assert_eq!(list.len(), 1, "one database, one manifest: {out}");
+        list.remove(0)
+    }
+
+    /// Every regular file under the sink directory, relative paths.
+    pub fn sink_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        let mut pending = vec![self.sink.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    files.push(path.strip_prefix(&self.sink).unwrap().display().to_string());
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+}
+
+/// Runs a program with the test's environment minus anything that would change
+/// pgproof's configuration behind the test's back.
+pub fn run(program: &Path, args: &[&str]) -> Output {
+    command(program, args).output().expect("run program")
+}
+
+/// The command [`run`] runs, for tests that need to spawn it.
+pub fn command(program: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if (key.starts_with("PGPROOF_") && key != "PGPROOF_CLUSTER_USER")
+            || key.starts_with("PG") && !key.starts_with("PGPROOF")
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A process's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Per user table: row count and md5 of the rows' text in sorted order. Both sides are
+/// read with the same session settings on the same server, so text is comparable here.
+pub async fn table_summary(client: &Client) -> BTreeMap<String, (i64, String)> {
+    let tables = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("list tables");
+    let mut out = BTreeMap::new();
+    for row in tables {
+        let name: String = row.get(0);
+        let q = format!(
+            "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {name} t"
+        );
+        let r = client.query_one(&q, &[]).await.expect("summarize table");
+        out.insert(name, (r.get(0), r.get(1)));
+    }
+    let lo = client
+        .query_one(
+            "SELECT count(*), coalesce(md5(string_agg(md5(lo_get(oid)), ',' ORDER BY oid)), '') FROM pg_largeobject_metadata",
+            &[],
+        )
+        .await
+        .expect("summarize large objects");
+    out.insert("<large objects>".into(), (lo.get(0), lo.get(1)));
+    out
+}
+
+/// Whether a database exists on the cluster.
+pub async fn database_exists(cluster: &EphemeralCluster, database: &str) -> bool {
+    connect(cluster, "postgres")
+        .await
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .expect("query pg_database")
+        .is_some()
+}
+
+/// Data of many types: edge timestamps, numerics, floats, jsonb, bytea, arrays, text
+/// with delimiters, a mixed-case schema and table, large objects and a sequence.
+pub const SAMPLE_DATA: &str = r#"
+CREATE TABLE kinds (
+  id bigserial PRIMARY KEY,
+  ts timestamptz, t timestamp, d date, n numeric, f float8, j jsonb, b bytea,
+  arr int[], txt text[], u uuid, iv interval, ip inet, ok boolean
+);
+INSERT INTO kinds (ts, t, d, n, f, j, b, arr, txt, u, iv, ip, ok) VALUES
+ ('4713-01-01 00:00:00+00 BC', '294276-12-31 23:59:59.999999', '5874897-12-31', 'NaN', '-0',
+  '{"a":[1,2,{"b":null}],"k":"é","big":1e308}', '\x00ff', '{1,NULL,3}', '{"a,b","c\"d",NULL}',
+  '00000000-0000-0000-0000-000000000000', '-178000000 years', '::1/128', true),
+ ('infinity', '-infinity', 'infinity', '123456789012345678901234567890.123456789', 'Infinity',
+  '[]', '', '{}', '{}', gen_random_uuid(), '1 day', '10.0.0.1', false),
+ ('2000-01-01 00:00:00.000001+14', '1970-01-01', '0044-03-15 BC', '-0.000000001', '5e-324',
+  '{"emoji":"😀"}', decode(repeat('ab', 1000), 'hex'), '{{1,2},{3,4}}',
+  E'{"tab\\there","new\\nline","back\\\\slash"}', NULL, NULL, NULL, NULL),
+ ('-infinity', NULL, '-infinity', '-0', 'NaN', 'null', NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO kinds (ts, n, f, j, b)
+  SELECT timestamptz '2026-01-01 00:00:00+00' - g * interval '1 minute', g * 1.5, g / 7.0,
+         jsonb_build_object('g', g), sha256(g::text::bytea)
+  FROM generate_series(1, 5000) g;
+CREATE SCHEMA "Other Schema";
+CREATE TABLE "Other Schema"."Mixed Case" (k text PRIMARY KEY, v text);
+INSERT INTO "Other Schema"."Mixed Case" SELECT 'k' || g, repeat('x|	\', g % 50) FROM generate_series(1, 1000) g;
+SELECT lo_from_bytea(0, convert_to('large object one', 'UTF8'));
+SELECT lo_from_bytea(0, decode(repeat('00ff', 50000), 'hex'));
+CREATE VIEW kinds_count AS SELECT count(*) FROM kinds;
+CREATE SEQUENCE counter;
+SELECT setval('counter', 42);
+"#;
+
+/// Creates `database` on the cluster and loads [`SAMPLE_DATA`].
+pub async fn create_sample_database(cluster: &EphemeralCluster, database: &str) -> Client {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE \"{database}\""))
+        .await
+        .expect("create database");
+    let client = connect(cluster, database).await;
+    client
+        .batch_execute(SAMPLE_DATA)
+        .await
+        .expect("load sample data");
+    client
+}

@@ -37,6 +37,13 @@ impl EphemeralCluster {
         if let Some(user) = &run_as {
             chown_to(dir.path(), user)?;
         }
+        // Clients running as other users (or root without CAP_DAC_OVERRIDE) must reach
+        // the socket; the data directory inside stays 0700.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(|e| Error::io("cannot open up the ephemeral cluster's directory", e))?;
         let cluster = Self {
             dir,
             tools,

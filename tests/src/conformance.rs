@@ -1,0 +1,174 @@
+//! The conformance suite every [`Sink`] implementation must pass. Each check states the
+//! part of the trait's contract it proves; [`run_all`] runs them in turn on a sink whose
+//! root is empty.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream;
+use pgproof_core::Error;
+use pgproof_core::sink::{ByteStream, Sink, get_bytes, put_bytes};
+use sha2::{Digest, Sha256};
+
+const LIMIT: usize = 64 << 20;
+
+fn chunks(parts: Vec<Bytes>) -> ByteStream {
+    stream::iter(parts.into_iter().map(Ok)).boxed()
+}
+
+/// Runs every check.
+pub async fn run_all(sink: &dyn Sink) {
+    put_get_delete_list(sink).await;
+    create_only_refuses_and_keeps_the_original(sink).await;
+    failed_body_leaves_nothing(sink).await;
+    large_streamed_object_round_trips(sink).await;
+    listing_honours_prefixes(sink).await;
+    unicode_keys(sink).await;
+    missing_objects_are_not_found(sink).await;
+    keys_cannot_escape(sink).await;
+}
+
+/// put then get returns the bytes; list shows the key and size; delete removes it.
+pub async fn put_get_delete_list(sink: &dyn Sink) {
+    let body = Bytes::from_static(b"hello, sink");
+    let n = sink
+        .put("basic/one", chunks(vec![body.slice(..5), body.slice(5..)]))
+        .await
+        .expect("put");
+    assert_eq!(n, body.len() as u64);
+    assert_eq!(
+        get_bytes(sink, "basic/one", LIMIT).await.expect("get"),
+        body
+    );
+    let listed = sink.list("basic/").await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, "basic/one");
+    assert_eq!(listed[0].size, body.len() as u64);
+    sink.delete("basic/one").await.expect("delete");
+    assert!(sink.list("basic/").await.expect("list").is_empty());
+}
+
+/// A second put to the same key fails with AlreadyExists and the first object stays.
+pub async fn create_only_refuses_and_keeps_the_original(sink: &dyn Sink) {
+    put_bytes(sink, "once/key", Bytes::from_static(b"first"))
+        .await
+        .expect("first put");
+    let again = put_bytes(sink, "once/key", Bytes::from_static(b"second")).await;
+    assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+    assert_eq!(
+        get_bytes(sink, "once/key", LIMIT).await.expect("get"),
+        &b"first"[..]
+    );
+    sink.delete("once/key").await.expect("delete");
+}
+
+/// A body that fails midway makes put fail and leaves nothing listed or readable.
+pub async fn failed_body_leaves_nothing(sink: &dyn Sink) {
+    let body: ByteStream = stream::iter(vec![
+        Ok(Bytes::from(vec![7u8; 300_000])),
+        Ok(Bytes::from(vec![8u8; 300_000])),
+        Err(Error::Tool("producer died".into())),
+    ])
+    .boxed();
+    let result = sink.put("aborted/object", body).await;
+    assert!(result.is_err(), "a failed body must fail the put");
+    assert!(sink.list("aborted/").await.expect("list").is_empty());
+    assert!(matches!(
+        sink.get("aborted/object").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// An object of many chunks streams in and out unchanged.
+pub async fn large_streamed_object_round_trips(sink: &dyn Sink) {
+    let part = 1 << 20;
+    let parts: Vec<Bytes> = (0..24u32)
+        .map(|i| {
+            Bytes::from(
+                (0..part)
+                    .map(|j| (j as u32 ^ i.wrapping_mul(2654435761)) as u8)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let mut expected = Sha256::new();
+    for p in &parts {
+        expected.update(p);
+    }
+    let n = sink
+        .put("large/object", chunks(parts))
+        .await
+        .expect("put large");
+    assert_eq!(n, 24 * part as u64);
+    let mut body = sink.get("large/object").await.expect("get large");
+    let mut got = Sha256::new();
+    let mut total = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("chunk");
+        total += chunk.len() as u64;
+        got.update(&chunk);
+    }
+    assert_eq!(total, n);
+    assert_eq!(got.finalize(), expected.finalize());
+    sink.delete("large/object").await.expect("delete");
+}
+
+/// list returns exactly the keys under a prefix, recursively, sorted.
+pub async fn listing_honours_prefixes(sink: &dyn Sink) {
+    let keys = ["p/a/1", "p/a/2", "p/b/1", "p/ab/1", "q/1"];
+    for k in keys {
+        put_bytes(sink, k, Bytes::from(k.as_bytes().to_vec()))
+            .await
+            .expect("put");
+    }
+    let names =
+        |v: Vec<pgproof_core::sink::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    assert_eq!(names(sink.list("p/a/").await.unwrap()), ["p/a/1", "p/a/2"]);
+    assert_eq!(
+        names(sink.list("p/a").await.unwrap()),
+        ["p/a/1", "p/a/2", "p/ab/1"]
+    );
+    assert_eq!(
+        names(sink.list("p/").await.unwrap()),
+        ["p/a/1", "p/a/2", "p/ab/1", "p/b/1"]
+    );
+    assert_eq!(names(sink.list("").await.unwrap()).len(), keys.len());
+    assert!(sink.list("nothing/").await.unwrap().is_empty());
+    for k in keys {
+        sink.delete(k).await.expect("delete");
+    }
+}
+
+/// Keys with non-ASCII characters and spaces work.
+pub async fn unicode_keys(sink: &dyn Sink) {
+    let key = "dä/ünï cödé 😀/x.json";
+    put_bytes(sink, key, Bytes::from_static(b"{}"))
+        .await
+        .expect("put unicode");
+    assert_eq!(sink.list("dä/").await.unwrap()[0].key, key);
+    assert_eq!(get_bytes(sink, key, LIMIT).await.unwrap(), &b"{}"[..]);
+    sink.delete(key).await.expect("delete unicode");
+}
+
+/// get and delete of a missing key say NotFound.
+pub async fn missing_objects_are_not_found(sink: &dyn Sink) {
+    assert!(matches!(
+        sink.get("missing/key").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        sink.delete("missing/key").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// Keys that would leave the root are refused.
+pub async fn keys_cannot_escape(sink: &dyn Sink) {
+    for bad in ["../escape", "/abs", "a//b"] {
+        assert!(
+            put_bytes(sink, bad, Bytes::from_static(b"x"))
+                .await
+                .is_err(),
+            "{bad} accepted"
+        );
+    }
+}
