@@ -70,11 +70,14 @@ impl FsSink {
                 "{doing} {}: no such file or directory",
                 path.display()
             )),
-            io::ErrorKind::PermissionDenied => Error::Auth(format!(
-                "{doing} {}: permission denied; check the owner and mode of the sink directory {}",
-                path.display(),
-                self.root.display()
-            )),
+            io::ErrorKind::PermissionDenied => Error::io(
+                format!(
+                    "{doing} {} (check the owner and mode of the sink directory {})",
+                    path.display(),
+                    self.root.display()
+                ),
+                e,
+            ),
             _ => Error::io(format!("{doing} {}", path.display()), e),
         }
     }

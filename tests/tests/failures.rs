@@ -1,0 +1,281 @@
+//! Bad input and failures: each gives one clear line, a meaningful exit code, and
+//! leaves no half-written backup or half-restored database.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use pgproof_tests::{
+    Workspace, command, connect, create_sample_database, database_exists, pgproof_bin,
+    start_cluster, stderr,
+};
+
+fn assert_one_line_error(out: &std::process::Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("pgproof: error: "),
+        "last line is the error: {err}"
+    );
+    for needle in needles {
+        assert!(last.contains(needle), "error line lacks {needle:?}: {last}");
+    }
+}
+
+/// Restoring a damaged backup fails with an integrity error (exit 3) and leaves no
+/// target database.
+#[tokio::test]
+async fn damaged_objects_and_wrong_keys_fail_restore_cleanly() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let manifest = ws.backup();
+    let object = ws.sink.join(manifest["object"]["key"].as_str().unwrap());
+    let original = std::fs::read(&object).unwrap();
+    let target = cluster.url("target");
+
+    let restore_fails = |what: &str, code: i32, needles: &[&str], extra: &[&str]| {
+        let mut args = vec!["restore", "latest", "--target", target.as_str()];
+        args.extend_from_slice(extra);
+        let out = ws.pgproof(&args);
+        eprintln!("{what}: {}", stderr(&out).trim());
+        assert_one_line_error(&out, code, needles);
+    };
+
+    // One flipped byte in the middle of the payload.
+    let mut flipped = original.clone();
+    let at = original.len() / 2;
+    flipped[at] ^= 0x01;
+    std::fs::write(&object, &flipped).unwrap();
+    restore_fails("flipped byte", 3, &["corrupted"], &[]);
+    assert!(
+        !database_exists(&cluster, "target").await,
+        "flipped byte left a database"
+    );
+
+    // Truncated to two thirds.
+    std::fs::write(&object, &original[..original.len() * 2 / 3]).unwrap();
+    restore_fails("truncated", 3, &["truncated"], &[]);
+    assert!(
+        !database_exists(&cluster, "target").await,
+        "truncation left a database"
+    );
+
+    // Bytes appended after a valid age stream.
+    let mut longer = original.clone();
+    longer.extend_from_slice(b"tail");
+    std::fs::write(&object, &longer).unwrap();
+    restore_fails("appended", 3, &["corrupted"], &[]);
+    assert!(
+        !database_exists(&cluster, "target").await,
+        "appended bytes left a database"
+    );
+
+    // Intact object, wrong identity.
+    std::fs::write(&object, &original).unwrap();
+    let other_key = ws.dir.path().join("other.key");
+    ws.pgproof_ok(&["keygen", "--output", other_key.to_str().unwrap()]);
+    restore_fails(
+        "wrong identity",
+        3,
+        &["no identity", "other.key"],
+        &["--identity", other_key.to_str().unwrap()],
+    );
+    assert!(
+        !database_exists(&cluster, "target").await,
+        "wrong key left a database"
+    );
+
+    // Missing identity file.
+    restore_fails(
+        "missing identity",
+        1,
+        &["does not exist", "identity_file"],
+        &["--identity", "/nonexistent/age.key"],
+    );
+
+    // And the untouched object still restores.
+    ws.pgproof_ok(&["restore", "latest", "--target", &target]);
+    assert!(database_exists(&cluster, "target").await);
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_or_file() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let good = std::fs::read_to_string(&ws.config).unwrap();
+
+    ws.write_config(&good.replace("format = \"custom\"", "formt = \"custom\""));
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(&out, 2, &["formt", "dump", "pgproof.toml"]);
+
+    ws.write_config(&good.replace("format = \"custom\"", "format = \"tar\""));
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(&out, 2, &["tar", "dump.format"]);
+
+    let out = pgproof_tests::run(
+        &pgproof_bin(),
+        &["--config", "/nonexistent/pgproof.toml", "list"],
+    );
+    assert_one_line_error(&out, 2, &["/nonexistent/pgproof.toml", "does not exist"]);
+
+    ws.write_config(&good.replace(&ws.public_key, "age1notakey"));
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(&out, 2, &["encryption.recipients[0]"]);
+}
+
+#[tokio::test]
+async fn unreachable_database_fails_with_one_line() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let good = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&good.replace(
+        &cluster.url("app"),
+        "postgres://backup:hunter2@/app?host=/nonexistent/socket&port=5999",
+    ));
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(
+        &out,
+        1,
+        &[
+            "cannot connect to PostgreSQL",
+            "backup@/nonexistent/socket:5999/app",
+        ],
+    );
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "password leaked: {}",
+        stderr(&out)
+    );
+    assert!(ws.sink_files().is_empty());
+}
+
+/// pg_dump killed mid-run: the backup fails, nothing is committed, list shows nothing.
+#[tokio::test]
+async fn killed_pg_dump_leaves_no_backup() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+
+    // Hold a lock pg_dump needs, so it is certainly still running when it is killed.
+    let blocker = connect(&cluster, "app").await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE kinds IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let mut child = command(
+        &pgproof_bin(),
+        &["--config", ws.config.to_str().unwrap(), "backup"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let parent = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pg_dump = loop {
+        if let Some(pid) = child_named(parent, "pg_dump") {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pg_dump.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    assert_one_line_error(&out, 1, &["pg_dump failed", "signal: 9"]);
+    assert!(
+        ws.sink_files().is_empty(),
+        "files left behind: {:?}",
+        ws.sink_files()
+    );
+    assert_eq!(ws.pgproof_ok(&["list", "--json"]).trim(), "[]");
+}
+
+/// An unwritable sink directory: the backup fails naming the directory, commits
+/// nothing, and pg_dump does not linger.
+#[tokio::test]
+async fn unwritable_sink_leaves_no_backup() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    std::fs::create_dir(&ws.sink).unwrap();
+    std::fs::set_permissions(&ws.sink, std::fs::Permissions::from_mode(0o500)).unwrap();
+
+    // Root ignores file modes; drop the capabilities that let it, so the mode bites.
+    let args = ["--config", ws.config.to_str().unwrap(), "backup"];
+    let out = if is_root() {
+        let mut full = vec![
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--",
+        ];
+        let bin = pgproof_bin();
+        full.push(bin.to_str().unwrap());
+        full.extend_from_slice(&args);
+        command(std::path::Path::new("setpriv"), &full)
+            .output()
+            .unwrap()
+    } else {
+        command(&pgproof_bin(), &args).output().unwrap()
+    };
+    std::fs::set_permissions(&ws.sink, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_one_line_error(&out, 1, &["Permission denied", ws.sink.to_str().unwrap()]);
+    assert!(
+        ws.sink_files().is_empty(),
+        "files left behind: {:?}",
+        ws.sink_files()
+    );
+    assert_eq!(ws.pgproof_ok(&["list", "--json"]).trim(), "[]");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The pid of a direct child of `parent` whose command name is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm == name && ppid == Some(parent) {
+            return Some(pid);
+        }
+    }
+    None
+}
