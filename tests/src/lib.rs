@@ -2,6 +2,9 @@
 //! workspace with keys and a config file, the `pgproof` binary, SQL helpers, and the
 //! [`conformance`] suite every [`pgproof_core::Sink`] must pass.
 
+// A harness reports failure by panicking; unwrap is its assert.
+#![allow(clippy::unwrap_used)]
+
 pub mod conformance;
 
 use std::collections::BTreeMap;

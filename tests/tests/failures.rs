@@ -1,6 +1,8 @@
 //! Bad input and failures: each gives one clear line, a meaningful exit code, and
 //! leaves no half-written backup or half-restored database.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -173,7 +175,7 @@ async fn killed_pg_dump_leaves_no_backup() {
         .await
         .unwrap();
 
-    let mut child = command(
+    let child = command(
         &pgproof_bin(),
         &["--config", ws.config.to_str().unwrap(), "backup"],
     )

@@ -1,5 +1,7 @@
 //! Backup and restore round trips through the CLI on a real PostgreSQL.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::Command;
 
 use pgproof_tests::{

@@ -1,5 +1,7 @@
 //! The Sink conformance suite against every sink built so far.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 
 use pgproof_core::sink::put_bytes;

@@ -109,12 +109,12 @@ fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
             "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof)".into(),
         ));
     };
-    if let Some((scheme, _)) = url.split_once("://") {
-        if matches!(scheme, "s3" | "gs") {
-            return Err(Error::Config(format!(
-                "sink.url {url:?}: {scheme}:// sinks are not built yet in this version of pgproof; use a file:// sink"
-            )));
-        }
+    if let Some((scheme, _)) = url.split_once("://")
+        && matches!(scheme, "s3" | "gs")
+    {
+        return Err(Error::Config(format!(
+            "sink.url {url:?}: {scheme}:// sinks are not built yet in this version of pgproof; use a file:// sink"
+        )));
     }
     Ok(Arc::new(FsSink::from_url(url)?))
 }
@@ -260,12 +260,12 @@ async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()>
         return Ok(());
     }
     println!(
-        "{:<22}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
-        "BACKUP ID", "DATABASE", "FORMAT", "DUMP", "STORED", "STARTED (UTC)"
+        "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  STARTED (UTC)",
+        "BACKUP ID", "DATABASE", "FORMAT", "DUMP", "STORED"
     );
     for m in &manifests {
         println!(
-            "{:<22}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
+            "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
             m.backup_id,
             m.database,
             m.format.to_string(),
@@ -342,26 +342,26 @@ fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> 
     if let Err(e) = open_sink(config) {
         problems.push(e.to_string());
     }
-    if config.encryption.enabled {
-        if let Err(e) = Recipients::load(
+    if config.encryption.enabled
+        && let Err(e) = Recipients::load(
             &config.encryption.recipients,
             config.encryption.recipients_file.as_deref(),
-        ) {
-            problems.push(e.to_string());
-        }
+        )
+    {
+        problems.push(e.to_string());
     }
-    if let Some(path) = &config.encryption.identity_file {
-        if let Err(e) = Identities::load(path) {
-            problems.push(e.to_string());
-        }
+    if let Some(path) = &config.encryption.identity_file
+        && let Err(e) = Identities::load(path)
+    {
+        problems.push(e.to_string());
     }
-    if let Some(dir) = &config.source.pg_bin_dir {
-        if !dir.join("pg_dump").is_file() {
-            problems.push(format!(
-                "source.pg_bin_dir {} holds no pg_dump",
-                dir.display()
-            ));
-        }
+    if let Some(dir) = &config.source.pg_bin_dir
+        && !dir.join("pg_dump").is_file()
+    {
+        problems.push(format!(
+            "source.pg_bin_dir {} holds no pg_dump",
+            dir.display()
+        ));
     }
     if json {
         print_json(&serde_json::json!({

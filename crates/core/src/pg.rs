@@ -66,19 +66,19 @@ impl ConnParams {
         }
         // tokio-postgres fills in 5432 for a URL host without a port; libpq would
         // take PGPORT there, so pgproof does too.
-        if !names_port(url) {
-            if let Some(port) = env("PGPORT") {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| Error::Config(format!("PGPORT={port:?} is not a port number")))?;
-                let hosts = config.get_hosts().len().max(1);
-                // Config cannot clear ports; rebuild it without them.
-                let mut fresh = rebuild_without_ports(&config);
-                for _ in 0..hosts {
-                    fresh.port(port);
-                }
-                config = fresh;
+        if !names_port(url)
+            && let Some(port) = env("PGPORT")
+        {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| Error::Config(format!("PGPORT={port:?} is not a port number")))?;
+            let hosts = config.get_hosts().len().max(1);
+            // Config cannot clear ports; rebuild it without them.
+            let mut fresh = rebuild_without_ports(&config);
+            for _ in 0..hosts {
+                fresh.port(port);
             }
+            config = fresh;
         }
         if config.get_user().is_none() {
             let user = env("PGUSER")
@@ -86,10 +86,10 @@ impl ConnParams {
                 .unwrap_or_else(|| "postgres".into());
             config.user(user);
         }
-        if config.get_password().is_none() {
-            if let Some(pw) = env("PGPASSWORD") {
-                config.password(pw);
-            }
+        if config.get_password().is_none()
+            && let Some(pw) = env("PGPASSWORD")
+        {
+            config.password(pw);
         }
         if config.get_dbname().is_none() {
             let db = env("PGDATABASE")

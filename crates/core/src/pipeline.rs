@@ -306,13 +306,13 @@ impl Write for ChunkSender {
 /// The optional gzip stage.
 enum Compress<W: Write> {
     Off(W),
-    Gzip(GzEncoder<W>),
+    Gzip(Box<GzEncoder<W>>),
 }
 
 impl<W: Write> Compress<W> {
     fn new(inner: W, gzip_level: Option<u32>) -> Self {
         match gzip_level {
-            Some(level) => Compress::Gzip(GzEncoder::new(inner, Compression::new(level))),
+            Some(level) => Compress::Gzip(Box::new(GzEncoder::new(inner, Compression::new(level)))),
             None => Compress::Off(inner),
         }
     }
@@ -542,10 +542,8 @@ pub async fn restore(
             duration: clock.elapsed(),
         }),
         Err(e) => {
-            if created {
-                if let Err(drop_err) = drop_database(&admin, &server, &database).await {
-                    tracing::error!(database = %database, error = %drop_err, "could not drop the half-restored database; drop it by hand");
-                }
+            if created && let Err(drop_err) = drop_database(&admin, &server, &database).await {
+                tracing::error!(database = %database, error = %drop_err, "could not drop the half-restored database; drop it by hand");
             }
             Err(e)
         }
@@ -597,7 +595,7 @@ fn run_restore(
             "{program}'s input was not piped"
         )))),
     };
-    let outcome = match fed {
+    match fed {
         Ok((stdin, raw_bytes)) => {
             drop(stdin); // end of input: the restore program commits now
             let status = child
@@ -624,8 +622,7 @@ fn run_restore(
             let _ = stderr.join();
             Err(e)
         }
-    };
-    outcome
+    }
 }
 
 enum FeedError {

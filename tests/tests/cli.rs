@@ -1,0 +1,134 @@
+//! The CLI's configuration layering, secret handling and key generation.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use pgproof_tests::{command, pgproof_bin, run, stderr};
+
+fn config_check(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["config", "check", "--json"]);
+    let out = command(&pgproof_bin(), &args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, stderr(&out))
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let out = run(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()]);
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let config = dir.path().join("pgproof.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"postgres://app:s3cret@db.example/app\"\n[dump]\nformat = \"custom\"\ngzip_level = 3\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"file:///from/file\"\n"
+        ),
+    )
+    .unwrap();
+
+    let (code, json, err) = config_check(&config, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["config"]["sink"]["url"], "file:///from/file");
+    assert_eq!(json["config"]["dump"]["gzip_level"], 3);
+    assert_eq!(
+        json["config"]["source"]["url"],
+        "postgres://app:****@db.example/app"
+    );
+    assert!(
+        !json.to_string().contains("s3cret"),
+        "password shown: {json}"
+    );
+
+    let env = [
+        ("PGPROOF_SINK__URL", "file:///from/env"),
+        ("PGPROOF_DUMP__GZIP_LEVEL", "9"),
+    ];
+    let (_, json, _) = config_check(&config, &env, &[]);
+    assert_eq!(json["config"]["sink"]["url"], "file:///from/env");
+    assert_eq!(json["config"]["dump"]["gzip_level"], 9);
+
+    let (_, json, _) = config_check(&config, &env, &["--sink", "file:///from/flag"]);
+    assert_eq!(json["config"]["sink"]["url"], "file:///from/flag");
+
+    // A misspelt environment key is an error naming it, not silently ignored.
+    let (code, _, err) = config_check(&config, &[("PGPROOF_SINK__URI", "file:///x")], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("uri"), "{err}");
+}
+
+#[test]
+fn config_check_reports_problems_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgproof.toml");
+    std::fs::write(
+        &config,
+        "[encryption]\nidentity_file = \"/nonexistent/key\"\n",
+    )
+    .unwrap();
+    let (code, json, _) = config_check(&config, &[], &[]);
+    assert_eq!(code, 2);
+    let problems = json["problems"].as_array().unwrap();
+    let text = serde_json::to_string(problems).unwrap();
+    assert!(text.contains("sink.url is not set"), "{text}");
+    assert!(text.contains("no age recipient"), "{text}");
+    assert!(text.contains("/nonexistent/key"), "{text}");
+}
+
+#[test]
+fn keygen_writes_a_private_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("age.key");
+    let out = run(
+        &pgproof_bin(),
+        &["keygen", "--output", key.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(public.trim().starts_with("age1"), "{public}");
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(text.contains(&format!("# public key: {}", public.trim())));
+    assert!(text.lines().any(|l| l.starts_with("AGE-SECRET-KEY-1")));
+    assert!(!stderr(&out).contains("AGE-SECRET-KEY"), "secret printed");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let again = run(
+        &pgproof_bin(),
+        &["keygen", "--output", key.to_str().unwrap()],
+    );
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("never overwrites"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+}
+
+#[test]
+fn unbuilt_cloud_sinks_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgproof.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = run(
+        &pgproof_bin(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--sink",
+            "s3://bucket/x",
+            "list",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+}
