@@ -167,6 +167,9 @@ async fn killed_pg_dump_leaves_no_backup() {
     };
     create_sample_database(&cluster, "app").await;
     let ws = Workspace::new(&cluster, "app", "custom");
+    // The cluster trusts local connections, so the password only has to stay hidden.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("postgres://postgres@", "postgres://postgres:hunter2@"));
 
     // Hold a lock pg_dump needs, so it is certainly still running when it is killed.
     let blocker = connect(&cluster, "app").await;
@@ -192,6 +195,16 @@ async fn killed_pg_dump_leaves_no_backup() {
         assert!(Instant::now() < deadline, "pg_dump never started");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let argv = std::fs::read(format!("/proc/{pg_dump}/cmdline")).unwrap();
+    let environ = std::fs::read(format!("/proc/{pg_dump}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&argv).contains("hunter2"),
+        "password in pg_dump's argv"
+    );
+    assert!(
+        String::from_utf8_lossy(&environ).contains("PGPASSWORD=hunter2"),
+        "pg_dump gets the password through its environment"
+    );
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pg_dump.to_string()])
         .status()
@@ -201,6 +214,11 @@ async fn killed_pg_dump_leaves_no_backup() {
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_one_line_error(&out, 1, &["pg_dump failed", "signal: 9"]);
+    assert!(
+        !stderr(&out).contains("hunter2"),
+        "password in the log: {}",
+        stderr(&out)
+    );
     assert!(
         ws.sink_files().is_empty(),
         "files left behind: {:?}",
@@ -280,4 +298,40 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
         }
     }
     None
+}
+
+/// Encryption is on by default: without recipients a backup refuses to run, unless
+/// encryption is explicitly disabled, which works and warns.
+#[tokio::test]
+async fn encryption_must_be_disabled_explicitly() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "plain");
+    let good = std::fs::read_to_string(&ws.config).unwrap();
+    let no_recipients = good.replace(&format!("recipients = [\"{}\"]", ws.public_key), "");
+    ws.write_config(&no_recipients);
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(&out, 2, &["no age recipient", "encryption.enabled = false"]);
+    assert!(ws.sink_files().is_empty());
+
+    ws.write_config(&no_recipients.replace("[encryption]", "[encryption]\nenabled = false"));
+    let out = ws.pgproof(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unencrypted"),
+        "no warning: {}",
+        stderr(&out)
+    );
+    let manifests: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(manifests[0]["encryption"].is_null());
+    assert_eq!(manifests[0]["codecs"], serde_json::json!(["gzip"]));
+    assert!(
+        ws.sink_files().iter().any(|f| f.ends_with("/dump.sql.gz")),
+        "{:?}",
+        ws.sink_files()
+    );
+    ws.pgproof_ok(&["restore", "latest", "--target", &cluster.url("plain_copy")]);
+    assert!(database_exists(&cluster, "plain_copy").await);
 }

@@ -22,7 +22,7 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Manifests are small; anything larger under that name was not written by pgproof.
-const MANIFEST_LIMIT: usize = 1 << 20;
+pub const MANIFEST_LIMIT: usize = 1 << 20;
 
 /// Everything needed to trust, find and restore one backup.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -232,27 +232,22 @@ pub async fn load_manifest(sink: &dyn Sink, backup: &BackupRef) -> Result<(Manif
 pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Result<BackupRef> {
     let all = list_backups(sink, database).await?;
     if which == "latest" {
-        let Some(db) = database else {
-            let mut dbs: Vec<&str> = all.iter().map(|b| b.database.as_str()).collect();
-            dbs.dedup();
-            dbs.sort_unstable();
-            dbs.dedup();
-            return match dbs.as_slice() {
-                [] => Err(Error::NotFound(format!("no backup in {}", sink.describe()))),
-                [_] => Ok(all
-                    .last()
-                    .cloned()
-                    .ok_or_else(|| Error::NotFound("no backup".into()))?),
-                _ => Err(Error::Config(format!(
-                    "`latest` is ambiguous: {} holds backups of {}; name one with --database",
-                    sink.describe(),
-                    dbs.join(", ")
-                ))),
-            };
-        };
+        let mut databases: Vec<&str> = all.iter().map(|b| b.database.as_str()).collect();
+        databases.sort_unstable();
+        databases.dedup();
+        if databases.len() > 1 {
+            return Err(Error::Config(format!(
+                "`latest` is ambiguous: {} holds backups of {}; name one with --database",
+                sink.describe(),
+                databases.join(", ")
+            )));
+        }
         return all.last().cloned().ok_or_else(|| {
             Error::NotFound(format!(
-                "no backup of database {db} in {}; run `pgproof backup` first",
+                "no backup{} in {}; run `pgproof backup` first",
+                database
+                    .map(|db| format!(" of database {db}"))
+                    .unwrap_or_default(),
                 sink.describe()
             ))
         });

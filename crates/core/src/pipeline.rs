@@ -212,15 +212,18 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     Ok(BackupOutcome { manifest })
 }
 
-/// The newest committed manifest of `database`, as the link for the next one.
+/// The newest committed manifest of `database`, as the link for the next one. Its bytes
+/// are hashed as stored, not parsed: a damaged predecessor must not stop new backups,
+/// and its hash is what makes the damage visible later.
 async fn previous_manifest(sink: &dyn Sink, database: &str) -> Result<Option<PreviousManifest>> {
     let Some(last) = manifest::list_backups(sink, Some(database)).await?.pop() else {
         return Ok(None);
     };
-    let (_, sha256) = manifest::load_manifest(sink, &last).await?;
+    let bytes =
+        crate::sink::get_bytes(sink, &last.manifest_key(), manifest::MANIFEST_LIMIT).await?;
     Ok(Some(PreviousManifest {
         backup_id: last.backup_id,
-        manifest_sha256: sha256,
+        manifest_sha256: crate::hashing::sha256_hex(&bytes),
     }))
 }
 
