@@ -504,6 +504,30 @@ mod tests {
     }
 
     #[test]
+    fn tool_search_names_the_versions_it_found() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("pg_dump");
+        std::fs::write(&script, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        let found = PgTools::find(Some(dir.path()), 14, &["pg_dump"]).unwrap();
+        assert_eq!((found.major(), found.version()), (14, "14.11"));
+
+        let err = PgTools::find(Some(dir.path()), 16, &["pg_dump"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PostgreSQL 16 or newer"), "{err}");
+        assert!(err.contains("14.11 in"), "{err}");
+        assert!(err.contains("source.pg_bin_dir"), "{err}");
+
+        let err = PgTools::find(Some(dir.path()), 14, &["pg_dump", "pg_restore"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none found"), "{err}");
+    }
+
+    #[test]
     fn versions_parse_across_packagings() {
         assert_eq!(
             parse_version_output("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),

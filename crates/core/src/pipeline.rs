@@ -431,6 +431,9 @@ fn run_dump(
     if !status.success() {
         return Err(child_failure("pg_dump", status, &said));
     }
+    if !said.trim().is_empty() {
+        tracing::warn!(stderr = %one_line(&said), "pg_dump succeeded with messages");
+    }
     Ok(stats)
 }
 
