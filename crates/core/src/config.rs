@@ -20,6 +20,19 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     /// Where backups go.
     pub sink: SinkConfig,
+    /// How backups are proven.
+    pub verify: VerifyConfig,
+}
+
+/// `[verify]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// A server to restore into for verification (pgproof creates and drops its own
+    /// database there); default: an ephemeral local cluster.
+    pub scratch_url: Option<String>,
+    /// Verify every backup right after taking it.
+    pub after_backup: bool,
 }
 
 /// `[source]`.

@@ -169,6 +169,21 @@ impl KeyPair {
         self.identity.to_public().to_string()
     }
 
+    /// The public key as recipients, for a backup made with this pair.
+    pub fn recipients(&self) -> Recipients {
+        Recipients {
+            keys: vec![self.identity.to_public()],
+        }
+    }
+
+    /// The private key as identities, for restoring what [`recipients`](Self::recipients) encrypted.
+    pub fn identities(&self) -> Identities {
+        Identities {
+            keys: std::sync::Arc::new(vec![Box::new(self.identity.clone())]),
+            origin: "a key generated for this run".into(),
+        }
+    }
+
     /// Writes the identity file to `path`, create-only, mode 0600, in the format
     /// `age-keygen` writes.
     pub fn write_identity_file(&self, path: &Path) -> Result<()> {

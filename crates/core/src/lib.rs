@@ -10,15 +10,18 @@
 //! sha256(stored) → [`Sink::put`], then the manifest, written last and create-only. No
 //! temporary file is written and memory stays bounded whatever the database size.
 
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod dump;
 pub mod error;
+pub mod fingerprint;
 mod hashing;
 pub mod manifest;
 pub mod pg;
 pub mod pipeline;
+pub mod prove;
 pub mod sink;
 pub mod verify;
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dump::Format;
 use crate::error::{Error, Result};
+use crate::fingerprint::Fingerprint;
 use crate::hashing::sha256_hex;
 use crate::sink::{self, Sink};
 
@@ -55,6 +56,12 @@ pub struct Manifest {
     pub finished_at: Timestamp,
     /// Wall time from start to the dump object's commit, in milliseconds.
     pub duration_ms: u64,
+    /// Wall time of the fingerprint, which runs beside pg_dump, in milliseconds.
+    #[serde(default)]
+    pub fingerprint_ms: u64,
+    /// Content fingerprint taken in the dump's snapshot.
+    #[serde(default)]
+    pub fingerprint: Option<Fingerprint>,
     /// The previous backup of this database at the time this one was taken.
     pub previous: Option<PreviousManifest>,
 }

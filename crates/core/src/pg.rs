@@ -346,6 +346,11 @@ impl SnapshotSession {
         &self.client
     }
 
+    /// Fingerprints the database as of the snapshot (see [`crate::fingerprint`]).
+    pub async fn fingerprint(&self) -> Result<crate::fingerprint::Fingerprint> {
+        crate::fingerprint::Fingerprint::compute_in_transaction(&self.client).await
+    }
+
     /// The source server's version.
     pub fn server(&self) -> &ServerInfo {
         &self.server

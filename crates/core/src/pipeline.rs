@@ -129,17 +129,41 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
             run_dump(child, writer, format, level, recipients.as_ref(), progress)
         })
     };
-    let dumped = match job.await {
-        Ok(result) => result,
-        Err(e) => Err(Error::Tool(format!("the dump thread failed: {e}"))),
+    // The fingerprint runs on the snapshot's own connection while pg_dump streams on
+    // another core: same snapshot, no table data sent to the client.
+    let fingerprint_clock = Instant::now();
+    let cancel = session.client().cancel_token();
+    let mut job = job;
+    let outcome = {
+        let fingerprint = session.fingerprint();
+        tokio::pin!(fingerprint);
+        tokio::select! {
+        joined = &mut job => {
+            let dumped = flatten_join(joined, "dump");
+            if dumped.is_err() {
+                // pg_dump is gone; a fingerprint query waiting on a lock would wait forever.
+                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+            }
+            let fingerprinted = fingerprint.await;
+            dumped.and_then(|stats| fingerprinted.map(|fp| (stats, fp)))
+        }
+        fingerprinted = &mut fingerprint => {
+            // A failed fingerprint query aborts the snapshot and with it pg_dump, so its
+            // error is the cause to report.
+            let fp = fingerprinted;
+            let dumped = flatten_join(job.await, "dump");
+            fp.and_then(|fp| dumped.map(|stats| (stats, fp)))
+        }
+        }
     };
+    let fingerprint_ms = fingerprint_clock.elapsed().as_millis() as u64;
     // The snapshot must outlive pg_dump; it is released only now.
     let closed = session.close().await;
 
-    let stats = match dumped.and_then(|s| closed.map(|()| s)) {
-        Ok(stats) => {
+    let (stats, fingerprint) = match outcome.and_then(|s| closed.map(|()| s)) {
+        Ok(done) => {
             drop(tx);
-            stats
+            done
         }
         Err(e) => {
             // An Err item tells the sink to abort instead of committing what it has.
@@ -199,6 +223,8 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
         started_at,
         finished_at,
         duration_ms: clock.elapsed().as_millis() as u64,
+        fingerprint_ms,
+        fingerprint: Some(fingerprint),
         previous,
     };
     crate::sink::put_bytes(&*sink, &manifest.key(), manifest.to_bytes()?).await?;
@@ -225,6 +251,13 @@ async fn previous_manifest(sink: &dyn Sink, database: &str) -> Result<Option<Pre
         backup_id: last.backup_id,
         manifest_sha256: crate::hashing::sha256_hex(&bytes),
     }))
+}
+
+fn flatten_join<T>(
+    joined: std::result::Result<Result<T>, tokio::task::JoinError>,
+    what: &str,
+) -> Result<T> {
+    joined.unwrap_or_else(|e| Err(Error::Tool(format!("the {what} thread failed: {e}"))))
 }
 
 fn receiver_stream(rx: mpsc::Receiver<Result<Bytes>>) -> ByteStream {
@@ -810,6 +843,13 @@ async fn drop_database(
         ))
         .await
         .map_err(db_err("dropping the target database"))?;
-    tracing::info!(database = %database, "dropped target database");
+    tracing::debug!(database = %database, "dropped database if it existed");
     Ok(())
+}
+
+/// Drops `target`'s database (used for scratch databases pgproof created).
+pub async fn drop_target(target: &ConnParams) -> Result<()> {
+    let admin = admin_connection(target).await?;
+    let server = ServerInfo::query(&admin).await?;
+    drop_database(&admin, &server, target.dbname()).await
 }
