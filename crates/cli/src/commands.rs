@@ -6,16 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pgproof_core::cluster::EphemeralCluster;
 use pgproof_core::config::Config;
 use pgproof_core::crypto::{Identities, KeyPair, Recipients};
-use pgproof_core::manifest::{self, Manifest};
+use pgproof_core::manifest::{self, BackupRef, Manifest};
 use pgproof_core::pg::ConnParams;
 use pgproof_core::pipeline::{self, BackupRequest, Progress, RestoreRequest};
-use pgproof_core::{Error, Result, Sink};
+use pgproof_core::prove::{self, DrillRequest, VerifyRequest};
+use pgproof_core::verify::Report;
+use pgproof_core::{Error, Format, Result, Sink};
 use pgproof_sink_fs::FsSink;
 
 use crate::settings::{self, FlagOverrides};
-use crate::{Cli, Command, ConfigCommand, LogFormat};
+use crate::{Annotations, Cli, Command, ConfigCommand, LogFormat};
 
 pub async fn run(cli: Cli) -> Result<()> {
     let mut flags = FlagOverrides {
@@ -27,8 +30,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             flags.format = format.clone();
             flags.source_url = source.clone();
         }
-        Command::Restore { identity, .. } => flags.identity_file = identity.clone(),
+        Command::Restore { identity, .. } | Command::Verify { identity, .. } => {
+            flags.identity_file = identity.clone();
+        }
+        Command::Drill { format, .. } => flags.format = format.clone(),
         Command::Keygen { output } => return keygen(output),
+        Command::Migrate { url } => return migrate(url).await,
         _ => {}
     }
     let (config, file) = settings::load(cli.config.as_deref(), &flags)?;
@@ -37,7 +44,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     let progress = ProgressOutput::new(&cli);
     match cli.command {
-        Command::Backup { json, .. } => backup(&config, json, &progress).await,
+        Command::Backup { json, verify, .. } => {
+            backup(
+                &config,
+                json,
+                verify || config.verify.after_backup,
+                &progress,
+            )
+            .await
+        }
+        Command::Verify {
+            backup,
+            all,
+            database,
+            keep,
+            json,
+            ..
+        } => {
+            let sink = open_sink(&config)?;
+            let targets = if all {
+                manifest::list_backups(&*sink, database.as_deref()).await?
+            } else {
+                vec![manifest::resolve(&*sink, &backup, database.as_deref()).await?]
+            };
+            verify(&config, sink, &targets, keep, json, &progress).await
+        }
+        Command::Drill {
+            rows,
+            server,
+            annotations,
+            json,
+            ..
+        } => drill(&config, rows, server.as_deref(), annotations, json).await,
         Command::Restore {
             backup,
             target,
@@ -66,7 +104,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => config_check(&config, file.as_deref(), json),
-        Command::Keygen { .. } => Ok(()),
+        Command::Keygen { .. } | Command::Migrate { .. } => Ok(()),
     }
 }
 
@@ -139,7 +177,12 @@ fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
     Ok((params, databases))
 }
 
-async fn backup(config: &Config, json: bool, progress: &ProgressOutput) -> Result<()> {
+async fn backup(
+    config: &Config,
+    json: bool,
+    then_verify: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
     let (params, databases) = source_databases(config)?;
@@ -178,6 +221,23 @@ async fn backup(config: &Config, json: bool, progress: &ProgressOutput) -> Resul
                 first_error.get_or_insert(e);
             }
         }
+    }
+    if then_verify && !committed.is_empty() {
+        let targets: Vec<BackupRef> = committed
+            .iter()
+            .map(|m| BackupRef {
+                database: m.database.clone(),
+                backup_id: m.backup_id.clone(),
+            })
+            .collect();
+        if json {
+            print_json(&committed)?;
+        }
+        let verified = verify(config, sink, &targets, false, json, progress).await;
+        return match first_error {
+            Some(e) => Err(e),
+            None => verified,
+        };
     }
     if json {
         print_json(&committed)?;
@@ -318,6 +378,233 @@ async fn show(config: &Config, which: &str, database: Option<&str>, json: bool) 
     println!("took        {:.1}s", m.duration_ms as f64 / 1000.0);
     println!("previous    {previous}");
     println!("manifest    sha256 {sha256}");
+    Ok(())
+}
+
+/// Where verification restores: `verify.scratch_url`, or an ephemeral cluster that
+/// lives as long as the returned guard.
+fn scratch_server(config: &Config, keep: bool) -> Result<(ConnParams, Option<EphemeralCluster>)> {
+    match &config.verify.scratch_url {
+        Some(url) => Ok((ConnParams::parse(url)?, None)),
+        None if keep => Err(Error::Config(
+            "--keep needs verify.scratch_url: an ephemeral cluster is removed when pgproof exits"
+                .into(),
+        )),
+        None => {
+            let cluster = EphemeralCluster::start(None)?;
+            tracing::info!(version = %cluster.tools().version(), "started an ephemeral cluster to verify in");
+            Ok((cluster.params("postgres")?, Some(cluster)))
+        }
+    }
+}
+
+fn identities(config: &Config) -> Result<Option<Identities>> {
+    config
+        .encryption
+        .identity_file
+        .as_deref()
+        .map(Identities::load)
+        .transpose()
+}
+
+async fn verify(
+    config: &Config,
+    sink: Arc<dyn Sink>,
+    targets: &[BackupRef],
+    keep: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    if targets.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no backup to verify in {}",
+            sink.describe()
+        )));
+    }
+    let (scratch, _cluster) = scratch_server(config, keep)?;
+    let identities = identities(config)?;
+    let mut reports: Vec<Report> = Vec::new();
+    for target in targets {
+        let (bar, callback) = progress.start(format!("verify {}", target.backup_id));
+        let report = prove::verify_backup(
+            sink.clone(),
+            target,
+            VerifyRequest {
+                scratch: scratch.clone(),
+                identities: identities.clone(),
+                pg_bin_dir: config.source.pg_bin_dir.clone(),
+                keep,
+                progress: callback,
+            },
+        )
+        .await;
+        bar.finish_and_clear();
+        let report = report?;
+        if !json {
+            print_report(&report, Annotations::None);
+        }
+        reports.push(report);
+    }
+    if json {
+        print_json(&reports)?;
+    }
+    let failed: Vec<&Report> = reports.iter().filter(|r| !r.passed).collect();
+    match failed.as_slice() {
+        [] => Ok(()),
+        [one] => Err(Error::Integrity(format!(
+            "backup {} failed verification: {}",
+            one.backup_id,
+            one.failures()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        many => Err(Error::Integrity(format!(
+            "{} of {} backups failed verification: {}",
+            many.len(),
+            reports.len(),
+            many.iter()
+                .map(|r| r.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn print_report(report: &Report, annotations: Annotations) {
+    for check in &report.checks {
+        match (check.passed, annotations) {
+            (true, _) => println!("  ok    {:<40} {}", check.name, check.detail),
+            (false, Annotations::Github) => println!(
+                "::error title=pgproof {}::{}: {}",
+                check.name,
+                report.backup_id,
+                check.detail.replace('\n', " ")
+            ),
+            (false, Annotations::None) => println!("  FAIL  {:<40} {}", check.name, check.detail),
+        }
+    }
+    let passed = report.checks.iter().filter(|c| c.passed).count();
+    let rto = report.restore_ms.map_or("restore failed".to_owned(), |ms| {
+        format!("restore {:.2}s", ms as f64 / 1000.0)
+    });
+    println!(
+        "{} {} ({}): {passed}/{} checks passed, {rto}",
+        if report.passed { "PASS" } else { "FAIL" },
+        report.backup_id,
+        report.database,
+        report.checks.len()
+    );
+}
+
+async fn drill(
+    config: &Config,
+    rows: i64,
+    server: Option<&str>,
+    annotations: Annotations,
+    json: bool,
+) -> Result<()> {
+    let (server, _cluster) = match server {
+        Some(url) => (ConnParams::parse(url)?, None),
+        None => {
+            let cluster = EphemeralCluster::start(None)?;
+            (cluster.params("postgres")?, Some(cluster))
+        }
+    };
+    // The configured sink if there is one; otherwise a directory that lives as long
+    // as the drill.
+    let scratch_dir;
+    let sink: Arc<dyn Sink> = if config.sink.url.is_some() {
+        open_sink(config)?
+    } else {
+        scratch_dir = tempfile_dir()?;
+        Arc::new(FsSink::new(scratch_dir.path().join("sink")))
+    };
+    let enc = &config.encryption;
+    let configured = !enc.recipients.is_empty() || enc.recipients_file.is_some();
+    let (recipients, identities) = if !enc.enabled {
+        (recipients(config)?, None)
+    } else if configured {
+        if enc.identity_file.is_none() {
+            return Err(Error::Config(
+                "the drill restores what it encrypts: set encryption.identity_file for the configured recipients".into(),
+            ));
+        }
+        (recipients(config)?, identities(config)?)
+    } else {
+        tracing::info!(
+            "no age recipient configured: the drill encrypts to a key generated for this run"
+        );
+        let pair = KeyPair::generate();
+        (Some(pair.recipients()), Some(pair.identities()))
+    };
+    let format: Format = config.dump.format;
+    let outcome = prove::drill(
+        sink.clone(),
+        DrillRequest {
+            server,
+            format,
+            gzip_level: config.dump.gzip_level,
+            recipients,
+            identities,
+            audit_rows: rows,
+            pg_bin_dir: config.source.pg_bin_dir.clone(),
+        },
+    )
+    .await?;
+    let report = &outcome.report;
+    if json {
+        print_json(report)?;
+    } else if !report.passed {
+        print_report(report, annotations);
+    }
+    let m = &outcome.manifest;
+    let passed = report.checks.iter().filter(|c| c.passed).count();
+    if report.passed {
+        println!(
+            "PASS drill ({format}, {}): {} audit rows + {} edge values; backup {} -> {} stored in {:.2}s (fingerprint {:.2}s); wipe confirmed; restore (RTO) {:.2}s; {passed}/{} checks passed; {:.1}s in all",
+            sink.describe(),
+            outcome.audit_rows,
+            outcome.edge_values,
+            human_bytes(m.object.raw_bytes),
+            human_bytes(m.object.stored_bytes),
+            m.duration_ms as f64 / 1000.0,
+            m.fingerprint_ms as f64 / 1000.0,
+            report.restore_ms.unwrap_or(0) as f64 / 1000.0,
+            report.checks.len(),
+            outcome.duration.as_secs_f64()
+        );
+        Ok(())
+    } else {
+        Err(Error::Integrity(format!(
+            "drill failed: {} of {} checks failed ({})",
+            report.checks.len() - passed,
+            report.checks.len(),
+            report
+                .failures()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+fn tempfile_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("pgproof-drill-")
+        .tempdir()
+        .map_err(|e| Error::io("cannot create a temporary sink directory for the drill", e))
+}
+
+async fn migrate(url: &str) -> Result<()> {
+    let params = ConnParams::parse(url)?;
+    let mut client = params.connect().await?;
+    let applied = pgproof_core::audit::migrate(&mut client).await?;
+    if applied.is_empty() {
+        println!("{}: audit chain up to date", params.describe());
+    } else {
+        println!("{}: applied {}", params.describe(), applied.join(", "));
+    }
     Ok(())
 }
 

@@ -20,7 +20,8 @@ use pgproof_core::Error;
 /// source.url as libpq does.
 ///
 /// Exit codes: 0 success; 1 operation failed; 2 bad usage or configuration;
-/// 3 integrity failure (hash mismatch, corrupted object, wrong age identity).
+/// 3 integrity failure (hash mismatch, corrupted object, wrong age identity, a
+/// verification check failed).
 #[derive(Debug, Parser)]
 #[command(name = "pgproof", version, max_term_width = 100)]
 pub struct Cli {
@@ -49,6 +50,12 @@ pub struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Annotations {
+    None,
+    Github,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -65,9 +72,63 @@ enum Command {
         /// Source URL, overriding source.url.
         #[arg(long, value_name = "URL")]
         source: Option<String>,
-        /// Print the committed manifests as JSON on stdout.
+        /// Verify each backup right after taking it (also: verify.after_backup).
+        #[arg(long)]
+        verify: bool,
+        /// Print the committed manifests (and reports, with --verify) as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Prove backups: restore each into a scratch database (verify.scratch_url, or an
+    /// ephemeral local cluster), compare fingerprints and the audit chain, write a
+    /// verification record next to the manifest. Exits 0 only if every check passed.
+    Verify {
+        /// Backup id, or `latest` (default).
+        #[arg(default_value = "latest", conflicts_with = "all")]
+        backup: String,
+        /// Verify every committed backup (of --database, if given).
+        #[arg(long)]
+        all: bool,
+        /// Database whose backups to verify.
+        #[arg(long)]
+        database: Option<String>,
+        /// Keep the scratch database for inspection (needs verify.scratch_url).
+        #[arg(long)]
+        keep: bool,
+        /// age identity file, overriding encryption.identity_file.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Print the verification reports as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole prove loop on a database pgproof creates: migrate the audit chain,
+    /// write a workload and edge values, back up through the configured pipeline and
+    /// sink (a temporary one if none), wipe, restore, verify. Needs no config: by
+    /// default it runs on an ephemeral local cluster. Exits 1 if anything failed.
+    Drill {
+        /// Archive format, overriding dump.format.
+        #[arg(long, value_parser = ["custom", "plain"])]
+        format: Option<String>,
+        /// Audit events to write.
+        #[arg(long, default_value_t = 1000)]
+        rows: i64,
+        /// Server to drill on instead of an ephemeral cluster (pgproof creates and
+        /// drops the database pgproof_drill there).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Failure lines as GitHub Actions annotations (::error ...).
+        #[arg(long, value_enum, default_value_t = Annotations::None)]
+        annotations: Annotations,
+        /// Print the drill's report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install or upgrade the tamper-evident audit chain (migrations/) in a database.
+    Migrate {
+        /// The database (libpq URI).
+        #[arg(long, value_name = "URL")]
+        url: String,
     },
     /// Restore a backup into a database: by default a new one that pgproof creates,
     /// and drops again if anything fails.
@@ -144,9 +205,19 @@ fn init_logging(cli: &Cli) {
         (_, 1) => tracing::Level::WARN,
         _ => tracing::Level::ERROR,
     };
+    // Library chatter (server NOTICEs, migration steps) only when asked for with -v.
+    let quiet_deps = if level < tracing::Level::DEBUG {
+        ",tokio_postgres=warn,refinery_core=warn"
+    } else {
+        ""
+    };
+    let filter = tracing_subscriber::EnvFilter::new(format!(
+        "{}{quiet_deps}",
+        level.as_str().to_lowercase()
+    ));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
