@@ -63,48 +63,65 @@ pub async fn verify_backup(
     let target = req
         .scratch
         .with_dbname(&scratch_database(&manifest.backup_id));
-    let restored = pipeline::restore(
-        sink.clone(),
-        &manifest,
-        RestoreRequest {
-            target: target.clone(),
-            identities: req.identities.clone(),
-            clean: true,
-            pg_bin_dir: req.pg_bin_dir.clone(),
-            progress: req.progress.clone(),
-        },
-    )
-    .await;
-    let restore_ms = match restored {
-        Ok(outcome) => {
-            checks.push(Check::pass(
-                "restore",
-                format!(
-                    "restored into {} in {:.2}s",
-                    target.describe(),
-                    outcome.duration.as_secs_f64()
-                ),
-            ));
-            let ran = run_verifiers(&manifest, &target, &outcome).await;
-            if !req.keep
-                && let Err(e) = pipeline::drop_target(&target).await
-            {
-                tracing::error!(error = %e, database = %target.dbname(), "could not drop the scratch database; drop it by hand");
-            }
-            checks.extend(ran?);
-            Some(outcome.duration.as_millis() as u64)
-        }
+    let request = RestoreRequest {
+        target: target.clone(),
+        identities: req.identities.clone(),
+        clean: true,
+        pg_bin_dir: req.pg_bin_dir.clone(),
+        progress: req.progress.clone(),
+    };
+    let (proven, restore_ms) =
+        restore_and_verify(sink.clone(), &manifest, request, !req.keep).await?;
+    checks.extend(proven);
+    let report = new_report(&manifest, &target, checks, restore_ms);
+    write_report(&*sink, &report).await?;
+    Ok(report)
+}
+
+/// Restores into `request.target`, runs the standard verifiers there, and drops the
+/// target afterwards if asked. A failed restore is a failed check, named `archive`
+/// when the object could not be trusted or opened.
+async fn restore_and_verify(
+    sink: Arc<dyn Sink>,
+    manifest: &Manifest,
+    request: RestoreRequest,
+    drop_after: bool,
+) -> Result<(Vec<Check>, Option<u64>)> {
+    let target = request.target.clone();
+    let outcome = match pipeline::restore(sink, manifest, request).await {
+        Ok(outcome) => outcome,
         Err(e) => {
             let name = if matches!(e, Error::Integrity(_) | Error::Auth(_)) {
                 "archive"
             } else {
                 "restore"
             };
-            checks.push(Check::fail(name, e.to_string()));
-            None
+            return Ok((vec![Check::fail(name, e.to_string())], None));
         }
     };
-    let report = Report {
+    let mut checks = vec![Check::pass(
+        "restore",
+        format!(
+            "restored into {} in {:.2}s",
+            target.describe(),
+            outcome.duration.as_secs_f64()
+        ),
+    )];
+    let ran = run_verifiers(manifest, &target, &outcome).await;
+    if drop_after && let Err(e) = pipeline::drop_target(&target).await {
+        tracing::error!(error = %e, database = %target.dbname(), "could not drop the scratch database; drop it by hand");
+    }
+    checks.extend(ran?);
+    Ok((checks, Some(outcome.duration.as_millis() as u64)))
+}
+
+fn new_report(
+    manifest: &Manifest,
+    target: &ConnParams,
+    checks: Vec<Check>,
+    restore_ms: Option<u64>,
+) -> Report {
+    Report {
         backup_id: manifest.backup_id.clone(),
         database: manifest.database.clone(),
         verified_at: Timestamp::now(),
@@ -113,9 +130,7 @@ pub async fn verify_backup(
         restored_into: target.describe(),
         tool: ToolInfo::current(),
         checks,
-    };
-    write_report(&*sink, &report).await?;
-    Ok(report)
+    }
 }
 
 async fn run_verifiers(
@@ -365,45 +380,17 @@ async fn drill_in(
     let manifest = backup.manifest;
 
     let mut checks = vec![wipe(target).await?];
-    let restored = pipeline::restore(
-        sink.clone(),
-        &manifest,
-        RestoreRequest {
-            target: target.clone(),
-            identities: req.identities.clone(),
-            clean: false,
-            pg_bin_dir: req.pg_bin_dir.clone(),
-            progress: None,
-        },
-    )
-    .await;
-    let restore_ms = match restored {
-        Ok(outcome) => {
-            checks.push(Check::pass(
-                "restore",
-                format!(
-                    "restored in place in {:.2}s",
-                    outcome.duration.as_secs_f64()
-                ),
-            ));
-            checks.extend(run_verifiers(&manifest, target, &outcome).await?);
-            Some(outcome.duration.as_millis() as u64)
-        }
-        Err(e) => {
-            checks.push(Check::fail("restore", e.to_string()));
-            None
-        }
+    let request = RestoreRequest {
+        target: target.clone(),
+        identities: req.identities.clone(),
+        clean: false,
+        pg_bin_dir: req.pg_bin_dir.clone(),
+        progress: None,
     };
-    let report = Report {
-        backup_id: manifest.backup_id.clone(),
-        database: manifest.database.clone(),
-        verified_at: Timestamp::now(),
-        passed: checks.iter().all(|c| c.passed),
-        restore_ms,
-        restored_into: target.describe(),
-        tool: ToolInfo::current(),
-        checks,
-    };
+    // The caller drops the drill database once the drill is over.
+    let (proven, restore_ms) = restore_and_verify(sink.clone(), &manifest, request, false).await?;
+    checks.extend(proven);
+    let report = new_report(&manifest, target, checks, restore_ms);
     write_report(&*sink, &report).await?;
     Ok(DrillOutcome {
         manifest,
