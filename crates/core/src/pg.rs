@@ -185,8 +185,16 @@ impl ConnParams {
     }
 
     /// Opens a SQL connection; the connection task runs on the current tokio runtime.
+    /// Without a password in the URL or `PGPASSWORD`, the passfile (`PGPASSFILE` or
+    /// `~/.pgpass`) is consulted as libpq would.
     pub async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+        let mut config = self.config.clone();
+        if config.get_password().is_none()
+            && let Some(pw) = self.passfile_password()
+        {
+            config.password(pw);
+        }
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             let msg = e.to_string();
             let text = format!(
                 "cannot connect to PostgreSQL at {}: {}",
@@ -253,6 +261,72 @@ fn rebuild_without_ports(config: &tokio_postgres::Config) -> tokio_postgres::Con
     }
     fresh.ssl_mode(config.get_ssl_mode());
     fresh
+}
+
+impl ConnParams {
+    fn passfile_password(&self) -> Option<String> {
+        let path = match std::env::var_os("PGPASSFILE") {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".pgpass"),
+        };
+        let meta = std::fs::metadata(&path).ok()?;
+        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "password file is readable by others; ignored, as libpq does (chmod 0600 it)");
+            return None;
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let host = self.config.get_hosts().first()?;
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        passfile_lookup(&text, host, port, self.dbname(), self.config.get_user()?)
+    }
+}
+
+/// The password for the first matching line of a libpq password file.
+fn passfile_lookup(text: &str, host: &Host, port: u16, dbname: &str, user: &str) -> Option<String> {
+    let (host_name, is_socket) = match host {
+        Host::Tcp(name) => (name.clone(), false),
+        Host::Unix(path) => (path.display().to_string(), true),
+    };
+    let port = port.to_string();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_passfile_line(line);
+        let [h, p, d, u, pw] = fields.as_slice() else {
+            continue;
+        };
+        let host_ok = h == "*" || *h == host_name || (is_socket && h == "localhost");
+        if host_ok
+            && (p == "*" || *p == port)
+            && (d == "*" || d == dbname)
+            && (u == "*" || u == user)
+        {
+            return Some(pw.clone());
+        }
+    }
+    None
+}
+
+fn split_passfile_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let (Some(next), Some(field)) = (chars.next(), fields.last_mut()) {
+                    field.push(next);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            _ => {
+                if let Some(field) = fields.last_mut() {
+                    field.push(c);
+                }
+            }
+        }
+    }
+    fields
 }
 
 /// A PostgreSQL server's version.
@@ -530,6 +604,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("none found"), "{err}");
+    }
+
+    #[test]
+    fn passfile_lines_match_like_libpq() {
+        let text = "# comment\nother:5432:*:app:nope\n*:6543:*:app:wrongport\ndb.example:5432:app:app:s3cr\\:et\nlocalhost:*:*:*:socketpw\n";
+        let tcp = Host::Tcp("db.example".into());
+        assert_eq!(
+            passfile_lookup(text, &tcp, 5432, "app", "app"),
+            Some("s3cr:et".into())
+        );
+        assert_eq!(
+            passfile_lookup(text, &tcp, 6543, "app", "app"),
+            Some("wrongport".into())
+        );
+        assert_eq!(passfile_lookup(text, &tcp, 5432, "other", "app"), None);
+        let socket = Host::Unix("/var/run/postgresql".into());
+        assert_eq!(
+            passfile_lookup(text, &socket, 5432, "x", "y"),
+            Some("socketpw".into())
+        );
     }
 
     #[test]
