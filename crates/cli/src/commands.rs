@@ -576,7 +576,8 @@ async fn drill(
         );
         Ok(())
     } else {
-        Err(Error::Integrity(format!(
+        // A failed drill exits 1, as CI steps expect; its checks were printed above.
+        Err(Error::Tool(format!(
             "drill failed: {} of {} checks failed ({})",
             report.checks.len() - passed,
             report.checks.len(),
