@@ -91,6 +91,10 @@ async fn round_trip(format: &str) {
         before
     );
     assert!(database_exists(&cluster, "app_restored").await);
+
+    // backup --verify proves the new backup at once (in an ephemeral cluster).
+    let out = ws.pgproof_ok(&["backup", "--verify"]);
+    assert!(out.lines().any(|l| l.starts_with("PASS ")), "{out}");
 }
 
 #[tokio::test]
