@@ -15,16 +15,69 @@ fn chunks(parts: Vec<Bytes>) -> ByteStream {
     stream::iter(parts.into_iter().map(Ok)).boxed()
 }
 
-/// Runs every check.
+/// Size of the "large" objects: above the 5 MiB part size the object-store sinks are
+/// tested with, so their multipart path runs.
+pub const LARGE: usize = 12 << 20;
+
+/// Runs every check, then checks the sink is empty again.
 pub async fn run_all(sink: &dyn Sink) {
     put_get_delete_list(sink).await;
+    empty_object_round_trips(sink).await;
     create_only_refuses_and_keeps_the_original(sink).await;
+    create_only_holds_for_large_objects(sink).await;
     failed_body_leaves_nothing(sink).await;
+    failed_large_body_leaves_nothing(sink).await;
     large_streamed_object_round_trips(sink).await;
     listing_honours_prefixes(sink).await;
     unicode_keys(sink).await;
     missing_objects_are_not_found(sink).await;
     keys_cannot_escape(sink).await;
+    let left: Vec<String> = sink
+        .list("")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the checks deleted what they stored: {left:?}"
+    );
+}
+
+/// `n` bytes of a pattern that differs per `seed`, in 1 MiB chunks.
+pub fn pattern(n: usize, seed: u32) -> Vec<Bytes> {
+    (0..n)
+        .step_by(1 << 20)
+        .map(|start| {
+            let end = (start + (1 << 20)).min(n);
+            Bytes::from(
+                (start..end)
+                    .map(|j| (j as u32 ^ seed.wrapping_mul(2654435761) ^ (j >> 20) as u32) as u8)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+fn sha256_of(parts: &[Bytes]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+async fn sha256_of_object(sink: &dyn Sink, key: &str) -> (u64, Vec<u8>) {
+    let mut body = sink.get(key).await.expect("get");
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("chunk");
+        n += chunk.len() as u64;
+        h.update(&chunk);
+    }
+    (n, h.finalize().to_vec())
 }
 
 /// put then get returns the bytes; list shows the key and size; delete removes it.
@@ -45,6 +98,44 @@ pub async fn put_get_delete_list(sink: &dyn Sink) {
     assert_eq!(listed[0].size, body.len() as u64);
     sink.delete("basic/one").await.expect("delete");
     assert!(sink.list("basic/").await.expect("list").is_empty());
+}
+
+/// An empty body stores an empty object.
+pub async fn empty_object_round_trips(sink: &dyn Sink) {
+    let n = sink
+        .put("empty/object", chunks(Vec::new()))
+        .await
+        .expect("put empty");
+    assert_eq!(n, 0);
+    assert!(
+        get_bytes(sink, "empty/object", LIMIT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sink.list("empty/").await.unwrap()[0].size, 0);
+    sink.delete("empty/object").await.expect("delete");
+}
+
+/// Create-only also holds for an object large enough to go up in parts, and the
+/// refusal leaves the original as it was.
+pub async fn create_only_holds_for_large_objects(sink: &dyn Sink) {
+    let original = pattern(LARGE, 1);
+    sink.put("once/large", chunks(original.clone()))
+        .await
+        .expect("first large put");
+    let again = sink.put("once/large", chunks(pattern(LARGE, 2))).await;
+    assert!(matches!(again, Err(Error::AlreadyExists(_))), "{again:?}");
+    let small_again = put_bytes(sink, "once/large", Bytes::from_static(b"small")).await;
+    assert!(
+        matches!(small_again, Err(Error::AlreadyExists(_))),
+        "{small_again:?}"
+    );
+    assert_eq!(
+        sha256_of_object(sink, "once/large").await,
+        (LARGE as u64, sha256_of(&original))
+    );
+    sink.delete("once/large").await.expect("delete");
 }
 
 /// A second put to the same key fails with AlreadyExists and the first object stays.
@@ -74,6 +165,21 @@ pub async fn failed_body_leaves_nothing(sink: &dyn Sink) {
     assert!(sink.list("aborted/").await.expect("list").is_empty());
     assert!(matches!(
         sink.get("aborted/object").await,
+        Err(Error::NotFound(_))
+    ));
+}
+
+/// A body that fails after several parts' worth of data (a multipart upload under
+/// way) makes put fail and leaves nothing listed or readable.
+pub async fn failed_large_body_leaves_nothing(sink: &dyn Sink) {
+    let mut items: Vec<pgproof_core::Result<Bytes>> =
+        pattern(LARGE, 3).into_iter().map(Ok).collect();
+    items.push(Err(Error::Tool("producer died after 12 MiB".into())));
+    let result = sink.put("aborted/large", stream::iter(items).boxed()).await;
+    assert!(result.is_err(), "a failed body must fail the put");
+    assert!(sink.list("aborted/").await.expect("list").is_empty());
+    assert!(matches!(
+        sink.get("aborted/large").await,
         Err(Error::NotFound(_))
     ));
 }

@@ -1,11 +1,17 @@
 //! Shared harness for pgproof's workspace-level tests: ephemeral clusters, a scratch
-//! workspace with keys and a config file, the `pgproof` binary, SQL helpers, and the
-//! [`conformance`] suite every [`pgproof_core::Sink`] must pass.
+//! workspace with keys and a config file, the `pgproof` binary, SQL helpers, the
+//! [`conformance`] suite every [`pgproof_core::Sink`] must pass, and the servers the
+//! object-store sinks are tested against: [`moto`] (a real S3 server, in server
+//! mode), [`gcs_server`] (an in-process GCS XML-API server) and a killable
+//! [`proxy`].
 
 // A harness reports failure by panicking; unwrap is its assert.
 #![allow(clippy::unwrap_used)]
 
 pub mod conformance;
+pub mod gcs_server;
+pub mod moto;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,11 +87,25 @@ pub struct Workspace {
     pub sink: PathBuf,
     /// Config file.
     pub config: PathBuf,
+    /// Extra environment for every `pgproof` run (object-store credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Workspace {
-    /// Creates keys and a config for `cluster`'s database `database`, format `format`.
+    /// Creates keys and a config for `cluster`'s database `database`, format `format`,
+    /// backing up into the local directory [`sink`](Self::sink).
     pub fn new(cluster: &EphemeralCluster, database: &str, format: &str) -> Self {
+        Self::with_sink(cluster, database, format, None)
+    }
+
+    /// Like [`new`](Self::new) with `sink_section` (the body of `[sink]`, TOML) instead
+    /// of the local directory.
+    pub fn with_sink(
+        cluster: &EphemeralCluster,
+        database: &str,
+        format: &str,
+        sink_section: Option<&str>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("age.key");
         let out = run(
@@ -102,6 +122,11 @@ impl Workspace {
             public_key,
             sink,
             config,
+            env: Vec::new(),
+        };
+        let sink_section = match sink_section {
+            Some(section) => section.to_owned(),
+            None => format!("url = \"file://{}\"\n", ws.sink.display()),
         };
         ws.write_config(&format!(
             r#"[source]
@@ -116,13 +141,11 @@ recipients = ["{public}"]
 identity_file = "{key}"
 
 [sink]
-url = "file://{sink}"
-"#,
+{sink_section}"#,
             url = cluster.url(database),
             bin = cluster.tools().dir().display(),
             public = ws.public_key,
             key = ws.key.display(),
-            sink = ws.sink.display(),
         ));
         ws
     }
@@ -134,9 +157,16 @@ url = "file://{sink}"
 
     /// Runs `pgproof --config <ws config> args…`.
     pub fn pgproof(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pgproof")
+    }
+
+    /// The command [`pgproof`](Self::pgproof) runs, for tests that need to spawn it.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut full = vec!["--config", self.config.to_str().unwrap()];
         full.extend_from_slice(args);
-        run(&pgproof_bin(), &full)
+        let mut cmd = command(&pgproof_bin(), &full);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     /// Like [`pgproof`](Self::pgproof) but asserts success and returns stdout.

@@ -115,20 +115,81 @@ fn keygen_writes_a_private_key_once() {
 }
 
 #[test]
-fn unbuilt_cloud_sinks_say_so() {
+fn cloud_sink_urls_are_checked_without_echoing_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pgproof.toml");
     std::fs::write(&config, "").unwrap();
-    let out = run(
-        &pgproof_bin(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--sink",
-            "s3://bucket/x",
-            "list",
-        ],
+    let list = |sink: &str| {
+        run(
+            &pgproof_bin(),
+            &["--config", config.to_str().unwrap(), "--sink", sink, "list"],
+        )
+    };
+
+    let out = list("s3://");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not name a valid bucket"),
+        "{}",
+        stderr(&out)
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+
+    let out = list("s3://AKIAEXAMPLE:hunter2-secret@bucket/x");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must not carry credentials"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+
+    let out = list("ftp://host/x");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unsupported scheme"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An s3:// sink builds without network: config check passes, shows the options
+    // and their defaults, and never a credential from the environment.
+    let key = dir.path().join("k");
+    let out = run(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()]);
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl = \"postgres://app@db.example/app\"\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"s3://bucket/backups\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY"),
+        ("AWS_SECRET_ACCESS_KEY", "hunter2-secret-value"),
+    ];
+    let (code, json, err) = config_check(&config, &env, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json["config"]["sink"]["url"], "s3://bucket/backups");
+    assert_eq!(json["config"]["sink"]["part_size_mib"], 64);
+    assert_eq!(json["config"]["sink"]["parts_in_flight"], 4);
+    let everything = format!("{json}{err}");
+    assert!(!everything.contains("hunter2"), "{everything}");
+
+    // Options that belong to another sink are refused, naming the key.
+    let (code, json, _) = config_check(
+        &config,
+        &[
+            ("PGPROOF_SINK__URL", "gs://bucket/x"),
+            ("PGPROOF_SINK__REGION", "eu-west-1"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        json["problems"].to_string().contains("sink.region"),
+        "{json}"
+    );
+    let (code, _, err) = config_check(&config, &[("PGPROOF_SINK__PART_SIZE_MIB", "1")], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("part_size_mib"), "{err}");
 }

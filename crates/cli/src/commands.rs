@@ -16,6 +16,8 @@ use pgproof_core::prove::{self, DrillRequest, VerifyRequest};
 use pgproof_core::verify::Report;
 use pgproof_core::{Error, Format, Result, Sink};
 use pgproof_sink_fs::FsSink;
+use pgproof_sink_gcs::GcsSink;
+use pgproof_sink_s3::S3Sink;
 
 use crate::settings::{self, FlagOverrides};
 use crate::{Annotations, Cli, Command, ConfigCommand, LogFormat};
@@ -141,20 +143,30 @@ impl ProgressOutput {
     }
 }
 
+/// The one place that knows every sink engine: picks it by `sink.url`'s scheme. Builds
+/// the client only; no request is sent.
 fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
     let Some(url) = config.sink.url.as_deref() else {
         return Err(Error::Config(
-            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof)".into(),
+            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix)".into(),
         ));
     };
-    if let Some((scheme, _)) = url.split_once("://")
-        && matches!(scheme, "s3" | "gs")
-    {
-        return Err(Error::Config(format!(
-            "sink.url {url:?}: {scheme}:// sinks are not built yet in this version of pgproof; use a file:// sink"
-        )));
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("s3") => Ok(Arc::new(S3Sink::from_config(&config.sink)?)),
+        Some("gs") => Ok(Arc::new(GcsSink::from_config(&config.sink)?)),
+        Some("file") | None => {
+            let s = &config.sink;
+            if s.endpoint.is_some() || s.region.is_some() || s.service_account_file.is_some() {
+                return Err(Error::Config(
+                    "sink.endpoint, sink.region and sink.service_account_file apply to s3:// and gs:// sinks only; remove them for a local directory".into(),
+                ));
+            }
+            Ok(Arc::new(FsSink::from_url(url)?))
+        }
+        Some(other) => Err(Error::Config(format!(
+            "sink.url has the unsupported scheme {other:?}; use file:///path, s3://bucket/prefix or gs://bucket/prefix"
+        ))),
     }
-    Ok(Arc::new(FsSink::from_url(url)?))
 }
 
 fn recipients(config: &Config) -> Result<Option<Recipients>> {
@@ -623,6 +635,8 @@ fn keygen(output: &Path) -> Result<()> {
 fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
     let mut shown = config.clone();
     shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
+    shown.sink.url = shown.sink.url.as_deref().map(settings::redact_url);
+    shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
     let mut problems: Vec<String> = Vec::new();
     if let Err(e) = ConnParams::parse(config.source_url()) {
         problems.push(e.to_string());

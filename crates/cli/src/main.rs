@@ -29,7 +29,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "PGPROOF_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Sink URL, overriding sink.url (file:///path or a directory).
+    /// Sink URL, overriding sink.url: file:///path (or a directory), s3://bucket/prefix
+    /// or gs://bucket/prefix. Object-store credentials come from the environment
+    /// (AWS_*, GOOGLE_*) or sink.service_account_file, never from the URL.
     #[arg(long, global = true, value_name = "URL")]
     sink: Option<String>,
 
