@@ -95,7 +95,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE EXCEPTION 'pgproof.audit_events is append-only: % refused', TG_OP
+    RAISE EXCEPTION '%.% is append-only: % refused', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
@@ -106,6 +106,10 @@ CREATE TRIGGER audit_events_write_once
 CREATE TRIGGER audit_events_no_truncate
     BEFORE TRUNCATE ON pgproof.audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION pgproof.audit_events_write_once();
+-- The head row is updated only by the chaining trigger; deleting it would hide a cut.
+CREATE TRIGGER audit_chain_head_no_delete
+    BEFORE DELETE ON pgproof.audit_chain_head
+    FOR EACH ROW EXECUTE FUNCTION pgproof.audit_events_write_once();
 CREATE TRIGGER audit_chain_head_no_truncate
     BEFORE TRUNCATE ON pgproof.audit_chain_head
     FOR EACH STATEMENT EXECUTE FUNCTION pgproof.audit_events_write_once();

@@ -78,6 +78,13 @@ async fn chain_verifies_and_every_tamper_is_located() {
             .await
             .is_err()
     );
+    assert!(
+        client
+            .batch_execute("DELETE FROM pgproof.audit_chain_head")
+            .await
+            .is_err(),
+        "the head row cannot be deleted"
+    );
 
     // An edited field breaks the chain at that row.
     client

@@ -32,7 +32,7 @@ fn layers_apply_in_order_file_env_flags() {
     std::fs::write(
         &config,
         format!(
-            "[source]\nurl = \"postgres://app:s3cret@db.example/app\"\n[dump]\nformat = \"custom\"\ngzip_level = 3\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"file:///from/file\"\n"
+            "[source]\nurl = \"postgres://app:s3cret@db.example/app\"\n[dump]\nformat = \"custom\"\ngzip_level = 3\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"file:///from/file\"\n[verify]\nscratch_url = \"postgres://postgres:scratchpw@scratch/postgres\"\n"
         ),
     )
     .unwrap();
@@ -46,7 +46,7 @@ fn layers_apply_in_order_file_env_flags() {
         "postgres://app:****@db.example/app"
     );
     assert!(
-        !json.to_string().contains("s3cret"),
+        !json.to_string().contains("s3cret") && !json.to_string().contains("scratchpw"),
         "password shown: {json}"
     );
 

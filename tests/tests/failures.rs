@@ -102,6 +102,46 @@ async fn damaged_objects_and_wrong_keys_fail_restore_cleanly() {
     // And the untouched object still restores.
     ws.pgproof_ok(&["restore", "latest", "--target", &target]);
     assert!(database_exists(&cluster, "target").await);
+
+    // --clean with a key that cannot open the backup leaves the database it would
+    // have replaced exactly as it was.
+    let keep = connect(&cluster, "target").await;
+    keep.batch_execute(
+        "CREATE TABLE precious (v text); INSERT INTO precious VALUES ('still here')",
+    )
+    .await
+    .unwrap();
+    drop(keep);
+    restore_fails(
+        "wrong identity with --clean",
+        3,
+        &["no identity"],
+        &["--clean", "--identity", other_key.to_str().unwrap()],
+    );
+    let keep = connect(&cluster, "target").await;
+    let v: String = keep
+        .query_one("SELECT v FROM precious", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "still here");
+    drop(keep);
+    // With the right key, --clean swaps the restored database in.
+    ws.pgproof_ok(&["restore", "latest", "--target", &target, "--clean"]);
+    let swapped = connect(&cluster, "target").await;
+    assert!(
+        swapped
+            .query_opt("SELECT 1 FROM pg_class WHERE relname = 'precious'", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let rows: i64 = swapped
+        .query_one("SELECT count(*) FROM kinds", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rows > 5000);
 }
 
 #[tokio::test]
@@ -172,9 +212,15 @@ async fn killed_pg_dump_leaves_no_backup() {
     ws.write_config(&config.replace("postgres://postgres@", "postgres://postgres:hunter2@"));
 
     // Hold a lock pg_dump needs, so it is certainly still running when it is killed.
+    // A partitioned parent: pg_dump locks it, the fingerprint (which hashes the
+    // partitions) does not, so only pg_dump waits.
     let blocker = connect(&cluster, "app").await;
     blocker
-        .batch_execute("BEGIN; LOCK TABLE kinds IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("CREATE TABLE blocker (id int) PARTITION BY RANGE (id)")
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
 
@@ -334,4 +380,30 @@ async fn encryption_must_be_disabled_explicitly() {
     );
     ws.pgproof_ok(&["restore", "latest", "--target", &cluster.url("plain_copy")]);
     assert!(database_exists(&cluster, "plain_copy").await);
+}
+
+/// A lock pg_dump cannot get within dump.lock_wait_timeout_secs fails the backup
+/// instead of holding the snapshot open forever.
+#[tokio::test]
+async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("[dump]", "[dump]\nlock_wait_timeout_secs = 1"));
+    let blocker = connect(&cluster, "app").await;
+    blocker
+        .batch_execute("CREATE TABLE blocker (id int) PARTITION BY RANGE (id)")
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let out = ws.pgproof(&["backup"]);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_one_line_error(&out, 1, &["pg_dump failed", "lock"]);
+    assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
 }

@@ -22,6 +22,13 @@ async fn round_trip(format: &str) {
     );
     assert_eq!(before["<large objects>"].0, 2);
 
+    // Another session's temporary table and sequence must not trouble the backup.
+    let other_session = connect(&cluster, "app").await;
+    other_session
+        .batch_execute("CREATE TEMP TABLE scratch (id serial)")
+        .await
+        .unwrap();
+
     let ws = Workspace::new(&cluster, "app", format);
     let manifest = ws.backup();
     assert_eq!(manifest["format"], format);
@@ -95,6 +102,14 @@ async fn round_trip(format: &str) {
     // backup --verify proves the new backup at once (in an ephemeral cluster).
     let out = ws.pgproof_ok(&["backup", "--verify"]);
     assert!(out.lines().any(|l| l.starts_with("PASS ")), "{out}");
+    let out = ws.pgproof_ok(&["backup", "--verify", "--json"]);
+    let both: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(both["reports"][0]["passed"], true);
+    assert_eq!(
+        both["reports"][0]["backup_id"],
+        both["backups"][0]["backup_id"]
+    );
+    drop(other_session);
 }
 
 #[tokio::test]

@@ -69,7 +69,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 vec![manifest::resolve(&*sink, &backup, database.as_deref()).await?]
             };
-            verify(&config, sink, &targets, keep, json, &progress).await
+            let reports = verify(&config, sink, &targets, keep, json, &progress).await?;
+            if json {
+                print_json(&reports)?;
+            }
+            verification_outcome(&reports)
         }
         Command::Drill {
             rows,
@@ -208,6 +212,7 @@ async fn backup(
             gzip_level: config.dump.gzip_level,
             recipients: recipients.clone(),
             pg_bin_dir: config.source.pg_bin_dir.clone(),
+            lock_wait: Duration::from_secs(config.dump.lock_wait_timeout_secs),
             progress: callback,
         };
         let result = pipeline::backup(sink.clone(), request).await;
@@ -242,13 +247,13 @@ async fn backup(
                 backup_id: m.backup_id.clone(),
             })
             .collect();
+        let reports = verify(config, sink, &targets, false, json, progress).await?;
         if json {
-            print_json(&committed)?;
+            print_json(&serde_json::json!({ "backups": committed, "reports": reports }))?;
         }
-        let verified = verify(config, sink, &targets, false, json, progress).await;
         return match first_error {
             Some(e) => Err(e),
-            None => verified,
+            None => verification_outcome(&reports),
         };
     }
     if json {
@@ -426,7 +431,7 @@ async fn verify(
     keep: bool,
     json: bool,
     progress: &ProgressOutput,
-) -> Result<()> {
+) -> Result<Vec<Report>> {
     if targets.is_empty() {
         return Err(Error::NotFound(format!(
             "no backup to verify in {}",
@@ -457,9 +462,11 @@ async fn verify(
         }
         reports.push(report);
     }
-    if json {
-        print_json(&reports)?;
-    }
+    Ok(reports)
+}
+
+/// Success only if every report passed.
+fn verification_outcome(reports: &[Report]) -> Result<()> {
     let failed: Vec<&Report> = reports.iter().filter(|r| !r.passed).collect();
     match failed.as_slice() {
         [] => Ok(()),
@@ -635,6 +642,11 @@ fn keygen(output: &Path) -> Result<()> {
 fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
     let mut shown = config.clone();
     shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
+    shown.verify.scratch_url = shown
+        .verify
+        .scratch_url
+        .as_deref()
+        .map(settings::redact_url);
     shown.sink.url = shown.sink.url.as_deref().map(settings::redact_url);
     shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
     let mut problems: Vec<String> = Vec::new();

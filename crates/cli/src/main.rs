@@ -144,7 +144,8 @@ enum Command {
         /// Which database's backups `latest` refers to.
         #[arg(long)]
         database: Option<String>,
-        /// Drop and recreate the target database if it exists.
+        /// Replace the target database if it exists: the backup is restored beside
+        /// it and swapped in only once the restore succeeded.
         #[arg(long)]
         clean: bool,
         /// age identity file, overriding encryption.identity_file.
@@ -232,7 +233,7 @@ fn init_logging(cli: &Cli) {
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::Config(_) => 2,
-        Error::Integrity(_) | Error::Auth(_) => 3,
+        Error::Integrity(_) | Error::Key(_) => 3,
         _ => 1,
     }
 }

@@ -56,6 +56,9 @@ pub struct DumpConfig {
     pub format: Format,
     /// gzip level for plain dumps, 0–9.
     pub gzip_level: u32,
+    /// How long pg_dump (and the fingerprint) wait for a table lock before the backup
+    /// fails, in seconds.
+    pub lock_wait_timeout_secs: u64,
 }
 
 impl Default for DumpConfig {
@@ -63,6 +66,7 @@ impl Default for DumpConfig {
         Self {
             format: Format::Custom,
             gzip_level: 6,
+            lock_wait_timeout_secs: 300,
         }
     }
 }

@@ -139,7 +139,7 @@ impl Identities {
 
     fn decrypt_error(&self, e: age::DecryptError) -> Error {
         match e {
-            age::DecryptError::NoMatchingKeys => Error::Auth(format!(
+            age::DecryptError::NoMatchingKeys => Error::Key(format!(
                 "no identity in {} can open this backup: it was encrypted to other recipients (see the manifest's encryption.recipients)",
                 self.origin
             )),
@@ -248,7 +248,7 @@ mod tests {
             .write_identity_file(&other_path)
             .unwrap();
         let other = Identities::load(&other_path).unwrap();
-        assert!(matches!(other.decrypt(&ct[..]), Err(Error::Auth(_))));
+        assert!(matches!(other.decrypt(&ct[..]), Err(Error::Key(_))));
     }
 
     #[test]

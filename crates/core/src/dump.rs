@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +80,15 @@ pub trait Dumper: Send + Sync {
     /// Program that [`spawn_restore`](Dumper::spawn_restore) runs.
     fn restore_program(&self) -> &'static str;
 
-    /// Starts dumping `source` as of `snapshot`.
-    fn spawn_dump(&self, tools: &PgTools, source: &ConnParams, snapshot: &str) -> Result<Child>;
+    /// Starts dumping `source` as of `snapshot`, giving up on any table lock not
+    /// granted within `lock_wait`.
+    fn spawn_dump(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Result<Child>;
 
     /// Starts restoring into `target`.
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child>;
@@ -103,10 +111,17 @@ impl Dumper for CustomFormat {
         "pg_restore"
     }
 
-    fn spawn_dump(&self, tools: &PgTools, source: &ConnParams, snapshot: &str) -> Result<Child> {
+    fn spawn_dump(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Result<Child> {
         let mut cmd = client_command(tools, "pg_dump", source);
         cmd.args(["--format=custom", "--no-password"])
             .arg(format!("--snapshot={snapshot}"))
+            .arg(lock_wait_arg(lock_wait))
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         spawn(cmd, "pg_dump")
@@ -136,10 +151,17 @@ impl Dumper for PlainFormat {
         "psql"
     }
 
-    fn spawn_dump(&self, tools: &PgTools, source: &ConnParams, snapshot: &str) -> Result<Child> {
+    fn spawn_dump(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Result<Child> {
         let mut cmd = client_command(tools, "pg_dump", source);
         cmd.args(["--format=plain", "--no-password"])
             .arg(format!("--snapshot={snapshot}"))
+            .arg(lock_wait_arg(lock_wait))
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         spawn(cmd, "pg_dump")
@@ -159,6 +181,12 @@ impl Dumper for PlainFormat {
         .stdout(Stdio::null());
         spawn(cmd, "psql")
     }
+}
+
+/// pg_dump would otherwise wait for a lock forever, holding pgproof's snapshot open
+/// while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
+fn lock_wait_arg(lock_wait: Duration) -> String {
+    format!("--lock-wait-timeout={}ms", lock_wait.as_millis().max(1))
 }
 
 fn client_command(tools: &PgTools, program: &str, conn: &ConnParams) -> Command {

@@ -26,6 +26,9 @@ pub enum Error {
     /// Credentials or keys were refused or do not match (database auth, age identity).
     #[error("{0}")]
     Auth(String),
+    /// The age identities given cannot open the backup (encrypted to other keys).
+    #[error("{0}")]
+    Key(String),
     /// Data failed an integrity check: hash mismatch, corruption, truncation.
     /// Retrying will not help; the object cannot be trusted.
     #[error("{0}")]

@@ -30,6 +30,7 @@ const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
 /// Session settings that the text fallback depends on, pinned for the transaction.
 const PINNED_SETTINGS: &str = "SET LOCAL client_encoding = 'UTF8'; SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL search_path = pg_catalog, pg_temp; \
      SET LOCAL TimeZone = 'UTC'; SET LOCAL IntervalStyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
 
@@ -64,6 +65,27 @@ pub struct SequenceState {
     pub last_value: i64,
     /// `is_called`.
     pub is_called: bool,
+    /// `increment`: its sign says which way the sequence moves.
+    #[serde(default = "one")]
+    pub increment: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl SequenceState {
+    /// Whether `self` (after restore) is at or past `recorded` (read before pg_dump
+    /// ran, so a busy sequence may legitimately have moved on).
+    pub fn reached(&self, recorded: &SequenceState) -> bool {
+        let at = (self.last_value, self.is_called);
+        let was = (recorded.last_value, recorded.is_called);
+        if recorded.increment < 0 {
+            (-at.0, at.1) >= (-was.0, was.1)
+        } else {
+            at >= was
+        }
+    }
 }
 
 /// The audit chain as stored.
@@ -94,41 +116,90 @@ impl Fingerprint {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(db_err("starting the fingerprint transaction"))?;
-        let result = Self::compute_in_transaction(client).await;
+        let result = match Plan::prepare(client).await {
+            Ok(plan) => plan.compute(client).await,
+            Err(e) => Err(e),
+        };
         let _ = client.batch_execute("COMMIT").await;
         result
     }
+}
 
-    /// Computes the fingerprint inside the transaction `client` already has open
-    /// (the dump's snapshot). Pins its session settings with `SET LOCAL`.
-    pub(crate) async fn compute_in_transaction(client: &Client) -> Result<Self> {
+/// The first half of a fingerprint, done in the dump's snapshot before pg_dump starts:
+/// settings pinned, every table listed and locked (ACCESS SHARE, as pg_dump locks
+/// them, so no TRUNCATE or rewrite can empty a table under the snapshot), and the
+/// sequences read — they are not transactional, so reading them before pg_dump makes
+/// the dumped values at least these.
+pub struct Plan {
+    tables: Vec<(u32, String, bool)>,
+    sequences: BTreeMap<String, SequenceState>,
+}
+
+impl Plan {
+    /// Prepares inside the transaction `client` has open.
+    pub async fn prepare(client: &Client) -> Result<Self> {
         client
             .batch_execute(PINNED_SETTINGS)
             .await
             .map_err(db_err("pinning session settings for the fingerprint"))?;
-        let tables = client
+        let rows = client
             .query(
-                "SELECT c.oid, format('%I.%I', n.nspname, c.relname) \
-                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'r' \
-                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                                   AND d.objid = c.oid AND d.deptype = 'e') \
-                 ORDER BY 2",
+                "SELECT c.oid, format('%I.%I', n.nspname, c.relname),                         EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE c.relkind = 'r'                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT pg_is_other_temp_schema(n.oid)                    AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                                   AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 2",
                 &[],
             )
             .await
             .map_err(db_err("listing tables to fingerprint"))?;
+        let tables: Vec<(u32, String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        for chunk in tables.chunks(500) {
+            let names: Vec<&str> = chunk.iter().map(|(_, name, _)| name.as_str()).collect();
+            client
+                .batch_execute(&format!(
+                    "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
+                    names.join(", ")
+                ))
+                .await
+                .map_err(db_err("locking the tables to fingerprint"))?;
+        }
+        let rows = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname), s.seqincrement FROM pg_class c                  JOIN pg_namespace n ON n.oid = c.relnamespace                  JOIN pg_sequence s ON s.seqrelid = c.oid                  WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND NOT pg_is_other_temp_schema(n.oid) AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass                                    AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(db_err("listing sequences"))?;
+        let mut sequences = BTreeMap::new();
+        for seq in rows {
+            let name: String = seq.get(0);
+            let row = client
+                .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+                .await
+                .map_err(db_err("reading a sequence"))?;
+            sequences.insert(
+                name,
+                SequenceState {
+                    last_value: row.get(0),
+                    is_called: row.get(1),
+                    increment: seq.get(1),
+                },
+            );
+        }
+        Ok(Self { tables, sequences })
+    }
+
+    /// Hashes every table and finishes the fingerprint.
+    pub async fn compute(self, client: &Client) -> Result<Fingerprint> {
         let mut fingerprint = Fingerprint {
             method: METHOD.to_owned(),
+            sequences: self.sequences,
             ..Fingerprint::default()
         };
-        for table in tables {
-            let oid: u32 = table.get(0);
-            let name: String = table.get(1);
+        for (oid, name, inherits) in self.tables {
             let columns = table_columns(client, oid).await?;
-            let row_bytes = row_expression(&columns);
+            let row_bytes = row_expression(&columns, inherits);
             let sql = format!(
                 "SELECT count(*), coalesce(sum(hashtextextended(encode({row_bytes}, 'hex'), 0)), 0)::text \
                  FROM ONLY {name} t"
@@ -142,30 +213,6 @@ impl Fingerprint {
                 TableFingerprint {
                     rows: row.get(0),
                     hash: row.get(1),
-                },
-            );
-        }
-        let sequences = client
-            .query(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 ORDER BY 1",
-                &[],
-            )
-            .await
-            .map_err(db_err("listing sequences"))?;
-        for seq in sequences {
-            let name: String = seq.get(0);
-            let row = client
-                .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
-                .await
-                .map_err(db_err("reading a sequence"))?;
-            fingerprint.sequences.insert(
-                name,
-                SequenceState {
-                    last_value: row.get(0),
-                    is_called: row.get(1),
                 },
             );
         }
@@ -187,7 +234,7 @@ async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
                     format_type(bt.oid, NULL) \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname",
             &[&table],
         )
         .await
@@ -205,14 +252,17 @@ async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
         .collect())
 }
 
-/// SQL for a row's restore-stable bytes, with `t` as the row alias.
-fn row_expression(columns: &[Column]) -> String {
+/// SQL for a row's restore-stable bytes, with `t` as the row alias. Columns come
+/// sorted by name: an inheritance child's physical column order can change on
+/// restore, so only tables outside inheritance use `record_send`, which follows it.
+fn row_expression(columns: &[Column], inherits: bool) -> String {
     let builtin_only = columns.iter().all(|c| {
         c.type_oid < FIRST_NORMAL_OBJECT_ID
             && c.type_kind != b'd' as i8
             && c.base_send != "record_send"
+            && !names_an_object(c)
     });
-    if builtin_only {
+    if builtin_only && !inherits {
         // `t.*`, not `t`: a column named `t` would shadow the row.
         return "record_send(t.*)".to_owned();
     }
@@ -224,6 +274,7 @@ fn row_expression(columns: &[Column]) -> String {
         .map(|c| {
             let col = format!("t.{}", quote_ident(&c.name));
             let stable_send = c.base_send != "record_send"
+                && !names_an_object(c)
                 && (c.base_oid < FIRST_NORMAL_OBJECT_ID || c.base_send == "enum_send");
             let bytes = if stable_send {
                 format!("{}({col}::{})", c.base_send, c.base_name)
@@ -236,7 +287,15 @@ fn row_expression(columns: &[Column]) -> String {
         .join(" || ")
 }
 
-async fn chain_state(client: &Client) -> Result<Option<ChainState>> {
+/// `regclass`, `regtype` and kin send OIDs, which a restore renumbers; their text (a
+/// qualified name under the pinned search_path) is what survives.
+fn names_an_object(c: &Column) -> bool {
+    c.base_name.starts_with("reg") && c.base_oid < FIRST_NORMAL_OBJECT_ID
+}
+
+/// The audit chain's stored state, `None` without a chain. A missing head row is
+/// reported as head `missing` at seq -1, which no backup recorded.
+pub async fn chain_state(client: &Client) -> Result<Option<ChainState>> {
     let present: bool = client
         .query_one(
             "SELECT to_regclass('pgproof.audit_events') IS NOT NULL \
@@ -251,8 +310,9 @@ async fn chain_state(client: &Client) -> Result<Option<ChainState>> {
     }
     let row = client
         .query_one(
-            "SELECT (SELECT count(*) FROM pgproof.audit_events), h.last_seq, encode(h.head_hash, 'hex') \
-             FROM pgproof.audit_chain_head h",
+            "SELECT (SELECT count(*) FROM pgproof.audit_events), \
+                    coalesce((SELECT last_seq FROM pgproof.audit_chain_head), -1), \
+                    coalesce((SELECT encode(head_hash, 'hex') FROM pgproof.audit_chain_head), 'missing')",
             &[],
         )
         .await
@@ -299,6 +359,11 @@ impl Fingerprint {
             Some(s) => format!("last_value {}, is_called {}", s.last_value, s.is_called),
             None => "no such sequence".to_owned(),
         };
+        let seq_ok = |e: Option<&SequenceState>, f: Option<&SequenceState>| match (e, f) {
+            (Some(e), Some(f)) => f.reached(e),
+            (None, None) => true,
+            _ => false,
+        };
         let names: std::collections::BTreeSet<&String> = self
             .sequences
             .keys()
@@ -306,10 +371,10 @@ impl Fingerprint {
             .collect();
         for name in names {
             let (e, f) = (self.sequences.get(name), found.sequences.get(name));
-            if e != f {
+            if !seq_ok(e, f) {
                 out.push(Difference {
                     subject: format!("sequence {name}"),
-                    expected: seq(e),
+                    expected: format!("at least {}", seq(e)),
                     found: seq(f),
                 });
             }
@@ -322,5 +387,33 @@ impl Fingerprint {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(last_value: i64, is_called: bool, increment: i64) -> SequenceState {
+        SequenceState {
+            last_value,
+            is_called,
+            increment,
+        }
+    }
+
+    #[test]
+    fn sequences_may_move_on_but_not_back() {
+        let recorded = seq(42, true, 1);
+        assert!(seq(42, true, 1).reached(&recorded));
+        assert!(
+            seq(50, true, 1).reached(&recorded),
+            "writers advanced it during the dump"
+        );
+        assert!(!seq(41, true, 1).reached(&recorded));
+        assert!(!seq(42, false, 1).reached(&recorded));
+        let falling = seq(-10, true, -1);
+        assert!(seq(-20, true, -1).reached(&falling));
+        assert!(!seq(-5, true, -1).reached(&falling));
     }
 }

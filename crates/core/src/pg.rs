@@ -386,11 +386,19 @@ pub struct SnapshotSession {
 }
 
 impl SnapshotSession {
-    /// Connects, opens a REPEATABLE READ READ ONLY transaction and exports its snapshot.
-    pub async fn open(params: &ConnParams) -> Result<Self> {
+    /// Connects, opens a REPEATABLE READ READ ONLY transaction and exports its
+    /// snapshot. `lock_wait` bounds how long it waits for a table lock.
+    pub async fn open(params: &ConnParams, lock_wait: Duration) -> Result<Self> {
         let client = params.connect().await?;
+        // The session idles while pg_dump works and the fingerprint may scan a big
+        // table: server-side timeouts must not end the snapshot under pg_dump.
         client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0; \
+                 SET LOCAL lock_timeout = '{}s'",
+                lock_wait.as_secs().max(1)
+            ))
             .await
             .map_err(db_err("opening the snapshot transaction"))?;
         let row = client
@@ -420,9 +428,18 @@ impl SnapshotSession {
         &self.client
     }
 
-    /// Fingerprints the database as of the snapshot (see [`crate::fingerprint`]).
-    pub async fn fingerprint(&self) -> Result<crate::fingerprint::Fingerprint> {
-        crate::fingerprint::Fingerprint::compute_in_transaction(&self.client).await
+    /// Lists and locks the tables and reads the sequences, as of the snapshot: run it
+    /// before pg_dump starts (see [`crate::fingerprint::Plan`]).
+    pub async fn prepare_fingerprint(&self) -> Result<crate::fingerprint::Plan> {
+        crate::fingerprint::Plan::prepare(&self.client).await
+    }
+
+    /// Hashes the tables as of the snapshot (see [`crate::fingerprint`]).
+    pub async fn fingerprint(
+        &self,
+        plan: crate::fingerprint::Plan,
+    ) -> Result<crate::fingerprint::Fingerprint> {
+        plan.compute(&self.client).await
     }
 
     /// The source server's version.

@@ -62,6 +62,8 @@ pub struct BackupRequest {
     pub recipients: Option<Recipients>,
     /// `source.pg_bin_dir`.
     pub pg_bin_dir: Option<PathBuf>,
+    /// How long to wait for a table lock before failing.
+    pub lock_wait: Duration,
     /// Progress callback.
     pub progress: Option<Progress>,
 }
@@ -82,7 +84,8 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     let started_at = Timestamp::now();
     let clock = Instant::now();
 
-    let session = SnapshotSession::open(&req.source).await?;
+    let session = SnapshotSession::open(&req.source, req.lock_wait).await?;
+    let plan = session.prepare_fingerprint().await?;
     let tools = PgTools::find(
         req.pg_bin_dir.as_deref(),
         session.server().major(),
@@ -108,7 +111,7 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     let encoding = session.encoding().to_owned();
     let snapshot_id = session.snapshot_id().to_owned();
     let dumper = req.format.dumper();
-    let child = dumper.spawn_dump(&tools, &req.source, session.snapshot_id())?;
+    let child = dumper.spawn_dump(&tools, &req.source, session.snapshot_id(), req.lock_wait)?;
 
     let (tx, rx) = mpsc::channel::<Result<Bytes>>(CHANNEL_CHUNKS);
     let upload = AbortOnDrop(tokio::spawn({
@@ -119,8 +122,9 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     }));
 
     let sink_gone = Arc::new(AtomicBool::new(false));
+    let abort = Arc::new(AtomicBool::new(false));
     let job = {
-        let writer = ChunkSender::new(tx.clone(), sink_gone.clone());
+        let writer = ChunkSender::new(tx.clone(), sink_gone.clone(), abort.clone());
         let recipients = req.recipients.clone();
         let format = req.format;
         let level = req.gzip_level;
@@ -135,7 +139,7 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     let cancel = session.client().cancel_token();
     let mut job = job;
     let outcome = {
-        let fingerprint = session.fingerprint();
+        let fingerprint = session.fingerprint(plan);
         tokio::pin!(fingerprint);
         tokio::select! {
         joined = &mut job => {
@@ -148,9 +152,12 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
             dumped.and_then(|stats| fingerprinted.map(|fp| (stats, fp)))
         }
         fingerprinted = &mut fingerprint => {
-            // A failed fingerprint query aborts the snapshot and with it pg_dump, so its
-            // error is the cause to report.
+            // A failed fingerprint ends the backup: stop pg_dump at its next chunk
+            // rather than upload a dump that will be thrown away.
             let fp = fingerprinted;
+            if fp.is_err() {
+                abort.store(true, Ordering::SeqCst);
+            }
             let dumped = flatten_join(job.await, "dump");
             fp.and_then(|fp| dumped.map(|stats| (stats, fp)))
         }
@@ -299,20 +306,29 @@ struct ChunkSender {
     tx: mpsc::Sender<Result<Bytes>>,
     buf: BytesMut,
     sink_gone: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
 }
 
 impl ChunkSender {
-    fn new(tx: mpsc::Sender<Result<Bytes>>, sink_gone: Arc<AtomicBool>) -> Self {
+    fn new(
+        tx: mpsc::Sender<Result<Bytes>>,
+        sink_gone: Arc<AtomicBool>,
+        abort: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             tx,
             buf: BytesMut::with_capacity(CHUNK_SIZE),
             sink_gone,
+            abort,
         }
     }
 
     fn send_buffered(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
+        }
+        if self.abort.load(Ordering::SeqCst) {
+            return Err(io::Error::other("backup aborted"));
         }
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK_SIZE);
@@ -570,19 +586,51 @@ pub async fn restore(
         min_major,
         &[dumper.restore_program()],
     )?;
-    let created = prepare_target(&admin, &req.target, &manifest.source.encoding, req.clean).await?;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(db_err("looking up the target database"))?
+        .is_some();
+    // --clean restores beside the old database and swaps only on success: a damaged
+    // backup or a wrong key must not cost the database it was meant to replace.
+    let replace = exists && req.clean;
+    let load = if replace {
+        req.target.with_dbname(&format!(
+            "pgproof_restore_{}",
+            &crate::hashing::sha256_hex(database.as_bytes())[..12]
+        ))
+    } else {
+        req.target.clone()
+    };
+    let created = prepare_target(&admin, &load, &manifest.source.encoding, replace).await?;
 
-    let result = feed_restore(body, &*dumper, &tools, manifest, &req).await;
+    let mut result = feed_restore(body, &*dumper, &tools, manifest, &load, &req).await;
+    if replace && result.is_ok() {
+        let swapped = async {
+            drop_database(&admin, &server, &database).await?;
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    quote_ident(load.dbname()),
+                    quote_ident(&database)
+                ))
+                .await
+                .map_err(db_err("renaming the restored database into place"))
+        };
+        if let Err(e) = swapped.await {
+            result = Err(e);
+        }
+    }
     match result {
         Ok(raw_bytes) => Ok(RestoreOutcome {
             database,
-            created,
+            created: created || replace,
             raw_bytes,
             duration: clock.elapsed(),
         }),
         Err(e) => {
-            if created && let Err(drop_err) = drop_database(&admin, &server, &database).await {
-                tracing::error!(database = %database, error = %drop_err, "could not drop the half-restored database; drop it by hand");
+            if created && let Err(drop_err) = drop_database(&admin, &server, load.dbname()).await {
+                tracing::error!(database = %load.dbname(), error = %drop_err, "could not drop the half-restored database; drop it by hand");
             }
             Err(e)
         }
@@ -594,9 +642,10 @@ async fn feed_restore(
     dumper: &dyn Dumper,
     tools: &PgTools,
     manifest: &Manifest,
+    target: &ConnParams,
     req: &RestoreRequest,
 ) -> Result<u64> {
-    let child = dumper.spawn_restore(tools, &req.target)?;
+    let child = dumper.spawn_restore(tools, target)?;
     let program = dumper.restore_program();
     let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
     let manifest = manifest.clone();

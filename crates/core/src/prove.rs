@@ -90,14 +90,15 @@ async fn restore_and_verify(
     let target = request.target.clone();
     let outcome = match pipeline::restore(sink, manifest, request).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            let name = if matches!(e, Error::Integrity(_) | Error::Auth(_)) {
-                "archive"
-            } else {
-                "restore"
-            };
-            return Ok((vec![Check::fail(name, e.to_string())], None));
+        // The backup itself failed: its object is damaged, missing or unopenable, or
+        // the restore program rejected it.
+        Err(e @ (Error::Integrity(_) | Error::Key(_) | Error::NotFound(_))) => {
+            return Ok((vec![Check::fail("archive", e.to_string())], None));
         }
+        Err(e @ Error::Tool(_)) => return Ok((vec![Check::fail("restore", e.to_string())], None)),
+        // The scratch server, credentials or config: verification could not run,
+        // which says nothing about the backup.
+        Err(e) => return Err(e),
     };
     let mut checks = vec![Check::pass(
         "restore",
@@ -373,6 +374,7 @@ async fn drill_in(
             gzip_level: req.gzip_level,
             recipients: req.recipients.clone(),
             pg_bin_dir: req.pg_bin_dir.clone(),
+            lock_wait: Duration::from_secs(60),
             progress: None,
         },
     )

@@ -29,7 +29,11 @@ pub struct FsSink {
 impl FsSink {
     /// A sink rooted at `root` (created on first write if missing).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        // Absolute, so walking up from a key always ends at the root (a bare relative
+        // root like `backups` has an empty parent that cannot be fsynced).
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self { root }
     }
 
     /// Parses `file:///abs/path` or a plain path.
@@ -290,10 +294,8 @@ mod tests {
             FsSink::from_url("/var/b").unwrap().root(),
             Path::new("/var/b")
         );
-        assert_eq!(
-            FsSink::from_url("rel/dir").unwrap().root(),
-            Path::new("rel/dir")
-        );
+        let relative = FsSink::from_url("backups").unwrap();
+        assert!(relative.root().is_absolute() && relative.root().ends_with("backups"));
         assert!(FsSink::from_url("file://host/x").is_err());
         assert!(FsSink::from_url("s3://bucket").is_err());
     }
