@@ -212,17 +212,7 @@ async fn killed_pg_dump_leaves_no_backup() {
     ws.write_config(&config.replace("postgres://postgres@", "postgres://postgres:hunter2@"));
 
     // Hold a lock pg_dump needs, so it is certainly still running when it is killed.
-    // A partitioned parent: pg_dump locks it, the fingerprint (which hashes the
-    // partitions) does not, so only pg_dump waits.
-    let blocker = connect(&cluster, "app").await;
-    blocker
-        .batch_execute("CREATE TABLE blocker (id int) PARTITION BY RANGE (id)")
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let blocker = hold_a_lock_only_pg_dump_needs(&cluster).await;
 
     let child = command(
         &pgproof_bin(),
@@ -393,7 +383,20 @@ async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
     let ws = Workspace::new(&cluster, "app", "custom");
     let config = std::fs::read_to_string(&ws.config).unwrap();
     ws.write_config(&config.replace("[dump]", "[dump]\nlock_wait_timeout_secs = 1"));
-    let blocker = connect(&cluster, "app").await;
+    let blocker = hold_a_lock_only_pg_dump_needs(&cluster).await;
+    let out = ws.pgproof(&["backup"]);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_one_line_error(&out, 1, &["pg_dump failed", "lock"]);
+    assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
+}
+
+/// Holds ACCESS EXCLUSIVE on a partitioned parent until the client rolls back:
+/// pg_dump locks it, the fingerprint (which hashes partitions) does not, so only
+/// pg_dump waits. The table is committed first, or pg_dump's snapshot would not see it.
+async fn hold_a_lock_only_pg_dump_needs(
+    cluster: &pgproof_core::cluster::EphemeralCluster,
+) -> tokio_postgres::Client {
+    let blocker = connect(cluster, "app").await;
     blocker
         .batch_execute("CREATE TABLE blocker (id int) PARTITION BY RANGE (id)")
         .await
@@ -402,8 +405,5 @@ async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
         .batch_execute("BEGIN; LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let out = ws.pgproof(&["backup"]);
-    blocker.batch_execute("ROLLBACK").await.unwrap();
-    assert_one_line_error(&out, 1, &["pg_dump failed", "lock"]);
-    assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
+    blocker
 }

@@ -118,13 +118,7 @@ impl Dumper for CustomFormat {
         snapshot: &str,
         lock_wait: Duration,
     ) -> Result<Child> {
-        let mut cmd = client_command(tools, "pg_dump", source);
-        cmd.args(["--format=custom", "--no-password"])
-            .arg(format!("--snapshot={snapshot}"))
-            .arg(lock_wait_arg(lock_wait))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        spawn(cmd, "pg_dump")
+        spawn_pg_dump(tools, source, snapshot, lock_wait, "--format=custom")
     }
 
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child> {
@@ -158,13 +152,7 @@ impl Dumper for PlainFormat {
         snapshot: &str,
         lock_wait: Duration,
     ) -> Result<Child> {
-        let mut cmd = client_command(tools, "pg_dump", source);
-        cmd.args(["--format=plain", "--no-password"])
-            .arg(format!("--snapshot={snapshot}"))
-            .arg(lock_wait_arg(lock_wait))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        spawn(cmd, "pg_dump")
+        spawn_pg_dump(tools, source, snapshot, lock_wait, "--format=plain")
     }
 
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child> {
@@ -183,10 +171,25 @@ impl Dumper for PlainFormat {
     }
 }
 
-/// pg_dump would otherwise wait for a lock forever, holding pgproof's snapshot open
-/// while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
-fn lock_wait_arg(lock_wait: Duration) -> String {
-    format!("--lock-wait-timeout={}ms", lock_wait.as_millis().max(1))
+fn spawn_pg_dump(
+    tools: &PgTools,
+    source: &ConnParams,
+    snapshot: &str,
+    lock_wait: Duration,
+    format_arg: &str,
+) -> Result<Child> {
+    let mut cmd = client_command(tools, "pg_dump", source);
+    cmd.args([format_arg, "--no-password"])
+        .arg(format!("--snapshot={snapshot}"))
+        // Without it pg_dump waits for a lock forever, holding pgproof's snapshot
+        // open while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
+        .arg(format!(
+            "--lock-wait-timeout={}ms",
+            lock_wait.as_millis().max(1)
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    spawn(cmd, "pg_dump")
 }
 
 fn client_command(tools: &PgTools, program: &str, conn: &ConnParams) -> Command {
