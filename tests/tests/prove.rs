@@ -293,3 +293,44 @@ async fn fingerprint_catches_a_restore_that_changes_values() {
         "the restore itself succeeded"
     );
 }
+
+/// A manifest deleted from the middle of the chain is caught from both sides.
+#[tokio::test]
+async fn a_deleted_manifest_is_caught_by_its_neighbours() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE small")
+        .await
+        .unwrap();
+    connect(&cluster, "small")
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "small", "custom");
+    let ids: Vec<String> = (0..3)
+        .map(|_| ws.backup()["backup_id"].as_str().unwrap().to_owned())
+        .collect();
+    std::fs::remove_dir_all(ws.sink.join(format!("small/{}", ids[1]))).unwrap();
+
+    let (code, report) = verify(&ws, &ids[0]);
+    assert_eq!(code, 3);
+    let next = check(&report, "manifest:next");
+    assert_eq!(next["passed"], false);
+    assert!(
+        next["detail"].as_str().unwrap().contains("was deleted"),
+        "{next}"
+    );
+
+    let (code, report) = verify(&ws, &ids[2]);
+    assert_eq!(code, 3);
+    let previous = check(&report, "manifest:previous");
+    assert_eq!(previous["passed"], false);
+    assert!(
+        previous["detail"].as_str().unwrap().contains("missing"),
+        "{previous}"
+    );
+}

@@ -91,7 +91,6 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
         session.server().major(),
         &["pg_dump"],
     )?;
-    let previous = previous_manifest(&*sink, &database).await?;
 
     let backup_id = manifest::new_backup_id(started_at);
     let object_key = format!(
@@ -201,6 +200,8 @@ pub async fn backup(sink: Arc<dyn Sink>, req: BackupRequest) -> Result<BackupOut
     }
 
     let finished_at = Timestamp::now();
+    // Linked at commit time, so backups that overlap chain in the order they commit.
+    let previous = previous_manifest(&*sink, &database).await?;
     let mut codecs = Vec::new();
     if req.format.gzipped() {
         codecs.push("gzip".to_owned());

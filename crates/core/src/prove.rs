@@ -196,33 +196,45 @@ async fn manifest_chain_checks(
             }
         }
     });
-    let next = all.iter().find(|b| b.backup_id > manifest.backup_id);
-    if let Some(next) = next {
-        let bytes = sink::get_bytes(sink, &next.manifest_key(), MANIFEST_LIMIT).await?;
-        let link = serde_json::from_slice::<Manifest>(&bytes)
-            .ok()
-            .and_then(|m| m.previous);
-        checks.push(match link {
-            Some(p) if p.backup_id == manifest.backup_id && p.manifest_sha256 == sha => Check::pass(
-                "manifest:next",
-                format!("{} links to this manifest's sha256 {sha}", next.backup_id),
+    // The successor is whichever manifest links to this one (links are made at commit
+    // time, so it need not be the next id); failing that, any manifest committed later
+    // shows the link is missing.
+    let mut successor = None;
+    let mut committed_later = None;
+    for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
+        let bytes = sink::get_bytes(sink, &other.manifest_key(), MANIFEST_LIMIT).await?;
+        // A damaged manifest gets its own failed checks when it is verified.
+        let Ok(other) = serde_json::from_slice::<Manifest>(&bytes) else {
+            continue;
+        };
+        match other.previous {
+            Some(p) if p.backup_id == manifest.backup_id => {
+                successor = Some((other.backup_id, p.manifest_sha256));
+            }
+            _ if other.finished_at > manifest.finished_at && committed_later.is_none() => {
+                committed_later = Some(other.backup_id);
+            }
+            _ => {}
+        }
+    }
+    match (successor, committed_later) {
+        (Some((next, recorded)), _) if recorded == sha => checks.push(Check::pass(
+            "manifest:next",
+            format!("{next} links to this manifest's sha256 {sha}"),
+        )),
+        (Some((next, recorded)), _) => checks.push(Check::fail(
+            "manifest:next",
+            format!(
+                "this manifest was edited after {next} recorded it: sha256 {recorded} recorded, {sha} now"
             ),
-            Some(p) if p.backup_id == manifest.backup_id => Check::fail(
-                "manifest:next",
-                format!(
-                    "this manifest was edited after {} recorded it: sha256 {} recorded, {sha} now",
-                    next.backup_id, p.manifest_sha256
-                ),
+        )),
+        (None, Some(later)) => checks.push(Check::fail(
+            "manifest:next",
+            format!(
+                "{later} was committed after this backup but no manifest links to it: a manifest in between was deleted"
             ),
-            other => Check::fail(
-                "manifest:next",
-                format!(
-                    "{} links to {} instead of this backup: a manifest between them was deleted or added later",
-                    next.backup_id,
-                    other.map_or("nothing".to_owned(), |p| p.backup_id)
-                ),
-            ),
-        });
+        )),
+        (None, None) => {}
     }
     Ok(checks)
 }
