@@ -41,7 +41,8 @@ use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use md5::{Digest, Md5};
 use pgproof_core::config::SinkConfig;
-use pgproof_sink_gcs::{GcsSink, GoogleCloudStorageBuilder};
+use pgproof_sink_gcs::GoogleCloudStorageBuilder;
+use pgproof_sink_object_store::ObjectStoreSink;
 
 /// GCS's minimum size for every part of a multipart upload but the last.
 pub const MIN_PART_SIZE: usize = 5 << 20;
@@ -242,8 +243,8 @@ impl GcsServer {
         prefix: &str,
         part_size_mib: u64,
         in_flight: usize,
-    ) -> GcsSink {
-        GcsSink::from_builder(
+    ) -> ObjectStoreSink {
+        pgproof_sink_gcs::from_builder(
             &self.sink_config(bucket, prefix, part_size_mib, in_flight),
             GoogleCloudStorageBuilder::new(),
         )

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgproof_core::config::SinkConfig;
-use pgproof_sink_s3::{AmazonS3Builder, S3Sink};
+use pgproof_sink_object_store::ObjectStoreSink;
+use pgproof_sink_s3::AmazonS3Builder;
 
 use crate::missing_service;
 
@@ -140,9 +141,15 @@ impl Moto {
     }
 
     /// An S3 sink on `bucket/prefix` of this server, with the test credentials.
-    pub fn sink(&self, bucket: &str, prefix: &str, part_size_mib: u64, in_flight: usize) -> S3Sink {
+    pub fn sink(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        part_size_mib: u64,
+        in_flight: usize,
+    ) -> ObjectStoreSink {
         let config = self.sink_config(bucket, prefix, part_size_mib, in_flight);
-        S3Sink::from_builder(
+        pgproof_sink_s3::from_builder(
             &config,
             AmazonS3Builder::new()
                 .with_access_key_id(ACCESS_KEY)

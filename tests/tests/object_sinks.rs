@@ -12,8 +12,6 @@ use futures::StreamExt;
 use pgproof_core::config::SinkConfig;
 use pgproof_core::sink::{ByteStream, put_bytes};
 use pgproof_core::{Error, Sink};
-use pgproof_sink_gcs::GcsSink;
-use pgproof_sink_s3::S3Sink;
 use pgproof_tests::conformance::{self, LARGE, pattern};
 use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::Moto;
@@ -208,7 +206,7 @@ async fn real_gcs_conforms_when_credentials_are_supplied() {
         );
         return;
     };
-    let sink = GcsSink::from_config(&real_config(unique(&url))).expect("GCS sink");
+    let sink = pgproof_sink_gcs::from_config(&real_config(unique(&url))).expect("GCS sink");
     eprintln!("running the conformance suite against {}", sink.describe());
     conformance::run_all(&sink).await;
 }
@@ -221,7 +219,7 @@ async fn real_s3_conforms_when_credentials_are_supplied() {
         );
         return;
     };
-    let sink = S3Sink::from_config(&real_config(unique(&url))).expect("S3 sink");
+    let sink = pgproof_sink_s3::from_config(&real_config(unique(&url))).expect("S3 sink");
     eprintln!("running the conformance suite against {}", sink.describe());
     conformance::run_all(&sink).await;
 }

@@ -16,8 +16,6 @@ use pgproof_core::prove::{self, DrillRequest, VerifyRequest};
 use pgproof_core::verify::Report;
 use pgproof_core::{Error, Format, Result, Sink};
 use pgproof_sink_fs::FsSink;
-use pgproof_sink_gcs::GcsSink;
-use pgproof_sink_s3::S3Sink;
 
 use crate::settings::{self, FlagOverrides};
 use crate::{Annotations, Cli, Command, ConfigCommand, LogFormat};
@@ -156,8 +154,8 @@ fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
         ));
     };
     match url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("s3") => Ok(Arc::new(S3Sink::from_config(&config.sink)?)),
-        Some("gs") => Ok(Arc::new(GcsSink::from_config(&config.sink)?)),
+        Some("s3") => Ok(Arc::new(pgproof_sink_s3::from_config(&config.sink)?)),
+        Some("gs") => Ok(Arc::new(pgproof_sink_gcs::from_config(&config.sink)?)),
         Some("file") | None => {
             let s = &config.sink;
             if s.endpoint.is_some() || s.region.is_some() || s.service_account_file.is_some() {

@@ -4,7 +4,7 @@
 //! `sink.url = "gs://bucket/prefix"`; `[sink]` options `service_account_file`,
 //! `endpoint` (a GCS-compatible server's base URL), `allow_http`, `part_size_mib`,
 //! `parts_in_flight`, `max_retries`, `retry_timeout_secs` and `request_timeout_secs`
-//! apply. Credentials never come from the config itself: [`GcsSink::from_config`]
+//! apply. Credentials never come from the config itself: [`from_config`]
 //! uses the service-account key file named by `sink.service_account_file`, else the
 //! standard chain (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_SERVICE_ACCOUNT_KEY`,
 //! `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default credentials, then
@@ -16,118 +16,81 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use object_store::ClientConfigKey;
 pub use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::gcp::GoogleConfigKey;
 use pgproof_core::config::SinkConfig;
 use pgproof_core::error::{Error, Result};
-use pgproof_core::sink::{ByteStream, ObjectMeta, Sink};
 use pgproof_sink_object_store::{
     Location, ObjectStoreSink, Service, UploadOptions, check_endpoint,
 };
 
-/// A sink on a GCS bucket.
-#[derive(Clone, Debug)]
-pub struct GcsSink {
-    inner: ObjectStoreSink,
+/// Opens the sink `config` describes, with credentials from
+/// `sink.service_account_file` or the standard Google chain. Reads the key file;
+/// sends no request.
+pub fn from_config(config: &SinkConfig) -> Result<ObjectStoreSink> {
+    from_builder(config, GoogleCloudStorageBuilder::from_env())
 }
 
-impl GcsSink {
-    /// Opens the sink `config` describes, with credentials from
-    /// `sink.service_account_file` or the standard Google chain. Reads the key file;
-    /// sends no request.
-    pub fn from_config(config: &SinkConfig) -> Result<Self> {
-        Self::from_builder(config, GoogleCloudStorageBuilder::from_env())
-    }
-
-    /// Like [`from_config`](Self::from_config) on top of `builder`; the config's
-    /// bucket, endpoint, key file, timeouts and retries override it.
-    pub fn from_builder(config: &SinkConfig, builder: GoogleCloudStorageBuilder) -> Result<Self> {
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| Error::Config("sink.url is not set; write gs://bucket/prefix".into()))?;
-        let location = Location::parse(Service::Gcs, url)?;
-        for (set, key) in [
-            (config.region.is_some(), "sink.region"),
-            (config.path_style.is_some(), "sink.path_style"),
-        ] {
-            if set {
-                return Err(Error::Config(format!(
-                    "{key} applies to s3:// sinks only; remove it for {url}"
-                )));
-            }
+/// Like [`from_config`] on top of `builder`; the config's
+/// bucket, endpoint, key file, timeouts and retries override it.
+pub fn from_builder(
+    config: &SinkConfig,
+    builder: GoogleCloudStorageBuilder,
+) -> Result<ObjectStoreSink> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::Config("sink.url is not set; write gs://bucket/prefix".into()))?;
+    let location = Location::parse(Service::Gcs, url)?;
+    for (set, key) in [
+        (config.region.is_some(), "sink.region"),
+        (config.path_style.is_some(), "sink.path_style"),
+    ] {
+        if set {
+            return Err(Error::Config(format!(
+                "{key} applies to s3:// sinks only; remove it for {url}"
+            )));
         }
-        let options = UploadOptions::from_config(config);
-        let mut builder = builder
-            .with_bucket_name(&location.bucket)
-            .with_retry(options.retry_config())
-            .with_config(
-                GoogleConfigKey::Client(ClientConfigKey::Timeout),
-                format!("{}s", options.request_timeout.as_secs()),
-            );
-        if let Some(endpoint) = &config.endpoint {
-            check_endpoint(endpoint, config.allow_http)?;
-            builder = builder.with_base_url(endpoint);
+    }
+    let options = UploadOptions::from_config(config);
+    let mut builder = builder
+        .with_bucket_name(&location.bucket)
+        .with_retry(options.retry_config())
+        .with_config(
+            GoogleConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{}s", options.request_timeout.as_secs()),
+        );
+    if let Some(endpoint) = &config.endpoint {
+        check_endpoint(endpoint, config.allow_http)?;
+        builder = builder.with_base_url(endpoint);
+    }
+    if config.allow_http {
+        builder = builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
+    }
+    if let Some(file) = &config.service_account_file {
+        if !file.is_file() {
+            return Err(Error::Config(format!(
+                "sink.service_account_file {} does not exist; download a key for the service account or remove the option to use GOOGLE_APPLICATION_CREDENTIALS",
+                file.display()
+            )));
         }
-        if config.allow_http {
-            builder =
-                builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
-        }
-        if let Some(file) = &config.service_account_file {
-            if !file.is_file() {
-                return Err(Error::Config(format!(
-                    "sink.service_account_file {} does not exist; download a key for the service account or remove the option to use GOOGLE_APPLICATION_CREDENTIALS",
-                    file.display()
-                )));
-            }
-            builder = builder.with_service_account_path(file.to_string_lossy());
-        }
-        let location = location.with_endpoint(config.endpoint.clone());
-        let store = builder.build().map_err(|e| {
-            Error::Config(format!(
-                "cannot set up the GCS client for {}: {e}; check sink.service_account_file or the GOOGLE_* environment",
-                location.describe()
-            ))
-        })?;
-        Ok(Self {
-            inner: ObjectStoreSink::new(Arc::new(store), location, options),
-        })
+        builder = builder.with_service_account_path(file.to_string_lossy());
     }
-
-    /// The shared object-store sink underneath.
-    pub fn inner(&self) -> &ObjectStoreSink {
-        &self.inner
-    }
-}
-
-#[async_trait]
-impl Sink for GcsSink {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
-        self.inner.put(key, body).await
-    }
-
-    async fn get(&self, key: &str) -> Result<ByteStream> {
-        self.inner.get(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
+    let location = location.with_endpoint(config.endpoint.clone());
+    let store = builder.build().map_err(|e| {
+        Error::Config(format!(
+            "cannot set up the GCS client for {}: {e}; check sink.service_account_file or the GOOGLE_* environment",
+            location.describe()
+        ))
+    })?;
+    Ok(ObjectStoreSink::new(Arc::new(store), location, options))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgproof_core::sink::Sink;
 
     #[test]
     fn builds_from_a_key_file_without_network() {
@@ -145,7 +108,7 @@ mod tests {
             service_account_file: Some(key),
             ..SinkConfig::default()
         };
-        let sink = GcsSink::from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap();
+        let sink = from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap();
         assert_eq!(
             sink.describe(),
             "gs://bucket/pre (endpoint http://127.0.0.1:9)"
@@ -159,14 +122,14 @@ mod tests {
             region: Some("eu-west-1".into()),
             ..SinkConfig::default()
         };
-        let e = GcsSink::from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap_err();
+        let e = from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap_err();
         assert!(e.to_string().contains("sink.region"), "{e}");
         let config = SinkConfig {
             url: Some("gs://bucket".into()),
             service_account_file: Some("/nonexistent/sa.json".into()),
             ..SinkConfig::default()
         };
-        let e = GcsSink::from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap_err();
+        let e = from_builder(&config, GoogleCloudStorageBuilder::new()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/sa.json"), "{e}");
     }
 }

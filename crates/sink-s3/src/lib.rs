@@ -4,7 +4,7 @@
 //! `sink.url = "s3://bucket/prefix"`; `[sink]` options `endpoint`, `region`,
 //! `path_style`, `allow_http`, `part_size_mib`, `parts_in_flight`, `max_retries`,
 //! `retry_timeout_secs` and `request_timeout_secs` apply. Credentials never come from
-//! the config: [`S3Sink::from_config`] reads the standard AWS environment
+//! the config: [`from_config`] reads the standard AWS environment
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 //! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, web identity, container credentials) and
 //! falls back to the instance metadata service. (Shared-file profiles in
@@ -14,112 +14,77 @@
 //! manifests are put with `If-None-Match: *`, and failures abort the upload; see
 //! [`pgproof_sink_object_store`] for the guarantees and their limits.
 
-use async_trait::async_trait;
 use object_store::ClientConfigKey;
 pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
 use pgproof_core::config::SinkConfig;
 use pgproof_core::error::{Error, Result};
-use pgproof_core::sink::{ByteStream, ObjectMeta, Sink};
 use pgproof_sink_object_store::{
     Location, ObjectStoreSink, Service, UploadOptions, check_endpoint,
 };
 
-/// A sink on an S3 bucket.
-#[derive(Clone, Debug)]
-pub struct S3Sink {
-    inner: ObjectStoreSink,
+/// Opens the sink `config` describes, with credentials from the standard AWS
+/// environment and credential chain. No request is sent.
+pub fn from_config(config: &SinkConfig) -> Result<ObjectStoreSink> {
+    from_builder(config, AmazonS3Builder::from_env())
 }
 
-impl S3Sink {
-    /// Opens the sink `config` describes, with credentials from the standard AWS
-    /// environment and credential chain. No request is sent.
-    pub fn from_config(config: &SinkConfig) -> Result<Self> {
-        Self::from_builder(config, AmazonS3Builder::from_env())
+/// Like [`from_config`] on top of `builder`, which may carry
+/// credentials or client settings of the caller's choice; the config's bucket,
+/// endpoint, region, path style, timeouts and retries override it.
+pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<ObjectStoreSink> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::Config("sink.url is not set; write s3://bucket/prefix".into()))?;
+    let location = Location::parse(Service::S3, url)?;
+    if config.service_account_file.is_some() {
+        return Err(Error::Config(
+            "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role".into(),
+        ));
     }
-
-    /// Like [`from_config`](Self::from_config) on top of `builder`, which may carry
-    /// credentials or client settings of the caller's choice; the config's bucket,
-    /// endpoint, region, path style, timeouts and retries override it.
-    pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Self> {
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| Error::Config("sink.url is not set; write s3://bucket/prefix".into()))?;
-        let location = Location::parse(Service::S3, url)?;
-        if config.service_account_file.is_some() {
-            return Err(Error::Config(
-                "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role".into(),
-            ));
-        }
-        let options = UploadOptions::from_config(config);
-        let mut builder = builder
-            .with_bucket_name(&location.bucket)
-            .with_retry(options.retry_config())
-            .with_config(
-                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
-                format!("{}s", options.request_timeout.as_secs()),
-            );
-        if let Some(endpoint) = &config.endpoint {
-            check_endpoint(endpoint, config.allow_http)?;
-            builder = builder.with_endpoint(endpoint);
-        }
-        if config.allow_http {
-            builder = builder.with_allow_http(true);
-        }
-        if let Some(region) = &config.region {
-            builder = builder.with_region(region);
-        }
-        if let Some(path_style) = config.path_style {
-            builder = builder.with_virtual_hosted_style_request(!path_style);
-        }
-        let endpoint = builder
-            .get_config_value(&AmazonS3ConfigKey::Endpoint)
-            .filter(|e| !e.contains('@'));
-        let location = location.with_endpoint(endpoint);
-        let store = builder.build().map_err(|e| {
-            Error::Config(format!(
-                "cannot set up the S3 client for {}: {e}; check the [sink] options and the AWS_* environment",
-                location.describe()
-            ))
-        })?;
-        Ok(Self {
-            inner: ObjectStoreSink::new(std::sync::Arc::new(store), location, options),
-        })
+    let options = UploadOptions::from_config(config);
+    let mut builder = builder
+        .with_bucket_name(&location.bucket)
+        .with_retry(options.retry_config())
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            format!("{}s", options.request_timeout.as_secs()),
+        );
+    if let Some(endpoint) = &config.endpoint {
+        check_endpoint(endpoint, config.allow_http)?;
+        builder = builder.with_endpoint(endpoint);
     }
-
-    /// The shared object-store sink underneath.
-    pub fn inner(&self) -> &ObjectStoreSink {
-        &self.inner
+    if config.allow_http {
+        builder = builder.with_allow_http(true);
     }
-}
-
-#[async_trait]
-impl Sink for S3Sink {
-    fn describe(&self) -> String {
-        self.inner.describe()
+    if let Some(region) = &config.region {
+        builder = builder.with_region(region);
     }
-
-    async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
-        self.inner.put(key, body).await
+    if let Some(path_style) = config.path_style {
+        builder = builder.with_virtual_hosted_style_request(!path_style);
     }
-
-    async fn get(&self, key: &str) -> Result<ByteStream> {
-        self.inner.get(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
+    let endpoint = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .filter(|e| !e.contains('@'));
+    let location = location.with_endpoint(endpoint);
+    let store = builder.build().map_err(|e| {
+        Error::Config(format!(
+            "cannot set up the S3 client for {}: {e}; check the [sink] options and the AWS_* environment",
+            location.describe()
+        ))
+    })?;
+    Ok(ObjectStoreSink::new(
+        std::sync::Arc::new(store),
+        location,
+        options,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgproof_core::sink::Sink;
 
     fn config(url: &str) -> SinkConfig {
         SinkConfig {
@@ -136,7 +101,7 @@ mod tests {
         let builder = AmazonS3Builder::new()
             .with_access_key_id("AKIAEXAMPLE")
             .with_secret_access_key("s3cr3t-value");
-        let sink = S3Sink::from_builder(&c, builder).unwrap();
+        let sink = from_builder(&c, builder).unwrap();
         assert_eq!(
             sink.describe(),
             "s3://bucket/backups (endpoint http://127.0.0.1:9)"
@@ -150,12 +115,12 @@ mod tests {
         let mut c = config("s3://bucket");
         c.service_account_file = Some("/x.json".into());
         assert!(matches!(
-            S3Sink::from_builder(&c, AmazonS3Builder::new()),
+            from_builder(&c, AmazonS3Builder::new()),
             Err(Error::Config(_))
         ));
         let mut c = config("s3://bucket");
         c.endpoint = Some("http://127.0.0.1:9".into());
-        let e = S3Sink::from_builder(&c, AmazonS3Builder::new()).unwrap_err();
+        let e = from_builder(&c, AmazonS3Builder::new()).unwrap_err();
         assert!(e.to_string().contains("allow_http"), "{e}");
     }
 }
