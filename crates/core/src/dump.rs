@@ -72,23 +72,32 @@ pub trait Dumper: Send + Sync {
     /// The format this dumper writes and reads.
     fn format(&self) -> Format;
 
-    /// Program that [`spawn_dump`](Dumper::spawn_dump) runs (`pg_dump`).
-    fn dump_program(&self) -> &'static str {
-        "pg_dump"
-    }
-
     /// Program that [`spawn_restore`](Dumper::spawn_restore) runs.
     fn restore_program(&self) -> &'static str;
 
     /// Starts dumping `source` as of `snapshot`, giving up on any table lock not
-    /// granted within `lock_wait`.
+    /// granted within `lock_wait`. Every format is `pg_dump --format=<format>`.
     fn spawn_dump(
         &self,
         tools: &PgTools,
         source: &ConnParams,
         snapshot: &str,
         lock_wait: Duration,
-    ) -> Result<Child>;
+    ) -> Result<Child> {
+        let mut cmd = client_command(tools, "pg_dump", source);
+        cmd.arg(format!("--format={}", self.format()))
+            .arg("--no-password")
+            .arg(format!("--snapshot={snapshot}"))
+            // Without it pg_dump waits for a lock forever, holding pgproof's snapshot
+            // open while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
+            .arg(format!(
+                "--lock-wait-timeout={}ms",
+                lock_wait.as_millis().max(1)
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        spawn(cmd, "pg_dump")
+    }
 
     /// Starts restoring into `target`.
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child>;
@@ -109,16 +118,6 @@ impl Dumper for CustomFormat {
 
     fn restore_program(&self) -> &'static str {
         "pg_restore"
-    }
-
-    fn spawn_dump(
-        &self,
-        tools: &PgTools,
-        source: &ConnParams,
-        snapshot: &str,
-        lock_wait: Duration,
-    ) -> Result<Child> {
-        spawn_pg_dump(tools, source, snapshot, lock_wait, "--format=custom")
     }
 
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child> {
@@ -145,16 +144,6 @@ impl Dumper for PlainFormat {
         "psql"
     }
 
-    fn spawn_dump(
-        &self,
-        tools: &PgTools,
-        source: &ConnParams,
-        snapshot: &str,
-        lock_wait: Duration,
-    ) -> Result<Child> {
-        spawn_pg_dump(tools, source, snapshot, lock_wait, "--format=plain")
-    }
-
     fn spawn_restore(&self, tools: &PgTools, target: &ConnParams) -> Result<Child> {
         let mut cmd = client_command(tools, "psql", target);
         cmd.args([
@@ -169,27 +158,6 @@ impl Dumper for PlainFormat {
         .stdout(Stdio::null());
         spawn(cmd, "psql")
     }
-}
-
-fn spawn_pg_dump(
-    tools: &PgTools,
-    source: &ConnParams,
-    snapshot: &str,
-    lock_wait: Duration,
-    format_arg: &str,
-) -> Result<Child> {
-    let mut cmd = client_command(tools, "pg_dump", source);
-    cmd.args([format_arg, "--no-password"])
-        .arg(format!("--snapshot={snapshot}"))
-        // Without it pg_dump waits for a lock forever, holding pgproof's snapshot
-        // open while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
-        .arg(format!(
-            "--lock-wait-timeout={}ms",
-            lock_wait.as_millis().max(1)
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    spawn(cmd, "pg_dump")
 }
 
 fn client_command(tools: &PgTools, program: &str, conn: &ConnParams) -> Command {
