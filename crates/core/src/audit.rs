@@ -4,6 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
+use crate::fingerprint::ChainState;
 use crate::pg::db_err;
 
 mod embedded {
@@ -59,15 +60,7 @@ impl ChainReport {
 
 /// Runs the chain's verify function; `None` when the database has no chain.
 pub async fn verify_chain(client: &Client) -> Result<Option<ChainReport>> {
-    let present: bool = client
-        .query_one(
-            "SELECT to_regprocedure('pgproof.audit_verify()') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(db_err("looking for the audit chain"))?
-        .get(0);
-    if !present {
+    if !installed(client).await? {
         return Ok(None);
     }
     let row = client
@@ -89,5 +82,41 @@ pub async fn verify_chain(client: &Client) -> Result<Option<ChainReport>> {
         head_matches: row.get(4),
         head_seq: row.get(5),
         last_seq: row.get(6),
+    }))
+}
+
+/// Whether the database has pgproof's chain: both tables and the verify function.
+async fn installed(client: &Client) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT to_regclass('pgproof.audit_events') IS NOT NULL \
+                AND to_regclass('pgproof.audit_chain_head') IS NOT NULL \
+                AND to_regprocedure('pgproof.audit_verify()') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db_err("looking for the audit chain"))?
+        .get(0))
+}
+
+/// The audit chain's stored state, `None` without a chain. A missing head row is
+/// reported as head `missing` at seq -1, which no backup recorded.
+pub async fn chain_state(client: &Client) -> Result<Option<ChainState>> {
+    if !installed(client).await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgproof.audit_events), \
+                    coalesce((SELECT last_seq FROM pgproof.audit_chain_head), -1), \
+                    coalesce((SELECT encode(head_hash, 'hex') FROM pgproof.audit_chain_head), 'missing')",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the audit chain head"))?;
+    Ok(Some(ChainState {
+        rows: row.get(0),
+        last_seq: row.get(1),
+        head_hash: row.get(2),
     }))
 }

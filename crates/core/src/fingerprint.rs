@@ -221,7 +221,7 @@ impl Plan {
             .await
             .map_err(db_err("counting large objects"))?
             .get(0);
-        fingerprint.audit_chain = chain_state(client).await?;
+        fingerprint.audit_chain = crate::audit::chain_state(client).await?;
         Ok(fingerprint)
     }
 }
@@ -291,37 +291,6 @@ fn row_expression(columns: &[Column], inherits: bool) -> String {
 /// qualified name under the pinned search_path) is what survives.
 fn names_an_object(c: &Column) -> bool {
     c.base_name.starts_with("reg") && c.base_oid < FIRST_NORMAL_OBJECT_ID
-}
-
-/// The audit chain's stored state, `None` without a chain. A missing head row is
-/// reported as head `missing` at seq -1, which no backup recorded.
-pub async fn chain_state(client: &Client) -> Result<Option<ChainState>> {
-    let present: bool = client
-        .query_one(
-            "SELECT to_regclass('pgproof.audit_events') IS NOT NULL \
-                AND to_regclass('pgproof.audit_chain_head') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(db_err("looking for the audit chain"))?
-        .get(0);
-    if !present {
-        return Ok(None);
-    }
-    let row = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM pgproof.audit_events), \
-                    coalesce((SELECT last_seq FROM pgproof.audit_chain_head), -1), \
-                    coalesce((SELECT encode(head_hash, 'hex') FROM pgproof.audit_chain_head), 'missing')",
-            &[],
-        )
-        .await
-        .map_err(db_err("reading the audit chain head"))?;
-    Ok(Some(ChainState {
-        rows: row.get(0),
-        last_seq: row.get(1),
-        head_hash: row.get(2),
-    }))
 }
 
 /// A table-by-table comparison, for reports.

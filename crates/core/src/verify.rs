@@ -215,7 +215,7 @@ impl Verifier for AuditChain {
                 "the backup had an audit chain but the restored database has none",
             )]);
         };
-        let found = fingerprint::chain_state(r.client).await?;
+        let found = audit::chain_state(r.client).await?;
         let mut checks = Vec::new();
         let (rows, head) = found
             .as_ref()
