@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pgproof_core::cluster::EphemeralCluster;
+use pgproof_core::pg::PgTools;
 use tokio_postgres::Client;
 
 /// True when a missing service must fail the run (CI sets it via `scripts/test`).
@@ -43,6 +44,19 @@ pub fn start_cluster() -> Option<EphemeralCluster> {
         Err(e) => {
             missing_service(&format!("PostgreSQL ({e})"));
             None
+        }
+    }
+}
+
+/// Whether PostgreSQL server programs are installed, for tests whose subject starts
+/// its own cluster; reports a missing one like [`start_cluster`] does.
+pub fn postgres_available() -> bool {
+    let bin_dir = std::env::var_os("PGPROOF_TEST_PG_BIN_DIR").map(PathBuf::from);
+    match PgTools::find(bin_dir.as_deref(), 0, &["initdb", "pg_ctl", "postgres"]) {
+        Ok(_) => true,
+        Err(e) => {
+            missing_service(&format!("PostgreSQL ({e})"));
+            false
         }
     }
 }

@@ -7,6 +7,11 @@ use pgproof_core::audit::{migrate, verify_chain};
 use pgproof_tests::{connect, start_cluster};
 use tokio_postgres::Client;
 
+/// Swaps the positions of rows 11 and 12; running it twice restores the order.
+const SWAP_11_AND_12: &str = "UPDATE pgproof.audit_events SET seq = -seq WHERE seq IN (11, 12); \
+     UPDATE pgproof.audit_events SET seq = 12 WHERE seq = -11; \
+     UPDATE pgproof.audit_events SET seq = 11 WHERE seq = -12;";
+
 async fn chain_db(cluster: &pgproof_core::cluster::EphemeralCluster, name: &str) -> Client {
     connect(cluster, "postgres")
         .await
@@ -106,14 +111,7 @@ async fn chain_verifies_and_every_tamper_is_located() {
     assert!(verify_chain(&client).await.unwrap().unwrap().is_intact());
 
     // Swapping two rows' positions breaks the chain at the first of them.
-    client
-        .batch_execute(
-            "UPDATE pgproof.audit_events SET seq = -seq WHERE seq IN (11, 12); \
-             UPDATE pgproof.audit_events SET seq = 12 WHERE seq = -11; \
-             UPDATE pgproof.audit_events SET seq = 11 WHERE seq = -12;",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(SWAP_11_AND_12).await.unwrap();
     let brk = verify_chain(&client)
         .await
         .unwrap()
@@ -121,14 +119,7 @@ async fn chain_verifies_and_every_tamper_is_located() {
         .first_break
         .expect("reorder detected");
     assert_eq!(brk.seq, 11, "{brk:?}");
-    client
-        .batch_execute(
-            "UPDATE pgproof.audit_events SET seq = -seq WHERE seq IN (11, 12); \
-             UPDATE pgproof.audit_events SET seq = 12 WHERE seq = -11; \
-             UPDATE pgproof.audit_events SET seq = 11 WHERE seq = -12;",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(SWAP_11_AND_12).await.unwrap();
     assert!(verify_chain(&client).await.unwrap().unwrap().is_intact());
 
     // Deleting a middle row breaks the link at the next one.

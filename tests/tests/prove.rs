@@ -74,7 +74,7 @@ fn drill(format: &str) {
 
 #[test]
 fn drill_custom_format() {
-    if pgproof_tests::start_cluster().is_none() {
+    if !pgproof_tests::postgres_available() {
         return;
     }
     drill("custom");
@@ -82,7 +82,7 @@ fn drill_custom_format() {
 
 #[test]
 fn drill_plain_format() {
-    if pgproof_tests::start_cluster().is_none() {
+    if !pgproof_tests::postgres_available() {
         return;
     }
     drill("plain");
