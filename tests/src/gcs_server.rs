@@ -40,9 +40,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use md5::{Digest, Md5};
-use pgproof_core::config::SinkConfig;
 use pgproof_sink_gcs::GoogleCloudStorageBuilder;
 use pgproof_sink_object_store::ObjectStoreSink;
+use pgproof_sink_object_store::SinkConfig;
 
 /// GCS's minimum size for every part of a multipart upload but the last.
 pub const MIN_PART_SIZE: usize = 5 << 20;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgproof_core::config::SinkConfig;
 use pgproof_sink_object_store::ObjectStoreSink;
+use pgproof_sink_object_store::SinkConfig;
 use pgproof_sink_s3::AmazonS3Builder;
 
 use crate::missing_service;

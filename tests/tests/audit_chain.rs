@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use pgproof_core::audit::{migrate, verify_chain};
+use pgproof_core::evidence::audit::{migrate, verify_chain};
 use pgproof_tests::{connect, start_cluster};
 use tokio_postgres::Client;
 
@@ -12,7 +12,7 @@ const SWAP_11_AND_12: &str = "UPDATE pgproof.audit_events SET seq = -seq WHERE s
      UPDATE pgproof.audit_events SET seq = 12 WHERE seq = -11; \
      UPDATE pgproof.audit_events SET seq = 11 WHERE seq = -12;";
 
-async fn chain_db(cluster: &pgproof_core::cluster::EphemeralCluster, name: &str) -> Client {
+async fn chain_db(cluster: &pgproof_core::scratch::EphemeralCluster, name: &str) -> Client {
     connect(cluster, "postgres")
         .await
         .batch_execute(&format!("CREATE DATABASE {name}"))

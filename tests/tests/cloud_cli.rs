@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgproof_core::Sink;
-use pgproof_core::cluster::EphemeralCluster;
+use pgproof_core::scratch::EphemeralCluster;
 use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
 use pgproof_tests::proxy::TcpProxy;

@@ -394,7 +394,7 @@ async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
 /// pg_dump locks it, the fingerprint (which hashes partitions) does not, so only
 /// pg_dump waits. The table is committed first, or pg_dump's snapshot would not see it.
 async fn hold_a_lock_only_pg_dump_needs(
-    cluster: &pgproof_core::cluster::EphemeralCluster,
+    cluster: &pgproof_core::scratch::EphemeralCluster,
 ) -> tokio_postgres::Client {
     let blocker = connect(cluster, "app").await;
     blocker

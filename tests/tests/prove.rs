@@ -95,7 +95,9 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     };
     let source = create_sample_database(&cluster, "app").await;
     let mut chain = connect(&cluster, "app").await;
-    pgproof_core::audit::migrate(&mut chain).await.unwrap();
+    pgproof_core::evidence::audit::migrate(&mut chain)
+        .await
+        .unwrap();
     source
         .batch_execute(
             "INSERT INTO pgproof.audit_events (actor, action, subject) \
@@ -118,9 +120,11 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     assert_eq!(report["passed"], true);
     assert!(report["restore_ms"].as_u64().is_some());
     for name in [
-        "archive:stored",
+        "archive",
+        "restore",
         "fingerprint:public.kinds",
-        "fingerprint:large-objects",
+        "large-objects",
+        "sequences",
         "audit-chain:head",
         "audit-chain:verify",
         "audit-chain:walked",
@@ -134,7 +138,7 @@ async fn verify_passes_untouched_and_names_every_tamper() {
         "{:?}",
         ws.sink_files()
     );
-    let scratch_db = pgproof_core::prove::scratch_database(&first_id);
+    let scratch_db = pgproof_core::ops::scratch_database(&first_id);
     assert!(!database_exists(&cluster, &scratch_db).await);
 
     // A second backup, then the first backup's manifest is edited: the second's link
@@ -199,7 +203,7 @@ async fn verify_passes_untouched_and_names_every_tamper() {
         "{:?}",
         failed(&report)
     );
-    assert!(!database_exists(&cluster, &pgproof_core::prove::scratch_database(&second_id)).await);
+    assert!(!database_exists(&cluster, &pgproof_core::ops::scratch_database(&second_id)).await);
     let records = ws
         .sink_files()
         .into_iter()

@@ -1,14 +1,21 @@
-//! The Sink conformance suite against every sink: fs on local disk, S3 on moto (a
-//! real S3 server, in server mode) and GCS on the in-process XML-API server.
+//! The Sink conformance suite (pgproof-core's `testkit`) against every sink: fs on
+//! local disk, S3 on moto (a real S3 server, in server mode), GCS on the in-process
+//! XML-API server, and a third-party sink written here, outside the core, the way a
+//! library user would write one.
 
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 
-use pgproof_core::Sink;
-use pgproof_core::sink::put_bytes;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use pgproof_core::sink::{ByteStream, ObjectMeta, SinkExt, testkit, validate_key};
+use pgproof_core::{Error, Result, Sink};
 use pgproof_sink_fs::FsSink;
-use pgproof_tests::conformance;
 use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::Moto;
 
@@ -16,7 +23,80 @@ use pgproof_tests::moto::Moto;
 async fn fs_sink_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let sink = FsSink::new(dir.path().join("root"));
-    conformance::run_all(&sink).await;
+    testkit::run_all(&sink).await;
+}
+
+/// A sink in memory, as a library user might write for tests: objects appear only
+/// when their body ended without error, and never replace one another.
+#[derive(Debug, Default)]
+struct MemorySink {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn describe(&self) -> String {
+        "memory:".into()
+    }
+
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
+        validate_key(key)?;
+        if self.objects.lock().unwrap().contains_key(key) {
+            return Err(Error::already_exists(format!("{key} exists")));
+        }
+        let mut data = BytesMut::new();
+        let mut body = body;
+        while let Some(chunk) = body.try_next().await? {
+            data.extend_from_slice(&chunk);
+        }
+        let mut objects = self.objects.lock().unwrap();
+        if objects.contains_key(key) {
+            return Err(Error::already_exists(format!("{key} exists")));
+        }
+        let n = data.len() as u64;
+        objects.insert(key.to_owned(), data.freeze());
+        Ok(n)
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        let data = self.objects.lock().unwrap().get(key).cloned();
+        match data {
+            Some(data) => {
+                let chunks: Vec<Result<Bytes>> = data
+                    .chunks(64 << 10)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                Ok(futures::stream::iter(chunks).boxed())
+            }
+            None => Err(Error::not_found(format!("{key} does not exist"))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ObjectMeta {
+                key: k.clone(),
+                size: v.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.objects.lock().unwrap().remove(key) {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(format!("{key} does not exist"))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_third_party_sink_conforms() {
+    testkit::run_all(&MemorySink::default()).await;
 }
 
 #[tokio::test]
@@ -24,13 +104,9 @@ async fn fs_sink_files_are_private_and_no_temp_file_survives() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let sink = FsSink::new(&root);
-    put_bytes(
-        &sink,
-        "db/id/manifest.json",
-        bytes::Bytes::from_static(b"{}"),
-    )
-    .await
-    .unwrap();
+    sink.put_bytes("db/id/manifest.json", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&root.join("db/id/manifest.json")), 0o600);
     assert_eq!(mode(&root.join("db/id")), 0o700);
@@ -42,15 +118,15 @@ async fn fs_sink_files_are_private_and_no_temp_file_survives() {
     assert_eq!(names, ["manifest.json"]);
 }
 
-fn names(list: Vec<pgproof_core::sink::ObjectMeta>) -> Vec<String> {
+fn names(list: Vec<ObjectMeta>) -> Vec<String> {
     list.into_iter().map(|m| m.key).collect()
 }
 
 /// Objects beside the sink's prefix (one sharing its first characters) that must
 /// never show up in, or be touched by, the sink under test.
-async fn put_neighbours(root: &dyn pgproof_core::Sink) {
+async fn put_neighbours(root: &dyn Sink) {
     for key in ["pgproof-neighbour/x", "elsewhere/y"] {
-        put_bytes(root, key, bytes::Bytes::from_static(b"not yours"))
+        root.put_bytes(key, Bytes::from_static(b"not yours"))
             .await
             .unwrap();
     }
@@ -63,7 +139,7 @@ async fn s3_sink_conforms_on_moto() {
     let root = moto.sink("conformance", "", 5, 2);
     put_neighbours(&root).await;
     let sink = moto.sink("conformance", "pgproof/ci", 5, 2);
-    conformance::run_all(&sink).await;
+    testkit::run_all(&sink).await;
     assert!(
         moto.pending_uploads("conformance").is_empty(),
         "aborted multipart uploads left parts behind: {:?}",
@@ -96,7 +172,7 @@ async fn gcs_sink_conforms_on_the_in_process_xml_api_server() {
     let root = server.sink("conformance", "", 5, 2);
     put_neighbours(&root).await;
     let sink = server.sink("conformance", "pgproof/ci", 5, 2);
-    conformance::run_all(&sink).await;
+    testkit::run_all(&sink).await;
     assert!(
         server.pending_uploads("conformance").is_empty(),
         "aborted multipart uploads left parts behind: {:?}",

@@ -1,204 +1,23 @@
 //! pgproof: logical PostgreSQL backups that are proven, not assumed.
 //!
-//! A thin binary over `pgproof-core` and the sink crates: clap for the command line,
-//! figment for the layered config, tracing for logs, indicatif for progress.
+//! A thin binary over `pgproof-core` and the sink crates: `args` (clap) says what can
+//! be asked, `settings` (figment) layers the configuration whose shape is `config`,
+//! `engines` turns it into a sink and keys, `commands` holds one file per subcommand
+//! and `render` prints.
 
+mod args;
 mod commands;
+mod config;
+mod engines;
+mod render;
 mod settings;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use pgproof_core::Error;
+use clap::Parser;
+use pgproof_core::{Error, ErrorKind};
 
-/// Logical PostgreSQL backups, streamed, encrypted and committed by manifest.
-///
-/// Configuration is layered: built-in defaults < TOML file (--config, PGPROOF_CONFIG,
-/// ./pgproof.toml or /etc/pgproof/pgproof.toml) < PGPROOF_* environment variables
-/// (`__` nests: PGPROOF_SINK__URL sets sink.url) < flags. PG* variables fill gaps in
-/// source.url as libpq does.
-///
-/// Exit codes: 0 success; 1 operation failed; 2 bad usage or configuration;
-/// 3 integrity failure (hash mismatch, corrupted object, wrong age identity, a
-/// verification check failed).
-#[derive(Debug, Parser)]
-#[command(name = "pgproof", version, max_term_width = 100)]
-pub struct Cli {
-    /// Config file (TOML).
-    #[arg(long, global = true, env = "PGPROOF_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Sink URL, overriding sink.url: file:///path (or a directory), s3://bucket/prefix
-    /// or gs://bucket/prefix. Object-store credentials come from the environment
-    /// (AWS_*, GOOGLE_*) or sink.service_account_file, never from the URL.
-    #[arg(long, global = true, value_name = "URL")]
-    sink: Option<String>,
-
-    /// More log output (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-
-    /// Less log output (-q warnings only, -qq errors only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    quiet: u8,
-
-    /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Annotations {
-    None,
-    Github,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Dump each configured database in an exported snapshot, stream it through
-    /// gzip (plain) and age into the sink, then commit its manifest.
-    Backup {
-        /// Archive format, overriding dump.format.
-        #[arg(long, value_parser = ["custom", "plain"])]
-        format: Option<String>,
-        /// Source URL, overriding source.url.
-        #[arg(long, value_name = "URL")]
-        source: Option<String>,
-        /// Verify each backup right after taking it (also: verify.after_backup).
-        #[arg(long)]
-        verify: bool,
-        /// Print the committed manifests (and reports, with --verify) as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Prove backups: restore each into a scratch database (verify.scratch_url, or an
-    /// ephemeral local cluster), compare fingerprints and the audit chain, write a
-    /// verification record next to the manifest. Exits 0 only if every check passed.
-    Verify {
-        /// Backup id, or `latest` (default).
-        #[arg(default_value = "latest", conflicts_with = "all")]
-        backup: String,
-        /// Verify every committed backup (of --database, if given).
-        #[arg(long)]
-        all: bool,
-        /// Database whose backups to verify.
-        #[arg(long)]
-        database: Option<String>,
-        /// Keep the scratch database for inspection (needs verify.scratch_url).
-        #[arg(long)]
-        keep: bool,
-        /// age identity file, overriding encryption.identity_file.
-        #[arg(long, value_name = "FILE")]
-        identity: Option<PathBuf>,
-        /// Print the verification reports as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// The whole prove loop on a database pgproof creates: migrate the audit chain,
-    /// write a workload and edge values, back up through the configured pipeline and
-    /// sink (a temporary one if none), wipe, restore, verify. Needs no config: by
-    /// default it runs on an ephemeral local cluster. Exits 1 if anything failed.
-    Drill {
-        /// Archive format, overriding dump.format.
-        #[arg(long, value_parser = ["custom", "plain"])]
-        format: Option<String>,
-        /// Audit events to write.
-        #[arg(long, default_value_t = 1000)]
-        rows: i64,
-        /// Server to drill on instead of an ephemeral cluster (pgproof creates and
-        /// drops the database pgproof_drill there).
-        #[arg(long, value_name = "URL")]
-        server: Option<String>,
-        /// Failure lines as GitHub Actions annotations (::error ...).
-        #[arg(long, value_enum, default_value_t = Annotations::None)]
-        annotations: Annotations,
-        /// Print the drill's report as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Install or upgrade the tamper-evident audit chain (migrations/) in a database.
-    Migrate {
-        /// The database (libpq URI).
-        #[arg(long, value_name = "URL")]
-        url: String,
-    },
-    /// Restore a backup into a database: by default a new one that pgproof creates,
-    /// and drops again if anything fails.
-    Restore {
-        /// Backup id, or `latest`.
-        backup: String,
-        /// Database to restore into (libpq URI); must not exist, or be empty,
-        /// unless --clean.
-        #[arg(long, value_name = "URL")]
-        target: String,
-        /// Which database's backups `latest` refers to.
-        #[arg(long)]
-        database: Option<String>,
-        /// Replace the target database if it exists: the backup is restored beside
-        /// it and swapped in only once the restore succeeded.
-        #[arg(long)]
-        clean: bool,
-        /// age identity file, overriding encryption.identity_file.
-        #[arg(long, value_name = "FILE")]
-        identity: Option<PathBuf>,
-        /// Print the outcome as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List committed backups (those with a manifest), oldest first.
-    List {
-        /// Only this database.
-        #[arg(long)]
-        database: Option<String>,
-        /// JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one backup's manifest.
-    Show {
-        /// Backup id, or `latest`.
-        backup: String,
-        /// Database, where the id alone is ambiguous.
-        #[arg(long)]
-        database: Option<String>,
-        /// The manifest as stored (JSON).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Generate an age identity: writes the private key (mode 0600, never
-    /// overwriting) and prints the public key for encryption.recipients.
-    Keygen {
-        /// Where to write the identity file.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
-    },
-    /// Configuration commands.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Print the effective configuration (secrets redacted) and check it: URLs
-    /// parse, keys and files exist.
-    Check {
-        /// JSON on stdout.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use crate::args::{Cli, LogFormat};
 
 fn init_logging(cli: &Cli) {
     let level = match (cli.verbose, cli.quiet) {
@@ -231,9 +50,9 @@ fn init_logging(cli: &Cli) {
 
 /// Exit code for an error, as documented in `--help`.
 fn exit_code(e: &Error) -> u8 {
-    match e {
-        Error::Config(_) => 2,
-        Error::Integrity(_) | Error::Key(_) => 3,
+    match e.kind() {
+        ErrorKind::Config => 2,
+        ErrorKind::Integrity | ErrorKind::Key => 3,
         _ => 1,
     }
 }
@@ -255,7 +74,7 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgproof: error: {e}");
+            eprintln!("pgproof: error: {}", render::error_line(&e));
             ExitCode::from(exit_code(&e))
         }
     }

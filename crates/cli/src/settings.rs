@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
-use pgproof_core::config::Config;
 use pgproof_core::error::Error;
+
+use crate::config::Config;
 
 /// The file read when `--config` and `PGPROOF_CONFIG` are both absent, if it exists.
 pub const DEFAULT_CONFIG_FILES: [&str; 2] = ["pgproof.toml", "/etc/pgproof/pgproof.toml"];
@@ -29,7 +30,7 @@ pub fn load(
     let file = match explicit {
         Some(path) => {
             if !path.is_file() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "config file {} does not exist; pass an existing file with --config or PGPROOF_CONFIG",
                     path.display()
                 )));
@@ -63,7 +64,7 @@ pub fn load(
     }
     let config: Config = figment.extract().map_err(|err| {
         let problems: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
-        Error::Config(format!("invalid configuration: {}", problems.join("; ")))
+        Error::config(format!("invalid configuration: {}", problems.join("; ")))
     })?;
     config.validate()?;
     Ok((config, file))

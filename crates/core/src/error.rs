@@ -1,68 +1,158 @@
-//! The one error type of pgproof-core.
+//! The one error type of pgproof: a kind a caller can act on, the operation and object
+//! it concerns, and its source.
 //!
-//! Error policy: every message is one line that says what went wrong *and* what to do
-//! about it, and never contains a password, key or token. The variant is the kind a
-//! caller can act on (retry, fix config, give up on a corrupted object, …).
+//! # Error policy
+//!
+//! - Every message is one line that says what went wrong *and* what to do about it.
+//! - No message contains a password, key or token.
+//! - The [`ErrorKind`] says what a caller can do: fix the configuration, retry, give up
+//!   on a damaged object, install a tool, …
+//! - [`Error::about_backup`] separates a verdict on a backup (its bytes are damaged, or
+//!   they are intact and still do not restore) from a problem of the environment (a
+//!   missing tool, an unreachable server, a wrong key). Only the first may ever be
+//!   recorded as a failed verification.
+//! - Library errors name the library's own options ([`Setting`]), never a CLI flag or
+//!   config key: a front end translates a [`Setting`] into its own words.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io;
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, by what a caller can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
-    /// The configuration is wrong or incomplete: fix the named key or file.
-    #[error("{0}")]
-    Config(String),
+pub enum ErrorKind {
+    /// The configuration or a caller's argument is wrong or incomplete.
+    Config,
     /// An object, backup, database or file that was asked for does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// Something that must be created fresh already exists (create-only objects,
-    /// restore targets that hold data).
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// Credentials or keys were refused or do not match (database auth, age identity).
-    #[error("{0}")]
-    Auth(String),
+    NotFound,
+    /// Something that must be created fresh already exists.
+    AlreadyExists,
+    /// Credentials were refused (database authentication, object-store credentials).
+    Auth,
     /// The age identities given cannot open the backup (encrypted to other keys).
-    #[error("{0}")]
-    Key(String),
-    /// Data failed an integrity check: hash mismatch, corruption, truncation.
-    /// Retrying will not help; the object cannot be trusted.
-    #[error("{0}")]
-    Integrity(String),
-    /// A failure that may go away on retry (network, server restart, timeouts).
-    #[error("{0}")]
-    Transient(String),
-    /// An external program (pg_dump, pg_restore, psql, initdb, …) failed or is missing.
-    #[error("{0}")]
-    Tool(String),
+    Key,
+    /// A backup failed an integrity check: hash mismatch, corruption, truncation, an
+    /// object its manifest lists is missing. Retrying will not help.
+    Integrity,
+    /// A restore program was fed a backup whose bytes matched its manifest and still
+    /// failed: the backup does not restore into that target.
+    Rejected,
+    /// A failure that may go away if the same operation is tried again.
+    Transient,
+    /// A transient failure that outlasted every retry the caller allowed.
+    Exhausted,
+    /// An external program (pg_dump, pg_restore, psql, initdb, …) is missing, cannot
+    /// be started or failed for a reason outside the backup.
+    Tool,
     /// PostgreSQL refused a statement or could not be reached.
-    #[error("{0}")]
-    Database(String),
+    Database,
     /// A local I/O operation failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What pgproof was doing, naming the path involved.
-        context: String,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
-    },
+    Io,
+}
+
+impl ErrorKind {
+    /// A short lowercase name (`integrity`, `not-found`, …) for logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::AlreadyExists => "already-exists",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Key => "key",
+            ErrorKind::Integrity => "integrity",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Exhausted => "exhausted",
+            ErrorKind::Tool => "tool",
+            ErrorKind::Database => "database",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A library option an error is about, so a front end can say which of its own keys
+/// or flags to change (the library itself never names them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    /// The directory of PostgreSQL client programs.
+    PgBinDir,
+    /// The age recipients backups are encrypted to.
+    Recipients,
+    /// The age identity file that opens backups.
+    Identity,
+    /// Whether an existing restore target may be replaced.
+    Clean,
+}
+
+/// A pgproof error: see the [module documentation](self) for the policy.
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    operation: Option<Cow<'static, str>>,
+    object: Option<String>,
+    setting: Option<Setting>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+macro_rules! constructors {
+    ($($name:ident => $kind:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("An error of kind [`ErrorKind::", stringify!($kind), "`].")]
+            pub fn $name(message: impl Into<String>) -> Self {
+                Self::new(ErrorKind::$kind, message)
+            }
+        )*
+    };
 }
 
 impl Error {
-    /// Wraps an I/O error with what was being done. An [`Error`] that travelled through
-    /// an `io::Error` (a stream bridged into `std::io::Read`) is unwrapped, not nested.
+    /// An error of `kind` with a one-line `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            operation: None,
+            object: None,
+            setting: None,
+            source: None,
+        }
+    }
+
+    constructors! {
+        config => Config,
+        not_found => NotFound,
+        already_exists => AlreadyExists,
+        auth => Auth,
+        key => Key,
+        integrity => Integrity,
+        rejected => Rejected,
+        transient => Transient,
+        exhausted => Exhausted,
+        tool => Tool,
+        database => Database,
+    }
+
+    /// Wraps an I/O error with what was being done. A pgproof [`Error`] that travelled
+    /// through an `io::Error` (a stream bridged into `std::io::Read`) is unwrapped, not
+    /// nested.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         match Self::unwrap_io(source) {
             Ok(inner) => inner,
-            Err(source) => Error::Io {
-                context: context.into(),
-                source,
-            },
+            Err(source) => {
+                let context = context.into();
+                Self::new(ErrorKind::Io, format!("{context}: {source}")).with_source(source)
+            }
         }
     }
 
@@ -80,14 +170,149 @@ impl Error {
         }
     }
 
-    /// True when retrying the same operation may succeed.
+    /// Names the operation that failed (`put`, `restore`, `fingerprint`, …).
+    pub fn with_operation(mut self, operation: impl Into<Cow<'static, str>>) -> Self {
+        self.operation = Some(operation.into());
+        self
+    }
+
+    /// Names the object concerned (a key, a backup id, a database).
+    pub fn with_object(mut self, object: impl Into<String>) -> Self {
+        self.object = Some(object.into());
+        self
+    }
+
+    /// Names the library option that would fix this.
+    pub fn with_setting(mut self, setting: Setting) -> Self {
+        self.setting = Some(setting);
+        self
+    }
+
+    /// Keeps the underlying error (its text should already be in the message).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The same error with another kind, e.g. a missing object that a manifest lists,
+    /// which is an integrity failure of the backup rather than a lookup miss.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, one line, without the operation or object prefixes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The operation that failed, when known.
+    pub fn operation(&self) -> Option<&str> {
+        self.operation.as_deref()
+    }
+
+    /// The object concerned, when known.
+    pub fn object(&self) -> Option<&str> {
+        self.object.as_deref()
+    }
+
+    /// The library option that would fix this, when one would.
+    pub fn setting(&self) -> Option<Setting> {
+        self.setting
+    }
+
+    /// True when the error is a verdict on a backup (its bytes are damaged, or intact
+    /// and rejected by the restore program); false when it is about the environment
+    /// (tools, servers, keys, configuration, the network).
+    pub fn about_backup(&self) -> bool {
+        matches!(self.kind, ErrorKind::Integrity | ErrorKind::Rejected)
+    }
+
+    /// True when trying the same operation again may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Transient(_))
+        self.kind == ErrorKind::Transient
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(op) = &self.operation {
+            d.field("operation", op);
+        }
+        if let Some(object) = &self.object {
+            d.field("object", object);
+        }
+        if let Some(setting) = &self.setting {
+            d.field("setting", setting);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         io::Error::other(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_survives_a_trip_through_io() {
+        let e = Error::integrity("object x is damaged").with_object("x");
+        let io: io::Error = e.into();
+        let back = Error::io("reading", io);
+        assert_eq!(back.kind(), ErrorKind::Integrity);
+        assert_eq!(back.object(), Some("x"));
+        assert_eq!(back.to_string(), "object x is damaged");
+    }
+
+    #[test]
+    fn plain_io_errors_keep_their_context_and_source() {
+        let e = Error::io(
+            "writing /x",
+            io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert_eq!(e.to_string(), "writing /x: denied");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn only_integrity_and_rejection_are_about_the_backup() {
+        assert!(Error::integrity("x").about_backup());
+        assert!(Error::rejected("x").about_backup());
+        for e in [
+            Error::key("x"),
+            Error::tool("x"),
+            Error::database("x"),
+            Error::exhausted("x"),
+            Error::not_found("x"),
+        ] {
+            assert!(!e.about_backup(), "{e:?}");
+        }
     }
 }

@@ -41,19 +41,19 @@ impl FsSink {
         let path = match url.strip_prefix("file://") {
             Some(rest) if rest.starts_with('/') => rest,
             Some(_) => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "sink.url {url:?} is not a local file URL; write file:///absolute/path"
                 )));
             }
             None if url.contains("://") => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "sink.url {url:?} is not a local directory"
                 )));
             }
             None => url,
         };
         if path.is_empty() {
-            return Err(Error::Config("sink.url is empty".into()));
+            return Err(Error::config("sink.url is empty"));
         }
         Ok(Self::new(path))
     }
@@ -70,7 +70,7 @@ impl FsSink {
 
     fn io_error(&self, doing: &str, path: &Path, e: io::Error) -> Error {
         match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(format!(
+            io::ErrorKind::NotFound => Error::not_found(format!(
                 "{doing} {}: no such file or directory",
                 path.display()
             )),
@@ -120,10 +120,10 @@ impl Sink for FsSink {
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {
         let path = self.path_of(key)?;
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(Error::Config(format!("invalid object key {key:?}")));
+            return Err(Error::config(format!("invalid object key {key:?}")));
         };
         if tokio::fs::symlink_metadata(&path).await.is_ok() {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "{} already exists; sinks never overwrite",
                 path.display()
             )));
@@ -150,7 +150,7 @@ impl Sink for FsSink {
             }
         })
         .await
-        .map_err(|e| Error::Tool(format!("directory creation task failed: {e}")))?
+        .map_err(|e| Error::tool(format!("directory creation task failed: {e}")))?
         .map_err(|e| self.io_error("cannot create directory", &dir, e))?;
 
         let tmp_path = dir.join(temp_name(&name.to_string_lossy()));
@@ -177,7 +177,7 @@ impl Sink for FsSink {
         tokio::fs::hard_link(&tmp_path, &path)
             .await
             .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Error::AlreadyExists(format!(
+                io::ErrorKind::AlreadyExists => Error::already_exists(format!(
                     "{} already exists; sinks never overwrite",
                     path.display()
                 )),
@@ -189,7 +189,7 @@ impl Sink for FsSink {
         let dir_for_sync = dir.clone();
         tokio::task::spawn_blocking(move || sync_dir(&dir_for_sync))
             .await
-            .map_err(|e| Error::Tool(format!("fsync task failed: {e}")))?
+            .map_err(|e| Error::tool(format!("fsync task failed: {e}")))?
             .map_err(|e| self.io_error("cannot fsync directory", &dir, e))?;
         Ok(written)
     }
@@ -217,7 +217,7 @@ impl Sink for FsSink {
         };
         let found = tokio::task::spawn_blocking(move || walk(&root, &start, &prefix))
             .await
-            .map_err(|e| Error::Tool(format!("listing task failed: {e}")))?
+            .map_err(|e| Error::tool(format!("listing task failed: {e}")))?
             .map_err(|e| self.io_error("cannot list", &self.root, e))?;
         Ok(found)
     }

@@ -19,10 +19,9 @@ use std::sync::Arc;
 use object_store::ClientConfigKey;
 pub use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::gcp::GoogleConfigKey;
-use pgproof_core::config::SinkConfig;
 use pgproof_core::error::{Error, Result};
 use pgproof_sink_object_store::{
-    Location, ObjectStoreSink, Service, UploadOptions, check_endpoint,
+    Location, ObjectStoreSink, Service, SinkConfig, UploadOptions, check_endpoint,
 };
 
 /// Opens the sink `config` describes, with credentials from
@@ -41,14 +40,14 @@ pub fn from_builder(
     let url = config
         .url
         .as_deref()
-        .ok_or_else(|| Error::Config("sink.url is not set; write gs://bucket/prefix".into()))?;
+        .ok_or_else(|| Error::config("sink.url is not set; write gs://bucket/prefix"))?;
     let location = Location::parse(Service::Gcs, url)?;
     for (set, key) in [
         (config.region.is_some(), "sink.region"),
         (config.path_style.is_some(), "sink.path_style"),
     ] {
         if set {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{key} applies to s3:// sinks only; remove it for {url}"
             )));
         }
@@ -70,7 +69,7 @@ pub fn from_builder(
     }
     if let Some(file) = &config.service_account_file {
         if !file.is_file() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "sink.service_account_file {} does not exist; download a key for the service account or remove the option to use GOOGLE_APPLICATION_CREDENTIALS",
                 file.display()
             )));
@@ -79,7 +78,7 @@ pub fn from_builder(
     }
     let location = location.with_endpoint(config.endpoint.clone());
     let store = builder.build().map_err(|e| {
-        Error::Config(format!(
+        Error::config(format!(
             "cannot set up the GCS client for {}: {e}; check sink.service_account_file or the GOOGLE_* environment",
             location.describe()
         ))

@@ -62,7 +62,7 @@ impl Op {
 
 /// The error for a put refused because `key` exists.
 pub(crate) fn already_exists(location: &Location, op: Op, key: &str) -> Error {
-    Error::AlreadyExists(format!(
+    Error::already_exists(format!(
         "{} object {} already exists and pgproof never overwrites ({} refused)",
         location.service.name(),
         location.url_of(key),
@@ -197,8 +197,21 @@ fn innermost(e: &(dyn StdError + 'static)) -> String {
     last.to_string().chars().take(200).collect()
 }
 
-/// Maps a failed `op` on `key` to a pgproof error.
+/// Maps a failed `op` on `key` to a pgproof error that names the operation and the
+/// object.
 pub(crate) fn map(
+    location: &Location,
+    options: &UploadOptions,
+    op: Op,
+    key: &str,
+    e: &object_store::Error,
+) -> Error {
+    classify(location, options, op, key, e)
+        .with_operation(op.describe())
+        .with_object(op.target(location, key))
+}
+
+fn classify(
     location: &Location,
     options: &UploadOptions,
     op: Op,
@@ -217,7 +230,7 @@ pub(crate) fn map(
     };
 
     if detail.code.as_deref() == Some("NoSuchBucket") {
-        return Error::Config(format!(
+        return Error::config(format!(
             "{service} bucket {bucket:?}{via} does not exist ({what} of {target}: {detail}); check the bucket name in sink.url, and sink.endpoint"
         ));
     }
@@ -226,18 +239,18 @@ pub(crate) fn map(
             return already_exists(location, op, key);
         }
         E::NotFound { .. } => {
-            return Error::NotFound(format!(
+            return Error::not_found(format!(
                 "{service} object {target} does not exist ({what}: {detail})"
             ));
         }
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-            return Error::Auth(format!(
+            return Error::auth(format!(
                 "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
                 location.service.auth_hint()
             ));
         }
         E::InvalidPath { .. } => {
-            return Error::Config(format!(
+            return Error::config(format!(
                 "{service} {what} of {target}: an object name there is not a valid path ({detail}); remove or rename it"
             ));
         }
@@ -248,39 +261,39 @@ pub(crate) fn map(
             Some(_) => format!("check that the endpoint{via} is up and reachable from this host"),
             None => format!("{service} kept failing; try again later"),
         };
-        return Error::Transient(format!(
+        return Error::exhausted(format!(
             "{service} {what} of {target} failed: {detail}; {check} (retries: sink.max_retries = {}, sink.retry_timeout_secs = {})",
             options.max_retries,
             options.retry_timeout.as_secs()
         ));
     }
     match detail.status {
-        Some(404) => Error::NotFound(format!(
+        Some(404) => Error::not_found(format!(
             "{service} object {target} does not exist ({what}: {detail})"
         )),
-        Some(401 | 403) => Error::Auth(format!(
+        Some(401 | 403) => Error::auth(format!(
             "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
             location.service.auth_hint()
         )),
         Some(409 | 412) => already_exists(location, op, key),
-        Some(_) => Error::Config(format!(
+        Some(_) => Error::config(format!(
             "{service} rejected the {what} of {target}{via}: {detail}; {}",
             location.service.request_hint()
         )),
         None => {
             let lower = detail.to_string().to_ascii_lowercase();
             if lower.contains("credential") || lower.contains("token") {
-                Error::Auth(format!(
+                Error::auth(format!(
                     "{service} {what} of {target}: cannot obtain credentials ({detail}); {}",
                     location.service.auth_hint()
                 ))
             } else if lower.contains("redirect") {
-                Error::Config(format!(
+                Error::config(format!(
                     "{service} {what} of {target}{via}: {detail}; {}",
                     location.service.request_hint()
                 ))
             } else {
-                Error::Tool(format!(
+                Error::tool(format!(
                     "{service} {what} of {target}{via} failed: {detail}"
                 ))
             }
@@ -292,6 +305,7 @@ pub(crate) fn map(
 mod tests {
     use super::*;
     use crate::location::Service;
+    use pgproof_core::ErrorKind;
 
     fn location() -> Location {
         Location::parse(Service::S3, "s3://bkt/pre").unwrap()
@@ -325,7 +339,7 @@ mod tests {
             &e,
         );
         let text = mapped.to_string();
-        assert!(matches!(mapped, Error::Transient(_)), "{mapped:?}");
+        assert!(mapped.kind() == ErrorKind::Exhausted, "{mapped:?}");
         assert!(text.contains("s3://bkt/pre/db/x"), "{text}");
         assert!(text.contains("part upload"), "{text}");
         assert!(
@@ -343,7 +357,7 @@ mod tests {
         };
         let mapped = map(&location(), &UploadOptions::default(), Op::Put, "k", &e);
         let text = mapped.to_string();
-        assert!(matches!(mapped, Error::Auth(_)), "{mapped:?}");
+        assert!(mapped.kind() == ErrorKind::Auth, "{mapped:?}");
         assert!(text.contains("HTTP 403 Forbidden (SignatureDoesNotMatch: The request signature we calculated does not match)"), "{text}");
         assert!(text.contains("AWS_ACCESS_KEY_ID"), "{text}");
         assert!(!text.contains("AKIASECRETISH"), "{text}");
@@ -360,7 +374,7 @@ mod tests {
             "db/",
             &generic(Text(body.into())),
         );
-        assert!(matches!(mapped, Error::Config(_)), "{mapped:?}");
+        assert!(mapped.kind() == ErrorKind::Config, "{mapped:?}");
         assert!(mapped.to_string().contains("bucket \"bkt\""), "{mapped}");
 
         let body = "Error performing PUT http://h/k in 1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - Server returned non-2xx status code: 503 Service Unavailable: <Error><Code>SlowDown</Code></Error>";
@@ -371,7 +385,7 @@ mod tests {
             "k",
             &generic(Text(body.into())),
         );
-        assert!(matches!(mapped, Error::Transient(_)), "{mapped:?}");
+        assert!(mapped.kind() == ErrorKind::Exhausted, "{mapped:?}");
         assert!(
             mapped
                 .to_string()

@@ -27,6 +27,7 @@
 //!   message naming the service, bucket, operation and key and what to check, and
 //!   never a credential: server bodies are reduced to their error code and message.
 
+mod config;
 mod errors;
 mod location;
 
@@ -43,10 +44,10 @@ use object_store::{
     BackoffConfig, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
     PutPayload, RetryConfig, WriteMultipart,
 };
-use pgproof_core::config::{MAX_PARTS, SinkConfig};
 use pgproof_core::error::{Error, Result};
 use pgproof_core::sink::{ByteStream, ObjectMeta, Sink, validate_key};
 
+pub use config::{MAX_PART_SIZE_MIB, MAX_PARTS, MIN_PART_SIZE_MIB, SinkConfig};
 pub use errors::Op;
 pub use location::{Location, Service, check_endpoint};
 
@@ -124,7 +125,9 @@ impl fmt::Debug for ObjectStoreSink {
 
 impl ObjectStoreSink {
     /// A sink writing under `location` through `store`, a client for that bucket.
-    pub fn new(store: Arc<dyn Store>, location: Location, options: UploadOptions) -> Self {
+    /// `options.parts_in_flight` is at least 1 (one part is always being filled).
+    pub fn new(store: Arc<dyn Store>, location: Location, mut options: UploadOptions) -> Self {
+        options.parts_in_flight = options.parts_in_flight.max(1);
         Self {
             store,
             location,
@@ -151,7 +154,7 @@ impl ObjectStoreSink {
         validate_key(key)?;
         let full = self.location.full_key(key);
         Path::parse(&full).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "object key {key:?} cannot be stored in {}: {e}",
                 self.location.describe()
             ))
@@ -219,7 +222,7 @@ impl ObjectStoreSink {
             };
             total += chunk.len() as u64;
             if total > limit {
-                let e = Error::Config(format!(
+                let e = Error::config(format!(
                     "{} object {} is larger than {MAX_PARTS} parts of {} MiB, the most a multipart upload can hold; raise sink.part_size_mib",
                     self.location.service.name(),
                     self.location.url_of(key),
@@ -259,7 +262,7 @@ impl Upload<'_> {
             self.filled = (self.filled + piece.len()) % part;
             let waited = match self.writer.as_mut() {
                 Some(w) => w.wait_for_capacity(uploading).await,
-                None => return Err(Error::Tool("multipart upload used after it ended".into())),
+                None => return Err(Error::tool("multipart upload used after it ended")),
             };
             if let Err(e) = waited {
                 let err = self.sink.fail(Op::UploadPart, self.key, e);
@@ -277,7 +280,7 @@ impl Upload<'_> {
     /// if that fails).
     async fn finish(&mut self) -> Result<()> {
         let Some(mut writer) = self.writer.take() else {
-            return Err(Error::Tool("multipart upload used after it ended".into()));
+            return Err(Error::tool("multipart upload used after it ended"));
         };
         // Wait for the parts in flight first, so a failed part is reported as such
         // and the abort is ours.

@@ -17,10 +17,9 @@
 use object_store::ClientConfigKey;
 pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
-use pgproof_core::config::SinkConfig;
 use pgproof_core::error::{Error, Result};
 use pgproof_sink_object_store::{
-    Location, ObjectStoreSink, Service, UploadOptions, check_endpoint,
+    Location, ObjectStoreSink, Service, SinkConfig, UploadOptions, check_endpoint,
 };
 
 /// Opens the sink `config` describes, with credentials from the standard AWS
@@ -36,11 +35,11 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
     let url = config
         .url
         .as_deref()
-        .ok_or_else(|| Error::Config("sink.url is not set; write s3://bucket/prefix".into()))?;
+        .ok_or_else(|| Error::config("sink.url is not set; write s3://bucket/prefix"))?;
     let location = Location::parse(Service::S3, url)?;
     if config.service_account_file.is_some() {
-        return Err(Error::Config(
-            "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role".into(),
+        return Err(Error::config(
+            "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role",
         ));
     }
     let options = UploadOptions::from_config(config);
@@ -69,7 +68,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
         .filter(|e| !e.contains('@'));
     let location = location.with_endpoint(endpoint);
     let store = builder.build().map_err(|e| {
-        Error::Config(format!(
+        Error::config(format!(
             "cannot set up the S3 client for {}: {e}; check the [sink] options and the AWS_* environment",
             location.describe()
         ))
@@ -84,6 +83,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgproof_core::ErrorKind;
     use pgproof_core::sink::Sink;
 
     fn config(url: &str) -> SinkConfig {
@@ -116,7 +116,7 @@ mod tests {
         c.service_account_file = Some("/x.json".into());
         assert!(matches!(
             from_builder(&c, AmazonS3Builder::new()),
-            Err(Error::Config(_))
+            Err(e) if e.kind() == ErrorKind::Config
         ));
         let mut c = config("s3://bucket");
         c.endpoint = Some("http://127.0.0.1:9".into());

@@ -1,11 +1,19 @@
-//! Where backups live: the [`Sink`] trait and helpers shared by every backend.
+//! Where backups live: the [`Sink`] trait, its extension trait [`SinkExt`], the
+//! bounded streaming of a dump into a sink, and (feature `testkit`) the conformance
+//! suite every implementation must pass.
+
+pub(crate) mod stream;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use std::fmt;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 
+#[cfg(doc)]
+use crate::error::ErrorKind;
 use crate::error::{Error, Result};
 
 /// A stream of byte chunks flowing into or out of a sink. An `Err` item ends the stream
@@ -26,19 +34,24 @@ pub struct ObjectMeta {
 /// Keys are `/`-separated relative paths (see [`validate_key`]). An implementation:
 ///
 /// - MUST make [`put`](Sink::put) create-only: if `key` exists it fails with
-///   [`Error::AlreadyExists`] and leaves the existing object untouched;
+///   [`ErrorKind::AlreadyExists`] and leaves the existing object untouched;
 /// - MUST make a put atomic: the object becomes visible to `get` and `list` only after
 ///   the body stream ended without error and every byte is durable; if the body yields
 ///   an `Err`, or writing fails, or the future is dropped, nothing is left listed under
 ///   `key` (partial uploads are aborted or removed);
 /// - MUST consume the body as it arrives, holding at most a bounded number of chunks in
 ///   memory, whatever the object's size;
-/// - MUST return [`Error::NotFound`] from `get` and `delete` for a missing key;
+/// - MUST return [`ErrorKind::NotFound`] from `get` and `delete` for a missing key;
 /// - MUST list every committed object whose key starts with `prefix`, recursively,
 ///   sorted by key, and nothing that is not committed;
 /// - MUST map backend errors onto [`Error`] kinds (not found, already exists, auth,
-///   transient, …) with a message naming the operation, the key and what to check, and
-///   never a credential.
+///   transient, exhausted retries, …) with a message naming the operation, the key and
+///   what to check, and never a credential;
+/// - SHOULD retry transient failures itself, within a bounded budget, and report
+///   [`ErrorKind::Exhausted`] when the budget ran out.
+///
+/// Conveniences built on these four operations live on [`SinkExt`]; the conformance
+/// suite is [`testkit::run_all`] (feature `testkit`).
 #[async_trait]
 pub trait Sink: Send + Sync + fmt::Debug {
     /// A description for logs and manifests, without credentials (e.g. `file:///var/backups`).
@@ -67,34 +80,41 @@ pub fn validate_key(key: &str) -> Result<()> {
             .split('/')
             .any(|seg| seg.is_empty() || seg == "." || seg == "..");
     if bad {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "invalid object key {key:?}: keys are relative paths without empty, '.' or '..' segments"
         )));
     }
     Ok(())
 }
 
-/// Stores a small in-memory object (a manifest, a record) create-only.
-pub async fn put_bytes(sink: &dyn Sink, key: &str, data: Bytes) -> Result<u64> {
-    sink.put(key, stream::once(async move { Ok(data) }).boxed())
-        .await
+/// Conveniences on every [`Sink`]: small whole objects in and out of memory.
+#[async_trait]
+pub trait SinkExt: Sink {
+    /// Stores a small in-memory object (a manifest, a record) create-only.
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<u64> {
+        self.put(key, futures::stream::once(async move { Ok(data) }).boxed())
+            .await
+    }
+
+    /// Reads a whole object into memory, refusing objects larger than `limit` bytes
+    /// (for manifests and records, never for dumps) as an integrity failure.
+    async fn get_bytes(&self, key: &str, limit: usize) -> Result<Vec<u8>> {
+        let mut body = self.get(key).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = body.try_next().await? {
+            if out.len() + chunk.len() > limit {
+                return Err(Error::integrity(format!(
+                    "object {key} is larger than {limit} bytes, which no pgproof manifest or record is; it was not written by pgproof"
+                ))
+                .with_object(key));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
 }
 
-/// Reads a whole object into memory, refusing objects larger than `limit` bytes (for
-/// manifests and records, never for dumps).
-pub async fn get_bytes(sink: &dyn Sink, key: &str, limit: usize) -> Result<Vec<u8>> {
-    let mut body = sink.get(key).await?;
-    let mut out = Vec::new();
-    while let Some(chunk) = body.try_next().await? {
-        if out.len() + chunk.len() > limit {
-            return Err(Error::Integrity(format!(
-                "object {key} is larger than {limit} bytes, which no pgproof manifest is; it was not written by pgproof"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
+impl<S: Sink + ?Sized> SinkExt for S {}
 
 #[cfg(test)]
 mod tests {

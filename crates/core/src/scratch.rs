@@ -1,10 +1,12 @@
-//! A throwaway PostgreSQL cluster: initdb + pg_ctl in a temp dir, unix socket only,
-//! stopped and removed on drop. Tests, the demo and scratch restores use it.
+//! The scratch cluster: a throwaway PostgreSQL (initdb + pg_ctl in a temp dir, unix
+//! socket only), stopped and removed on drop. Verification restores into it by
+//! default; tests and the drill use it too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::error::{Error, Result};
+use crate::pg::process::one_line;
 use crate::pg::{ConnParams, PgTools};
 
 /// The superuser every ephemeral cluster is created with.
@@ -105,11 +107,11 @@ impl EphemeralCluster {
         cmd.args(args).current_dir(self.dir.path());
         let out = cmd
             .output()
-            .map_err(|e| Error::Tool(format!("cannot run {}: {e}", bin.display())))?;
+            .map_err(|e| Error::tool(format!("cannot run {}: {e}", bin.display())))?;
         if !out.status.success() {
             let log =
                 std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            return Err(Error::Tool(format!(
+            return Err(Error::tool(format!(
                 "{program} failed for the ephemeral cluster ({}): {} {}",
                 out.status,
                 one_line(&String::from_utf8_lossy(&out.stderr)),
@@ -174,22 +176,13 @@ fn chown_to(path: &Path, user: &str) -> Result<()> {
         .arg(user)
         .arg(path)
         .output()
-        .map_err(|e| Error::Tool(format!("cannot run chown: {e}")))?;
+        .map_err(|e| Error::tool(format!("cannot run chown: {e}")))?;
     if !out.status.success() {
-        return Err(Error::Tool(format!(
+        return Err(Error::tool(format!(
             "cannot hand {} to user {user} for the ephemeral cluster: {}; set PGPROOF_CLUSTER_USER to an existing unprivileged user",
             path.display(),
             one_line(&String::from_utf8_lossy(&out.stderr))
         )));
     }
     Ok(())
-}
-
-/// Joins the non-empty lines of a program's output into one line.
-pub(crate) fn one_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
 }

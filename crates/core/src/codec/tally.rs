@@ -1,4 +1,4 @@
-//! sha256 + byte counting on either side of a stream stage.
+//! The tally: sha256 and byte count of what passes one point of a stream.
 
 use std::io::{self, Read, Write};
 
@@ -6,12 +6,14 @@ use sha2::{Digest, Sha256};
 
 /// Size and sha256 of the bytes that went through a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Tally {
-    pub(crate) bytes: u64,
-    pub(crate) sha256: String,
+pub struct Tally {
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Their sha256, hex.
+    pub sha256: String,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counter {
     hasher: Sha256,
     bytes: u64,
@@ -32,20 +34,23 @@ impl Counter {
 }
 
 /// A writer that hashes what it passes on.
-pub(crate) struct HashingWriter<W> {
+#[derive(Debug)]
+pub struct HashingWriter<W> {
     inner: W,
     counter: Counter,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
+    /// Tallies what is written to `inner`.
+    pub fn new(inner: W) -> Self {
         Self {
             inner,
             counter: Counter::default(),
         }
     }
 
-    pub(crate) fn finish(self) -> (W, Tally) {
+    /// The inner writer and the tally of everything written.
+    pub fn finish(self) -> (W, Tally) {
         (self.inner, self.counter.tally())
     }
 }
@@ -63,20 +68,23 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// A reader that hashes what it hands out.
-pub(crate) struct HashingReader<R> {
+#[derive(Debug)]
+pub struct HashingReader<R> {
     inner: R,
     counter: Counter,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    /// Tallies what is read from `inner`.
+    pub fn new(inner: R) -> Self {
         Self {
             inner,
             counter: Counter::default(),
         }
     }
 
-    pub(crate) fn finish(self) -> Tally {
+    /// The tally of everything read.
+    pub fn finish(self) -> Tally {
         self.counter.tally()
     }
 }
@@ -90,7 +98,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// sha256 of a byte slice, hex.
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 

@@ -13,13 +13,14 @@
 //! The same computation over the source (in the dump's snapshot) and over a restore
 //! must agree table by table; a difference names the table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::error::Result;
-use crate::pg::{db_err, quote_ident};
+use crate::evidence::audit::{self, ChainState};
+use crate::pg::{db_err, query_count, quote_ident};
 
 /// Names the row encoding and combination, so fingerprints of different methods are
 /// never compared.
@@ -88,17 +89,6 @@ impl SequenceState {
     }
 }
 
-/// The audit chain as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChainState {
-    /// Rows in `pgproof.audit_events`.
-    pub rows: i64,
-    /// `last_seq` in the head row.
-    pub last_seq: i64,
-    /// `head_hash` in the head row, hex.
-    pub head_hash: String,
-}
-
 struct Column {
     name: String,
     type_oid: u32,
@@ -164,29 +154,7 @@ impl Plan {
                 .await
                 .map_err(db_err("locking the tables to fingerprint"))?;
         }
-        let rows = client
-            .query(
-                "SELECT format('%I.%I', n.nspname, c.relname), s.seqincrement FROM pg_class c                  JOIN pg_namespace n ON n.oid = c.relnamespace                  JOIN pg_sequence s ON s.seqrelid = c.oid                  WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND NOT pg_is_other_temp_schema(n.oid) AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass                                    AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 1",
-                &[],
-            )
-            .await
-            .map_err(db_err("listing sequences"))?;
-        let mut sequences = BTreeMap::new();
-        for seq in rows {
-            let name: String = seq.get(0);
-            let row = client
-                .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
-                .await
-                .map_err(db_err("reading a sequence"))?;
-            sequences.insert(
-                name,
-                SequenceState {
-                    last_value: row.get(0),
-                    is_called: row.get(1),
-                    increment: seq.get(1),
-                },
-            );
-        }
+        let sequences = sequences(client).await?;
         Ok(Self { tables, sequences })
     }
 
@@ -216,14 +184,48 @@ impl Plan {
                 },
             );
         }
-        fingerprint.large_objects = client
-            .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
-            .await
-            .map_err(db_err("counting large objects"))?
-            .get(0);
-        fingerprint.audit_chain = crate::audit::chain_state(client).await?;
+        fingerprint.large_objects = large_objects(client).await?;
+        fingerprint.audit_chain = audit::chain_state(client).await?;
         Ok(fingerprint)
     }
+}
+
+/// Every user sequence's state, as the transaction `client` has open sees it.
+pub async fn sequences(client: &Client) -> Result<BTreeMap<String, SequenceState>> {
+    let rows = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname), s.seqincrement FROM pg_class c                  JOIN pg_namespace n ON n.oid = c.relnamespace                  JOIN pg_sequence s ON s.seqrelid = c.oid                  WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND NOT pg_is_other_temp_schema(n.oid) AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass                                    AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(db_err("listing sequences"))?;
+    let mut sequences = BTreeMap::new();
+    for seq in rows {
+        let name: String = seq.get(0);
+        let row = client
+            .query_one(&format!("SELECT last_value, is_called FROM {name}"), &[])
+            .await
+            .map_err(db_err("reading a sequence"))?;
+        sequences.insert(
+            name,
+            SequenceState {
+                last_value: row.get(0),
+                is_called: row.get(1),
+                increment: seq.get(1),
+            },
+        );
+    }
+    Ok(sequences)
+}
+
+/// The number of large objects.
+pub async fn large_objects(client: &Client) -> Result<i64> {
+    query_count(
+        client,
+        "SELECT count(*) FROM pg_largeobject_metadata",
+        "counting large objects",
+    )
+    .await
 }
 
 async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
@@ -293,10 +295,10 @@ fn names_an_object(c: &Column) -> bool {
     c.base_name.starts_with("reg") && c.base_oid < FIRST_NORMAL_OBJECT_ID
 }
 
-/// A table-by-table comparison, for reports.
+/// One difference between what a backup recorded and what a restore holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Difference {
-    /// What differs (`public.orders`, `sequence public.s`, `large objects`).
+    /// What differs: a table or sequence name.
     pub subject: String,
     /// Recorded at backup.
     pub expected: String,
@@ -304,59 +306,55 @@ pub struct Difference {
     pub found: String,
 }
 
-impl Fingerprint {
-    /// Everything that differs from `found`, expected being `self`.
-    pub fn differences(&self, found: &Fingerprint) -> Vec<Difference> {
-        let mut out = Vec::new();
-        let describe = |t: Option<&TableFingerprint>| match t {
-            Some(t) => format!("{} rows, hash {}", t.rows, t.hash),
-            None => "no such table".to_owned(),
-        };
-        let names: std::collections::BTreeSet<&String> =
-            self.tables.keys().chain(found.tables.keys()).collect();
-        for name in names {
-            let (e, f) = (self.tables.get(name), found.tables.get(name));
-            if e != f {
-                out.push(Difference {
-                    subject: name.clone(),
-                    expected: describe(e),
-                    found: describe(f),
-                });
-            }
-        }
-        let seq = |s: Option<&SequenceState>| match s {
-            Some(s) => format!("last_value {}, is_called {}", s.last_value, s.is_called),
-            None => "no such sequence".to_owned(),
-        };
-        let seq_ok = |e: Option<&SequenceState>, f: Option<&SequenceState>| match (e, f) {
-            (Some(e), Some(f)) => f.reached(e),
-            (None, None) => true,
-            _ => false,
-        };
-        let names: std::collections::BTreeSet<&String> = self
-            .sequences
-            .keys()
-            .chain(found.sequences.keys())
-            .collect();
-        for name in names {
-            let (e, f) = (self.sequences.get(name), found.sequences.get(name));
-            if !seq_ok(e, f) {
-                out.push(Difference {
-                    subject: format!("sequence {name}"),
-                    expected: format!("at least {}", seq(e)),
-                    found: seq(f),
-                });
-            }
-        }
-        if self.large_objects != found.large_objects {
-            out.push(Difference {
-                subject: "large objects".into(),
-                expected: self.large_objects.to_string(),
-                found: found.large_objects.to_string(),
-            });
-        }
-        out
-    }
+/// Every table whose count or hash differs, or that exists on one side only.
+pub fn table_differences(
+    expected: &BTreeMap<String, TableFingerprint>,
+    found: &BTreeMap<String, TableFingerprint>,
+) -> Vec<Difference> {
+    let describe = |t: Option<&TableFingerprint>| match t {
+        Some(t) => format!("{} rows, hash {}", t.rows, t.hash),
+        None => "no such table".to_owned(),
+    };
+    let names: BTreeSet<&String> = expected.keys().chain(found.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (e, f) = (expected.get(name), found.get(name));
+            (e != f).then(|| Difference {
+                subject: name.clone(),
+                expected: describe(e),
+                found: describe(f),
+            })
+        })
+        .collect()
+}
+
+/// Every sequence that is missing, extra, or behind the value recorded (a sequence may
+/// have moved on while pg_dump ran, never back).
+pub fn sequence_differences(
+    expected: &BTreeMap<String, SequenceState>,
+    found: &BTreeMap<String, SequenceState>,
+) -> Vec<Difference> {
+    let describe = |s: Option<&SequenceState>| match s {
+        Some(s) => format!("last_value {}, is_called {}", s.last_value, s.is_called),
+        None => "no such sequence".to_owned(),
+    };
+    let names: BTreeSet<&String> = expected.keys().chain(found.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (e, f) = (expected.get(name), found.get(name));
+            let ok = match (e, f) {
+                (Some(e), Some(f)) => f.reached(e),
+                _ => false,
+            };
+            (!ok).then(|| Difference {
+                subject: name.clone(),
+                expected: format!("at least {}", describe(e)),
+                found: describe(f),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -369,6 +367,43 @@ mod tests {
             is_called,
             increment,
         }
+    }
+
+    fn table(rows: i64, hash: &str) -> TableFingerprint {
+        TableFingerprint {
+            rows,
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn table_differences_name_changed_missing_and_extra_tables() {
+        let expected = BTreeMap::from([
+            ("a".to_owned(), table(1, "10")),
+            ("b".to_owned(), table(2, "20")),
+            ("c".to_owned(), table(3, "30")),
+        ]);
+        let found = BTreeMap::from([
+            ("a".to_owned(), table(1, "10")),
+            ("b".to_owned(), table(2, "21")),
+            ("d".to_owned(), table(0, "0")),
+        ]);
+        let diffs = table_differences(&expected, &found);
+        let subjects: Vec<&str> = diffs.iter().map(|d| d.subject.as_str()).collect();
+        assert_eq!(subjects, ["b", "c", "d"]);
+        assert_eq!(diffs[1].found, "no such table");
+        assert_eq!(diffs[2].expected, "no such table");
+        assert!(table_differences(&expected, &expected).is_empty());
+    }
+
+    #[test]
+    fn sequence_differences_allow_progress_only() {
+        let expected = BTreeMap::from([("s".to_owned(), seq(5, true, 1))]);
+        let ahead = BTreeMap::from([("s".to_owned(), seq(9, true, 1))]);
+        let behind = BTreeMap::from([("s".to_owned(), seq(4, true, 1))]);
+        assert!(sequence_differences(&expected, &ahead).is_empty());
+        assert_eq!(sequence_differences(&expected, &behind).len(), 1);
+        assert_eq!(sequence_differences(&expected, &BTreeMap::new()).len(), 1);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The manifest: the commit point of a backup, and the catalog built from manifests.
+//! The manifest: the commit point of a backup and everything needed to trust, find
+//! and restore it.
 //!
 //! An object without a manifest beside it is garbage from a failed run, never a backup.
 //! Each manifest names the previous manifest of its database and that manifest's
@@ -10,11 +11,9 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::dump::Format;
+use crate::codec::{Tallies, Tally, sha256_hex};
 use crate::error::{Error, Result};
-use crate::fingerprint::Fingerprint;
-use crate::hashing::sha256_hex;
-use crate::sink::{self, Sink};
+use crate::evidence::Fingerprint;
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -40,8 +39,9 @@ pub struct Manifest {
     pub source: SourceInfo,
     /// Version of the pg_dump that wrote the archive.
     pub pg_dump_version: String,
-    /// Archive format.
-    pub format: Format,
+    /// The dumper that wrote the archive (`custom`, `plain`, or a library user's own);
+    /// restore finds the dumper by this name.
+    pub format: String,
     /// Transformations applied after pg_dump, in order (`gzip`, `age`).
     pub codecs: Vec<String>,
     /// Encryption, if any; public keys only.
@@ -138,10 +138,41 @@ impl Manifest {
     /// The bytes stored for this manifest.
     pub fn to_bytes(&self) -> Result<Bytes> {
         let mut text = serde_json::to_vec_pretty(self)
-            .map_err(|e| Error::Integrity(format!("cannot serialize the manifest: {e}")))?;
+            .map_err(|e| Error::tool(format!("cannot serialize the manifest: {e}")))?;
         text.push(b'\n');
         Ok(Bytes::from(text))
     }
+}
+
+impl ObjectInfo {
+    /// Checks what a restore read and produced against what the manifest recorded.
+    pub fn check(&self, found: &Tallies) -> Result<()> {
+        check_tally(
+            "stored object",
+            &self.key,
+            &found.stored,
+            self.stored_bytes,
+            &self.stored_sha256,
+        )?;
+        check_tally(
+            "dump",
+            &self.key,
+            &found.raw,
+            self.raw_bytes,
+            &self.raw_sha256,
+        )
+    }
+}
+
+fn check_tally(what: &str, key: &str, got: &Tally, bytes: u64, sha256: &str) -> Result<()> {
+    if got.bytes != bytes || got.sha256 != sha256 {
+        return Err(Error::integrity(format!(
+            "{what} of {key} does not match its manifest: {} bytes sha256 {} found, {bytes} bytes sha256 {sha256} recorded; the backup was altered or damaged",
+            got.bytes, got.sha256
+        ))
+        .with_object(key));
+    }
+    Ok(())
 }
 
 /// `<database>/<backup-id>/manifest.json`.
@@ -152,7 +183,7 @@ pub fn manifest_key(database: &str, backup_id: &str) -> String {
 /// Refuses database names that cannot be one key segment.
 pub fn check_database_name(database: &str) -> Result<()> {
     if database.is_empty() || database.contains('/') || database.starts_with('.') {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "database name {database:?} cannot be stored: pgproof needs names without '/' that do not start with '.'"
         )));
     }
@@ -171,105 +202,6 @@ pub fn new_backup_id(now: Timestamp) -> String {
     );
     let suffix = &sha256_hex(seed.as_bytes())[..4];
     format!("{}-{suffix}", now.strftime("%Y%m%dT%H%M%S%.3fZ"))
-}
-
-/// A backup found in a sink: a committed manifest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackupRef {
-    /// The database.
-    pub database: String,
-    /// The backup id.
-    pub backup_id: String,
-}
-
-impl BackupRef {
-    /// The manifest's key.
-    pub fn manifest_key(&self) -> String {
-        manifest_key(&self.database, &self.backup_id)
-    }
-}
-
-/// Every committed backup in the sink, of one database or all, oldest first.
-pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec<BackupRef>> {
-    let prefix = match database {
-        Some(db) => {
-            check_database_name(db)?;
-            format!("{db}/")
-        }
-        None => String::new(),
-    };
-    let mut found: Vec<BackupRef> = sink
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|meta| {
-            let mut parts = meta.key.split('/');
-            match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some(db), Some(id), Some(MANIFEST_NAME), None) => Some(BackupRef {
-                    database: db.to_owned(),
-                    backup_id: id.to_owned(),
-                }),
-                _ => None,
-            }
-        })
-        .collect();
-    found.sort_by(|a, b| (&a.backup_id, &a.database).cmp(&(&b.backup_id, &b.database)));
-    Ok(found)
-}
-
-/// Reads a manifest and the sha256 of its stored bytes.
-pub async fn load_manifest(sink: &dyn Sink, backup: &BackupRef) -> Result<(Manifest, String)> {
-    let key = backup.manifest_key();
-    let bytes = sink::get_bytes(sink, &key, MANIFEST_LIMIT).await?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Integrity(format!(
-            "manifest {key} is not a valid pgproof manifest ({e}); it was damaged or edited"
-        ))
-    })?;
-    if manifest.backup_id != backup.backup_id || manifest.database != backup.database {
-        return Err(Error::Integrity(format!(
-            "manifest {key} describes backup {}/{}: it was moved or edited",
-            manifest.database, manifest.backup_id
-        )));
-    }
-    Ok((manifest, sha256_hex(&bytes)))
-}
-
-/// Resolves `latest` or a backup id for `database` (or, for an id, any database).
-pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Result<BackupRef> {
-    let all = list_backups(sink, database).await?;
-    if which == "latest" {
-        let mut databases: Vec<&str> = all.iter().map(|b| b.database.as_str()).collect();
-        databases.sort_unstable();
-        databases.dedup();
-        if databases.len() > 1 {
-            return Err(Error::Config(format!(
-                "`latest` is ambiguous: {} holds backups of {}; name one with --database",
-                sink.describe(),
-                databases.join(", ")
-            )));
-        }
-        return all.last().cloned().ok_or_else(|| {
-            Error::NotFound(format!(
-                "no backup{} in {}; run `pgproof backup` first",
-                database
-                    .map(|db| format!(" of database {db}"))
-                    .unwrap_or_default(),
-                sink.describe()
-            ))
-        });
-    }
-    let mut matches = all.into_iter().filter(|b| b.backup_id == which);
-    match (matches.next(), matches.next()) {
-        (Some(found), None) => Ok(found),
-        (Some(_), Some(_)) => Err(Error::Config(format!(
-            "backup id {which} exists for several databases; name one with --database"
-        ))),
-        (None, _) => Err(Error::NotFound(format!(
-            "no backup {which} in {}; `pgproof list` shows the backups there",
-            sink.describe()
-        ))),
-    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 
 use tokio_postgres::Client;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
-use crate::fingerprint::ChainState;
 use crate::pg::db_err;
 
 mod embedded {
@@ -17,12 +18,23 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<String>> {
     let report = embedded::migrations::runner()
         .run_async(client)
         .await
-        .map_err(|e| Error::Database(format!("migration failed: {e}")))?;
+        .map_err(|e| Error::database(format!("migration failed: {e}")))?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect())
+}
+
+/// The audit chain as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainState {
+    /// Rows in `pgproof.audit_events`.
+    pub rows: i64,
+    /// `last_seq` in the head row.
+    pub last_seq: i64,
+    /// `head_hash` in the head row, hex.
+    pub head_hash: String,
 }
 
 /// What `pgproof.audit_verify()` found.

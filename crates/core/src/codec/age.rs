@@ -1,4 +1,4 @@
-//! age encryption: recipients for backup, identities for restore, key generation.
+//! The age stage: recipients for backup, identities for restore, key generation.
 
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
@@ -7,7 +7,7 @@ use std::str::FromStr;
 use age::secrecy::ExposeSecret;
 use age::x25519;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Public keys a backup is encrypted to.
 #[derive(Clone, Debug)]
@@ -23,15 +23,16 @@ impl Recipients {
         for (i, key) in inline.iter().enumerate() {
             keys.push(parse_recipient(
                 key.trim(),
-                &format!("encryption.recipients[{i}]"),
+                &format!("recipient {}", i + 1),
             )?);
         }
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Config(format!(
-                    "cannot read encryption.recipients_file {}: {e}",
+                Error::config(format!(
+                    "cannot read the age recipients file {}: {e}",
                     path.display()
                 ))
+                .with_setting(Setting::Recipients)
             })?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.trim();
@@ -45,9 +46,10 @@ impl Recipients {
             }
         }
         if keys.is_empty() {
-            return Err(Error::Config(
-                "no age recipient configured: set encryption.recipients (run `pgproof keygen` to make a key) or, to store backups unencrypted, encryption.enabled = false".into(),
-            ));
+            return Err(Error::config(
+                "no age recipient configured: give at least one age1… public key (`pgproof keygen` makes a key pair), or choose explicitly to store backups unencrypted",
+            )
+            .with_setting(Setting::Recipients));
         }
         Ok(Self { keys })
     }
@@ -63,7 +65,8 @@ impl Recipients {
         let encryptor =
             age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
                 .map_err(|e| {
-                    Error::Config(format!("cannot encrypt to the configured recipients: {e}"))
+                    Error::config(format!("cannot encrypt to the configured recipients: {e}"))
+                        .with_setting(Setting::Recipients)
                 })?;
         encryptor
             .wrap_output(output)
@@ -73,9 +76,10 @@ impl Recipients {
 
 fn parse_recipient(text: &str, origin: &str) -> Result<x25519::Recipient> {
     x25519::Recipient::from_str(text).map_err(|e| {
-        Error::Config(format!(
+        Error::config(format!(
             "{origin} is not an age X25519 public key ({e}); it must look like age1… as printed by `pgproof keygen`"
         ))
+        .with_setting(Setting::Recipients)
     })
 }
 
@@ -96,31 +100,38 @@ impl Identities {
     /// Reads an age identity file (as written by `pgproof keygen` or `age-keygen`).
     pub fn load(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(format!(
-                "age identity file {} does not exist; set encryption.identity_file (or --identity) to the key `pgproof keygen` wrote",
+            io::ErrorKind::NotFound => Error::not_found(format!(
+                "age identity file {} does not exist; name the key file `pgproof keygen` wrote",
                 path.display()
-            )),
-            _ => Error::io(format!("cannot open age identity file {}", path.display()), e),
+            ))
+            .with_setting(Setting::Identity),
+            _ => Error::io(
+                format!("cannot open age identity file {}", path.display()),
+                e,
+            ),
         })?;
         let parsed = age::IdentityFile::from_buffer(BufReader::new(file))
             .map_err(|e| {
-                Error::Config(format!(
+                Error::config(format!(
                     "{} is not an age identity file: {e}",
                     path.display()
                 ))
+                .with_setting(Setting::Identity)
             })?
             .into_identities()
             .map_err(|e| {
-                Error::Config(format!(
+                Error::config(format!(
                     "{} holds an identity pgproof cannot use: {e}",
                     path.display()
                 ))
+                .with_setting(Setting::Identity)
             })?;
         if parsed.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{} holds no age identity (AGE-SECRET-KEY-1… line)",
                 path.display()
-            )));
+            ))
+            .with_setting(Setting::Identity));
         }
         Ok(Self {
             keys: std::sync::Arc::new(parsed),
@@ -139,12 +150,13 @@ impl Identities {
 
     fn decrypt_error(&self, e: age::DecryptError) -> Error {
         match e {
-            age::DecryptError::NoMatchingKeys => Error::Key(format!(
-                "no identity in {} can open this backup: it was encrypted to other recipients (see the manifest's encryption.recipients)",
+            age::DecryptError::NoMatchingKeys => Error::key(format!(
+                "no identity in {} can open this backup: it was encrypted to other recipients (the manifest lists their public keys)",
                 self.origin
-            )),
+            ))
+            .with_setting(Setting::Identity),
             age::DecryptError::Io(e) => Error::io("reading the backup object", e),
-            other => Error::Integrity(format!(
+            other => Error::integrity(format!(
                 "the backup object is not a valid age file or was altered ({other}); it cannot be restored"
             )),
         }
@@ -194,7 +206,7 @@ impl KeyPair {
             .mode(0o600)
             .open(path)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Error::AlreadyExists(format!(
+                io::ErrorKind::AlreadyExists => Error::already_exists(format!(
                     "{} already exists; pgproof never overwrites a key (move it away first)",
                     path.display()
                 )),
@@ -216,6 +228,7 @@ impl KeyPair {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn round_trip_and_wrong_key() {
@@ -229,7 +242,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
             pair.write_identity_file(&key_path),
-            Err(Error::AlreadyExists(_))
+            Err(e) if e.kind() == ErrorKind::AlreadyExists
         ));
 
         let recipients = Recipients::load(&[pair.public_key()], None).unwrap();
@@ -248,7 +261,7 @@ mod tests {
             .write_identity_file(&other_path)
             .unwrap();
         let other = Identities::load(&other_path).unwrap();
-        assert!(matches!(other.decrypt(&ct[..]), Err(Error::Key(_))));
+        assert!(matches!(other.decrypt(&ct[..]), Err(e) if e.kind() == ErrorKind::Key));
     }
 
     #[test]
@@ -256,15 +269,15 @@ mod tests {
         let err = Recipients::load(&["age1nope".into()], None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("encryption.recipients[0]"), "{err}");
+        assert!(err.contains("recipient 1"), "{err}");
         let err = Recipients::load(&[], None).unwrap_err().to_string();
-        assert!(err.contains("encryption.enabled = false"), "{err}");
+        assert!(err.contains("unencrypted"), "{err}");
     }
 
     #[test]
     fn missing_identity_file_says_what_to_set() {
         let err = Identities::load(Path::new("/nonexistent/key")).unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)));
-        assert!(err.to_string().contains("encryption.identity_file"));
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(err.setting(), Some(Setting::Identity));
     }
 }

@@ -1,0 +1,83 @@
+//! `pgproof backup`: one backup per configured database, optionally verified.
+
+use std::time::Duration;
+
+use pgproof_core::catalog::{BackupRef, Manifest};
+use pgproof_core::ops::Backup;
+use pgproof_core::{Error, Result};
+
+use crate::commands::verify::{verification_outcome, verify_all};
+use crate::config::Config;
+use crate::engines::{open_sink, recipients, source_databases};
+use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
+
+pub async fn backup(
+    config: &Config,
+    json: bool,
+    then_verify: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    let sink = open_sink(config)?;
+    let recipients = recipients(config)?;
+    let (params, databases) = source_databases(config)?;
+    let mut committed: Vec<Manifest> = Vec::new();
+    let mut first_error: Option<Error> = None;
+    for database in &databases {
+        let (bar, callback) = progress.start(format!("backup {database}"));
+        let mut backup = Backup::new(params.with_dbname(database), sink.clone())
+            .dumper(config.dump.format.dumper(config.dump.gzip_level))
+            .pg_bin_dir(config.source.pg_bin_dir.clone())
+            .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
+            .progress(callback);
+        backup = match &recipients {
+            Some(r) => backup.recipients(r.clone()),
+            None => backup.unencrypted(),
+        };
+        let result = backup.run().await;
+        bar.finish_and_clear();
+        match result {
+            Ok(m) => {
+                if !json {
+                    outln!(
+                        "{}  {}  {}  {} -> {} stored in {:.1}s",
+                        m.backup_id,
+                        m.database,
+                        m.format,
+                        human_bytes(m.object.raw_bytes),
+                        human_bytes(m.object.stored_bytes),
+                        m.duration_ms as f64 / 1000.0
+                    );
+                }
+                committed.push(m);
+            }
+            Err(e) => {
+                tracing::error!(database = %database, error = %error_line(&e), "backup failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if then_verify && !committed.is_empty() {
+        let targets: Vec<BackupRef> = committed.iter().map(BackupRef::of).collect();
+        let reports = verify_all(config, sink, &targets, false, json, progress).await?;
+        if json {
+            print_json(&serde_json::json!({ "backups": committed, "reports": reports }))?;
+        }
+        return match first_error {
+            Some(e) => Err(e),
+            None => verification_outcome(&reports),
+        };
+    }
+    if json {
+        print_json(&committed)?;
+    }
+    match first_error {
+        Some(e) if databases.len() > 1 => Err(Error::tool(format!(
+            "{} of {} backups failed; first: {}",
+            databases.len() - committed.len(),
+            databases.len(),
+            error_line(&e)
+        ))),
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,91 @@
+//! `pgproof list` and `pgproof show`: the committed backups, read from their manifests.
+
+use pgproof_core::Result;
+use pgproof_core::catalog;
+
+use crate::config::Config;
+use crate::engines::open_sink;
+use crate::render::{human_bytes, outln, print_json};
+
+pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
+    let sink = open_sink(config)?;
+    let mut manifests = Vec::new();
+    for found in catalog::list_backups(&*sink, database).await? {
+        manifests.push(catalog::load_manifest(&*sink, &found).await?.0);
+    }
+    if json {
+        return print_json(&manifests);
+    }
+    if manifests.is_empty() {
+        eprintln!("no backups in {}", sink.describe());
+        return Ok(());
+    }
+    outln!(
+        "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  STARTED (UTC)",
+        "BACKUP ID",
+        "DATABASE",
+        "FORMAT",
+        "DUMP",
+        "STORED"
+    );
+    for m in &manifests {
+        outln!(
+            "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
+            m.backup_id,
+            m.database,
+            m.format.to_string(),
+            human_bytes(m.object.raw_bytes),
+            human_bytes(m.object.stored_bytes),
+            m.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    Ok(())
+}
+
+pub async fn show(config: &Config, which: &str, database: Option<&str>, json: bool) -> Result<()> {
+    let sink = open_sink(config)?;
+    let found = catalog::resolve(&*sink, which, database).await?;
+    let (m, sha256) = catalog::load_manifest(&*sink, &found).await?;
+    if json {
+        return print_json(&m);
+    }
+    let encryption = m.encryption.as_ref().map_or("none".to_owned(), |e| {
+        format!("{} to {}", e.scheme, e.recipients.join(", "))
+    });
+    let previous = m
+        .previous
+        .as_ref()
+        .map_or("none (first backup)".to_owned(), |p| {
+            format!("{} (manifest sha256 {})", p.backup_id, p.manifest_sha256)
+        });
+    outln!("backup      {}", m.backup_id);
+    outln!(
+        "database    {} ({}, server {})",
+        m.database,
+        m.source.encoding,
+        m.source.server_version
+    );
+    outln!(
+        "format      {} via pg_dump {}; codecs: {}",
+        m.format,
+        m.pg_dump_version,
+        m.codecs.join(" -> ")
+    );
+    outln!("encryption  {encryption}");
+    outln!("object      {}", m.object.key);
+    outln!(
+        "  dump      {} bytes, sha256 {}",
+        m.object.raw_bytes,
+        m.object.raw_sha256
+    );
+    outln!(
+        "  stored    {} bytes, sha256 {}",
+        m.object.stored_bytes,
+        m.object.stored_sha256
+    );
+    outln!("started     {}", m.started_at);
+    outln!("took        {:.1}s", m.duration_ms as f64 / 1000.0);
+    outln!("previous    {previous}");
+    outln!("manifest    sha256 {sha256}");
+    Ok(())
+}

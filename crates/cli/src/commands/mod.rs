@@ -1,0 +1,109 @@
+//! One file per subcommand; [`run`] dispatches.
+
+mod backup;
+mod drill;
+mod list;
+mod restore;
+mod setup;
+mod verify;
+
+use pgproof_core::Result;
+use pgproof_core::catalog;
+
+use crate::args::{Cli, Command, ConfigCommand};
+use crate::engines;
+use crate::render::{ProgressOutput, print_json};
+use crate::settings::{self, FlagOverrides};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let mut flags = FlagOverrides {
+        sink_url: cli.sink.clone(),
+        ..FlagOverrides::default()
+    };
+    match &cli.command {
+        Command::Backup { format, source, .. } => {
+            flags.format = format.clone();
+            flags.source_url = source.clone();
+        }
+        Command::Restore { identity, .. } | Command::Verify { identity, .. } => {
+            flags.identity_file = identity.clone();
+        }
+        Command::Drill { format, .. } => flags.format = format.clone(),
+        Command::Keygen { output } => return setup::keygen(output),
+        Command::Migrate { url } => return setup::migrate(url).await,
+        _ => {}
+    }
+    let (config, file) = settings::load(cli.config.as_deref(), &flags)?;
+    if let Some(file) = &file {
+        tracing::debug!(file = %file.display(), "configuration file read");
+    }
+    let progress = ProgressOutput::new(&cli);
+    match cli.command {
+        Command::Backup { json, verify, .. } => {
+            backup::backup(
+                &config,
+                json,
+                verify || config.verify.after_backup,
+                &progress,
+            )
+            .await
+        }
+        Command::Verify {
+            backup,
+            all,
+            database,
+            keep,
+            json,
+            ..
+        } => {
+            let sink = engines::open_sink(&config)?;
+            let targets = if all {
+                catalog::list_backups(&*sink, database.as_deref()).await?
+            } else {
+                vec![catalog::resolve(&*sink, &backup, database.as_deref()).await?]
+            };
+            let reports =
+                verify::verify_all(&config, sink, &targets, keep, json, &progress).await?;
+            if json {
+                print_json(&reports)?;
+            }
+            verify::verification_outcome(&reports)
+        }
+        Command::Drill {
+            rows,
+            server,
+            annotations,
+            json,
+            ..
+        } => drill::drill(&config, rows, server.as_deref(), annotations, json).await,
+        Command::Restore {
+            backup,
+            target,
+            database,
+            clean,
+            json,
+            ..
+        } => {
+            restore::restore(
+                &config,
+                &backup,
+                &target,
+                database.as_deref(),
+                clean,
+                json,
+                &progress,
+            )
+            .await
+        }
+        Command::List { database, json } => list::list(&config, database.as_deref(), json).await,
+        Command::Show {
+            backup,
+            database,
+            json,
+        } => list::show(&config, &backup, database.as_deref(), json).await,
+        Command::Config {
+            command: ConfigCommand::Check { json },
+        } => setup::config_check(&config, file.as_deref(), json),
+        Command::Keygen { .. } | Command::Migrate { .. } => Ok(()),
+    }
+}

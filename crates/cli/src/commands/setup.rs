@@ -1,0 +1,101 @@
+//! Setting up: `pgproof migrate`, `pgproof keygen`, `pgproof config check`.
+
+use std::path::Path;
+
+use pgproof_core::codec::{Identities, KeyPair, Recipients};
+use pgproof_core::pg::ConnParams;
+use pgproof_core::{Error, Result};
+
+use crate::config::Config;
+use crate::engines::open_sink;
+use crate::render::{error_line, outln, print_json};
+use crate::settings;
+
+pub async fn migrate(url: &str) -> Result<()> {
+    let params = ConnParams::parse(url)?;
+    let mut client = params.connect().await?;
+    let applied = pgproof_core::evidence::audit::migrate(&mut client).await?;
+    if applied.is_empty() {
+        outln!("{}: audit chain up to date", params.describe());
+    } else {
+        outln!("{}: applied {}", params.describe(), applied.join(", "));
+    }
+    Ok(())
+}
+
+pub fn keygen(output: &Path) -> Result<()> {
+    let pair = KeyPair::generate();
+    pair.write_identity_file(output)?;
+    eprintln!(
+        "wrote age identity to {} (keep it secret, keep it off the database host); its public key:",
+        output.display()
+    );
+    outln!("{}", pair.public_key());
+    Ok(())
+}
+
+pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
+    let mut shown = config.clone();
+    shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
+    shown.verify.scratch_url = shown
+        .verify
+        .scratch_url
+        .as_deref()
+        .map(settings::redact_url);
+    shown.sink.url = shown.sink.url.as_deref().map(settings::redact_url);
+    shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(e) = ConnParams::parse(config.source_url()) {
+        problems.push(error_line(&e));
+    }
+    if let Err(e) = open_sink(config) {
+        problems.push(error_line(&e));
+    }
+    if config.encryption.enabled
+        && let Err(e) = Recipients::load(
+            &config.encryption.recipients,
+            config.encryption.recipients_file.as_deref(),
+        )
+    {
+        problems.push(error_line(&e));
+    }
+    if let Some(path) = &config.encryption.identity_file
+        && let Err(e) = Identities::load(path)
+    {
+        problems.push(error_line(&e));
+    }
+    if let Some(dir) = &config.source.pg_bin_dir
+        && !dir.join("pg_dump").is_file()
+    {
+        problems.push(format!(
+            "source.pg_bin_dir {} holds no pg_dump",
+            dir.display()
+        ));
+    }
+    if json {
+        print_json(&serde_json::json!({
+            "file": file.map(|f| f.display().to_string()),
+            "config": shown,
+            "problems": problems,
+        }))?;
+    } else {
+        match file {
+            Some(f) => outln!("# read from {} and PGPROOF_* environment", f.display()),
+            None => outln!("# no config file; defaults and PGPROOF_* environment"),
+        }
+        let text = toml::to_string_pretty(&shown)
+            .map_err(|e| Error::config(format!("cannot render the configuration: {e}")))?;
+        outln!("{}", text.trim_end());
+        for p in &problems {
+            outln!("# problem: {p}");
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        1 => Err(Error::config(problems.remove(0))),
+        n => Err(Error::config(format!(
+            "{n} problems: {}",
+            problems.join("; ")
+        ))),
+    }
+}

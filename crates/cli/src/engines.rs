@@ -1,0 +1,87 @@
+//! The one place that knows every engine: turns the configuration into a sink, keys,
+//! connection parameters and a scratch server.
+
+use std::sync::Arc;
+
+use pgproof_core::codec::{Identities, Recipients};
+use pgproof_core::pg::ConnParams;
+use pgproof_core::scratch::EphemeralCluster;
+use pgproof_core::{Error, Result, Sink};
+use pgproof_sink_fs::FsSink;
+
+use crate::config::Config;
+
+/// The sink `sink.url`'s scheme names. Builds the client only; no request is sent.
+pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
+    let Some(url) = config.sink.url.as_deref() else {
+        return Err(Error::config(
+            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix)",
+        ));
+    };
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("s3") => Ok(Arc::new(pgproof_sink_s3::from_config(&config.sink)?)),
+        Some("gs") => Ok(Arc::new(pgproof_sink_gcs::from_config(&config.sink)?)),
+        Some("file") | None => {
+            let s = &config.sink;
+            if s.endpoint.is_some() || s.region.is_some() || s.service_account_file.is_some() {
+                return Err(Error::config(
+                    "sink.endpoint, sink.region and sink.service_account_file apply to s3:// and gs:// sinks only; remove them for a local directory",
+                ));
+            }
+            Ok(Arc::new(FsSink::from_url(url)?))
+        }
+        Some(other) => Err(Error::config(format!(
+            "sink.url has the unsupported scheme {other:?}; use file:///path, s3://bucket/prefix or gs://bucket/prefix"
+        ))),
+    }
+}
+
+/// The recipients backups are encrypted to; `None` when encryption is explicitly off.
+pub fn recipients(config: &Config) -> Result<Option<Recipients>> {
+    let enc = &config.encryption;
+    if !enc.enabled {
+        tracing::warn!("encryption.enabled = false: backups are stored unencrypted");
+        return Ok(None);
+    }
+    Recipients::load(&enc.recipients, enc.recipients_file.as_deref()).map(Some)
+}
+
+/// The identities in `encryption.identity_file`, if set.
+pub fn identities(config: &Config) -> Result<Option<Identities>> {
+    config
+        .encryption
+        .identity_file
+        .as_deref()
+        .map(Identities::load)
+        .transpose()
+}
+
+/// Databases to back up: `source.databases`, else the URL's database.
+pub fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
+    let params = ConnParams::parse(config.source_url())?;
+    let databases = if config.source.databases.is_empty() {
+        vec![params.dbname().to_owned()]
+    } else {
+        config.source.databases.clone()
+    };
+    Ok((params, databases))
+}
+
+/// Where verification restores: `verify.scratch_url`, or an ephemeral cluster that
+/// lives as long as the returned guard.
+pub fn scratch_server(
+    config: &Config,
+    keep: bool,
+) -> Result<(ConnParams, Option<EphemeralCluster>)> {
+    match &config.verify.scratch_url {
+        Some(url) => Ok((ConnParams::parse(url)?, None)),
+        None if keep => Err(Error::config(
+            "--keep needs verify.scratch_url: an ephemeral cluster is removed when pgproof exits",
+        )),
+        None => {
+            let cluster = EphemeralCluster::start(None)?;
+            tracing::info!(version = %cluster.tools().version(), "started an ephemeral cluster to verify in");
+            Ok((cluster.params("postgres")?, Some(cluster)))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The catalog: what a sink holds, read from its manifests. A backup exists once its
+//! manifest is committed; the manifests of one database form a hash chain.
+
+mod manifest;
+
+pub use manifest::{
+    EncryptionInfo, MANIFEST_LIMIT, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ObjectInfo,
+    PreviousManifest, SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
+};
+
+use crate::codec::sha256_hex;
+use crate::error::{Error, Result};
+use crate::sink::{Sink, SinkExt};
+
+/// A backup found in a sink: a committed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupRef {
+    /// The database.
+    pub database: String,
+    /// The backup id.
+    pub backup_id: String,
+}
+
+impl BackupRef {
+    /// The backup a manifest describes.
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            database: manifest.database.clone(),
+            backup_id: manifest.backup_id.clone(),
+        }
+    }
+
+    /// The manifest's key.
+    pub fn manifest_key(&self) -> String {
+        manifest_key(&self.database, &self.backup_id)
+    }
+}
+
+/// Every committed backup in the sink, of one database or all, oldest first.
+pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec<BackupRef>> {
+    let prefix = match database {
+        Some(db) => {
+            check_database_name(db)?;
+            format!("{db}/")
+        }
+        None => String::new(),
+    };
+    let mut found: Vec<BackupRef> = sink
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|meta| {
+            let mut parts = meta.key.split('/');
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(db), Some(id), Some(MANIFEST_NAME), None) => Some(BackupRef {
+                    database: db.to_owned(),
+                    backup_id: id.to_owned(),
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| (&a.backup_id, &a.database).cmp(&(&b.backup_id, &b.database)));
+    Ok(found)
+}
+
+/// Reads a manifest and the sha256 of its stored bytes.
+pub async fn load_manifest(sink: &dyn Sink, backup: &BackupRef) -> Result<(Manifest, String)> {
+    let key = backup.manifest_key();
+    let bytes = sink.get_bytes(&key, MANIFEST_LIMIT).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::integrity(format!(
+            "manifest {key} is not a valid pgproof manifest ({e}); it was damaged or edited"
+        ))
+    })?;
+    if manifest.backup_id != backup.backup_id || manifest.database != backup.database {
+        return Err(Error::integrity(format!(
+            "manifest {key} describes backup {}/{}: it was moved or edited",
+            manifest.database, manifest.backup_id
+        )));
+    }
+    Ok((manifest, sha256_hex(&bytes)))
+}
+
+/// Resolves `latest` or a backup id for `database` (or, for an id, any database).
+pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Result<BackupRef> {
+    let all = list_backups(sink, database).await?;
+    if which == "latest" {
+        let mut databases: Vec<&str> = all.iter().map(|b| b.database.as_str()).collect();
+        databases.sort_unstable();
+        databases.dedup();
+        if databases.len() > 1 {
+            return Err(Error::config(format!(
+                "`latest` is ambiguous: {} holds backups of {}; name the database",
+                sink.describe(),
+                databases.join(", ")
+            )));
+        }
+        return all.last().cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "no backup{} in {}; take a backup first",
+                database
+                    .map(|db| format!(" of database {db}"))
+                    .unwrap_or_default(),
+                sink.describe()
+            ))
+        });
+    }
+    let mut matches = all.into_iter().filter(|b| b.backup_id == which);
+    match (matches.next(), matches.next()) {
+        (Some(found), None) => Ok(found),
+        (Some(_), Some(_)) => Err(Error::config(format!(
+            "backup id {which} exists for several databases; name the database"
+        ))),
+        (None, _) => Err(Error::not_found(format!(
+            "no backup {which} in {}; list the backups there to find its id",
+            sink.describe()
+        ))),
+    }
+}
+
+/// The newest committed manifest of `database`, as the link for the next one. Its
+/// bytes are hashed as stored, not parsed: a damaged predecessor must not stop new
+/// backups, and its hash is what makes the damage visible later.
+pub async fn previous_link(sink: &dyn Sink, database: &str) -> Result<Option<PreviousManifest>> {
+    let Some(last) = list_backups(sink, Some(database)).await?.pop() else {
+        return Ok(None);
+    };
+    let bytes = sink.get_bytes(&last.manifest_key(), MANIFEST_LIMIT).await?;
+    Ok(Some(PreviousManifest {
+        backup_id: last.backup_id,
+        manifest_sha256: sha256_hex(&bytes),
+    }))
+}

@@ -1,0 +1,154 @@
+//! Dumpers: how a database becomes a byte stream and a byte stream a database.
+//!
+//! A [`Dumper`] names the programs and their arguments; pgproof runs them, feeds them
+//! and watches them ([`run`]). The built-in ones are [`CustomDumper`] (`pg_dump -Fc`,
+//! `pg_restore`) and [`PlainDumper`] (`pg_dump -Fp`, gzipped by pgproof, `psql`). A
+//! library user adds a format by implementing the trait and passing it to
+//! [`Backup::dumper`](crate::ops::Backup::dumper) and
+//! [`Restore::dumper`](crate::ops::Restore::dumper); the conformance suite
+//! [`testkit::run_all`] (feature `testkit`) checks an implementation against a real
+//! server.
+
+mod builtin;
+pub(crate) mod run;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::fmt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use builtin::{CustomDumper, PlainDumper};
+
+use crate::codec::Compress;
+use crate::pg::process::client_command;
+use crate::pg::{ConnParams, PgTools};
+
+/// One archive format: the program that writes an archive of a snapshot, and the one
+/// that applies an archive to a database.
+///
+/// An implementation:
+/// - MUST make [`dump_command`](Dumper::dump_command) a command that writes the whole
+///   archive of `source`'s database, exactly as of the exported `snapshot`, to stdout,
+///   and exits non-zero on any failure, giving up on a table lock not granted within
+///   `lock_wait`;
+/// - MUST make [`restore_command`](Dumper::restore_command) a command that reads an
+///   archive from stdin and applies it to `target`'s database in a single transaction,
+///   stopping at the first error, so a failed or interrupted restore leaves the
+///   database as it was;
+/// - MUST pass connection parameters through the environment
+///   ([`client_command`](crate::pg::process::client_command) does), never a password
+///   in argv, and MUST NOT prompt for anything;
+/// - MUST keep [`format`](Dumper::format) stable across versions: it is recorded in
+///   every manifest and is how a restore finds the dumper again;
+/// - SHOULD return from [`compression`](Dumper::compression) the stage pgproof must
+///   add, or `None` when the archive compresses itself.
+///
+/// pgproof sets stdin, stdout and stderr of both commands itself.
+pub trait Dumper: Send + Sync + fmt::Debug {
+    /// The name recorded in manifests (`custom`, `plain`, …).
+    fn format(&self) -> &str;
+
+    /// The stored object's base name, before codec suffixes (`dump.pgc`).
+    fn file_name(&self) -> &str;
+
+    /// The compression pgproof applies to the archive, if any.
+    fn compression(&self) -> Option<Compress>;
+
+    /// The program [`restore_command`](Dumper::restore_command) runs, for tool
+    /// discovery and messages.
+    fn restore_program(&self) -> &'static str;
+
+    /// The command that dumps `source` as of `snapshot`.
+    fn dump_command(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Command;
+
+    /// The command that restores into `target`.
+    fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command;
+}
+
+/// `pg_dump --format=<format> --snapshot=<snapshot>` with a lock timeout: the dump
+/// command of every pg_dump-based format.
+pub fn pg_dump_command(
+    tools: &PgTools,
+    source: &ConnParams,
+    format: &str,
+    snapshot: &str,
+    lock_wait: Duration,
+) -> Command {
+    let mut cmd = client_command(tools, "pg_dump", source);
+    cmd.arg(format!("--format={format}"))
+        .arg("--no-password")
+        .arg(format!("--snapshot={snapshot}"))
+        // Without it pg_dump waits for a lock forever, holding pgproof's snapshot
+        // open while a queued ACCESS EXCLUSIVE blocks everyone else on that table.
+        .arg(format!(
+            "--lock-wait-timeout={}ms",
+            lock_wait.as_millis().max(1)
+        ))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The built-in formats, by the name a config file uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// [`CustomDumper`].
+    #[default]
+    Custom,
+    /// [`PlainDumper`].
+    Plain,
+}
+
+impl Format {
+    /// The dumper for this format; `gzip_level` applies to plain dumps.
+    pub fn dumper(self, gzip_level: u32) -> Arc<dyn Dumper> {
+        match self {
+            Format::Custom => Arc::new(CustomDumper),
+            Format::Plain => Arc::new(PlainDumper { gzip_level }),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Custom => "custom",
+            Format::Plain => "plain",
+        })
+    }
+}
+
+/// The built-in dumper that wrote `format`, as recorded in a manifest.
+pub fn builtin(format: &str) -> Option<Arc<dyn Dumper>> {
+    match format {
+        "custom" => Some(Format::Custom.dumper(6)),
+        "plain" => Some(Format::Plain.dumper(6)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_found_by_their_recorded_names() {
+        for format in [Format::Custom, Format::Plain] {
+            let dumper = format.dumper(6);
+            assert_eq!(dumper.format(), format.to_string());
+            let again = builtin(dumper.format()).unwrap();
+            assert_eq!(again.file_name(), dumper.file_name());
+        }
+        assert!(builtin("directory").is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! The conformance suite every [`Dumper`] must pass (feature `testkit`), run against a
+//! real PostgreSQL server on which it may create and drop databases named
+//! `pgproof_testkit_*`. Each check states the part of the contract it proves; they
+//! panic on a violation, as tests do.
+
+// A conformance suite reports a violation by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::dump::Dumper;
+use crate::evidence::fingerprint::{Fingerprint, Plan, table_differences};
+use crate::pg::admin::{Admin, user_objects};
+use crate::pg::{ConnParams, PgTools, SnapshotSession};
+
+const SOURCE: &str = "pgproof_testkit_source";
+const SECRET: &str = "pgproof-testkit-secret-3b1f";
+
+/// Runs every check on `server` (any database of the server; pgproof's own are created
+/// beside it) with the tools in `pg_bin_dir` or the newest found.
+pub async fn run_all(dumper: &dyn Dumper, server: &ConnParams, pg_bin_dir: Option<&Path>) {
+    let admin = Admin::connect(server).await.unwrap();
+    let tools = PgTools::find(
+        pg_bin_dir,
+        admin.server().major(),
+        &["pg_dump", dumper.restore_program()],
+    )
+    .unwrap();
+    admin.drop(SOURCE).await.unwrap();
+    admin.create(SOURCE, "UTF8").await.unwrap();
+    let source = server.with_dbname(SOURCE);
+    source
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(SAMPLE)
+        .await
+        .unwrap();
+
+    secrets_stay_out_of_argv(dumper, &tools, &source);
+    let archive = dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source).await;
+    interrupted_restore_leaves_nothing(dumper, &tools, &admin, server, &archive).await;
+    failed_dump_exits_non_zero(dumper, &tools, server);
+    admin.drop(SOURCE).await.unwrap();
+}
+
+const SAMPLE: &str = "
+CREATE TABLE kinds (id serial PRIMARY KEY, t text, n numeric, f float8, ts timestamptz,
+                    b bytea, j jsonb, a int[]);
+INSERT INTO kinds (t, n, f, ts, b, j, a)
+  SELECT 'row ' || g, g / 7.0, g * 0.1, '2026-01-01 UTC'::timestamptz + g * interval '1 hour',
+         decode(md5(g::text), 'hex'), jsonb_build_object('g', g), ARRAY[g, -g]
+  FROM generate_series(1, 500) g;
+INSERT INTO kinds (t) VALUES (E'tab\\there\\nnewline'), (NULL);
+CREATE TABLE empty_one (x int);
+CREATE SEQUENCE counter START 40;
+SELECT nextval('counter'), nextval('counter');
+";
+
+/// The dump and restore commands carry the password in their environment, never in
+/// their arguments.
+fn secrets_stay_out_of_argv(dumper: &dyn Dumper, tools: &PgTools, source: &ConnParams) {
+    let with_secret = ConnParams::parse_with_env(
+        &format!("postgres://u:{SECRET}@127.0.0.1:1/{}", source.dbname()),
+        |_| None,
+    )
+    .unwrap();
+    let commands = [
+        dumper.dump_command(tools, &with_secret, "00000003-1", Duration::from_secs(1)),
+        dumper.restore_command(tools, &with_secret),
+    ];
+    for cmd in commands {
+        let argv: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !argv.iter().any(|a| a.contains(SECRET)),
+            "a password is in argv: {argv:?}"
+        );
+        assert!(
+            cmd.get_envs()
+                .any(|(k, v)| k == "PGPASSWORD" && v.is_some_and(|v| v == SECRET)),
+            "the password is not passed in the environment"
+        );
+    }
+}
+
+/// The archive holds the database exactly as of the exported snapshot (rows committed
+/// after it are absent), and restoring it in full reproduces every table.
+async fn dump_is_exactly_the_snapshot(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    admin: &Admin,
+    source: &ConnParams,
+) -> Vec<u8> {
+    let session = SnapshotSession::open(source, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let plan = Plan::prepare(session.client()).await.unwrap();
+    source
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO kinds (t) VALUES ('after the snapshot'); SELECT nextval('counter')",
+        )
+        .await
+        .unwrap();
+    let expected = plan.compute(session.client()).await.unwrap();
+    let mut cmd = dumper.dump_command(
+        tools,
+        source,
+        session.snapshot_id(),
+        Duration::from_secs(30),
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    session.close().await.unwrap();
+    assert!(
+        out.status.success(),
+        "the dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty(), "the dump wrote nothing");
+
+    let copy = source.with_dbname("pgproof_testkit_copy");
+    admin.drop(copy.dbname()).await.unwrap();
+    admin.create(copy.dbname(), "UTF8").await.unwrap();
+    let status = feed(dumper, tools, &copy, &out.stdout, false).await;
+    assert!(status, "the restore of a whole archive failed");
+    let found = Fingerprint::compute(&copy.connect().await.unwrap())
+        .await
+        .unwrap();
+    let differences = table_differences(&expected.tables, &found.tables);
+    assert!(
+        differences.is_empty(),
+        "the restore differs from the snapshot: {differences:?}"
+    );
+    assert_eq!(expected.tables["public.kinds"].rows, 502);
+    admin.drop(copy.dbname()).await.unwrap();
+    out.stdout
+}
+
+/// A restore killed before its input ended leaves the target as it was (one
+/// transaction, never committed).
+async fn interrupted_restore_leaves_nothing(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    admin: &Admin,
+    server: &ConnParams,
+    archive: &[u8],
+) {
+    let target = server.with_dbname("pgproof_testkit_half");
+    admin.drop(target.dbname()).await.unwrap();
+    admin.create(target.dbname(), "UTF8").await.unwrap();
+    feed(
+        dumper,
+        tools,
+        &target,
+        &archive[..archive.len() * 3 / 4],
+        true,
+    )
+    .await;
+    let left = user_objects(&target.connect().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "an interrupted restore left {left} objects behind");
+    admin.drop(target.dbname()).await.unwrap();
+}
+
+/// A dump that cannot be taken (the database does not exist) exits non-zero.
+fn failed_dump_exits_non_zero(dumper: &dyn Dumper, tools: &PgTools, server: &ConnParams) {
+    let missing = server.with_dbname("pgproof_testkit_no_such_database");
+    let mut cmd = dumper.dump_command(tools, &missing, "00000003-1", Duration::from_secs(1));
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let status = cmd.status().unwrap();
+    assert!(!status.success(), "a dump of a missing database succeeded");
+}
+
+/// Feeds `bytes` to the restore command; with `kill`, kills it before closing its
+/// input. Returns whether it exited successfully.
+async fn feed(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    target: &ConnParams,
+    bytes: &[u8],
+    kill: bool,
+) -> bool {
+    let mut cmd = dumper.restore_command(tools, target);
+    cmd.stdin(Stdio::piped()).stderr(Stdio::piped());
+    let bytes = bytes.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(&bytes);
+        if kill {
+            child.kill().unwrap();
+            let _ = child.wait();
+            return false;
+        }
+        drop(stdin);
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let status = child.wait().unwrap();
+        if !status.success() {
+            eprintln!("restore program said: {err}");
+        }
+        status.success()
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,251 @@
+//! Backup: snapshot, fingerprint, dump through the codec chain into a sink, manifest
+//! last.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::catalog::{self, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo};
+use crate::codec::{CodecChain, Progress, Recipients, Tallies};
+use crate::dump::{self, CustomDumper, Dumper};
+use crate::error::{Error, Result, Setting};
+use crate::evidence::fingerprint::{Fingerprint, Plan};
+use crate::pg::{ConnParams, PgTools, SnapshotSession};
+use crate::sink::stream::Upload;
+use crate::sink::{Sink, SinkExt};
+
+/// How long pg_dump and the fingerprint wait for a table lock by default.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(300);
+
+/// One backup of one database, configured by its builder methods and taken by
+/// [`run`](Backup::run).
+///
+/// It dumps the database in an exported snapshot, fingerprints every table in the
+/// same snapshot while the dump streams through the codec chain into the sink, then
+/// commits the manifest, create-only and last. On any failure nothing is committed
+/// under a manifest and the dump object's upload is aborted.
+#[must_use = "a Backup does nothing until run"]
+pub struct Backup {
+    source: ConnParams,
+    sink: Arc<dyn Sink>,
+    dumper: Arc<dyn Dumper>,
+    recipients: Option<Recipients>,
+    unencrypted: bool,
+    pg_bin_dir: Option<PathBuf>,
+    lock_wait: Duration,
+    progress: Option<Progress>,
+}
+
+impl Backup {
+    /// A backup of `source`'s database into `sink`, in the custom format. Choose
+    /// [`recipients`](Self::recipients) or, explicitly,
+    /// [`unencrypted`](Self::unencrypted).
+    pub fn new(source: ConnParams, sink: Arc<dyn Sink>) -> Self {
+        Self {
+            source,
+            sink,
+            dumper: Arc::new(CustomDumper),
+            recipients: None,
+            unencrypted: false,
+            pg_bin_dir: None,
+            lock_wait: DEFAULT_LOCK_WAIT,
+            progress: None,
+        }
+    }
+
+    /// The dumper (archive format); default [`CustomDumper`].
+    pub fn dumper(mut self, dumper: Arc<dyn Dumper>) -> Self {
+        self.dumper = dumper;
+        self
+    }
+
+    /// Encrypts the dump to these age recipients.
+    pub fn recipients(mut self, recipients: Recipients) -> Self {
+        self.recipients = Some(recipients);
+        self
+    }
+
+    /// Stores the dump unencrypted; must be chosen explicitly.
+    pub fn unencrypted(mut self) -> Self {
+        self.unencrypted = true;
+        self
+    }
+
+    /// The directory of PostgreSQL programs; default: the newest install whose major
+    /// version is at least the server's.
+    pub fn pg_bin_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.pg_bin_dir = dir;
+        self
+    }
+
+    /// How long to wait for a table lock before failing; default
+    /// [`DEFAULT_LOCK_WAIT`].
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Called with the dump bytes processed so far.
+    pub fn progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Takes the backup and returns its manifest, as committed.
+    pub async fn run(self) -> Result<Manifest> {
+        if self.recipients.is_none() && !self.unencrypted {
+            return Err(Error::config(
+                "no age recipients given: encrypt the backup, or choose explicitly to store it unencrypted",
+            )
+            .with_setting(Setting::Recipients));
+        }
+        let database = self.source.dbname().to_owned();
+        catalog::check_database_name(&database)?;
+        let started_at = Timestamp::now();
+        let clock = Instant::now();
+
+        let session = SnapshotSession::open(&self.source, self.lock_wait).await?;
+        let plan = Plan::prepare(session.client()).await?;
+        let tools = PgTools::find(
+            self.pg_bin_dir.as_deref(),
+            session.server().major(),
+            &["pg_dump"],
+        )?;
+        let chain = CodecChain::new(self.dumper.compression(), self.recipients.is_some());
+        let backup_id = catalog::new_backup_id(started_at);
+        let object_key = format!(
+            "{database}/{backup_id}/{}{}",
+            self.dumper.file_name(),
+            chain.suffix()
+        );
+        tracing::info!(
+            database = %database,
+            backup_id = %backup_id,
+            format = %self.dumper.format(),
+            pg_dump = %tools.version(),
+            server = %session.server().version,
+            sink = %self.sink.describe(),
+            "backup started"
+        );
+
+        let (writer, upload) = Upload::start(self.sink.clone(), object_key.clone());
+        let cmd =
+            self.dumper
+                .dump_command(&tools, &self.source, session.snapshot_id(), self.lock_wait);
+        let mut dump_job = {
+            let chain = chain.clone();
+            let recipients = self.recipients.clone();
+            let progress = self.progress.clone();
+            tokio::task::spawn_blocking(move || {
+                dump::run::dump(cmd, &chain, recipients.as_ref(), writer, progress.as_ref())
+            })
+        };
+        // The fingerprint runs on the snapshot's own connection while pg_dump streams
+        // on another core: same snapshot, no table data sent to the client. Its own
+        // duration is recorded, not the wait for pg_dump: that is its cost.
+        let fingerprint_ms = AtomicU64::new(0);
+        let outcome: Result<(Tallies, Fingerprint)> = {
+            let fingerprint = async {
+                let clock = Instant::now();
+                let result = plan.compute(session.client()).await;
+                fingerprint_ms.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
+                result
+            };
+            tokio::pin!(fingerprint);
+            tokio::select! {
+                joined = &mut dump_job => {
+                    let dumped = flatten_join(joined);
+                    if dumped.is_err() {
+                        // pg_dump is gone; a fingerprint query waiting on a lock would
+                        // wait forever.
+                        let _ = session.client().cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                    }
+                    let fingerprinted = fingerprint.await;
+                    dumped.and_then(|t| fingerprinted.map(|fp| (t, fp)))
+                }
+                fingerprinted = &mut fingerprint => {
+                    // A failed fingerprint ends the backup: stop pg_dump at its next chunk
+                    // rather than upload a dump that will be thrown away.
+                    if fingerprinted.is_err() {
+                        upload.stop_writer();
+                    }
+                    let dumped = flatten_join(dump_job.await);
+                    fingerprinted.and_then(|fp| dumped.map(|t| (t, fp)))
+                }
+            }
+        };
+        let fingerprint_ms = fingerprint_ms.into_inner();
+        // The snapshot must outlive pg_dump; it is released only now.
+        let server = session.server().clone();
+        let encoding = session.encoding().to_owned();
+        let snapshot_id = session.snapshot_id().to_owned();
+        let closed = session.close().await;
+        let (tallies, fingerprint) = match outcome.and_then(|done| closed.map(|()| done)) {
+            Ok(done) => done,
+            Err(e) => return Err(upload.abort(e).await),
+        };
+        let stored_bytes = upload.commit().await?;
+        if stored_bytes != tallies.stored.bytes {
+            return Err(Error::integrity(format!(
+                "sink {} stored {stored_bytes} bytes for {object_key} but {} were sent",
+                self.sink.describe(),
+                tallies.stored.bytes
+            ))
+            .with_object(object_key));
+        }
+
+        let finished_at = Timestamp::now();
+        // Linked at commit time, so backups that overlap chain in the order they commit.
+        let previous = catalog::previous_link(&*self.sink, &database).await?;
+        let manifest = Manifest {
+            manifest_version: catalog::MANIFEST_VERSION,
+            backup_id,
+            database,
+            tool: ToolInfo::current(),
+            source: SourceInfo {
+                server_version: server.version,
+                server_version_num: server.version_num,
+                encoding,
+            },
+            pg_dump_version: tools.version().to_owned(),
+            format: self.dumper.format().to_owned(),
+            codecs: chain.names(),
+            encryption: self.recipients.as_ref().map(|r| EncryptionInfo {
+                scheme: "age-x25519".into(),
+                recipients: r.public_keys(),
+            }),
+            object: ObjectInfo {
+                key: object_key,
+                raw_bytes: tallies.raw.bytes,
+                raw_sha256: tallies.raw.sha256,
+                stored_bytes: tallies.stored.bytes,
+                stored_sha256: tallies.stored.sha256,
+            },
+            snapshot_id,
+            started_at,
+            finished_at,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            fingerprint_ms,
+            fingerprint: Some(fingerprint),
+            previous,
+        };
+        self.sink
+            .put_bytes(&manifest.key(), manifest.to_bytes()?)
+            .await?;
+        tracing::info!(
+            backup_id = %manifest.backup_id,
+            raw_bytes = manifest.object.raw_bytes,
+            stored_bytes = manifest.object.stored_bytes,
+            seconds = clock.elapsed().as_secs_f64(),
+            "backup committed"
+        );
+        Ok(manifest)
+    }
+}
+
+fn flatten_join<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    joined.unwrap_or_else(|e| Err(Error::tool(format!("the dump thread failed: {e}"))))
+}

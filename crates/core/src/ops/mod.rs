@@ -1,0 +1,24 @@
+//! The operations a program calls: short orchestrations of the engines.
+//!
+//! Each is a builder: construct it with what it cannot do without, set options with
+//! its methods (every option has a sane default), then `run().await`.
+//!
+//! | operation | returns |
+//! |---|---|
+//! | [`Backup`] | the committed [`Manifest`](crate::catalog::Manifest) |
+//! | [`Restore`] | a [`RestoreOutcome`] |
+//! | [`Verify`] | the recorded [`Report`](crate::verify::Report) |
+//! | [`Drill`] | a [`DrillOutcome`] |
+//!
+//! Listing is [`catalog::list_backups`](crate::catalog::list_backups) and
+//! [`catalog::load_manifest`](crate::catalog::load_manifest).
+
+mod backup;
+mod drill;
+mod restore;
+mod verify;
+
+pub use backup::{Backup, DEFAULT_LOCK_WAIT};
+pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
+pub use restore::{Restore, RestoreOutcome, drop_restored};
+pub use verify::{Verify, scratch_database};

@@ -1,0 +1,248 @@
+//! Restore: sink → codec chain → the dumper's restore program, into a database
+//! pgproof created itself, or swapped in for an existing one only once it succeeded.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::catalog::Manifest;
+use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
+use crate::dump::{self, Dumper};
+use crate::error::{Error, ErrorKind, Result, Setting};
+use crate::pg::admin::{self, Admin};
+use crate::pg::{ConnParams, PgTools};
+use crate::sink::Sink;
+
+/// A restore of one backup into one database, configured by its builder methods and
+/// done by [`run`](Restore::run).
+///
+/// The target database must not exist (pgproof creates it with the backup's
+/// encoding) or must be empty, unless [`clean`](Self::clean) allows replacing it: the
+/// backup is then restored beside it and swapped in only once the restore succeeded.
+/// Hashes and sizes are checked against the manifest while streaming, before the
+/// restore program sees the end of its input; on any failure its transaction never
+/// commits and a database pgproof created is dropped again.
+#[must_use = "a Restore does nothing until run"]
+pub struct Restore {
+    sink: Arc<dyn Sink>,
+    manifest: Manifest,
+    target: ConnParams,
+    identities: Option<Identities>,
+    dumper: Option<Arc<dyn Dumper>>,
+    clean: bool,
+    pg_bin_dir: Option<PathBuf>,
+    progress: Option<Progress>,
+}
+
+/// A finished restore.
+#[derive(Clone, Debug)]
+pub struct RestoreOutcome {
+    /// The database restored into.
+    pub database: String,
+    /// Whether pgproof created it (or replaced it).
+    pub created: bool,
+    /// Dump bytes fed to the restore program.
+    pub raw_bytes: u64,
+    /// Wall time of the restore: the recovery time actually measured.
+    pub duration: Duration,
+}
+
+impl Restore {
+    /// Restores the backup `manifest` describes, from `sink`, into `target`.
+    pub fn new(sink: Arc<dyn Sink>, manifest: Manifest, target: ConnParams) -> Self {
+        Self {
+            sink,
+            manifest,
+            target,
+            identities: None,
+            dumper: None,
+            clean: false,
+            pg_bin_dir: None,
+            progress: None,
+        }
+    }
+
+    /// The age identities that open an encrypted backup.
+    pub fn identities(mut self, identities: Option<Identities>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The dumper whose restore program applies the archive; default: the built-in
+    /// one the manifest's format names.
+    pub fn dumper(mut self, dumper: Arc<dyn Dumper>) -> Self {
+        self.dumper = Some(dumper);
+        self
+    }
+
+    /// Allows replacing an existing target database.
+    pub fn clean(mut self, clean: bool) -> Self {
+        self.clean = clean;
+        self
+    }
+
+    /// The directory of PostgreSQL programs; default: the newest install whose major
+    /// version is at least the server's and the dump's.
+    pub fn pg_bin_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.pg_bin_dir = dir;
+        self
+    }
+
+    /// Called with the dump bytes restored so far.
+    pub fn progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Restores.
+    pub async fn run(self) -> Result<RestoreOutcome> {
+        let clock = Instant::now();
+        let m = &self.manifest;
+        if m.encryption.is_some() && self.identities.is_none() {
+            return Err(Error::config(format!(
+                "backup {} is encrypted: give the age identity for {}",
+                m.backup_id,
+                m.encryption
+                    .as_ref()
+                    .map(|e| e.recipients.join(", "))
+                    .unwrap_or_default()
+            ))
+            .with_setting(Setting::Identity));
+        }
+        let dumper = match &self.dumper {
+            Some(d) => d.clone(),
+            None => dump::builtin(&m.format).ok_or_else(|| {
+                Error::config(format!(
+                    "backup {} was written in the format {:?}, which no dumper given here restores",
+                    m.backup_id, m.format
+                ))
+            })?,
+        };
+        let chain = CodecChain::from_names(&m.codecs)?;
+        let database = self.target.dbname().to_owned();
+        // Open the object first: a missing object must not cost a database.
+        let body = self.sink.get(&m.object.key).await.map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::integrity(format!(
+                    "the dump object {} that the manifest of {} lists is missing from {}; the backup cannot be restored",
+                    m.object.key,
+                    m.backup_id,
+                    self.sink.describe()
+                ))
+                .with_object(m.object.key.clone())
+            } else {
+                e
+            }
+        })?;
+
+        let admin = Admin::connect(&self.target).await?;
+        let min_major = admin
+            .server()
+            .major()
+            .max(leading_major(&m.pg_dump_version));
+        let tools = PgTools::find(
+            self.pg_bin_dir.as_deref(),
+            min_major,
+            &[dumper.restore_program()],
+        )?;
+        let exists = admin.exists(&database).await?;
+        if exists && !self.clean {
+            let objects = admin::user_objects(&self.target.connect().await?).await?;
+            if objects > 0 {
+                return Err(Error::already_exists(format!(
+                    "target database {database} already holds {objects} objects; restore into a new database, or allow replacing it"
+                ))
+                .with_setting(Setting::Clean));
+            }
+        }
+        // Replacing restores beside the old database: a damaged backup or a wrong key
+        // must not cost the database it was meant to replace.
+        let replace = exists && self.clean;
+        let load = if replace {
+            self.target.with_dbname(&format!(
+                "pgproof_restore_{}",
+                &sha256_hex(database.as_bytes())[..12]
+            ))
+        } else {
+            self.target.clone()
+        };
+        let created = !exists || replace;
+        if created {
+            admin.drop(load.dbname()).await?;
+            admin.create(load.dbname(), &m.source.encoding).await?;
+        }
+
+        let cmd = dumper.restore_command(&tools, &load);
+        let program = dumper.restore_program();
+        let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
+        let fed = {
+            let manifest = self.manifest.clone();
+            let identities = self.identities.clone();
+            let progress = self.progress.clone();
+            tokio::task::spawn_blocking(move || {
+                dump::run::restore(
+                    cmd,
+                    program,
+                    &chain,
+                    identities.as_ref(),
+                    reader,
+                    &manifest.object,
+                    progress.as_ref(),
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
+        };
+        let result = match fed {
+            Ok(raw_bytes) if replace => admin
+                .swap_in(load.dbname(), &database)
+                .await
+                .map(|()| raw_bytes),
+            other => other,
+        };
+        match result {
+            Ok(raw_bytes) => Ok(RestoreOutcome {
+                database,
+                created,
+                raw_bytes,
+                duration: clock.elapsed(),
+            }),
+            Err(e) => {
+                if created && let Err(drop_err) = admin.drop(load.dbname()).await {
+                    tracing::error!(database = %load.dbname(), error = %drop_err, "could not drop the half-restored database; drop it by hand");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn leading_major(version: &str) -> u32 {
+    version
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Drops a database pgproof restored into (a scratch database after verification).
+pub async fn drop_restored(target: &ConnParams) -> Result<()> {
+    admin::drop_database(target).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dump_major_comes_from_any_version_string() {
+        assert_eq!(leading_major("15.18"), 15);
+        assert_eq!(leading_major("18devel"), 18);
+        assert_eq!(leading_major(""), 0);
+    }
+}

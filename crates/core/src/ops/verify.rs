@@ -1,0 +1,275 @@
+//! Verify: restore into a scratch database, run the verifiers, record the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+
+use crate::catalog::{self, BackupRef, Manifest, ToolInfo};
+use crate::codec::{Identities, Progress};
+use crate::dump::Dumper;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::restore::{Restore, drop_restored};
+use crate::pg::ConnParams;
+use crate::sink::{Sink, SinkExt};
+use crate::verify::{Check, Report, Restored, Verifier, standard_verifiers};
+
+/// A verification of one backup, configured by its builder methods and done by
+/// [`run`](Verify::run).
+///
+/// The backup is restored into a database pgproof creates on the scratch server
+/// (`pgproof_verify_<id>`), the verifiers run against it, the report is written next
+/// to the manifest (`<db>/<id>/verify/<time>.json`, append-only) and the scratch
+/// database is dropped unless [`keep`](Self::keep) says otherwise.
+///
+/// Failed checks are in the report, not an `Err`. An `Err` means verification could
+/// not run (a missing tool, an unreachable server, a wrong key): that says nothing
+/// about the backup, and no report is written.
+#[must_use = "a Verify does nothing until run"]
+pub struct Verify {
+    sink: Arc<dyn Sink>,
+    backup: BackupRef,
+    scratch: ConnParams,
+    identities: Option<Identities>,
+    dumper: Option<Arc<dyn Dumper>>,
+    verifiers: Vec<Box<dyn Verifier>>,
+    pg_bin_dir: Option<PathBuf>,
+    keep: bool,
+    progress: Option<Progress>,
+}
+
+impl Verify {
+    /// Verifies `backup` from `sink` on the server `scratch` points at, with the
+    /// [standard verifiers](standard_verifiers).
+    pub fn new(sink: Arc<dyn Sink>, backup: BackupRef, scratch: ConnParams) -> Self {
+        Self {
+            sink,
+            backup,
+            scratch,
+            identities: None,
+            dumper: None,
+            verifiers: standard_verifiers(),
+            pg_bin_dir: None,
+            keep: false,
+            progress: None,
+        }
+    }
+
+    /// The age identities that open an encrypted backup.
+    pub fn identities(mut self, identities: Option<Identities>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The dumper whose restore program applies the archive; default: the built-in
+    /// one the manifest's format names.
+    pub fn dumper(mut self, dumper: Arc<dyn Dumper>) -> Self {
+        self.dumper = Some(dumper);
+        self
+    }
+
+    /// Adds a verifier after the standard ones (an application invariant, …).
+    pub fn verifier(mut self, verifier: Box<dyn Verifier>) -> Self {
+        self.verifiers.push(verifier);
+        self
+    }
+
+    /// Replaces the whole list of verifiers.
+    pub fn verifiers(mut self, verifiers: Vec<Box<dyn Verifier>>) -> Self {
+        self.verifiers = verifiers;
+        self
+    }
+
+    /// The directory of PostgreSQL programs.
+    pub fn pg_bin_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.pg_bin_dir = dir;
+        self
+    }
+
+    /// Keeps the scratch database for inspection.
+    pub fn keep(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Called with the dump bytes restored so far.
+    pub fn progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Verifies and records the report.
+    pub async fn run(self) -> Result<Report> {
+        let (manifest, manifest_sha256) = catalog::load_manifest(&*self.sink, &self.backup).await?;
+        let target = self
+            .scratch
+            .with_dbname(&scratch_database(&manifest.backup_id));
+        let mut restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
+            .identities(self.identities)
+            .clean(true)
+            .pg_bin_dir(self.pg_bin_dir)
+            .progress(self.progress);
+        if let Some(dumper) = self.dumper {
+            restore = restore.dumper(dumper);
+        }
+        let proven = Proof {
+            sink: &*self.sink,
+            manifest: &manifest,
+            manifest_sha256: &manifest_sha256,
+            verifiers: &self.verifiers,
+        };
+        let (checks, restore_ms) = proven
+            .restore_and_verify(restore, &target, !self.keep)
+            .await?;
+        let report = new_report(&manifest, &target, checks, restore_ms);
+        write_report(&*self.sink, &report).await?;
+        Ok(report)
+    }
+}
+
+/// The scratch database name for a backup: `pgproof_verify_<id>`, lowercased, with
+/// every character other than a letter or digit replaced by `_`.
+pub fn scratch_database(backup_id: &str) -> String {
+    let id: String = backup_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("pgproof_verify_{id}")
+}
+
+/// What a restored database is judged against, and by whom.
+pub(crate) struct Proof<'a> {
+    pub(crate) sink: &'a dyn Sink,
+    pub(crate) manifest: &'a Manifest,
+    pub(crate) manifest_sha256: &'a str,
+    pub(crate) verifiers: &'a [Box<dyn Verifier>],
+}
+
+impl Proof<'_> {
+    /// Runs `restore` (whose target is `target`), records the `archive` and `restore`
+    /// checks it decides, runs the verifiers on the result and drops the target
+    /// afterwards if asked. A verdict on the backup (a damaged object, a restore
+    /// program that rejects an intact one) becomes a failed check; anything else is
+    /// an `Err`.
+    pub(crate) async fn restore_and_verify(
+        &self,
+        restore: Restore,
+        target: &ConnParams,
+        drop_after: bool,
+    ) -> Result<(Vec<Check>, Option<u64>)> {
+        let o = &self.manifest.object;
+        let archive_ok = Check::pass(
+            "archive",
+            format!(
+                "{} stored bytes (sha256 {}) and {} dump bytes (sha256 {}) as recorded",
+                o.stored_bytes, o.stored_sha256, o.raw_bytes, o.raw_sha256
+            ),
+        );
+        let outcome = match restore.run().await {
+            Ok(outcome) => outcome,
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                return Ok((vec![Check::fail("archive", e.to_string())], None));
+            }
+            Err(e) if e.kind() == ErrorKind::Rejected => {
+                return Ok((
+                    vec![archive_ok, Check::fail("restore", e.to_string())],
+                    None,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut checks = vec![
+            archive_ok,
+            Check::pass(
+                "restore",
+                format!(
+                    "restored into {} in {:.2}s",
+                    target.describe(),
+                    outcome.duration.as_secs_f64()
+                ),
+            ),
+        ];
+        let ran = self.run_verifiers(target).await;
+        if drop_after && let Err(e) = drop_restored(target).await {
+            tracing::error!(error = %e, database = %target.dbname(), "could not drop the scratch database; drop it by hand");
+        }
+        checks.extend(ran?);
+        Ok((checks, Some(outcome.duration.as_millis() as u64)))
+    }
+
+    async fn run_verifiers(&self, target: &ConnParams) -> Result<Vec<Check>> {
+        let client = target.connect().await?;
+        let restored = Restored {
+            manifest: self.manifest,
+            manifest_sha256: self.manifest_sha256,
+            sink: self.sink,
+            client: &client,
+        };
+        let mut checks = Vec::new();
+        for verifier in self.verifiers {
+            match verifier.verify(&restored).await {
+                Ok(found) => checks.extend(found),
+                Err(e) => {
+                    return Err(Error::new(
+                        e.kind(),
+                        format!("verifier {} could not run: {e}", verifier.name()),
+                    )
+                    .with_operation("verify"));
+                }
+            }
+        }
+        Ok(checks)
+    }
+}
+
+pub(crate) fn new_report(
+    manifest: &Manifest,
+    target: &ConnParams,
+    checks: Vec<Check>,
+    restore_ms: Option<u64>,
+) -> Report {
+    Report {
+        backup_id: manifest.backup_id.clone(),
+        database: manifest.database.clone(),
+        verified_at: Timestamp::now(),
+        passed: checks.iter().all(|c| c.passed),
+        restore_ms,
+        restored_into: target.describe(),
+        tool: ToolInfo::current(),
+        checks,
+    }
+}
+
+pub(crate) async fn write_report(sink: &dyn Sink, report: &Report) -> Result<()> {
+    let key = format!(
+        "{}/{}/verify/{}.json",
+        report.database,
+        report.backup_id,
+        report.verified_at.strftime("%Y%m%dT%H%M%S%.6fZ")
+    );
+    let mut body = serde_json::to_vec_pretty(report)
+        .map_err(|e| Error::tool(format!("cannot serialize the verification record: {e}")))?;
+    body.push(b'\n');
+    sink.put_bytes(&key, Bytes::from(body)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_names_are_safe_identifiers() {
+        assert_eq!(
+            scratch_database("20261123T063151.042Z-3fa9"),
+            "pgproof_verify_20261123t063151_042z_3fa9"
+        );
+    }
+}

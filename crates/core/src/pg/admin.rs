@@ -1,0 +1,120 @@
+//! Database-level statements: create, drop, rename, and "is it empty", issued on a
+//! connection to another database of the same server.
+
+use tokio_postgres::Client;
+
+use crate::error::Result;
+use crate::pg::sql::{USER_OBJECTS, query_count};
+use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
+
+/// A connection to `target`'s server through a database other than the target, so
+/// the target itself can be created, dropped or renamed.
+pub struct Admin {
+    client: Client,
+    server: ServerInfo,
+}
+
+impl Admin {
+    /// Connects to `postgres` (or `template1` when the target is `postgres`).
+    pub async fn connect(target: &ConnParams) -> Result<Self> {
+        let admin_db = if target.dbname() == "postgres" {
+            "template1"
+        } else {
+            "postgres"
+        };
+        let client = target.with_dbname(admin_db).connect().await?;
+        let server = ServerInfo::query(&client).await?;
+        Ok(Self { client, server })
+    }
+
+    /// The server's version.
+    pub fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// Whether `database` exists.
+    pub async fn exists(&self, database: &str) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+            .await
+            .map_err(db_err("looking up a database"))?
+            .is_some())
+    }
+
+    /// Creates `database` from `template0` with `encoding`.
+    pub async fn create(&self, database: &str, encoding: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING '{}'",
+                quote_ident(database),
+                encoding.replace('\'', "")
+            ))
+            .await
+            .map_err(db_err("creating a database"))?;
+        tracing::info!(database = %database, "created database");
+        Ok(())
+    }
+
+    /// Drops `database` if it exists, disconnecting its sessions where the server
+    /// can (13 and newer).
+    pub async fn drop(&self, database: &str) -> Result<()> {
+        let force = if self.server.version_num >= 130000 {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
+        self.client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {}{force}",
+                quote_ident(database)
+            ))
+            .await
+            .map_err(db_err("dropping a database"))?;
+        tracing::debug!(database = %database, "dropped database if it existed");
+        Ok(())
+    }
+
+    /// Renames `from` to `to`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(from),
+                quote_ident(to)
+            ))
+            .await
+            .map_err(db_err("renaming a database"))
+    }
+
+    /// Replaces `database` with `replacement` so that the name never stops naming a
+    /// whole database: the original is renamed aside, the replacement renamed in, and
+    /// only then the original dropped. If the second rename fails the original is put
+    /// back; the error says which database holds what if even that fails.
+    pub async fn swap_in(&self, replacement: &str, database: &str) -> Result<()> {
+        let aside = format!("{replacement}_old");
+        self.drop(&aside).await?;
+        self.rename(database, &aside).await?;
+        if let Err(e) = self.rename(replacement, database).await {
+            if let Err(back) = self.rename(&aside, database).await {
+                tracing::error!(original = %aside, restored = %replacement, error = %back, "could not put the original database back; it is kept under the name shown");
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.drop(&aside).await {
+            tracing::warn!(database = %aside, error = %e, "the replaced database could not be dropped; drop it by hand");
+        }
+        Ok(())
+    }
+}
+
+/// Relations and large objects a user put into the database `client` is connected
+/// to; zero means it is empty as far as a restore is concerned.
+pub async fn user_objects(client: &Client) -> Result<i64> {
+    query_count(client, USER_OBJECTS, "counting objects in a database").await
+}
+
+/// Drops `target`'s database (scratch databases pgproof created).
+pub async fn drop_database(target: &ConnParams) -> Result<()> {
+    Admin::connect(target).await?.drop(target.dbname()).await
+}

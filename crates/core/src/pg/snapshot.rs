@@ -1,0 +1,79 @@
+//! Exported snapshots: one transaction whose view pg_dump and the fingerprint share.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::error::Result;
+use crate::pg::{ConnParams, ServerInfo, db_err};
+
+/// A transaction that exported its snapshot, held open so `pg_dump --snapshot` and
+/// whatever runs on [`client`](Self::client) (the fingerprint) see exactly the same data.
+pub struct SnapshotSession {
+    client: Client,
+    snapshot_id: String,
+    server: ServerInfo,
+    encoding: String,
+}
+
+impl SnapshotSession {
+    /// Connects, opens a REPEATABLE READ READ ONLY transaction and exports its
+    /// snapshot. `lock_wait` bounds how long it waits for a table lock.
+    pub async fn open(params: &ConnParams, lock_wait: Duration) -> Result<Self> {
+        let client = params.connect().await?;
+        // The session idles while pg_dump works and the fingerprint may scan a big
+        // table: server-side timeouts must not end the snapshot under pg_dump.
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0; \
+                 SET LOCAL lock_timeout = '{}s'",
+                lock_wait.as_secs().max(1)
+            ))
+            .await
+            .map_err(db_err("opening the snapshot transaction"))?;
+        let row = client
+            .query_one(
+                "SELECT pg_export_snapshot(), pg_encoding_to_char(d.encoding)::text \
+                 FROM pg_database d WHERE d.datname = current_database()",
+                &[],
+            )
+            .await
+            .map_err(db_err("exporting a snapshot"))?;
+        let server = ServerInfo::query(&client).await?;
+        Ok(Self {
+            snapshot_id: row.get(0),
+            encoding: row.get(1),
+            client,
+            server,
+        })
+    }
+
+    /// The exported snapshot's id, for `pg_dump --snapshot`.
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot_id
+    }
+
+    /// The connection inside the snapshot transaction: queries here see the dump's data.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The source server's version.
+    pub fn server(&self) -> &ServerInfo {
+        &self.server
+    }
+
+    /// The source database's encoding (e.g. `UTF8`).
+    pub fn encoding(&self) -> &str {
+        &self.encoding
+    }
+
+    /// Ends the transaction, releasing the snapshot.
+    pub async fn close(self) -> Result<()> {
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(db_err("closing the snapshot transaction"))
+    }
+}

@@ -1,0 +1,138 @@
+//! The content verifiers: tables, sequences and large objects of the restored database
+//! against the fingerprint taken in the dump's snapshot.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::evidence::fingerprint::{self, Fingerprint, sequence_differences, table_differences};
+use crate::verify::{Check, Restored, Verifier};
+
+/// The recorded fingerprint, or the one failed check that says why there is none to
+/// compare with.
+fn recorded<'a>(r: &'a Restored<'_>, name: &str) -> std::result::Result<&'a Fingerprint, Check> {
+    let Some(expected) = &r.manifest.fingerprint else {
+        return Err(Check::fail(
+            name,
+            "the manifest holds no fingerprint, so the restore cannot be compared",
+        ));
+    };
+    if expected.method != fingerprint::METHOD {
+        return Err(Check::fail(
+            name,
+            format!(
+                "the manifest's fingerprint method {} is not {}; verify with the pgproof version that wrote it",
+                expected.method,
+                fingerprint::METHOD
+            ),
+        ));
+    }
+    Ok(expected)
+}
+
+/// Every table's row count and content hash, recomputed on the restore and compared
+/// with the snapshot's: one check per table, named `fingerprint:<table>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableFingerprints;
+
+#[async_trait]
+impl Verifier for TableFingerprints {
+    fn name(&self) -> &str {
+        "fingerprint"
+    }
+
+    async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
+        let expected = match recorded(r, self.name()) {
+            Ok(f) => f,
+            Err(check) => return Ok(vec![check]),
+        };
+        let found = Fingerprint::compute(r.client).await?;
+        let differences = table_differences(&expected.tables, &found.tables);
+        let mut checks: Vec<Check> = expected
+            .tables
+            .iter()
+            .filter(|(name, _)| !differences.iter().any(|d| &d.subject == *name))
+            .map(|(name, t)| {
+                Check::pass(
+                    format!("fingerprint:{name}"),
+                    format!("{} rows, hash {}", t.rows, t.hash),
+                )
+            })
+            .collect();
+        checks.extend(differences.into_iter().map(|d| {
+            Check::fail(
+                format!("fingerprint:{}", d.subject),
+                format!("expected {}, found {}", d.expected, d.found),
+            )
+        }));
+        if checks.is_empty() {
+            checks.push(Check::pass(self.name(), "no tables recorded, none found"));
+        }
+        Ok(checks)
+    }
+}
+
+/// Every sequence at or past the value read in the snapshot (sequences are not
+/// transactional, so a busy one may have moved on while pg_dump ran, never back).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sequences;
+
+#[async_trait]
+impl Verifier for Sequences {
+    fn name(&self) -> &str {
+        "sequences"
+    }
+
+    async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
+        let expected = match recorded(r, self.name()) {
+            Ok(f) => f,
+            Err(check) => return Ok(vec![check]),
+        };
+        let found = fingerprint::sequences(r.client).await?;
+        let differences = sequence_differences(&expected.sequences, &found);
+        if differences.is_empty() {
+            return Ok(vec![Check::pass(
+                self.name(),
+                format!(
+                    "{} sequences at or past their recorded values",
+                    expected.sequences.len()
+                ),
+            )]);
+        }
+        Ok(differences
+            .into_iter()
+            .map(|d| {
+                Check::fail(
+                    format!("sequences:{}", d.subject),
+                    format!("expected {}, found {}", d.expected, d.found),
+                )
+            })
+            .collect())
+    }
+}
+
+/// The number of large objects equals the snapshot's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LargeObjects;
+
+#[async_trait]
+impl Verifier for LargeObjects {
+    fn name(&self) -> &str {
+        "large-objects"
+    }
+
+    async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
+        let expected = match recorded(r, self.name()) {
+            Ok(f) => f,
+            Err(check) => return Ok(vec![check]),
+        };
+        let found = fingerprint::large_objects(r.client).await?;
+        Ok(vec![Check::judge(
+            self.name(),
+            found == expected.large_objects,
+            format!(
+                "{} large objects recorded, {found} found",
+                expected.large_objects
+            ),
+        )])
+    }
+}

@@ -1,0 +1,113 @@
+//! The manifest chain around one backup: its link to the previous manifest, and the
+//! next manifest's link to it, each by sha256 of the stored bytes, so an edited or
+//! deleted manifest is seen from its neighbours.
+
+use async_trait::async_trait;
+
+use crate::catalog::{self, MANIFEST_LIMIT, Manifest};
+use crate::codec::sha256_hex;
+use crate::error::{ErrorKind, Result};
+use crate::sink::SinkExt;
+use crate::verify::{Check, Restored, Verifier};
+
+/// `manifest:previous` (the recorded predecessor is there, unchanged) and
+/// `manifest:next` (whichever manifest links to this one recorded its current bytes;
+/// if none does although a later one exists, a manifest in between was deleted).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ManifestChain;
+
+#[async_trait]
+impl Verifier for ManifestChain {
+    fn name(&self) -> &str {
+        "manifest"
+    }
+
+    async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
+        let manifest = r.manifest;
+        let mut checks: Vec<Check> = previous_check(r).await?.into_iter().collect();
+        let all = catalog::list_backups(r.sink, Some(&manifest.database)).await?;
+        // The successor is whichever manifest links to this one (links are made at
+        // commit time, so it need not be the next id); failing that, any manifest
+        // committed later shows the link is missing.
+        let mut successor = None;
+        let mut committed_later = None;
+        for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
+            let bytes = r
+                .sink
+                .get_bytes(&other.manifest_key(), MANIFEST_LIMIT)
+                .await?;
+            // A damaged manifest gets its own failed checks when it is verified.
+            let Ok(other) = serde_json::from_slice::<Manifest>(&bytes) else {
+                continue;
+            };
+            match other.previous {
+                Some(p) if p.backup_id == manifest.backup_id => {
+                    successor = Some((other.backup_id, p.manifest_sha256));
+                }
+                _ if other.finished_at > manifest.finished_at && committed_later.is_none() => {
+                    committed_later = Some(other.backup_id);
+                }
+                _ => {}
+            }
+        }
+        let sha = r.manifest_sha256;
+        match (successor, committed_later) {
+            (Some((next, recorded)), _) => checks.push(Check::judge(
+                "manifest:next",
+                recorded == sha,
+                if recorded == sha {
+                    format!("{next} links to this manifest's sha256 {sha}")
+                } else {
+                    format!(
+                        "this manifest was edited after {next} recorded it: sha256 {recorded} recorded, {sha} now"
+                    )
+                },
+            )),
+            (None, Some(later)) => checks.push(Check::fail(
+                "manifest:next",
+                format!(
+                    "{later} was committed after this backup but no manifest links to it: a manifest in between was deleted"
+                ),
+            )),
+            (None, None) => {}
+        }
+        Ok(checks)
+    }
+}
+
+/// `None` for a backup without a predecessor: there is nothing to check on that side
+/// (a manifest whose link was removed no longer matches the sha256 its successor
+/// recorded, and `manifest:next` of its predecessor sees that).
+async fn previous_check(r: &Restored<'_>) -> Result<Option<Check>> {
+    let manifest = r.manifest;
+    let Some(prev) = &manifest.previous else {
+        return Ok(None);
+    };
+    let key = catalog::manifest_key(&manifest.database, &prev.backup_id);
+    Ok(Some(match r.sink.get_bytes(&key, MANIFEST_LIMIT).await {
+        Ok(bytes) if sha256_hex(&bytes) == prev.manifest_sha256 => Check::pass(
+            "manifest:previous",
+            format!(
+                "{} unchanged (sha256 {})",
+                prev.backup_id, prev.manifest_sha256
+            ),
+        ),
+        Ok(bytes) => Check::fail(
+            "manifest:previous",
+            format!(
+                "manifest of {} was edited: sha256 {} recorded, {} found",
+                prev.backup_id,
+                prev.manifest_sha256,
+                sha256_hex(&bytes)
+            ),
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => Check::fail(
+            "manifest:previous",
+            format!(
+                "manifest of the previous backup {} is missing",
+                prev.backup_id
+            ),
+        ),
+        Err(e) => return Err(e),
+    }))
+}

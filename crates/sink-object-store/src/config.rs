@@ -1,0 +1,100 @@
+//! The `[sink]` configuration: the sink's URL and the options every object-store sink
+//! shares (S3- and GCS-only options are marked), owned here rather than by the core,
+//! which knows no object store.
+
+use std::path::PathBuf;
+
+use pgproof_core::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// `[sink]`: where backups go. Credentials are never part of it: object stores take
+/// them from their standard environment and credential chains (or, for GCS, a
+/// service-account file named here), so the config can be shown and stored safely.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `file:///path` or a plain path, `s3://bucket/prefix` or `gs://bucket/prefix`.
+    pub url: Option<String>,
+    /// Object stores: the service endpoint, for S3-compatible servers
+    /// (`http://127.0.0.1:9000`) or a GCS emulator; default: the service's own
+    /// (`AWS_ENDPOINT` / `AWS_ENDPOINT_URL_S3` also set it for S3).
+    pub endpoint: Option<String>,
+    /// S3: the bucket's region; default `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// S3: address buckets by path (`endpoint/bucket/key`, the default) or, when
+    /// false, virtual-hosted style (`bucket.endpoint/key`).
+    pub path_style: Option<bool>,
+    /// Object stores: permit a plain `http://` endpoint (test servers only).
+    pub allow_http: bool,
+    /// GCS: a service-account key file; default: the standard chain
+    /// (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's
+    /// application-default credentials, the instance metadata server).
+    pub service_account_file: Option<PathBuf>,
+    /// Object stores: multipart part size in MiB, 5–5120. With the default 64, the
+    /// 10,000-part limit caps one dump object at 625 GiB; raise it for larger
+    /// databases (512 MiB parts hold 5 TiB). Memory used by an upload is at most
+    /// `parts_in_flight × part_size_mib`.
+    pub part_size_mib: u64,
+    /// Object stores: parts held in memory at once (the one being filled plus those
+    /// uploading), 1–64.
+    pub parts_in_flight: usize,
+    /// Object stores: retries of a request that failed transiently (5xx, 429,
+    /// timeouts, refused or reset connections), with exponential backoff from 100 ms
+    /// up to 15 s. Permanent errors (403, 404, 412, …) are never retried.
+    pub max_retries: usize,
+    /// Object stores: no new retry starts this many seconds after a request's first
+    /// attempt.
+    pub retry_timeout_secs: u64,
+    /// Object stores: one request (a whole part upload included) may take this many
+    /// seconds; a part of `part_size_mib` must go up faster than that.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            allow_http: false,
+            service_account_file: None,
+            part_size_mib: 64,
+            parts_in_flight: 4,
+            max_retries: 10,
+            retry_timeout_secs: 180,
+            request_timeout_secs: 300,
+        }
+    }
+}
+
+/// Smallest multipart part S3 and GCS accept (all parts but the last).
+pub const MIN_PART_SIZE_MIB: u64 = 5;
+/// Largest multipart part S3 and GCS accept.
+pub const MAX_PART_SIZE_MIB: u64 = 5 << 10;
+/// Most parts one multipart upload may have.
+pub const MAX_PARTS: u64 = 10_000;
+
+impl SinkConfig {
+    /// Checks values serde cannot: ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(MIN_PART_SIZE_MIB..=MAX_PART_SIZE_MIB).contains(&self.part_size_mib) {
+            return Err(Error::config(format!(
+                "sink.part_size_mib = {} is out of range; S3 and GCS accept parts of {MIN_PART_SIZE_MIB} to {MAX_PART_SIZE_MIB} MiB",
+                self.part_size_mib
+            )));
+        }
+        if !(1..=64).contains(&self.parts_in_flight) {
+            return Err(Error::config(format!(
+                "sink.parts_in_flight = {} is out of range; use 1 to 64 (memory is parts_in_flight x part_size_mib)",
+                self.parts_in_flight
+            )));
+        }
+        if self.request_timeout_secs == 0 {
+            return Err(Error::config(
+                "sink.request_timeout_secs = 0 would fail every request; use a positive number of seconds",
+            ));
+        }
+        Ok(())
+    }
+}

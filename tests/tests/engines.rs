@@ -1,0 +1,228 @@
+//! The Dumper and Verifier conformance suites (pgproof-core's `testkit`) against every
+//! built-in engine and against a dumper and a verifier written here, outside the core,
+//! the way a library user would write them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgproof_core::catalog::{self, BackupRef};
+use pgproof_core::codec::{Compress, KeyPair};
+use pgproof_core::dump::{self, Dumper, Format, pg_dump_command};
+use pgproof_core::ops::{Backup, Restore, Verify};
+use pgproof_core::pg::process::client_command;
+use pgproof_core::pg::{ConnParams, PgTools, db_err};
+use pgproof_core::verify::{self, Check, Restored, Verifier, standard_verifiers};
+use pgproof_core::{Result, Sink};
+use pgproof_sink_fs::FsSink;
+use pgproof_tests::{create_sample_database, start_cluster};
+
+/// pg_dump's tar format, gzipped by pgproof, restored by pg_restore from stdin.
+#[derive(Debug)]
+struct TarDumper;
+
+impl Dumper for TarDumper {
+    fn format(&self) -> &str {
+        "tar"
+    }
+
+    fn file_name(&self) -> &str {
+        "dump.tar"
+    }
+
+    fn compression(&self) -> Option<Compress> {
+        Some(Compress::Gzip { level: 1 })
+    }
+
+    fn restore_program(&self) -> &'static str {
+        "pg_restore"
+    }
+
+    fn dump_command(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Command {
+        pg_dump_command(tools, source, "tar", snapshot, lock_wait)
+    }
+
+    fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        let mut cmd = client_command(tools, "pg_restore", target);
+        cmd.args([
+            "--format=tar",
+            "--exit-on-error",
+            "--single-transaction",
+            "--no-password",
+            "--dbname",
+            target.dbname(),
+        ])
+        .stdout(Stdio::null());
+        cmd
+    }
+}
+
+/// An application invariant: a table holds at least `min` rows.
+struct RowsAtLeast {
+    table: &'static str,
+    min: i64,
+}
+
+#[async_trait]
+impl Verifier for RowsAtLeast {
+    fn name(&self) -> &str {
+        "rows-at-least"
+    }
+
+    async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
+        let n: i64 = r
+            .client
+            .query_one(&format!("SELECT count(*) FROM {}", self.table), &[])
+            .await
+            .map_err(db_err("counting rows"))?
+            .get(0);
+        Ok(vec![Check::judge(
+            format!("rows-at-least:{}", self.table),
+            n >= self.min,
+            format!("{n} rows, at least {} expected", self.min),
+        )])
+    }
+}
+
+#[tokio::test]
+async fn built_in_dumpers_conform() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let server = cluster.params("postgres").unwrap();
+    for dumper in [Format::Custom.dumper(6), Format::Plain.dumper(1)] {
+        dump::testkit::run_all(&*dumper, &server, None).await;
+    }
+}
+
+#[tokio::test]
+async fn a_third_party_dumper_conforms_and_serves_backup_restore_and_verify() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let server = cluster.params("postgres").unwrap();
+    dump::testkit::run_all(&TarDumper, &server, None).await;
+
+    create_sample_database(&cluster, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    let keys = KeyPair::generate();
+    let manifest = Backup::new(cluster.params("app").unwrap(), sink.clone())
+        .dumper(Arc::new(TarDumper))
+        .recipients(keys.recipients())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(manifest.format, "tar");
+    assert_eq!(manifest.codecs, ["gzip", "age"]);
+    assert!(manifest.object.key.ends_with("/dump.tar.gz.age"));
+
+    let report = Verify::new(sink.clone(), BackupRef::of(&manifest), server.clone())
+        .identities(Some(keys.identities()))
+        .dumper(Arc::new(TarDumper))
+        .verifier(Box::new(RowsAtLeast {
+            table: "public.kinds",
+            min: 1,
+        }))
+        .run()
+        .await
+        .unwrap();
+    let failed: Vec<_> = report.failures().collect();
+    assert!(report.passed, "{failed:?}");
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.name == "rows-at-least:public.kinds"),
+        "{:?}",
+        report.checks
+    );
+
+    // Without the dumper, a restore of an unknown format says what is missing.
+    let err = Restore::new(sink, manifest, cluster.params("elsewhere").unwrap())
+        .identities(Some(keys.identities()))
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("\"tar\""), "{err}");
+}
+
+#[tokio::test]
+async fn every_verifier_conforms_and_judges_a_changed_restore() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let mut client = pgproof_tests::connect(&cluster, "app").await;
+    pgproof_core::evidence::audit::migrate(&mut client)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO pgproof.audit_events (actor, action, subject) \
+             SELECT 'u', 'issue', 'c' || g FROM generate_series(1, 20) g",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    for _ in 0..2 {
+        Backup::new(cluster.params("app").unwrap(), sink.clone())
+            .unencrypted()
+            .run()
+            .await
+            .unwrap();
+    }
+    let first = catalog::list_backups(&*sink, Some("app")).await.unwrap()[0].clone();
+    let (manifest, sha) = catalog::load_manifest(&*sink, &first).await.unwrap();
+    let target = cluster.params("restored").unwrap();
+    Restore::new(sink.clone(), manifest.clone(), target.clone())
+        .run()
+        .await
+        .unwrap();
+    let restored_client = target.connect().await.unwrap();
+    let restored = Restored {
+        manifest: &manifest,
+        manifest_sha256: &sha,
+        sink: &*sink,
+        client: &restored_client,
+    };
+    let mut verifiers = standard_verifiers();
+    verifiers.push(Box::new(RowsAtLeast {
+        table: "public.kinds",
+        min: 1,
+    }));
+    for verifier in &verifiers {
+        let verdicts = verify::testkit::check_contract(&**verifier, &restored).await;
+        assert!(!verdicts.is_empty(), "{} checked nothing", verifier.name());
+        assert!(
+            verdicts.iter().all(|passed| *passed),
+            "{} failed an exact restore",
+            verifier.name()
+        );
+    }
+
+    // The same verifiers on a restore that lost a row: the table's check fails, and
+    // only that one.
+    restored_client
+        .batch_execute("DELETE FROM public.kinds WHERE ctid = (SELECT min(ctid) FROM public.kinds)")
+        .await
+        .unwrap();
+    let fingerprints = verify::TableFingerprints;
+    let checks = fingerprints.verify(&restored).await.unwrap();
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failed, ["fingerprint:public.kinds"], "{checks:?}");
+}
