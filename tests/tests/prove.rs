@@ -148,7 +148,7 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     let first_manifest = ws.sink.join(format!("app/{first_id}/manifest.json"));
     let original = std::fs::read_to_string(&first_manifest).unwrap();
     let mut edited: Value = serde_json::from_str(&original).unwrap();
-    edited["pg_dump_version"] = Value::from("99.0");
+    edited["duration_ms"] = Value::from(1);
     std::fs::write(
         &first_manifest,
         serde_json::to_string_pretty(&edited).unwrap(),

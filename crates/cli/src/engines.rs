@@ -43,7 +43,12 @@ pub fn recipients(config: &Config) -> Result<Option<Recipients>> {
         tracing::warn!("encryption.enabled = false: backups are stored unencrypted");
         return Ok(None);
     }
-    Recipients::load(&enc.recipients, enc.recipients_file.as_deref()).map(Some)
+    Recipients::load(
+        &enc.recipients,
+        "encryption.recipients",
+        enc.recipients_file.as_deref(),
+    )
+    .map(Some)
 }
 
 /// The identities in `encryption.identity_file`, if set.

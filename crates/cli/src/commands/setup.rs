@@ -54,6 +54,7 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
     if config.encryption.enabled
         && let Err(e) = Recipients::load(
             &config.encryption.recipients,
+            "encryption.recipients",
             config.encryption.recipients_file.as_deref(),
         )
     {

@@ -16,14 +16,15 @@ pub struct Recipients {
 }
 
 impl Recipients {
-    /// Parses `age1…` public keys given inline and, if set, read from a recipients file
-    /// (one key a line, `#` comments allowed, as `age -R` reads).
-    pub fn load(inline: &[String], file: Option<&Path>) -> Result<Self> {
+    /// Parses `age1…` public keys given inline (named `inline_origin[i]` in errors)
+    /// and, if set, read from a recipients file (one key a line, `#` comments allowed,
+    /// as `age -R` reads).
+    pub fn load(inline: &[String], inline_origin: &str, file: Option<&Path>) -> Result<Self> {
         let mut keys = Vec::new();
         for (i, key) in inline.iter().enumerate() {
             keys.push(parse_recipient(
                 key.trim(),
-                &format!("recipient {}", i + 1),
+                &format!("{inline_origin}[{i}]"),
             )?);
         }
         if let Some(path) = file {
@@ -245,7 +246,7 @@ mod tests {
             Err(e) if e.kind() == ErrorKind::AlreadyExists
         ));
 
-        let recipients = Recipients::load(&[pair.public_key()], None).unwrap();
+        let recipients = Recipients::load(&[pair.public_key()], "recipients", None).unwrap();
         let mut w = recipients.encrypt(Vec::new()).unwrap();
         w.write_all(b"secret rows").unwrap();
         let ct = w.finish().unwrap();
@@ -266,11 +267,13 @@ mod tests {
 
     #[test]
     fn bad_recipient_names_where_it_came_from() {
-        let err = Recipients::load(&["age1nope".into()], None)
+        let err = Recipients::load(&["age1nope".into()], "recipients", None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("recipient 1"), "{err}");
-        let err = Recipients::load(&[], None).unwrap_err().to_string();
+        assert!(err.contains("recipients[0]"), "{err}");
+        let err = Recipients::load(&[], "recipients", None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unencrypted"), "{err}");
     }
 

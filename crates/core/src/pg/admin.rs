@@ -75,6 +75,19 @@ impl Admin {
         Ok(())
     }
 
+    /// Ends every other session connected to `database`.
+    async fn disconnect(&self, database: &str) -> Result<()> {
+        self.client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database],
+            )
+            .await
+            .map_err(db_err("ending the sessions of the database being replaced"))?;
+        Ok(())
+    }
+
     /// Renames `from` to `to`.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.client
@@ -88,13 +101,26 @@ impl Admin {
     }
 
     /// Replaces `database` with `replacement` so that the name never stops naming a
-    /// whole database: the original is renamed aside, the replacement renamed in, and
-    /// only then the original dropped. If the second rename fails the original is put
-    /// back; the error says which database holds what if even that fails.
+    /// whole database: the original's sessions are ended (as `DROP DATABASE … WITH
+    /// (FORCE)` would), it is renamed aside, the replacement renamed in, and only then
+    /// the original dropped. If the second rename fails the original is put back.
     pub async fn swap_in(&self, replacement: &str, database: &str) -> Result<()> {
         let aside = format!("{replacement}_old");
         self.drop(&aside).await?;
-        self.rename(database, &aside).await?;
+        let mut attempt = 0;
+        loop {
+            self.disconnect(database).await?;
+            match self.rename(database, &aside).await {
+                Ok(()) => break,
+                // A terminated session takes a moment to go, or a client reconnected
+                // between the two statements: wait, end it again.
+                Err(_) if attempt < 10 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if let Err(e) = self.rename(replacement, database).await {
             if let Err(back) = self.rename(&aside, database).await {
                 tracing::error!(original = %aside, restored = %replacement, error = %back, "could not put the original database back; it is kept under the name shown");
