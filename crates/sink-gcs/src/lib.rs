@@ -77,6 +77,7 @@ pub fn from_builder(
         builder = builder.with_service_account_path(file.to_string_lossy());
     }
     let location = location.with_endpoint(config.endpoint.clone());
+    pgproof_sink_object_store::install_crypto_provider();
     let store = builder.build().map_err(|e| {
         Error::config(format!(
             "cannot set up the GCS client for {}: {e}; check sink.service_account_file or the GOOGLE_* environment",

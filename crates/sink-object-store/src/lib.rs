@@ -57,6 +57,14 @@ pub trait Store: ObjectStore + PaginatedListStore {}
 
 impl<T: ObjectStore + PaginatedListStore> Store for T {}
 
+/// Makes rustls's ring provider the process default, which object_store's HTTP client
+/// (reqwest built with `rustls-no-provider`) needs: call it before `build()` on an
+/// object_store builder, or building the client panics. Idempotent; a provider
+/// installed earlier, by pgproof or its embedder, is kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// How uploads are cut and how hard requests are retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadOptions {

@@ -67,6 +67,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
         .filter(|e| !e.contains('@'));
     let location = location.with_endpoint(endpoint);
+    pgproof_sink_object_store::install_crypto_provider();
     let store = builder.build().map_err(|e| {
         Error::config(format!(
             "cannot set up the S3 client for {}: {e}; check the [sink] options and the AWS_* environment",
