@@ -47,6 +47,9 @@ pub struct SourceConfig {
     /// Directory holding pg_dump/pg_restore/psql; default: the newest found whose
     /// major is at least the server's.
     pub pg_bin_dir: Option<PathBuf>,
+    /// How long connecting may take, handshake included, for pgproof and the programs
+    /// it runs; default: the URL's `connect_timeout`, else `PGCONNECT_TIMEOUT`, else 30.
+    pub connect_timeout_secs: Option<u64>,
 }
 
 /// `[dump]`.

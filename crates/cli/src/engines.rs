@@ -63,7 +63,10 @@ pub fn identities(config: &Config) -> Result<Option<Identities>> {
 
 /// Databases to back up: `source.databases`, else the URL's database.
 pub fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
-    let params = ConnParams::parse(config.source_url())?;
+    let mut params = ConnParams::parse(config.source_url())?;
+    if let Some(secs) = config.source.connect_timeout_secs {
+        params = params.with_connect_timeout(std::time::Duration::from_secs(secs));
+    }
     let databases = if config.source.databases.is_empty() {
         vec![params.dbname().to_owned()]
     } else {

@@ -63,11 +63,42 @@ pub fn load(
         figment = figment.merge(Serialized::default("encryption.identity_file", path));
     }
     let config: Config = figment.extract().map_err(|err| {
-        let problems: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        let problems: Vec<String> = err.into_iter().map(|e| one_line(&e.to_string())).collect();
         Error::config(format!("invalid configuration: {}", problems.join("; ")))
     })?;
-    config.validate()?;
+    config
+        .validate()
+        .map_err(|e| Error::config(format!("{e}{}", origin_of_key(&figment, e.message()))))?;
     Ok((config, file))
+}
+
+/// An error text on one line: a TOML parser's multi-line excerpt becomes `; `-joined.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.chars().any(|c| c.is_alphanumeric()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// ` (from PGPROOF_SINK__PART_SIZE_MIB)` or ` (from pgproof.toml)` for a validation
+/// message that starts with a key (`sink.part_size_mib = 3 is out of range`).
+fn origin_of_key(figment: &Figment, message: &str) -> String {
+    let Some((key, _)) = message.split_once(" = ") else {
+        return String::new();
+    };
+    let Some(meta) = figment.find_metadata(key) else {
+        return String::new();
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if meta.name.contains("environment") {
+        let var = format!("PGPROOF_{}", parts.join("__").to_ascii_uppercase());
+        return format!(" (from the environment variable {var})");
+    }
+    match &meta.source {
+        Some(source) => format!(" (from {source})"),
+        None => format!(" (from {})", meta.name),
+    }
 }
 
 /// Replaces the password of a libpq URI or `key=value` string with `****`.

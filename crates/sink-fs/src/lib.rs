@@ -36,7 +36,8 @@ impl FsSink {
         Self { root }
     }
 
-    /// Parses `file:///abs/path` or a plain path.
+    /// Parses `file:///abs/path`, an absolute path or an explicitly relative one
+    /// (`./backups`); anything else is a configuration error.
     pub fn from_url(url: &str) -> Result<Self> {
         let path = match url.strip_prefix("file://") {
             Some(rest) if rest.starts_with('/') => rest,
@@ -50,11 +51,16 @@ impl FsSink {
                     "sink.url {url:?} is not a local directory"
                 )));
             }
-            None => url,
+            // A bare path only when unmistakable: absolute, or explicitly relative.
+            // Anything else (`s3:/bucket`, `::::`, a typo) must not quietly become a
+            // directory under the working directory.
+            None if url.starts_with('/') || url.starts_with("./") || url.starts_with("../") => url,
+            None => {
+                return Err(Error::config(format!(
+                    "sink.url {url:?} is neither a URL pgproof knows nor an absolute path; write file:///absolute/path, ./relative/path, s3://bucket/prefix or gs://bucket/prefix"
+                )));
+            }
         };
-        if path.is_empty() {
-            return Err(Error::config("sink.url is empty"));
-        }
         Ok(Self::new(path))
     }
 
@@ -294,9 +300,18 @@ mod tests {
             FsSink::from_url("/var/b").unwrap().root(),
             Path::new("/var/b")
         );
-        let relative = FsSink::from_url("backups").unwrap();
+        let relative = FsSink::from_url("./backups").unwrap();
         assert!(relative.root().is_absolute() && relative.root().ends_with("backups"));
-        assert!(FsSink::from_url("file://host/x").is_err());
-        assert!(FsSink::from_url("s3://bucket").is_err());
+        for garbage in [
+            "backups",
+            "s3:/bucket/x",
+            "::::",
+            "",
+            "file://host/x",
+            "s3://bucket",
+            "ftp://host/x",
+        ] {
+            assert!(FsSink::from_url(garbage).is_err(), "{garbage:?} accepted");
+        }
     }
 }

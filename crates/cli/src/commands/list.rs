@@ -1,7 +1,7 @@
 //! `pgproof list` and `pgproof show`: the committed backups, read from their manifests.
 
-use pgproof_core::Result;
 use pgproof_core::catalog;
+use pgproof_core::{Error, ErrorKind, Result};
 
 use crate::config::Config;
 use crate::engines::open_sink;
@@ -10,13 +10,36 @@ use crate::render::{human_bytes, outln, print_json};
 pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
     let sink = open_sink(config)?;
     let mut manifests = Vec::new();
+    let mut damaged = Vec::new();
     for found in catalog::list_backups(&*sink, database).await? {
-        manifests.push(catalog::load_manifest(&*sink, &found).await?.0);
+        match catalog::load_manifest(&*sink, &found).await {
+            Ok((manifest, _)) => manifests.push(manifest),
+            // One damaged manifest must not hide the good backups: it is reported
+            // beside them.
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                tracing::warn!(backup = %found.backup_id, database = %found.database, error = %e, "damaged manifest");
+                damaged.push((found, e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
     }
     if json {
-        return print_json(&manifests);
+        let mut entries: Vec<serde_json::Value> = manifests
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::tool(format!("cannot render JSON: {e}")))?;
+        entries.extend(damaged.iter().map(|(found, error)| {
+            serde_json::json!({
+                "backup_id": found.backup_id,
+                "database": found.database,
+                "status": "damaged",
+                "error": error,
+            })
+        }));
+        return print_json(&entries);
     }
-    if manifests.is_empty() {
+    if manifests.is_empty() && damaged.is_empty() {
         eprintln!("no backups in {}", sink.describe());
         return Ok(());
     }
@@ -33,10 +56,18 @@ pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result
             "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
             m.backup_id,
             m.database,
-            m.format.to_string(),
+            m.format,
             human_bytes(m.object.raw_bytes),
             human_bytes(m.object.stored_bytes),
             m.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    for (found, _) in &damaged {
+        outln!(
+            "{:<25}  {:<16}  DAMAGED manifest: `pgproof show {}` says why",
+            found.backup_id,
+            found.database,
+            found.backup_id
         );
     }
     Ok(())

@@ -2,12 +2,11 @@
 
 use pgproof_core::Result;
 use pgproof_core::catalog;
-use pgproof_core::codec::Identities;
 use pgproof_core::ops::Restore;
 use pgproof_core::pg::ConnParams;
 
 use crate::config::Config;
-use crate::engines::open_sink;
+use crate::engines::{identities, open_sink};
 use crate::render::{ProgressOutput, outln, print_json};
 
 pub async fn restore(
@@ -20,13 +19,12 @@ pub async fn restore(
     progress: &ProgressOutput,
 ) -> Result<()> {
     let sink = open_sink(config)?;
+    // Configuration first: a missing key file or a bad URL is reported as such, before
+    // the sink is read.
+    let identities = identities(config)?;
+    let target = ConnParams::parse(target)?;
     let found = catalog::resolve(&*sink, which, database).await?;
     let (m, _) = catalog::load_manifest(&*sink, &found).await?;
-    let identities = match (&m.encryption, &config.encryption.identity_file) {
-        (Some(_), Some(path)) => Some(Identities::load(path)?),
-        _ => None,
-    };
-    let target = ConnParams::parse(target)?;
     let (bar, callback) = progress.start(format!("restore {}", m.backup_id));
     let outcome = Restore::new(sink, m.clone(), target)
         .identities(identities)

@@ -43,6 +43,12 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
         .as_deref()
         .map(settings::redact_url);
     shown.sink.url = shown.sink.url.as_deref().map(settings::redact_url);
+    // A secret key pasted among the recipients is refused below; it is never shown.
+    for r in &mut shown.encryption.recipients {
+        if r.trim().to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+            *r = "**** (an age secret key, not a public key)".into();
+        }
+    }
     shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
     let mut problems: Vec<String> = Vec::new();
     if let Err(e) = ConnParams::parse(config.source_url()) {

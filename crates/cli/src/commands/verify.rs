@@ -26,8 +26,8 @@ pub async fn verify_all(
             sink.describe()
         )));
     }
-    let (scratch, _cluster) = scratch_server(config, keep)?;
     let identities = identities(config)?;
+    let (scratch, _cluster) = scratch_server(config, keep)?;
     let mut reports: Vec<Report> = Vec::new();
     for target in targets {
         let (bar, callback) = progress.start(format!("verify {}", target.backup_id));

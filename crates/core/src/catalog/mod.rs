@@ -1,8 +1,10 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+mod lock;
 mod manifest;
 
+pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{
     EncryptionInfo, MANIFEST_LIMIT, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ObjectInfo,
     PreviousManifest, SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
@@ -119,16 +121,34 @@ pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Re
     }
 }
 
-/// The newest committed manifest of `database`, as the link for the next one. Its
-/// bytes are hashed as stored, not parsed: a damaged predecessor must not stop new
-/// backups, and its hash is what makes the damage visible later.
+/// The head of `database`'s manifest chain, as the link for the next manifest: the
+/// committed manifest no other one links to. Ids sort by start time, not by commit
+/// time, so the newest id is not the head when backups overlap; with several heads
+/// (left by versions that linked without a lock) the newest id among them wins.
+/// The head's bytes are hashed as stored, not trusted: a damaged predecessor must not
+/// stop new backups, and its hash is what makes the damage visible later. Run it
+/// under the database's [`CommitLock`].
 pub async fn previous_link(sink: &dyn Sink, database: &str) -> Result<Option<PreviousManifest>> {
-    let Some(last) = list_backups(sink, Some(database)).await?.pop() else {
-        return Ok(None);
-    };
-    let bytes = sink.get_bytes(&last.manifest_key(), MANIFEST_LIMIT).await?;
-    Ok(Some(PreviousManifest {
-        backup_id: last.backup_id,
-        manifest_sha256: sha256_hex(&bytes),
-    }))
+    let all = list_backups(sink, Some(database)).await?;
+    let mut stored = Vec::with_capacity(all.len());
+    let mut linked = std::collections::BTreeSet::new();
+    for backup in all {
+        let bytes = sink
+            .get_bytes(&backup.manifest_key(), MANIFEST_LIMIT)
+            .await?;
+        if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes)
+            && let Some(previous) = manifest.previous
+        {
+            linked.insert(previous.backup_id);
+        }
+        stored.push((backup.backup_id, bytes));
+    }
+    Ok(stored
+        .into_iter()
+        .rev()
+        .find(|(id, _)| !linked.contains(id))
+        .map(|(backup_id, bytes)| PreviousManifest {
+            backup_id,
+            manifest_sha256: sha256_hex(&bytes),
+        }))
 }

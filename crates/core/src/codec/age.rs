@@ -76,6 +76,13 @@ impl Recipients {
 }
 
 fn parse_recipient(text: &str, origin: &str) -> Result<x25519::Recipient> {
+    if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
+        // Never echo it: the message says where it is, not what it is.
+        return Err(Error::config(format!(
+            "{origin} holds an age secret key, not a public key: put its public key (age1…, printed by `pgproof keygen`) there, keep the secret key in the identity file, and treat this one as exposed"
+        ))
+        .with_setting(Setting::Recipients));
+    }
     x25519::Recipient::from_str(text).map_err(|e| {
         Error::config(format!(
             "{origin} is not an age X25519 public key ({e}); it must look like age1… as printed by `pgproof keygen`"
@@ -101,7 +108,7 @@ impl Identities {
     /// Reads an age identity file (as written by `pgproof keygen` or `age-keygen`).
     pub fn load(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::not_found(format!(
+            io::ErrorKind::NotFound => Error::config(format!(
                 "age identity file {} does not exist; name the key file `pgproof keygen` wrote",
                 path.display()
             ))
@@ -111,6 +118,11 @@ impl Identities {
                 e,
             ),
         })?;
+        if let Ok(meta) = file.metadata()
+            && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
+        {
+            tracing::warn!(file = %path.display(), "the age identity file is readable by group or others; chmod 600 it");
+        }
         let parsed = age::IdentityFile::from_buffer(BufReader::new(file))
             .map_err(|e| {
                 Error::config(format!(
@@ -278,9 +290,22 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_key_among_recipients_is_refused_without_echoing_it() {
+        let secret = KeyPair::generate().identity.to_string();
+        let err = Recipients::load(&[secret.expose_secret().to_owned()], "recipients", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("recipients[0] holds an age secret key"),
+            "{err}"
+        );
+        assert!(!err.contains(secret.expose_secret()), "{err}");
+    }
+
+    #[test]
     fn missing_identity_file_says_what_to_set() {
         let err = Identities::load(Path::new("/nonexistent/key")).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(err.kind(), ErrorKind::Config);
         assert_eq!(err.setting(), Some(Setting::Identity));
     }
 }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::catalog::{self, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo};
+use crate::catalog::{
+    self, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
+};
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
 use crate::dump::{self, CustomDumper, Dumper};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::fingerprint::{Fingerprint, Plan};
-use crate::pg::{ConnParams, PgTools, SnapshotSession};
+use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::sink::stream::Upload;
 use crate::sink::{Sink, SinkExt};
 
@@ -198,43 +200,31 @@ impl Backup {
         }
 
         let finished_at = Timestamp::now();
-        // Linked at commit time, so backups that overlap chain in the order they commit.
-        let previous = catalog::previous_link(&*self.sink, &database).await?;
-        let manifest = Manifest {
-            manifest_version: catalog::MANIFEST_VERSION,
-            backup_id,
-            database,
-            tool: ToolInfo::current(),
-            source: SourceInfo {
-                server_version: server.version,
-                server_version_num: server.version_num,
-                encoding,
-            },
-            pg_dump_version: tools.version().to_owned(),
-            format: self.dumper.format().to_owned(),
-            codecs: chain.names(),
-            encryption: self.recipients.as_ref().map(|r| EncryptionInfo {
-                scheme: "age-x25519".into(),
-                recipients: r.public_keys(),
-            }),
-            object: ObjectInfo {
-                key: object_key,
-                raw_bytes: tallies.raw.bytes,
-                raw_sha256: tallies.raw.sha256,
-                stored_bytes: tallies.stored.bytes,
-                stored_sha256: tallies.stored.sha256,
-            },
-            snapshot_id,
-            started_at,
-            finished_at,
-            duration_ms: clock.elapsed().as_millis() as u64,
-            fingerprint_ms,
-            fingerprint: Some(fingerprint),
-            previous,
-        };
-        self.sink
-            .put_bytes(&manifest.key(), manifest.to_bytes()?)
-            .await?;
+        // The link is made under the database's commit lock, so backups that overlap
+        // still form one line, each linked to the manifest committed just before it.
+        let lock = CommitLock::acquire(&*self.sink, &database, &backup_id).await?;
+        let committed = self
+            .commit(
+                &database,
+                backup_id,
+                Committing {
+                    server,
+                    encoding,
+                    snapshot_id,
+                    pg_dump_version: tools.version().to_owned(),
+                    chain: &chain,
+                    object_key,
+                    tallies,
+                    fingerprint,
+                    fingerprint_ms,
+                    started_at,
+                    finished_at,
+                    duration_ms: clock.elapsed().as_millis() as u64,
+                },
+            )
+            .await;
+        lock.release(&*self.sink).await;
+        let manifest = committed?;
         tracing::info!(
             backup_id = %manifest.backup_id,
             raw_bytes = manifest.object.raw_bytes,
@@ -242,6 +232,71 @@ impl Backup {
             seconds = clock.elapsed().as_secs_f64(),
             "backup committed"
         );
+        Ok(manifest)
+    }
+}
+
+/// What a finished dump leaves for the manifest.
+struct Committing<'a> {
+    server: ServerInfo,
+    encoding: String,
+    snapshot_id: String,
+    pg_dump_version: String,
+    chain: &'a CodecChain,
+    object_key: String,
+    tallies: Tallies,
+    fingerprint: Fingerprint,
+    fingerprint_ms: u64,
+    started_at: Timestamp,
+    finished_at: Timestamp,
+    duration_ms: u64,
+}
+
+impl Backup {
+    /// Links the manifest to the newest committed one and writes it, create-only: run
+    /// under the commit lock.
+    async fn commit(
+        &self,
+        database: &str,
+        backup_id: String,
+        c: Committing<'_>,
+    ) -> Result<Manifest> {
+        let previous = catalog::previous_link(&*self.sink, database).await?;
+        let manifest = Manifest {
+            manifest_version: catalog::MANIFEST_VERSION,
+            backup_id,
+            database: database.to_owned(),
+            tool: ToolInfo::current(),
+            source: SourceInfo {
+                server_version: c.server.version,
+                server_version_num: c.server.version_num,
+                encoding: c.encoding,
+            },
+            pg_dump_version: c.pg_dump_version,
+            format: self.dumper.format().to_owned(),
+            codecs: c.chain.names(),
+            encryption: self.recipients.as_ref().map(|r| EncryptionInfo {
+                scheme: "age-x25519".into(),
+                recipients: r.public_keys(),
+            }),
+            object: ObjectInfo {
+                key: c.object_key,
+                raw_bytes: c.tallies.raw.bytes,
+                raw_sha256: c.tallies.raw.sha256,
+                stored_bytes: c.tallies.stored.bytes,
+                stored_sha256: c.tallies.stored.sha256,
+            },
+            snapshot_id: c.snapshot_id,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            duration_ms: c.duration_ms,
+            fingerprint_ms: c.fingerprint_ms,
+            fingerprint: Some(c.fingerprint),
+            previous,
+        };
+        self.sink
+            .put_bytes(&manifest.key(), manifest.to_bytes()?)
+            .await?;
         Ok(manifest)
     }
 }

@@ -101,7 +101,27 @@ impl Verify {
 
     /// Verifies and records the report.
     pub async fn run(self) -> Result<Report> {
-        let (manifest, manifest_sha256) = catalog::load_manifest(&*self.sink, &self.backup).await?;
+        let (manifest, manifest_sha256) =
+            match catalog::load_manifest(&*self.sink, &self.backup).await {
+                Ok(loaded) => loaded,
+                // A manifest that is not what pgproof wrote is a verdict on this backup:
+                // recorded as such, so `verify --all` goes on with the others.
+                Err(e) if e.kind() == ErrorKind::Integrity => {
+                    let report = Report {
+                        backup_id: self.backup.backup_id.clone(),
+                        database: self.backup.database.clone(),
+                        verified_at: Timestamp::now(),
+                        passed: false,
+                        restore_ms: None,
+                        restored_into: String::new(),
+                        tool: ToolInfo::current(),
+                        checks: vec![Check::fail("manifest", e.to_string())],
+                    };
+                    write_report(&*self.sink, &report).await?;
+                    return Ok(report);
+                }
+                Err(e) => return Err(e),
+            };
         let target = self
             .scratch
             .with_dbname(&scratch_database(&manifest.backup_id));

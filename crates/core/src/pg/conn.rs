@@ -11,6 +11,10 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
 
+/// How long a connection may take to be established when neither the URL's
+/// `connect_timeout` nor `PGCONNECT_TIMEOUT` says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where and as whom to connect: a libpq URI or `key=value` string, with gaps filled
 /// from the standard `PG*` environment variables.
 ///
@@ -98,12 +102,40 @@ impl ConnParams {
             config.dbname(db);
         }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+            let from_env = match env("PGCONNECT_TIMEOUT") {
+                Some(secs) => Some(secs.trim().parse::<u64>().map_err(|_| {
+                    Error::config(format!(
+                        "PGCONNECT_TIMEOUT={secs:?} is not a whole number of seconds"
+                    ))
+                })?),
+                None => None,
+            };
+            // libpq's 0 means "wait forever"; pgproof never waits forever.
+            let secs = from_env
+                .filter(|s| *s > 0)
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT.as_secs());
+            config.connect_timeout(Duration::from_secs(secs));
         }
         if config.get_application_name().is_none() {
             config.application_name("pgproof");
         }
         Ok(Self { config })
+    }
+
+    /// The same parameters with another connect timeout (for pgproof's connections
+    /// and, through `PGCONNECT_TIMEOUT`, its child programs').
+    pub fn with_connect_timeout(&self, timeout: Duration) -> Self {
+        let mut config = self.config.clone();
+        config.connect_timeout(timeout.max(Duration::from_secs(1)));
+        Self { config }
+    }
+
+    /// How long establishing a connection may take, handshake included.
+    pub fn connect_timeout(&self) -> Duration {
+        self.config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     /// The database these parameters connect to.
@@ -194,7 +226,20 @@ impl ConnParams {
         {
             config.password(pw);
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        // tokio-postgres bounds only the socket connect; libpq's connect_timeout covers
+        // the whole establishment, so a server that accepts and never answers (a dead
+        // load balancer) cannot hang pgproof.
+        let timeout = self.connect_timeout();
+        let connecting = tokio::time::timeout(timeout, config.connect(NoTls))
+            .await
+            .map_err(|_| {
+                Error::database(format!(
+                    "cannot connect to PostgreSQL at {}: no answer within {}s (connect_timeout); check that the host and port reach a PostgreSQL server",
+                    self.describe(),
+                    timeout.as_secs()
+                ))
+            })?;
+        let (client, connection) = connecting.map_err(|e| {
             let msg = e.to_string();
             let text = format!(
                 "cannot connect to PostgreSQL at {}: {}",
@@ -282,6 +327,41 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn connect_timeout_comes_from_the_url_then_the_environment_then_30s() {
+        let url =
+            ConnParams::parse_with_env("postgres://u@h/d?connect_timeout=7", |_| Some("3".into()))
+                .unwrap();
+        assert_eq!(url.connect_timeout(), Duration::from_secs(7));
+        let env = [("PGCONNECT_TIMEOUT", "3")];
+        let from_env = ConnParams::parse_with_env("postgres://u@h/d", env_of(&env)).unwrap();
+        assert_eq!(from_env.connect_timeout(), Duration::from_secs(3));
+        let forever = [("PGCONNECT_TIMEOUT", "0")];
+        let never_forever =
+            ConnParams::parse_with_env("postgres://u@h/d", env_of(&forever)).unwrap();
+        assert_eq!(never_forever.connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+        let child = from_env.child_env();
+        assert!(child.contains(&("PGCONNECT_TIMEOUT", "3".into())));
+        let bad = [("PGCONNECT_TIMEOUT", "soon")];
+        assert!(ConnParams::parse_with_env("postgres://u@h/d", env_of(&bad)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_never_answers_times_out() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let params = ConnParams::parse_with_env(
+            &format!("postgres://u@127.0.0.1:{port}/d?connect_timeout=1"),
+            |_| None,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = params.connect().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(err.to_string().contains("no answer within 1s"), "{err}");
+        drop(listener);
     }
 
     #[test]

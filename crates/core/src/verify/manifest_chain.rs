@@ -12,7 +12,8 @@ use crate::verify::{Check, Restored, Verifier};
 
 /// `manifest:previous` (the recorded predecessor is there, unchanged) and
 /// `manifest:next` (whichever manifest links to this one recorded its current bytes;
-/// if none does although a later one exists, a manifest in between was deleted).
+/// if none does and this is not the chain's only head, the manifest after it was
+/// deleted).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ManifestChain;
 
@@ -26,32 +27,33 @@ impl Verifier for ManifestChain {
         let manifest = r.manifest;
         let mut checks: Vec<Check> = previous_check(r).await?.into_iter().collect();
         let all = catalog::list_backups(r.sink, Some(&manifest.database)).await?;
-        // The successor is whichever manifest links to this one (links are made at
-        // commit time, so it need not be the next id); failing that, any manifest
-        // committed later shows the link is missing.
+        // The successor is whichever manifest links to this one. Commits are serialised
+        // by the commit lock, so the chain is one line with one head; a second head
+        // means the manifest after one of them is gone.
         let mut successor = None;
-        let mut committed_later = None;
+        let mut linked = std::collections::BTreeSet::new();
+        linked.extend(manifest.previous.as_ref().map(|p| p.backup_id.clone()));
+        let mut others = Vec::new();
         for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
             let bytes = r
                 .sink
                 .get_bytes(&other.manifest_key(), MANIFEST_LIMIT)
                 .await?;
-            // A damaged manifest gets its own failed checks when it is verified.
+            others.push(other.backup_id.clone());
+            // A damaged manifest gets its own failed check when it is verified.
             let Ok(other) = serde_json::from_slice::<Manifest>(&bytes) else {
                 continue;
             };
-            match other.previous {
-                Some(p) if p.backup_id == manifest.backup_id => {
-                    successor = Some((other.backup_id, p.manifest_sha256));
+            if let Some(p) = other.previous {
+                if p.backup_id == manifest.backup_id {
+                    successor = Some((other.backup_id, p.manifest_sha256.clone()));
                 }
-                _ if other.finished_at > manifest.finished_at && committed_later.is_none() => {
-                    committed_later = Some(other.backup_id);
-                }
-                _ => {}
+                linked.insert(p.backup_id);
             }
         }
+        let other_head = others.into_iter().rev().find(|id| !linked.contains(id));
         let sha = r.manifest_sha256;
-        match (successor, committed_later) {
+        match (successor, other_head) {
             (Some((next, recorded)), _) => checks.push(Check::judge(
                 "manifest:next",
                 recorded == sha,
@@ -63,10 +65,10 @@ impl Verifier for ManifestChain {
                     )
                 },
             )),
-            (None, Some(later)) => checks.push(Check::fail(
+            (None, Some(head)) => checks.push(Check::fail(
                 "manifest:next",
                 format!(
-                    "{later} was committed after this backup but no manifest links to it: a manifest in between was deleted"
+                    "no manifest links to this backup while {head} heads the chain too: the manifest committed after this one was deleted"
                 ),
             )),
             (None, None) => {}

@@ -1,0 +1,114 @@
+//! The commit lock: backups of one database commit their manifests one at a time, so
+//! each links to the manifest committed just before it and the chain stays a line
+//! however many backups overlap (a cron overlap, a manual run beside the timer).
+//!
+//! The lock is a small create-only object, `<database>/_commit.lock`, holding its
+//! owner and an expiry. Only the commit step (read the newest manifest, write the new
+//! one) runs under it, which takes well under a second; a holder that died leaves a
+//! lock that expires after [`LOCK_TTL`] and is then taken over.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::{Sink, SinkExt};
+
+/// How long a lock stays valid; a holder that died blocks others at most this long.
+pub const LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// How long a commit waits for the lock before it gives up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(300);
+
+const LOCK_NAME: &str = "_commit.lock";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LockRecord {
+    owner: String,
+    expires_at: Timestamp,
+}
+
+/// A held commit lock; [`release`](CommitLock::release) it when the manifest is
+/// written (a lock that is not released expires).
+#[derive(Debug)]
+pub struct CommitLock {
+    key: String,
+}
+
+impl CommitLock {
+    /// Takes the commit lock of `database`, waiting while another run holds it and
+    /// taking over a lock whose holder let it expire. `owner` says who holds it (for
+    /// the message another run shows while it waits).
+    pub async fn acquire(sink: &dyn Sink, database: &str, owner: &str) -> Result<Self> {
+        Self::acquire_within(sink, database, owner, LOCK_WAIT).await
+    }
+
+    /// [`acquire`](Self::acquire) with a chosen wait.
+    pub async fn acquire_within(
+        sink: &dyn Sink,
+        database: &str,
+        owner: &str,
+        wait: Duration,
+    ) -> Result<Self> {
+        let key = format!("{database}/{LOCK_NAME}");
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let record = LockRecord {
+                owner: owner.to_owned(),
+                expires_at: Timestamp::now()
+                    + jiff::SignedDuration::try_from(LOCK_TTL).unwrap_or_default(),
+            };
+            let body = serde_json::to_vec(&record)
+                .map_err(|e| Error::tool(format!("cannot serialize the commit lock: {e}")))?;
+            let held_by = match sink.put_bytes(&key, Bytes::from(body)).await {
+                Ok(_) => return Ok(Self { key }),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    match sink.get_bytes(&key, 64 << 10).await {
+                        Ok(bytes) => match serde_json::from_slice::<LockRecord>(&bytes) {
+                            Ok(held) if held.expires_at > Timestamp::now() => held.owner,
+                            // Expired, or not a lock pgproof wrote: take it over.
+                            _ => {
+                                tracing::warn!(lock = %key, "taking over an expired commit lock");
+                                match sink.delete(&key).await {
+                                    Ok(()) => continue,
+                                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                        },
+                        // Released between the two requests.
+                        Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if started.elapsed() >= wait {
+                return Err(Error::exhausted(format!(
+                    "the commit lock {key} in {} has been held by {held_by} for more than {}s; if no other pgproof run is committing a backup of {database}, delete that object",
+                    sink.describe(),
+                    wait.as_secs()
+                ))
+                .with_object(key));
+            }
+            tracing::debug!(lock = %key, holder = %held_by, "waiting for the commit lock");
+            // Spread the waiters so they do not retry in step.
+            let jitter = Duration::from_millis(u64::from(
+                Timestamp::now().subsec_nanosecond().unsigned_abs() % 50,
+            ));
+            tokio::time::sleep(pause + jitter).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Releases the lock. A failure only delays the next commit until the lock expires,
+    /// so it is logged, not returned.
+    pub async fn release(self, sink: &dyn Sink) {
+        if let Err(e) = sink.delete(&self.key).await {
+            tracing::warn!(lock = %self.key, error = %e, "could not release the commit lock; it expires by itself");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Faults an operator meets, each injected for real: a server that accepts and never
+//! answers, a damaged manifest among good ones, garbage sink URLs, a secret key where a
+//! public key belongs, a world-readable identity, a missing identity, bad config
+//! syntax and values from the environment. Each asserts the exit code, a one-line
+//! cause and that nothing secret is printed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use pgproof_tests::{
+    Workspace, command, create_sample_database, pgproof_bin, start_cluster, stderr,
+};
+use serde_json::Value;
+
+/// The `pgproof: error:` line, asserting there is exactly one and it is one line.
+fn error_line(text: &str) -> &str {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pgproof: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line in:\n{text}");
+    lines[0]
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("pgproof.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn pgproof(config: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut full = vec!["--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    command(&pgproof_bin(), &full)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_fails_within_the_connect_timeout() {
+    // The kernel completes the TCP handshake for a listener nobody accepts from: to a
+    // client it looks like a dead load balancer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nurl = \"postgres://backup@127.0.0.1:{port}/app\"\nconnect_timeout_secs = 2\n\
+             [encryption]\nenabled = false\n[sink]\nurl = \"file://{}/sink\"\n",
+            dir.path().display()
+        ),
+    );
+    let started = Instant::now();
+    let out = pgproof(&config, &[], &["backup"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let line = error_line(&stderr(&out)).to_owned();
+    assert!(line.contains("no answer within 2s"), "{line}");
+    assert!(
+        !dir.path().join("sink").exists()
+            || std::fs::read_dir(dir.path().join("sink"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+
+    // The same through PGCONNECT_TIMEOUT, as libpq reads it.
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nurl = \"postgres://backup@127.0.0.1:{port}/app\"\n\
+             [encryption]\nenabled = false\n[sink]\nurl = \"file://{}/sink\"\n",
+            dir.path().display()
+        ),
+    );
+    let out = pgproof(&config, &[("PGCONNECT_TIMEOUT", "1")], &["backup"]);
+    assert!(
+        error_line(&stderr(&out)).contains("no answer within 1s"),
+        "{}",
+        stderr(&out)
+    );
+    drop(listener);
+}
+
+#[test]
+fn garbage_sink_urls_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[encryption]\nenabled = false\n");
+    for url in [
+        "s3:/bucket/x",
+        "::::",
+        "ftp://host/x",
+        "backups",
+        "file://host/x",
+    ] {
+        let out = pgproof(&config, &[], &["--sink", url, "list"]);
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
+        assert!(
+            error_line(&stderr(&out)).contains("sink.url"),
+            "{url}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        !std::path::Path::new("backups").exists() && !std::path::Path::new("s3:").exists(),
+        "a garbage URL became a directory"
+    );
+    // Explicitly relative and absolute paths are fine.
+    let out = pgproof(
+        &config,
+        &[],
+        &["--sink", &format!("{}/sink", dir.path().display()), "list"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_secret_key_among_the_recipients_is_refused_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("age.key");
+    let out = command(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let secret = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_owned();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[encryption]\nrecipients = [\"{secret}\"]\n[sink]\nurl = \"file://{}/sink\"\n",
+            dir.path().display()
+        ),
+    );
+    for args in [
+        &["config", "check"][..],
+        &["config", "check", "--json"],
+        &["backup"],
+    ] {
+        let out = pgproof(&config, &[], args);
+        let everything = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {everything}");
+        assert!(
+            !everything.contains(&secret),
+            "{args:?} printed the secret key"
+        );
+        assert!(
+            everything.contains("encryption.recipients[0] holds an age secret key"),
+            "{args:?}: {everything}"
+        );
+    }
+}
+
+#[test]
+fn identity_files_readable_by_others_are_warned_about_and_missing_ones_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("age.key");
+    let out = command(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[encryption]\nrecipients = [\"{public}\"]\nidentity_file = \"{}\"\n[sink]\nurl = \"file://{}/sink\"\n",
+            key.display(),
+            dir.path().display()
+        ),
+    );
+    let out = pgproof(&config, &[], &["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("readable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = pgproof(
+        &config,
+        &[],
+        &[
+            "restore",
+            "latest",
+            "--target",
+            "postgres:///x",
+            "--identity",
+            "/nonexistent/age.key",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = error_line(&stderr(&out)).to_owned();
+    assert!(
+        line.contains("/nonexistent/age.key") && line.contains("--identity"),
+        "{line}"
+    );
+}
+
+#[test]
+fn config_errors_are_one_line_and_name_the_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[sink\nurl = \"file:///x\"\n");
+    let out = pgproof(&config, &[], &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = error_line(&stderr(&out)).to_owned();
+    assert!(line.contains("pgproof.toml"), "{line}");
+
+    let config = write_config(dir.path(), "[sink]\nurl = \"file:///x\"\n");
+    let out = pgproof(
+        &config,
+        &[("PGPROOF_SINK__PART_SIZE_MIB", "3")],
+        &["config", "check"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let line = error_line(&stderr(&out)).to_owned();
+    assert!(line.contains("PGPROOF_SINK__PART_SIZE_MIB"), "{line}");
+}
+
+#[tokio::test]
+async fn one_damaged_manifest_does_not_blind_list_or_verify_all() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[verify]\nscratch_url = \"{}\"\n",
+        cluster.url("postgres")
+    ));
+    let first = ws.backup();
+    let second = ws.backup();
+    let first_id = first["backup_id"].as_str().unwrap();
+    let second_id = second["backup_id"].as_str().unwrap();
+    std::fs::write(
+        ws.sink.join(format!("app/{first_id}/manifest.json")),
+        "{ not a manifest",
+    )
+    .unwrap();
+
+    let out = ws.pgproof(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(second_id), "{text}");
+    assert!(
+        text.contains(first_id) && text.contains("DAMAGED"),
+        "{text}"
+    );
+
+    let listed: Value = serde_json::from_str(&ws.pgproof_ok(&["list", "--json"])).unwrap();
+    let damaged: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "damaged")
+        .collect();
+    assert_eq!(damaged.len(), 1, "{listed:#}");
+    assert_eq!(damaged[0]["backup_id"], first_id);
+
+    let out = ws.pgproof(&["verify", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let damaged = reports.iter().find(|r| r["backup_id"] == first_id).unwrap();
+    assert_eq!(damaged["checks"][0]["name"], "manifest");
+    assert_eq!(damaged["checks"][0]["passed"], false);
+    // The other backup was restored and compared; only its link to the damaged
+    // predecessor fails.
+    let other = reports
+        .iter()
+        .find(|r| r["backup_id"] == second_id)
+        .unwrap();
+    let failed: Vec<&str> = other["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["manifest:previous"], "{other:#}");
+}
+
+#[tokio::test]
+async fn a_clean_restore_ends_sessions_on_the_database_it_replaces_and_keeps_it_until_then() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.backup();
+    let target = cluster.url("app_copy");
+    ws.pgproof_ok(&["restore", "latest", "--target", &target]);
+    // A session holds the database being replaced: it is ended, the swap succeeds.
+    let holder = pgproof_tests::connect(&cluster, "app_copy").await;
+    holder
+        .batch_execute("CREATE TABLE marker (x int)")
+        .await
+        .unwrap();
+    ws.pgproof_ok(&["restore", "latest", "--target", &target, "--clean"]);
+    assert!(
+        holder.batch_execute("SELECT 1").await.is_err(),
+        "the old session survived"
+    );
+    let fresh = pgproof_tests::connect(&cluster, "app_copy").await;
+    let marker: i64 = fresh
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'marker'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(marker, 0, "the database was not replaced");
+    let leftovers: i64 = fresh
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgproof\\_restore\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0, "a beside-database was left behind");
+
+    // A damaged backup never costs the database it was meant to replace.
+    let object = ws
+        .sink_files()
+        .into_iter()
+        .find(|f| f.ends_with("dump.pgc.age"))
+        .unwrap();
+    let path = ws.sink.join(&object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let out = ws.pgproof(&["restore", "latest", "--target", &target, "--clean"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let kinds: i64 = fresh
+        .query_one("SELECT count(*) FROM public.kinds", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kinds > 0, "the original lost its rows");
+}
