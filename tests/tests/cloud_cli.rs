@@ -426,3 +426,70 @@ async fn gcs_backup_list_restore_on_the_in_process_server() {
     let after = table_summary(&connect(&cluster, "app_restored").await).await;
     assert_eq!(before, after, "restored tables differ from the source");
 }
+
+/// An S3 endpoint that goes away in the middle of an upload and comes back within the
+/// retry budget costs nothing: the backup commits whole and verifies. One that stays
+/// away longer than the budget fails the backup with a line saying how long it tried,
+/// and nothing is listed.
+#[tokio::test]
+async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.create_bucket(BUCKET);
+    create_big_database(&cluster, "big", 40).await;
+    let mut proxy = TcpProxy::start(moto.port());
+    let section = format!(
+        "url = \"s3://{BUCKET}/{PREFIX}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\npart_size_mib = 5\nparts_in_flight = 1\nmax_retries = 20\nretry_timeout_secs = 60\n",
+        proxy.endpoint()
+    );
+    let mut ws = Workspace::with_sink(&cluster, "big", "custom", Some(&section));
+    ws.env.push(("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()));
+    ws.env
+        .push(("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()));
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[verify]\nscratch_url = \"{}\"\n",
+        cluster.url("postgres")
+    ));
+
+    for outage in [Duration::from_secs(6), Duration::from_secs(20)] {
+        let before = pending_parts(moto.port(), BUCKET);
+        let mut child = ws
+            .command(&["backup", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pending_parts(moto.port(), BUCKET) <= before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the backup ended before the outage"
+            );
+            assert!(Instant::now() < deadline, "no part was uploaded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy.kill();
+        std::thread::sleep(outage);
+        proxy.restart();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a {outage:?} outage failed the backup: {}",
+            stderr(&out)
+        );
+    }
+    let ids = backup_ids(&ws);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        moto.pending_uploads(BUCKET).is_empty(),
+        "{:?}",
+        moto.pending_uploads(BUCKET)
+    );
+    let out = ws.pgproof(&["verify", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -38,9 +38,10 @@ pub struct SinkConfig {
     /// Object stores: parts held in memory at once (the one being filled plus those
     /// uploading), 1–64.
     pub parts_in_flight: usize,
-    /// Object stores: retries of a request that failed transiently (5xx, 429,
-    /// timeouts, refused or reset connections), with exponential backoff from 100 ms
-    /// up to 15 s. Permanent errors (403, 404, 412, …) are never retried.
+    /// Object stores: most retries of a request that failed transiently (5xx, 429,
+    /// timeouts, refused or reset connections), with jittered exponential backoff from
+    /// 200 ms up to 15 s; `retry_timeout_secs` is the budget that normally ends them.
+    /// Permanent errors (403, 404, 412, …) are never retried.
     pub max_retries: usize,
     /// Object stores: no new retry starts this many seconds after a request's first
     /// attempt.
@@ -61,7 +62,7 @@ impl Default for SinkConfig {
             service_account_file: None,
             part_size_mib: 64,
             parts_in_flight: 4,
-            max_retries: 10,
+            max_retries: 100,
             retry_timeout_secs: 180,
             request_timeout_secs: 300,
         }

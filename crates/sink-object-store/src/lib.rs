@@ -93,13 +93,17 @@ impl UploadOptions {
     }
 
     /// object_store's retry policy for these options: exponential backoff with jitter
-    /// from 100 ms, doubling, capped at 15 s.
+    /// from 200 ms, growing about twofold, capped at 15 s.
     pub fn retry_config(&self) -> RetryConfig {
         RetryConfig {
             backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
+                init_backoff: Duration::from_millis(200),
                 max_backoff: Duration::from_secs(15),
-                base: 2.0,
+                // object_store draws each pause uniformly from [init, previous × base):
+                // with base 2 the pauses barely grow and a count of retries is spent in
+                // seconds; with 4 they roughly double, so the time budget, not the
+                // count, ends a long outage.
+                base: 4.0,
             },
             max_retries: self.max_retries,
             retry_timeout: self.retry_timeout,
