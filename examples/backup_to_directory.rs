@@ -80,21 +80,28 @@ async fn main() -> Result<()> {
         .run()
         .await?;
     let listed = catalog::list_backups(&*sink, None).await?;
+    let stored = sink.list("").await?;
     println!(
-        "backup {} of {}: {} dump bytes stored as {} bytes; the sink stored {} objects, {} bytes; {} backup(s) listed",
+        "backup {} of {}: {} dump bytes stored as {} bytes; {} puts of {} bytes in all (dump, commit lock, manifest); {} objects kept; {} backup(s) listed",
         manifest.backup_id,
         manifest.database,
         manifest.object.raw_bytes,
         manifest.object.stored_bytes,
         sink.objects.load(Ordering::Relaxed),
         sink.bytes.load(Ordering::Relaxed),
+        stored.len(),
         listed.len()
     );
     assert_eq!(listed.len(), 1, "the committed backup is listed");
     assert_eq!(
         sink.objects.load(Ordering::Relaxed),
+        3,
+        "dump, commit lock, manifest"
+    );
+    assert_eq!(
+        stored.len(),
         2,
-        "dump object + manifest"
+        "the lock is released: dump and manifest remain"
     );
     Ok(())
 }

@@ -91,10 +91,10 @@ async fn damaged_objects_and_wrong_keys_fail_restore_cleanly() {
         "wrong key left a database"
     );
 
-    // Missing identity file.
+    // Missing identity file: a configuration error.
     restore_fails(
         "missing identity",
-        1,
+        2,
         &["does not exist", "identity_file"],
         &["--identity", "/nonexistent/age.key"],
     );

@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 success; 1 operation failed; 2 bad usage or configuration;
 /// 3 integrity failure (hash mismatch, corrupted object, wrong age identity, a
-/// verification check failed).
+/// verification check failed); 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM
+/// after stopping child programs, aborting uploads and dropping the databases the run
+/// created.
 #[derive(Debug, Parser)]
 #[command(name = "pgproof", version, max_term_width = 100)]
 pub struct Cli {

@@ -13,8 +13,10 @@ mod render;
 mod settings;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use pgproof_core::ops::interrupt;
 use pgproof_core::{Error, ErrorKind};
 
 use crate::args::{Cli, LogFormat};
@@ -71,11 +73,46 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            done = commands::run(cli) => Ok(done),
+            signal = interrupted() => Err(signal),
+        }
+    });
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("pgproof: error: {}", render::error_line(&e));
             ExitCode::from(exit_code(&e))
         }
+        // The command's future is gone by now: its uploads were told to abort, its
+        // temp files removed and its ephemeral cluster stopped as they were dropped.
+        Err(Ok((name, number))) => {
+            let done = runtime.block_on(interrupt::clean_up(Duration::from_secs(20)));
+            let done = if done.is_empty() {
+                "nothing was left to clean up".to_owned()
+            } else {
+                done.join(", ")
+            };
+            eprintln!("pgproof: interrupted by {name}; {done}");
+            ExitCode::from(128 + number)
+        }
+        Err(Err(e)) => {
+            eprintln!("pgproof: error: cannot watch for signals: {e}");
+            ExitCode::from(1)
+        }
     }
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP, by name and number.
+async fn interrupted() -> std::io::Result<(&'static str, u8)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        _ = int.recv() => ("SIGINT", 2),
+        _ = term.recv() => ("SIGTERM", 15),
+        _ = hup.recv() => ("SIGHUP", 1),
+    })
 }

@@ -336,19 +336,12 @@ impl Drop for Upload<'_> {
             return;
         };
         let object = self.sink.location.url_of(self.key);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(object = %object, error = %e, "could not abort a cancelled multipart upload");
-                    }
-                });
+        // Tracked, so an interrupted run waits for the abort before it exits.
+        pgproof_core::ops::interrupt::spawn_cleanup(async move {
+            if let Err(e) = writer.abort().await {
+                tracing::warn!(object = %object, error = %e, "could not abort a cancelled multipart upload");
             }
-            Err(_) => tracing::warn!(
-                object = %object,
-                "a cancelled multipart upload could not be aborted (no runtime)"
-            ),
-        }
+        });
     }
 }
 

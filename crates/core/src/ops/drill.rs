@@ -11,6 +11,7 @@ use crate::dump::{CustomDumper, Dumper};
 use crate::error::Result;
 use crate::evidence::audit;
 use crate::ops::backup::Backup;
+use crate::ops::interrupt::CreatedDatabase;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::ops::verify::{Proof, new_report, write_report};
 use crate::pg::admin::user_objects;
@@ -129,8 +130,10 @@ impl Drill {
             ))
             .await
             .map_err(db_err("creating the drill database"))?;
+        let registered = CreatedDatabase::register(&target);
         let result = self.drill_in(&target).await;
         let dropped = drop_restored(&target).await;
+        registered.keep();
         let mut outcome = result?;
         dropped?;
         outcome.duration = started.elapsed();

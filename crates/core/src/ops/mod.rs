@@ -15,6 +15,7 @@
 
 mod backup;
 mod drill;
+pub mod interrupt;
 mod restore;
 mod verify;
 

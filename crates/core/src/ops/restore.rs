@@ -13,6 +13,7 @@ use crate::catalog::Manifest;
 use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
 use crate::dump::{self, Dumper};
 use crate::error::{Error, ErrorKind, Result, Setting};
+use crate::ops::interrupt::CreatedDatabase;
 use crate::pg::admin::{self, Admin};
 use crate::pg::{ConnParams, PgTools};
 use crate::sink::Sink;
@@ -171,10 +172,13 @@ impl Restore {
             self.target.clone()
         };
         let created = !exists || replace;
-        if created {
+        let registered = if created {
             admin.drop(load.dbname()).await?;
             admin.create(load.dbname(), &m.source.encoding).await?;
-        }
+            Some(CreatedDatabase::register(&load))
+        } else {
+            None
+        };
 
         let cmd = dumper.restore_command(&tools, &load);
         let program = dumper.restore_program();
@@ -204,7 +208,7 @@ impl Restore {
                 .map(|()| raw_bytes),
             other => other,
         };
-        match result {
+        let outcome = match result {
             Ok(raw_bytes) => Ok(RestoreOutcome {
                 database,
                 created,
@@ -217,7 +221,12 @@ impl Restore {
                 }
                 Err(e)
             }
+        };
+        // Handed over, or dropped above: an interruption from here on leaves it alone.
+        if let Some(registered) = registered {
+            registered.keep();
         }
+        outcome
     }
 }
 

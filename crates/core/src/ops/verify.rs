@@ -10,6 +10,7 @@ use crate::catalog::{self, BackupRef, Manifest, ToolInfo};
 use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::interrupt::CreatedDatabase;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::pg::ConnParams;
 use crate::sink::{Sink, SinkExt};
@@ -139,9 +140,14 @@ impl Verify {
             manifest_sha256: &manifest_sha256,
             verifiers: &self.verifiers,
         };
-        let (checks, restore_ms) = proven
+        // Registered for the whole verification: an interruption while the verifiers
+        // run must drop it too.
+        let scratch = CreatedDatabase::register(&target);
+        let proven = proven
             .restore_and_verify(restore, &target, !self.keep)
-            .await?;
+            .await;
+        scratch.keep();
+        let (checks, restore_ms) = proven?;
         let report = new_report(&manifest, &target, checks, restore_ms);
         write_report(&*self.sink, &report).await?;
         Ok(report)

@@ -4,7 +4,9 @@
 
 use std::io::Read;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result, Setting};
 use crate::pg::{ConnParams, PgTools};
@@ -20,9 +22,52 @@ pub fn client_command(tools: &PgTools, program: &str, conn: &ConnParams) -> Comm
     cmd
 }
 
+/// Every child program running now, so an interrupted run can stop them all
+/// ([`kill_all`]): a restore program left alone would see the end of its input when
+/// pgproof exits, and commit what it had.
+static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+
+struct Running {
+    program: String,
+    child: Arc<Mutex<Child>>,
+}
+
+fn running() -> MutexGuard<'static, Vec<Running>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Kills every child program pgproof started that is still running; returns their
+/// names and pids.
+pub fn kill_all() -> Vec<String> {
+    kill_where(|_| true)
+}
+
+fn kill_where(pick: impl Fn(&str) -> bool) -> Vec<String> {
+    let picked: Vec<Running> = {
+        let mut all = running();
+        let (picked, kept) = all.drain(..).partition(|r| pick(&r.program));
+        *all = kept;
+        picked
+    };
+    let mut killed = Vec::new();
+    for r in picked {
+        let mut child = r
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(child.try_wait(), Ok(None)) && child.kill().is_ok() {
+            let _ = child.wait();
+            killed.push(format!("{} (pid {})", r.program, child.id()));
+        }
+    }
+    killed
+}
+
 /// A running child program whose stderr tail is being kept.
 pub struct ChildProgram {
-    child: Child,
+    child: Arc<Mutex<Child>>,
     program: String,
     stderr: Option<JoinHandle<String>>,
 }
@@ -54,6 +99,11 @@ impl ChildProgram {
                 String::from_utf8_lossy(&kept).into_owned()
             })
         });
+        let child = Arc::new(Mutex::new(child));
+        running().push(Running {
+            program: program.to_owned(),
+            child: child.clone(),
+        });
         Ok(Self {
             child,
             program: program.to_owned(),
@@ -66,9 +116,15 @@ impl ChildProgram {
         &self.program
     }
 
+    fn child(&self) -> MutexGuard<'_, Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Its piped stdout.
     pub fn take_stdout(&mut self) -> Result<ChildStdout> {
-        self.child
+        self.child()
             .stdout
             .take()
             .ok_or_else(|| Error::tool(format!("{}'s output was not piped", self.program)))
@@ -76,7 +132,7 @@ impl ChildProgram {
 
     /// Its piped stdin.
     pub fn take_stdin(&mut self) -> Result<ChildStdin> {
-        self.child
+        self.child()
             .stdin
             .take()
             .ok_or_else(|| Error::tool(format!("{}'s input was not piped", self.program)))
@@ -84,8 +140,11 @@ impl ChildProgram {
 
     /// Kills it (it never commits what it had not finished) and reaps it.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        {
+            let mut child = self.child();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
         }
@@ -94,10 +153,14 @@ impl ChildProgram {
     /// Waits for it to exit. Success returns what it printed on stderr; a failure is an
     /// error of `kind` quoting the tail of its stderr.
     pub fn wait(mut self, kind: ErrorKind) -> Result<String> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| Error::io(format!("waiting for {}", self.program), e))?;
+        // Polled, not a blocking wait, so kill_all can take the lock meanwhile.
+        let status = loop {
+            match self.child().try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(Error::io(format!("waiting for {}", self.program), e)),
+            }
+        };
         let said = self
             .stderr
             .take()
@@ -108,6 +171,12 @@ impl ChildProgram {
         } else {
             Err(failure(&self.program, status, &said, kind))
         }
+    }
+}
+
+impl Drop for ChildProgram {
+    fn drop(&mut self) {
+        running().retain(|r| !Arc::ptr_eq(&r.child, &self.child));
     }
 }
 
@@ -145,6 +214,29 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Rejected);
         assert!(err.to_string().contains("first; second"), "{err}");
         assert!(err.to_string().starts_with("sh failed"), "{err}");
+    }
+
+    #[test]
+    fn kill_all_stops_running_programs_and_forgets_finished_ones() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").stderr(Stdio::piped());
+        let child = ChildProgram::spawn(cmd, "sleep-to-be-killed").unwrap();
+        let started = std::time::Instant::now();
+        let waiter = std::thread::spawn(move || child.wait(ErrorKind::Tool));
+        std::thread::sleep(Duration::from_millis(100));
+        // Only this test's program: the others in this binary run at the same time.
+        let killed = kill_where(|p| p == "sleep-to-be-killed");
+        assert!(
+            killed
+                .iter()
+                .any(|k| k.starts_with("sleep-to-be-killed (pid ")),
+            "{killed:?}"
+        );
+        assert!(
+            waiter.join().unwrap().is_err(),
+            "a killed program succeeded"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
