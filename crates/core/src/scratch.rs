@@ -32,10 +32,15 @@ impl EphemeralCluster {
         } else {
             None
         };
+        reap_abandoned(&tools, run_as.as_deref());
         let dir = tempfile::Builder::new()
-            .prefix("pgproof-cluster-")
+            .prefix(PREFIX)
             .tempdir()
             .map_err(|e| Error::io("cannot create a temp dir for the ephemeral cluster", e))?;
+        // Who owns it: a run killed with SIGKILL cannot stop its cluster, so the next
+        // one does, once this process is gone.
+        std::fs::write(dir.path().join(OWNER), std::process::id().to_string())
+            .map_err(|e| Error::io("cannot mark the ephemeral cluster's owner", e))?;
         if let Some(user) = &run_as {
             chown_to(dir.path(), user)?;
         }
@@ -160,6 +165,57 @@ impl Drop for EphemeralCluster {
                 "stop",
             ],
         );
+    }
+}
+
+const PREFIX: &str = "pgproof-cluster-";
+const OWNER: &str = "owner.pid";
+
+/// Stops and removes the ephemeral clusters that runs which no longer exist left in
+/// the temp directory (a run killed with SIGKILL cannot clean up after itself).
+fn reap_abandoned(tools: &PgTools, run_as: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let Some(owner) = std::fs::read_to_string(path.join(OWNER))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let data = path.join("data");
+        if data.join("postmaster.pid").exists() {
+            let pg_ctl = tools.bin("pg_ctl");
+            let mut cmd = match run_as {
+                Some(user) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", user, "--"]).arg(&pg_ctl);
+                    c
+                }
+                None => Command::new(&pg_ctl),
+            };
+            let _ = cmd
+                .arg("--pgdata")
+                .arg(&data)
+                .args(["--mode", "immediate", "--wait", "stop"])
+                .output();
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), owner, "removed an ephemeral cluster left by a run that died")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "cannot remove an ephemeral cluster left by a run that died")
+            }
+        }
     }
 }
 

@@ -77,17 +77,29 @@ pub async fn clean_up(wait: Duration) -> Vec<String> {
         .into_iter()
         .map(|p| format!("stopped {p}"))
         .collect();
-    let pending: Vec<_> = cleanups().drain(..).collect();
-    if !pending.is_empty() {
-        let n = pending.len();
-        let all = futures::future::join_all(pending);
-        match tokio::time::timeout(wait, all).await {
-            Ok(_) => done.push(format!("aborted {n} upload(s)")),
-            Err(_) => done.push(format!(
-                "{n} upload abort(s) did not finish within {}s",
-                wait.as_secs()
-            )),
+    // A cleanup may start others (a cancelled upload task, once it is dropped, starts
+    // the sink's abort): wait until none is left, within `wait`.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut finished = 0;
+    loop {
+        let pending: Vec<_> = cleanups().drain(..).collect();
+        if pending.is_empty() {
+            break;
         }
+        finished += pending.len();
+        if tokio::time::timeout_at(deadline, futures::future::join_all(pending))
+            .await
+            .is_err()
+        {
+            done.push(format!(
+                "cleanups (upload aborts) did not finish within {}s",
+                wait.as_secs()
+            ));
+            break;
+        }
+    }
+    if finished > 0 {
+        done.push(format!("finished {finished} cleanup(s) (aborting uploads)"));
     }
     let targets: Vec<ConnParams> = databases().drain(..).map(|(_, t)| t).collect();
     for target in targets {

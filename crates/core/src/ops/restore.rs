@@ -141,6 +141,9 @@ impl Restore {
         })?;
 
         let admin = Admin::connect(&self.target).await?;
+        if let Err(e) = admin.reap_abandoned().await {
+            tracing::warn!(error = %e, "could not look for databases that dead runs left");
+        }
         let min_major = admin
             .server()
             .major()
@@ -206,6 +209,10 @@ impl Restore {
                 .swap_in(load.dbname(), &database)
                 .await
                 .map(|()| raw_bytes),
+            other => other,
+        };
+        let result = match result {
+            Ok(raw_bytes) if created => admin.hand_over(&database).await.map(|()| raw_bytes),
             other => other,
         };
         let outcome = match result {

@@ -42,18 +42,78 @@ impl Admin {
             .is_some())
     }
 
-    /// Creates `database` from `template0` with `encoding`.
+    /// Creates `database` from `template0` with `encoding`, marked as pgproof's work
+    /// in progress (a comment naming this process and host) until
+    /// [`hand_over`](Self::hand_over): if this process dies first, the next run on
+    /// this host drops it ([`reap_abandoned`](Self::reap_abandoned)).
     pub async fn create(&self, database: &str, encoding: &str) -> Result<()> {
+        // Two statements: CREATE DATABASE cannot share a query string (an implicit
+        // transaction) with another.
+        let db = quote_ident(database);
         self.client
             .batch_execute(&format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING '{}'",
-                quote_ident(database),
+                "CREATE DATABASE {db} TEMPLATE template0 ENCODING '{}'",
                 encoding.replace('\'', "")
             ))
             .await
             .map_err(db_err("creating a database"))?;
+        self.client
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {db} IS '{MARK}{} on {}'",
+                std::process::id(),
+                hostname().replace('\'', "")
+            ))
+            .await
+            .map_err(db_err("marking a database pgproof is restoring into"))?;
         tracing::info!(database = %database, "created database");
         Ok(())
+    }
+
+    /// Removes the work-in-progress mark: the database is the user's now.
+    pub async fn hand_over(&self, database: &str) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "COMMENT ON DATABASE {} IS NULL",
+                quote_ident(database)
+            ))
+            .await
+            .map_err(db_err("handing over a restored database"))
+    }
+
+    /// Drops the databases that pgproof runs on this host created and never handed
+    /// over, when the run that created them no longer exists (killed with SIGKILL, the
+    /// host rebooted). Returns their names.
+    pub async fn reap_abandoned(&self) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT d.datname::text, shobj_description(d.oid, 'pg_database') FROM pg_database d \
+                 WHERE shobj_description(d.oid, 'pg_database') LIKE $1",
+                &[&format!("{MARK}%")],
+            )
+            .await
+            .map_err(db_err("looking for abandoned databases"))?;
+        let host = hostname();
+        let mut dropped = Vec::new();
+        for row in rows {
+            let (name, mark): (String, String) = (row.get(0), row.get(1));
+            let Some((pid, on)) = mark
+                .strip_prefix(MARK)
+                .and_then(|rest| rest.split_once(" on "))
+            else {
+                continue;
+            };
+            let alive = pid.parse::<u32>().map_or(true, |pid| {
+                std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if on != host || alive {
+                continue;
+            }
+            self.drop(&name).await?;
+            tracing::info!(database = %name, pid, "dropped a database a run that died had left");
+            dropped.push(name);
+        }
+        Ok(dropped)
     }
 
     /// Drops `database` if it exists, disconnecting its sessions where the server
@@ -132,6 +192,15 @@ impl Admin {
         }
         Ok(())
     }
+}
+
+/// The comment that marks a database as pgproof's work in progress.
+const MARK: &str = "pgproof: in progress, pid ";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Relations and large objects a user put into the database `client` is connected

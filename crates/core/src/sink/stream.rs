@@ -22,7 +22,7 @@ pub const CHANNEL_CHUNKS: usize = 4;
 /// that [`start`](Upload::start) returned. Dropped without
 /// [`commit`](Upload::commit), the put is aborted.
 pub(crate) struct Upload {
-    task: tokio::task::JoinHandle<Result<u64>>,
+    task: Option<tokio::task::JoinHandle<Result<u64>>>,
     tx: mpsc::Sender<Result<Bytes>>,
     sink_gone: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -46,7 +46,7 @@ impl Upload {
             stop: stop.clone(),
         };
         let upload = Upload {
-            task,
+            task: Some(task),
             tx,
             sink_gone,
             stop,
@@ -85,7 +85,10 @@ impl Upload {
     }
 
     async fn join(&mut self) -> Result<u64> {
-        match (&mut self.task).await {
+        let Some(task) = self.task.take() else {
+            return Err(Error::tool("the upload was already joined"));
+        };
+        match task.await {
             Ok(result) => result,
             Err(e) => Err(Error::tool(format!("the upload task failed: {e}"))),
         }
@@ -94,8 +97,17 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        // A cancelled backup must not keep uploading.
-        self.task.abort();
+        // A cancelled backup must not keep uploading. The cancellation completes at
+        // the task's next await; an interrupted run waits for that (and for the abort
+        // the sink starts when its put is dropped) before it exits.
+        if let Some(task) = self.task.take()
+            && !task.is_finished()
+        {
+            task.abort();
+            crate::ops::interrupt::spawn_cleanup(async move {
+                let _ = task.await;
+            });
+        }
     }
 }
 
