@@ -225,3 +225,51 @@ async fn real_s3_conforms_when_credentials_are_supplied() {
     eprintln!("running the conformance suite against {}", sink.describe());
     testkit::run_all(&sink).await;
 }
+
+/// An endpoint that drops connection attempts (a listener whose accept queue is full:
+/// the kernel ignores further SYNs) fails each attempt after the connect timeout, not
+/// the request timeout, and the request gives up when the retry budget is spent.
+#[tokio::test]
+async fn an_endpoint_that_drops_connections_fails_by_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Fill the accept queue; nobody ever accepts.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let config = SinkConfig {
+        url: Some("s3://bucket/prefix".into()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("us-east-1".into()),
+        allow_http: true,
+        connect_timeout_secs: 1,
+        request_timeout_secs: 300,
+        max_retries: 100,
+        retry_timeout_secs: 3,
+        ..SinkConfig::default()
+    };
+    let sink = pgproof_sink_s3::from_builder(
+        &config,
+        pgproof_sink_s3::AmazonS3Builder::new()
+            .with_access_key_id("test")
+            .with_secret_access_key("test"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let err = sink.list("").await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Exhausted, "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    drop(fillers);
+    drop(listener);
+}

@@ -113,6 +113,33 @@ fn temp_name(file_name: &str) -> String {
     )
 }
 
+/// How long a temporary file must have gone unwritten before a listing may remove it
+/// as abandoned (its writer could be alive on another host sharing the directory).
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Removes `path` if it is one of this sink's temporary files whose writer is gone:
+/// its pid is not running here and it has not been written for [`ABANDONED_AFTER`].
+/// A run killed with SIGKILL leaves such files; the next listing (every backup
+/// lists) tidies them.
+fn reap_if_abandoned(path: &Path, name: &str) {
+    let Some((_, tail)) = name.rsplit_once(".tmp-") else {
+        return;
+    };
+    let Some(pid) = tail.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return;
+    };
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        return;
+    }
+    let idle = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    if idle.is_some_and(|idle| idle >= ABANDONED_AFTER) && std::fs::remove_file(path).is_ok() {
+        tracing::info!(file = %path.display(), pid, "removed a temporary file a dead run left");
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -262,6 +289,7 @@ fn walk(root: &Path, start: &Path, prefix: &str) -> io::Result<Vec<ObjectMeta>> 
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with('.') {
+                reap_if_abandoned(&entry.path(), name);
                 continue;
             }
             let kind = entry.file_type()?;
@@ -289,6 +317,35 @@ fn walk(root: &Path, start: &Path, prefix: &str) -> io::Result<Vec<ObjectMeta>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn listing_removes_temp_files_of_dead_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FsSink::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("db/id")).unwrap();
+        // pid 0 is never a process of ours; a dead writer's file, idle long enough.
+        let dead = dir.path().join("db/id/.dump.pgc.tmp-0-1");
+        let fresh = dir.path().join("db/id/.manifest.json.tmp-0-2");
+        let live = dir
+            .path()
+            .join(format!("db/id/.x.tmp-{}-3", std::process::id()));
+        for f in [&dead, &fresh, &live] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER * 2;
+        for f in [&dead, &live] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert!(sink.list("").await.unwrap().is_empty());
+        assert!(!dead.exists(), "a dead writer's old temp file survived");
+        assert!(fresh.exists(), "a recent temp file was removed");
+        assert!(live.exists(), "a live writer's temp file was removed");
+    }
 
     #[test]
     fn urls_and_paths() {

@@ -59,6 +59,10 @@ pub fn from_builder(
         .with_config(
             GoogleConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}s", options.request_timeout.as_secs()),
+        )
+        .with_config(
+            GoogleConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            format!("{}s", options.connect_timeout.as_secs()),
         );
     if let Some(endpoint) = &config.endpoint {
         check_endpoint(endpoint, config.allow_http)?;

@@ -49,6 +49,10 @@ pub struct SinkConfig {
     /// Object stores: one request (a whole part upload included) may take this many
     /// seconds; a part of `part_size_mib` must go up faster than that.
     pub request_timeout_secs: u64,
+    /// Object stores: establishing one connection (TCP and TLS) may take this many
+    /// seconds; an endpoint that drops packets fails this fast and is retried, instead
+    /// of waiting out `request_timeout_secs`.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for SinkConfig {
@@ -65,6 +69,7 @@ impl Default for SinkConfig {
             max_retries: 100,
             retry_timeout_secs: 180,
             request_timeout_secs: 300,
+            connect_timeout_secs: 10,
         }
     }
 }
@@ -90,6 +95,11 @@ impl SinkConfig {
                 "sink.parts_in_flight = {} is out of range; use 1 to 64 (memory is parts_in_flight x part_size_mib)",
                 self.parts_in_flight
             )));
+        }
+        if self.connect_timeout_secs == 0 {
+            return Err(Error::config(
+                "sink.connect_timeout_secs = 0 would fail every connection; use a positive number of seconds",
+            ));
         }
         if self.request_timeout_secs == 0 {
             return Err(Error::config(

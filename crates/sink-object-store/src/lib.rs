@@ -78,6 +78,8 @@ pub struct UploadOptions {
     pub retry_timeout: Duration,
     /// Limit for one whole request, a part upload included.
     pub request_timeout: Duration,
+    /// Limit for establishing one connection.
+    pub connect_timeout: Duration,
 }
 
 impl UploadOptions {
@@ -89,6 +91,7 @@ impl UploadOptions {
             max_retries: config.max_retries,
             retry_timeout: Duration::from_secs(config.retry_timeout_secs),
             request_timeout: Duration::from_secs(config.request_timeout_secs),
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
         }
     }
 

@@ -49,6 +49,10 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}s", options.request_timeout.as_secs()),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            format!("{}s", options.connect_timeout.as_secs()),
         );
     if let Some(endpoint) = &config.endpoint {
         check_endpoint(endpoint, config.allow_http)?;
