@@ -23,6 +23,7 @@ pub struct TcpProxy {
     port: u16,
     upstream: SocketAddr,
     running: Option<Running>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl TcpProxy {
@@ -34,6 +35,7 @@ impl TcpProxy {
             port,
             upstream: ([127, 0, 0, 1], upstream_port).into(),
             running: None,
+            stalled: Arc::new(AtomicBool::new(false)),
         };
         proxy.serve(listener);
         proxy
@@ -61,6 +63,17 @@ impl TcpProxy {
     }
 
     /// Listens again on the same port.
+    /// Stops forwarding bytes on every connection, old and new, without closing any:
+    /// a network that silently drops everything. [`unstall`](Self::unstall) resumes.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Resumes forwarding after [`stall`](Self::stall).
+    pub fn unstall(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
     pub fn restart(&mut self) {
         assert!(self.running.is_none(), "the proxy is running");
         let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("rebind proxy port");
@@ -74,6 +87,7 @@ impl TcpProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(Mutex::new(Vec::new()));
         let upstream = self.upstream;
+        let stalled = self.stalled.clone();
         let accept = std::thread::spawn({
             let stop = stop.clone();
             let connections = connections.clone();
@@ -92,8 +106,8 @@ impl TcpProxy {
                                 }
                             }
                             drop(kept);
-                            pump(&client, &server);
-                            pump(&server, &client);
+                            pump(&client, &server, stalled.clone());
+                            pump(&server, &client, stalled.clone());
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -108,8 +122,9 @@ impl TcpProxy {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes.
-fn pump(from: &TcpStream, to: &TcpStream) {
+/// Copies `from` to `to` on a thread until either side closes, holding bytes back
+/// while `stalled`.
+fn pump(from: &TcpStream, to: &TcpStream, stalled: Arc<AtomicBool>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
@@ -119,6 +134,9 @@ fn pump(from: &TcpStream, to: &TcpStream) {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    while stalled.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }

@@ -443,7 +443,7 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
     create_big_database(&cluster, "big", 40).await;
     let mut proxy = TcpProxy::start(moto.port());
     let section = format!(
-        "url = \"s3://{BUCKET}/{PREFIX}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\npart_size_mib = 5\nparts_in_flight = 1\nmax_retries = 20\nretry_timeout_secs = 60\n",
+        "url = \"s3://{BUCKET}/{PREFIX}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\npart_size_mib = 5\nparts_in_flight = 1\nmax_retries = 20\nretry_timeout_secs = 60\nrequest_timeout_secs = 5\n",
         proxy.endpoint()
     );
     let mut ws = Workspace::with_sink(&cluster, "big", "custom", Some(&section));
@@ -456,7 +456,13 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
         cluster.url("postgres")
     ));
 
-    for outage in [Duration::from_secs(6), Duration::from_secs(20)] {
+    // Two outages where the endpoint is gone (connections cut, new ones refused), and
+    // one where it stalls: connections stay open and nothing moves (request timeout).
+    for (outage, stall) in [
+        (Duration::from_secs(6), false),
+        (Duration::from_secs(20), false),
+        (Duration::from_secs(8), true),
+    ] {
         let before = pending_parts(moto.port(), BUCKET);
         let mut child = ws
             .command(&["backup", "--json"])
@@ -473,9 +479,15 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
             assert!(Instant::now() < deadline, "no part was uploaded");
             std::thread::sleep(Duration::from_millis(20));
         }
-        proxy.kill();
-        std::thread::sleep(outage);
-        proxy.restart();
+        if stall {
+            proxy.stall();
+            std::thread::sleep(outage);
+            proxy.unstall();
+        } else {
+            proxy.kill();
+            std::thread::sleep(outage);
+            proxy.restart();
+        }
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -484,7 +496,7 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
         );
     }
     let ids = backup_ids(&ws);
-    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(
         moto.pending_uploads(BUCKET).is_empty(),
         "{:?}",

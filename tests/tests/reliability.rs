@@ -350,3 +350,74 @@ async fn a_clean_restore_ends_sessions_on_the_database_it_replaces_and_keeps_it_
         .get(0);
     assert!(kinds > 0, "the original lost its rows");
 }
+
+#[tokio::test]
+async fn a_slow_fingerprint_query_stops_at_the_statement_timeout_and_commits_nothing() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let client = create_sample_database(&cluster, "slow").await;
+    client
+        .batch_execute(
+            "CREATE TABLE wide AS SELECT g, md5(g::text) AS h, repeat('x', 200) AS pad \
+             FROM generate_series(1, 400000) g",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink: std::sync::Arc<dyn pgproof_core::Sink> =
+        std::sync::Arc::new(pgproof_sink_fs::FsSink::new(dir.path()));
+    let err = pgproof_core::ops::Backup::new(cluster.params("slow").unwrap(), sink.clone())
+        .unencrypted()
+        .statement_timeout(Duration::from_millis(100))
+        .run()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("fingerprinting a table"), "{text}");
+    assert!(text.contains("statement timeout"), "{text}");
+    assert!(
+        sink.list("").await.unwrap().is_empty(),
+        "something was stored"
+    );
+    // Without the limit the same backup goes through.
+    pgproof_core::ops::Backup::new(cluster.params("slow").unwrap(), sink)
+        .unencrypted()
+        .statement_timeout(Duration::ZERO)
+        .run()
+        .await
+        .unwrap();
+}
+
+/// The `--clean` swap when renaming the restored copy into place fails (here: the copy
+/// is gone): the original is renamed back and keeps its data.
+#[tokio::test]
+async fn a_failed_swap_puts_the_original_back() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let client = create_sample_database(&cluster, "precious").await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM kinds", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let admin = pgproof_core::pg::admin::Admin::connect(&cluster.params("precious").unwrap())
+        .await
+        .unwrap();
+    let err = admin
+        .swap_in("pgproof_restore_missing", "precious")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("renaming"), "{err}");
+    assert!(pgproof_tests::database_exists(&cluster, "precious").await);
+    assert!(!pgproof_tests::database_exists(&cluster, "pgproof_restore_missing_old").await);
+    let again: i64 = pgproof_tests::connect(&cluster, "precious")
+        .await
+        .query_one("SELECT count(*) FROM kinds", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, rows);
+}

@@ -63,6 +63,10 @@ pub struct DumpConfig {
     /// How long pg_dump (and the fingerprint) wait for a table lock before the backup
     /// fails, in seconds.
     pub lock_wait_timeout_secs: u64,
+    /// How long one of pgproof's own statements in the dump's snapshot (a catalog
+    /// query, one table's fingerprint) may run, in seconds; 0 = no limit. The dump
+    /// itself is bounded by the lock wait only.
+    pub statement_timeout_secs: u64,
 }
 
 impl Default for DumpConfig {
@@ -71,6 +75,7 @@ impl Default for DumpConfig {
             format: Format::Custom,
             gzip_level: 6,
             lock_wait_timeout_secs: 300,
+            statement_timeout_secs: 6 * 3600,
         }
     }
 }

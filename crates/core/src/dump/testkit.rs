@@ -97,7 +97,7 @@ async fn dump_is_exactly_the_snapshot(
     admin: &Admin,
     source: &ConnParams,
 ) -> Vec<u8> {
-    let session = SnapshotSession::open(source, Duration::from_secs(30))
+    let session = SnapshotSession::open(source, Duration::from_secs(30), Duration::ZERO)
         .await
         .unwrap();
     let plan = Plan::prepare(session.client()).await.unwrap();

@@ -22,6 +22,10 @@ use crate::sink::{Sink, SinkExt};
 /// How long pg_dump and the fingerprint wait for a table lock by default.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(300);
 
+/// How long one of pgproof's own statements in the snapshot (a catalog query, one
+/// table's fingerprint) may run by default; the dump itself is not bounded by it.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 /// One backup of one database, configured by its builder methods and taken by
 /// [`run`](Backup::run).
 ///
@@ -38,6 +42,7 @@ pub struct Backup {
     unencrypted: bool,
     pg_bin_dir: Option<PathBuf>,
     lock_wait: Duration,
+    statement_timeout: Duration,
     progress: Option<Progress>,
 }
 
@@ -54,6 +59,7 @@ impl Backup {
             unencrypted: false,
             pg_bin_dir: None,
             lock_wait: DEFAULT_LOCK_WAIT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             progress: None,
         }
     }
@@ -90,6 +96,13 @@ impl Backup {
         self
     }
 
+    /// How long one of pgproof's own statements in the snapshot may run (zero: no
+    /// limit); default [`DEFAULT_STATEMENT_TIMEOUT`].
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
     /// Called with the dump bytes processed so far.
     pub fn progress(mut self, progress: Option<Progress>) -> Self {
         self.progress = progress;
@@ -109,7 +122,8 @@ impl Backup {
         let started_at = Timestamp::now();
         let clock = Instant::now();
 
-        let session = SnapshotSession::open(&self.source, self.lock_wait).await?;
+        let session =
+            SnapshotSession::open(&self.source, self.lock_wait, self.statement_timeout).await?;
         let plan = Plan::prepare(session.client()).await?;
         let tools = PgTools::find(
             self.pg_bin_dir.as_deref(),

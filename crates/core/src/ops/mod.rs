@@ -19,7 +19,7 @@ pub mod interrupt;
 mod restore;
 mod verify;
 
-pub use backup::{Backup, DEFAULT_LOCK_WAIT};
+pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use restore::{Restore, RestoreOutcome, drop_restored};
 pub use verify::{Verify, scratch_database};

@@ -18,16 +18,24 @@ pub struct SnapshotSession {
 
 impl SnapshotSession {
     /// Connects, opens a REPEATABLE READ READ ONLY transaction and exports its
-    /// snapshot. `lock_wait` bounds how long it waits for a table lock.
-    pub async fn open(params: &ConnParams, lock_wait: Duration) -> Result<Self> {
+    /// snapshot. `lock_wait` bounds how long it waits for a table lock and
+    /// `statement_timeout` each statement pgproof runs in it (catalog queries, one
+    /// table's fingerprint); zero means no limit.
+    pub async fn open(
+        params: &ConnParams,
+        lock_wait: Duration,
+        statement_timeout: Duration,
+    ) -> Result<Self> {
         let client = params.connect().await?;
-        // The session idles while pg_dump works and the fingerprint may scan a big
-        // table: server-side timeouts must not end the snapshot under pg_dump.
+        // The session idles while pg_dump works: a server-side idle timeout must not
+        // end the snapshot under pg_dump. The server's own statement_timeout is
+        // replaced by pgproof's, which is about its own queries.
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-                 SET LOCAL statement_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0; \
+                 SET LOCAL statement_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = 0; \
                  SET LOCAL lock_timeout = '{}s'",
+                statement_timeout.as_millis(),
                 lock_wait.as_secs().max(1)
             ))
             .await
