@@ -62,7 +62,6 @@ impl TcpProxy {
         }
     }
 
-    /// Listens again on the same port.
     /// Stops forwarding bytes on every connection, old and new, without closing any:
     /// a network that silently drops everything. [`unstall`](Self::unstall) resumes.
     pub fn stall(&self) {
@@ -74,6 +73,7 @@ impl TcpProxy {
         self.stalled.store(false, Ordering::SeqCst);
     }
 
+    /// Listens again on the same port.
     pub fn restart(&mut self) {
         assert!(self.running.is_none(), "the proxy is running");
         let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("rebind proxy port");
