@@ -211,8 +211,15 @@ async fn killed_pg_dump_leaves_no_backup() {
     let config = std::fs::read_to_string(&ws.config).unwrap();
     ws.write_config(&config.replace("postgres://postgres@", "postgres://postgres:hunter2@"));
 
-    // Hold a lock pg_dump needs, so it is certainly still running when it is killed.
-    let blocker = hold_a_lock_only_pg_dump_needs(&cluster).await;
+    // Enough data that pg_dump is certainly still running when it is killed.
+    connect(&cluster, "app")
+        .await
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g, md5(g::text) || md5((-g)::text) AS h \
+             FROM generate_series(1, 2000000) g",
+        )
+        .await
+        .unwrap();
 
     let child = command(
         &pgproof_bin(),
@@ -224,15 +231,19 @@ async fn killed_pg_dump_leaves_no_backup() {
     .unwrap();
     let parent = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let pg_dump = loop {
+    // The dump itself, not the `pg_dump --version` that tool discovery runs first;
+    // right after exec the kernel may not have laid out its argv and environment yet.
+    let (pg_dump, argv, environ) = loop {
         if let Some(pid) = child_named(parent, "pg_dump") {
-            break pid;
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if String::from_utf8_lossy(&argv).contains("--snapshot") && !environ.is_empty() {
+                break (pid, argv, environ);
+            }
         }
         assert!(Instant::now() < deadline, "pg_dump never started");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(2));
     };
-    let argv = std::fs::read(format!("/proc/{pg_dump}/cmdline")).unwrap();
-    let environ = std::fs::read(format!("/proc/{pg_dump}/environ")).unwrap();
     assert!(
         !String::from_utf8_lossy(&argv).contains("hunter2"),
         "password in pg_dump's argv"
@@ -247,7 +258,6 @@ async fn killed_pg_dump_leaves_no_backup() {
         .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
-    blocker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_one_line_error(&out, 1, &["pg_dump failed", "signal: 9"]);
     assert!(
@@ -372,7 +382,7 @@ async fn encryption_must_be_disabled_explicitly() {
     assert!(database_exists(&cluster, "plain_copy").await);
 }
 
-/// A lock pg_dump cannot get within dump.lock_wait_timeout_secs fails the backup
+/// A table lock the backup cannot get within dump.lock_wait_timeout_secs fails it
 /// instead of holding the snapshot open forever.
 #[tokio::test]
 async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
@@ -383,17 +393,25 @@ async fn a_lock_pg_dump_cannot_get_fails_the_backup_in_time() {
     let ws = Workspace::new(&cluster, "app", "custom");
     let config = std::fs::read_to_string(&ws.config).unwrap();
     ws.write_config(&config.replace("[dump]", "[dump]\nlock_wait_timeout_secs = 1"));
-    let blocker = hold_a_lock_only_pg_dump_needs(&cluster).await;
+    let blocker = hold_a_lock_the_backup_needs(&cluster).await;
+    let started = Instant::now();
     let out = ws.pgproof(&["backup"]);
     blocker.batch_execute("ROLLBACK").await.unwrap();
-    assert_one_line_error(&out, 1, &["pg_dump failed", "lock"]);
+    // The snapshot session locks every table pg_dump will (ACCESS SHARE) before
+    // pg_dump starts, under the same timeout, so it is the one that gives up.
+    assert_one_line_error(&out, 1, &["lock timeout"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
 }
 
-/// Holds ACCESS EXCLUSIVE on a partitioned parent until the client rolls back:
-/// pg_dump locks it, the fingerprint (which hashes partitions) does not, so only
-/// pg_dump waits. The table is committed first, or pg_dump's snapshot would not see it.
-async fn hold_a_lock_only_pg_dump_needs(
+/// Holds ACCESS EXCLUSIVE on a partitioned table until the client rolls back: the
+/// backup (the snapshot session's up-front locks, as pg_dump's) must wait for it. The
+/// table is committed first, or the snapshot would not see it.
+async fn hold_a_lock_the_backup_needs(
     cluster: &pgproof_core::scratch::EphemeralCluster,
 ) -> tokio_postgres::Client {
     let blocker = connect(cluster, "app").await;

@@ -22,9 +22,44 @@ use crate::error::Result;
 use crate::evidence::audit::{self, ChainState};
 use crate::pg::{db_err, query_count, quote_ident};
 
-/// Names the row encoding and combination, so fingerprints of different methods are
-/// never compared.
-pub const METHOD: &str = "rowsend-hashtextextended-sum/v1";
+/// Names the row encoding and combination of the fingerprints this version takes, so
+/// fingerprints of different methods are never compared.
+pub const METHOD: &str = "rowsend-hashtextextended-sum/v2";
+
+/// A fingerprint definition. A backup is verified with the definition it was taken
+/// with, so upgrading pgproof never turns an old backup's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Method {
+    /// Every ordinary table on its own (`FROM ONLY`), floats by their send bytes.
+    V1,
+    /// As V1, except: floats (and arrays of them) by their text, so the many NaN bit
+    /// patterns count as the one value a dump can carry; a partitioned table compared
+    /// at its root, since rows may land in other partitions on restore.
+    V2,
+}
+
+impl Method {
+    /// The method new fingerprints use.
+    pub fn current() -> Self {
+        Method::V2
+    }
+
+    /// The name recorded in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::V1 => "rowsend-hashtextextended-sum/v1",
+            Method::V2 => METHOD,
+        }
+    }
+
+    /// The method a manifest names, if this version knows it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Method::V1, Method::V2]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
 
 /// Below this OID every type is built in, with the same OID in every database.
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
@@ -100,13 +135,18 @@ struct Column {
 
 impl Fingerprint {
     /// Computes the fingerprint of the database `client` is connected to, in a
-    /// REPEATABLE READ transaction of its own.
+    /// REPEATABLE READ transaction of its own, with the current method.
     pub async fn compute(client: &Client) -> Result<Self> {
+        Self::compute_with(client, Method::current()).await
+    }
+
+    /// [`compute`](Self::compute) with a given method (a backup's own).
+    pub async fn compute_with(client: &Client, method: Method) -> Result<Self> {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
             .map_err(db_err("starting the fingerprint transaction"))?;
-        let result = match Plan::prepare(client).await {
+        let result = match Plan::prepare_with(client, method).await {
             Ok(plan) => plan.compute(client).await,
             Err(e) => Err(e),
         };
@@ -121,56 +161,94 @@ impl Fingerprint {
 /// sequences read — they are not transactional, so reading them before pg_dump makes
 /// the dumped values at least these.
 pub struct Plan {
-    tables: Vec<(u32, String, bool)>,
+    method: Method,
+    tables: Vec<TableToHash>,
     sequences: BTreeMap<String, SequenceState>,
 }
 
+struct TableToHash {
+    oid: u32,
+    name: String,
+    /// An inheritance child (not a partition): its physical column order may change.
+    inherits: bool,
+    /// A partitioned table's root: hashed with all its partitions.
+    partitioned: bool,
+}
+
 impl Plan {
-    /// Prepares inside the transaction `client` has open.
+    /// Prepares inside the transaction `client` has open, with the current method.
     pub async fn prepare(client: &Client) -> Result<Self> {
+        Self::prepare_with(client, Method::current()).await
+    }
+
+    /// [`prepare`](Self::prepare) with a given method.
+    pub async fn prepare_with(client: &Client, method: Method) -> Result<Self> {
+        let relations = match method {
+            Method::V1 => "c.relkind = 'r'",
+            Method::V2 => "c.relkind IN ('r', 'p') AND NOT c.relispartition",
+        };
         client
             .batch_execute(PINNED_SETTINGS)
             .await
             .map_err(db_err("pinning session settings for the fingerprint"))?;
         let rows = client
             .query(
-                "SELECT c.oid, format('%I.%I', n.nspname, c.relname),                         EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE c.relkind = 'r'                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT pg_is_other_temp_schema(n.oid)                    AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                                   AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 2",
+                &format!("SELECT c.oid, format('%I.%I', n.nspname, c.relname),                         EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), c.relkind = 'p'                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE {relations}                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT pg_is_other_temp_schema(n.oid)                    AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                                   AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 2"),
                 &[],
             )
             .await
             .map_err(db_err("listing tables to fingerprint"))?;
-        let tables: Vec<(u32, String, bool)> = rows
+        let tables: Vec<TableToHash> = rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| TableToHash {
+                oid: r.get(0),
+                name: r.get(1),
+                inherits: r.get(2),
+                partitioned: r.get(3),
+            })
             .collect();
+        // A partitioned root is locked with its partitions (no ONLY), as pg_dump locks
+        // every partition it dumps.
+        let only = if method == Method::V1 { "ONLY " } else { "" };
         for chunk in tables.chunks(500) {
-            let names: Vec<&str> = chunk.iter().map(|(_, name, _)| name.as_str()).collect();
+            let names: Vec<&str> = chunk.iter().map(|t| t.name.as_str()).collect();
             client
                 .batch_execute(&format!(
-                    "LOCK TABLE ONLY {} IN ACCESS SHARE MODE",
+                    "LOCK TABLE {only}{} IN ACCESS SHARE MODE",
                     names.join(", ")
                 ))
                 .await
                 .map_err(db_err("locking the tables to fingerprint"))?;
         }
         let sequences = sequences(client).await?;
-        Ok(Self { tables, sequences })
+        Ok(Self {
+            method,
+            tables,
+            sequences,
+        })
     }
 
     /// Hashes every table and finishes the fingerprint.
     pub async fn compute(self, client: &Client) -> Result<Fingerprint> {
         let mut fingerprint = Fingerprint {
-            method: METHOD.to_owned(),
+            method: self.method.name().to_owned(),
             sequences: self.sequences,
             ..Fingerprint::default()
         };
-        for (oid, name, inherits) in self.tables {
+        for TableToHash {
+            oid,
+            name,
+            inherits,
+            partitioned,
+        } in self.tables
+        {
             let columns = table_columns(client, oid).await?;
-            let row_bytes = row_expression(&columns, inherits);
+            let row_bytes = row_expression(&columns, inherits, self.method);
+            let only = if partitioned { "" } else { "ONLY " };
             let sql = format!(
                 "SELECT count(*), coalesce(sum(hashtextextended(encode({row_bytes}, 'hex'), 0)), 0)::text \
-                 FROM ONLY {name} t"
+                 FROM {only}{name} t"
             );
             let row = client
                 .query_one(&sql, &[])
@@ -257,12 +335,14 @@ async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
 /// SQL for a row's restore-stable bytes, with `t` as the row alias. Columns come
 /// sorted by name: an inheritance child's physical column order can change on
 /// restore, so only tables outside inheritance use `record_send`, which follows it.
-fn row_expression(columns: &[Column], inherits: bool) -> String {
+fn row_expression(columns: &[Column], inherits: bool, method: Method) -> String {
+    let by_text = |c: &Column| method != Method::V1 && is_float(c);
     let builtin_only = columns.iter().all(|c| {
         c.type_oid < FIRST_NORMAL_OBJECT_ID
             && c.type_kind != b'd' as i8
             && c.base_send != "record_send"
             && !names_an_object(c)
+            && !by_text(c)
     });
     if builtin_only && !inherits {
         // `t.*`, not `t`: a column named `t` would shadow the row.
@@ -277,6 +357,7 @@ fn row_expression(columns: &[Column], inherits: bool) -> String {
             let col = format!("t.{}", quote_ident(&c.name));
             let stable_send = c.base_send != "record_send"
                 && !names_an_object(c)
+                && !by_text(c)
                 && (c.base_oid < FIRST_NORMAL_OBJECT_ID || c.base_send == "enum_send");
             let bytes = if stable_send {
                 format!("{}({col}::{})", c.base_send, c.base_name)
@@ -287,6 +368,13 @@ fn row_expression(columns: &[Column], inherits: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(" || ")
+}
+
+/// float4, float8 and their arrays: their send form has many NaN bit patterns (the sign
+/// bit of an arithmetic NaN) that all dump as the text `NaN`; their text under the
+/// pinned extra_float_digits is exact and has one NaN.
+fn is_float(c: &Column) -> bool {
+    matches!(c.base_oid, 700 | 701 | 1021 | 1022)
 }
 
 /// `regclass`, `regtype` and kin send OIDs, which a restore renumbers; their text (a
@@ -404,6 +492,15 @@ mod tests {
         assert!(sequence_differences(&expected, &ahead).is_empty());
         assert_eq!(sequence_differences(&expected, &behind).len(), 1);
         assert_eq!(sequence_differences(&expected, &BTreeMap::new()).len(), 1);
+    }
+
+    #[test]
+    fn every_method_is_found_by_its_recorded_name() {
+        for method in [Method::V1, Method::V2] {
+            assert_eq!(Method::parse(method.name()), Some(method));
+        }
+        assert_eq!(Method::current().name(), METHOD);
+        assert_eq!(Method::parse("rowsend-hashtextextended-sum/v9"), None);
     }
 
     #[test]

@@ -4,29 +4,34 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::evidence::fingerprint::{self, Fingerprint, sequence_differences, table_differences};
+use crate::evidence::fingerprint::{
+    self, Fingerprint, Method, sequence_differences, table_differences,
+};
 use crate::verify::{Check, Restored, Verifier};
 
-/// The recorded fingerprint, or the one failed check that says why there is none to
-/// compare with.
-fn recorded<'a>(r: &'a Restored<'_>, name: &str) -> std::result::Result<&'a Fingerprint, Check> {
+/// The recorded fingerprint and its method, or the one failed check that says why
+/// there is none to compare with.
+fn recorded<'a>(
+    r: &'a Restored<'_>,
+    name: &str,
+) -> std::result::Result<(&'a Fingerprint, Method), Check> {
     let Some(expected) = &r.manifest.fingerprint else {
         return Err(Check::fail(
             name,
             "the manifest holds no fingerprint, so the restore cannot be compared",
         ));
     };
-    if expected.method != fingerprint::METHOD {
-        return Err(Check::fail(
+    match Method::parse(&expected.method) {
+        Some(method) => Ok((expected, method)),
+        None => Err(Check::fail(
             name,
             format!(
-                "the manifest's fingerprint method {} is not {}; verify with the pgproof version that wrote it",
+                "the manifest's fingerprint method {} is unknown to this version (it knows up to {}); verify with the pgproof version that wrote it",
                 expected.method,
                 fingerprint::METHOD
             ),
-        ));
+        )),
     }
-    Ok(expected)
 }
 
 /// Every table's row count and content hash, recomputed on the restore and compared
@@ -41,11 +46,12 @@ impl Verifier for TableFingerprints {
     }
 
     async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
-        let expected = match recorded(r, self.name()) {
+        let (expected, method) = match recorded(r, self.name()) {
             Ok(f) => f,
             Err(check) => return Ok(vec![check]),
         };
-        let found = Fingerprint::compute(r.client).await?;
+        // Recomputed the way the backup's fingerprint was taken.
+        let found = Fingerprint::compute_with(r.client, method).await?;
         let differences = table_differences(&expected.tables, &found.tables);
         let mut checks: Vec<Check> = expected
             .tables
@@ -83,7 +89,7 @@ impl Verifier for Sequences {
     }
 
     async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
-        let expected = match recorded(r, self.name()) {
+        let (expected, _) = match recorded(r, self.name()) {
             Ok(f) => f,
             Err(check) => return Ok(vec![check]),
         };
@@ -121,7 +127,7 @@ impl Verifier for LargeObjects {
     }
 
     async fn verify(&self, r: &Restored<'_>) -> Result<Vec<Check>> {
-        let expected = match recorded(r, self.name()) {
+        let (expected, _) = match recorded(r, self.name()) {
             Ok(f) => f,
             Err(check) => return Ok(vec![check]),
         };
