@@ -168,6 +168,16 @@ identity_file = "{key}"
         ws
     }
 
+    /// Makes `verify` restore into `cluster` (its `postgres` database's server)
+    /// instead of starting an ephemeral cluster of its own.
+    pub fn verify_on(&self, cluster: &EphemeralCluster) {
+        let config = std::fs::read_to_string(&self.config).expect("read config");
+        self.write_config(&format!(
+            "{config}\n[verify]\nscratch_url = \"{}\"\n",
+            cluster.url("postgres")
+        ));
+    }
+
     /// Replaces the config file.
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).expect("write config");
@@ -343,4 +353,26 @@ pub async fn create_sample_database(cluster: &EphemeralCluster, database: &str) 
         .await
         .expect("load sample data");
     client
+}
+
+/// A database of about `mib` MiB of incompressible bytes (md5 output), so its dump
+/// is about as large: 16 KiB per row.
+pub async fn create_big_database(cluster: &EphemeralCluster, database: &str, mib: usize) {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .expect("create the big database");
+    connect(cluster, database)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
+             ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
+             INSERT INTO blob
+               SELECT g, decode(string_agg(md5(g::text || ':' || i::text), '' ORDER BY i), 'hex')
+               FROM generate_series(1, {rows}) g, generate_series(1, 1024) i GROUP BY g;",
+            rows = mib * 64
+        ))
+        .await
+        .expect("create the big database");
 }

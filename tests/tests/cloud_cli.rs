@@ -16,7 +16,8 @@ use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
 use pgproof_tests::proxy::TcpProxy;
 use pgproof_tests::{
-    Workspace, connect, create_sample_database, start_cluster, stderr, table_summary,
+    Workspace, connect, create_big_database, create_sample_database, start_cluster, stderr,
+    table_summary,
 };
 
 const BUCKET: &str = "pgproof-backups";
@@ -60,28 +61,6 @@ fn backup_ids(ws: &Workspace) -> Vec<String> {
         .iter()
         .map(|m| m["backup_id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// A database of about `mib` MiB of incompressible bytes (md5 output), so its dump
-/// is about as large: 16 KiB per row.
-async fn create_big_database(cluster: &EphemeralCluster, database: &str, mib: usize) {
-    connect(cluster, "postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .unwrap();
-    connect(cluster, database)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
-             ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
-             INSERT INTO blob
-               SELECT g, decode(string_agg(md5(g::text || ':' || i::text), '' ORDER BY i), 'hex')
-               FROM generate_series(1, {rows}) g, generate_series(1, 1024) i GROUP BY g;",
-            rows = mib * 64
-        ))
-        .await
-        .unwrap();
 }
 
 async fn blob_digest(cluster: &EphemeralCluster, database: &str) -> (i64, String) {
@@ -450,11 +429,7 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
     ws.env.push(("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()));
     ws.env
         .push(("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()));
-    let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&format!(
-        "{config}\n[verify]\nscratch_url = \"{}\"\n",
-        cluster.url("postgres")
-    ));
+    ws.verify_on(&cluster);
 
     // Two outages where the endpoint is gone (connections cut, new ones refused), and
     // one where it stalls: connections stay open and nothing moves (request timeout).

@@ -21,11 +21,7 @@ async fn eight_backups_started_together_all_commit_and_all_verify() {
     };
     create_sample_database(&cluster, "app").await;
     let ws = Workspace::new(&cluster, "app", "custom");
-    let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&format!(
-        "{config}\n[verify]\nscratch_url = \"{}\"\n",
-        cluster.url("postgres")
-    ));
+    ws.verify_on(&cluster);
 
     let children: Vec<_> = (0..8)
         .map(|_| {

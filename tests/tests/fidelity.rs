@@ -50,11 +50,7 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
 
     for format in ["custom", "plain"] {
         let ws = Workspace::new(&cluster, "fid", format);
-        let config = std::fs::read_to_string(&ws.config).unwrap();
-        ws.write_config(&format!(
-            "{config}\n[verify]\nscratch_url = \"{}\"\n",
-            cluster.url("postgres")
-        ));
+        ws.verify_on(&cluster);
         ws.backup();
         let out = ws.pgproof(&["verify", "latest", "--json"]);
         let reports: Value = serde_json::from_slice(&out.stdout)

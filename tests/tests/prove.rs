@@ -106,11 +106,7 @@ async fn verify_passes_untouched_and_names_every_tamper() {
         .await
         .unwrap();
     let ws = Workspace::new(&cluster, "app", "custom");
-    let scratch = cluster.url("postgres");
-    let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&format!(
-        "{config}\n[verify]\nscratch_url = \"{scratch}\"\n"
-    ));
+    ws.verify_on(&cluster);
 
     // Untouched: every check passes, a record is written, the scratch database is gone.
     let first = ws.backup();

@@ -231,11 +231,7 @@ async fn one_damaged_manifest_does_not_blind_list_or_verify_all() {
     };
     create_sample_database(&cluster, "app").await;
     let ws = Workspace::new(&cluster, "app", "custom");
-    let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&format!(
-        "{config}\n[verify]\nscratch_url = \"{}\"\n",
-        cluster.url("postgres")
-    ));
+    ws.verify_on(&cluster);
     let first = ws.backup();
     let second = ws.backup();
     let first_id = first["backup_id"].as_str().unwrap();
@@ -420,4 +416,42 @@ async fn a_failed_swap_puts_the_original_back() {
         .unwrap()
         .get(0);
     assert_eq!(again, rows);
+}
+
+/// A dump object its manifest lists is gone: that is a verdict on the backup (a failed
+/// `archive` check, exit 3), never a database created for nothing.
+#[tokio::test]
+async fn a_missing_dump_object_fails_the_backup_not_the_environment() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.verify_on(&cluster);
+    let manifest = ws.backup();
+    std::fs::remove_file(ws.sink.join(manifest["object"]["key"].as_str().unwrap())).unwrap();
+
+    let out = ws.pgproof(&["verify", "latest", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let archive = reports[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "archive")
+        .unwrap();
+    assert_eq!(archive["passed"], false);
+    assert!(
+        archive["detail"].as_str().unwrap().contains("is missing"),
+        "{archive}"
+    );
+
+    let out = ws.pgproof(&["restore", "latest", "--target", &cluster.url("restored")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        error_line(&stderr(&out)).contains("is missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pgproof_tests::database_exists(&cluster, "restored").await);
 }

@@ -10,28 +10,11 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
-use pgproof_tests::{Workspace, connect, database_exists, start_cluster, stderr};
+use pgproof_tests::{
+    Workspace, connect, create_big_database, database_exists, start_cluster, stderr,
+};
 
 const BUCKET: &str = "signals";
-
-async fn create_big_database(cluster: &pgproof_core::scratch::EphemeralCluster, name: &str) {
-    connect(cluster, "postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    connect(cluster, name)
-        .await
-        .batch_execute(
-            "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
-             ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
-             INSERT INTO blob
-               SELECT g, decode(string_agg(md5(g::text || ':' || i::text), '' ORDER BY i), 'hex')
-               FROM generate_series(1, 2560) g, generate_series(1, 1024) i GROUP BY g;",
-        )
-        .await
-        .unwrap();
-}
 
 fn signal(child: &Child, name: &str) {
     let status = std::process::Command::new("kill")
@@ -88,7 +71,7 @@ async fn signals_leave_nothing_behind() {
         return;
     };
     moto.create_bucket(BUCKET);
-    create_big_database(&cluster, "big").await;
+    create_big_database(&cluster, "big", 40).await;
     let socket = cluster.socket_dir().display().to_string();
 
     // 1. SIGTERM while a backup streams into S3: pg_dump stopped, the multipart upload
@@ -181,15 +164,95 @@ async fn signals_leave_nothing_behind() {
     std::thread::sleep(Duration::from_millis(500));
     signal(&child, "HUP");
     interrupted(child, 129, "SIGHUP");
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = entries(tmp.path());
     assert!(left.is_empty(), "the scratch cluster left {left:?}");
     assert_eq!(
         running(&tmp.path().display().to_string()),
         0,
         "a scratch postgres still runs"
     );
+
+    // 4. SIGKILL cannot be caught: what the killed run left (its scratch cluster, still
+    //    running, and the database it was restoring into) is removed by the next run.
+    let mut child = fs
+        .command(&["verify", "latest"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the scratch cluster running", &mut child, || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("data/postmaster.pid").exists())
+    });
+    signal(&child, "KILL");
+    let _ = child.wait_with_output().unwrap();
+    let abandoned = entries(tmp.path());
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert!(
+        running(&tmp.path().display().to_string()) > 0,
+        "its postgres should still run"
+    );
+
+    let first = fs.backup()["backup_id"].as_str().unwrap().to_owned();
+    let second = fs.backup()["backup_id"].as_str().unwrap().to_owned();
+    let own_cluster = std::fs::read_to_string(&fs.config).unwrap();
+    fs.verify_on(&cluster);
+    let mut child = fs
+        .command(&["verify", &first])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scratch = pgproof_core::ops::scratch_database(&first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !database_exists(&cluster, &scratch).await {
+        assert!(child.try_wait().unwrap().is_none(), "verify ended first");
+        assert!(Instant::now() < deadline, "never saw the scratch database");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past its creation, so the work-in-progress mark is on it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(&child, "KILL");
+    let _ = child.wait_with_output().unwrap();
+    assert!(
+        database_exists(&cluster, &scratch).await,
+        "nothing was left to clean"
+    );
+
+    // The next runs: verify of another backup on the scratch server drops the dead
+    // run's database; one in an ephemeral cluster, in the same temp directory, stops
+    // and removes the dead run's cluster.
+    fs.pgproof_ok(&["verify", &second]);
+    assert!(
+        !database_exists(&cluster, &scratch).await,
+        "the dead run's database is still there"
+    );
+    fs.write_config(&own_cluster);
+    let out = fs
+        .command(&["verify", &second])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = entries(tmp.path());
+    assert!(
+        left.is_empty(),
+        "the dead run's cluster is still there: {left:?}"
+    );
+    assert_eq!(
+        running(&tmp.path().display().to_string()),
+        0,
+        "the dead run's postgres still runs"
+    );
+}
+
+fn entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::error::{Error, Result};
-use crate::pg::process::one_line;
+use crate::pg::process::{is_running, one_line};
 use crate::pg::{ConnParams, PgTools};
 
 /// The superuser every ephemeral cluster is created with.
@@ -188,7 +188,7 @@ fn reap_abandoned(tools: &PgTools, run_as: Option<&str>) {
         else {
             continue;
         };
-        if Path::new(&format!("/proc/{owner}")).exists() {
+        if is_running(owner) {
             continue;
         }
         let data = path.join("data");

@@ -128,7 +128,7 @@ fn reap_if_abandoned(path: &Path, name: &str) {
     let Some(pid) = tail.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
         return;
     };
-    if Path::new(&format!("/proc/{pid}")).exists() {
+    if pgproof_core::pg::process::is_running(pid) {
         return;
     }
     let idle = std::fs::metadata(path)

@@ -4,6 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::error::Result;
+use crate::pg::process::is_running;
 use crate::pg::sql::{USER_OBJECTS, query_count};
 use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
 
@@ -103,9 +104,7 @@ impl Admin {
             else {
                 continue;
             };
-            let alive = pid.parse::<u32>().map_or(true, |pid| {
-                std::path::Path::new(&format!("/proc/{pid}")).exists()
-            });
+            let alive = pid.parse::<u32>().map_or(true, is_running);
             if on != host || alive {
                 continue;
             }

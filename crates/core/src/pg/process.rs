@@ -191,6 +191,12 @@ fn failure(program: &str, status: ExitStatus, stderr: &str, kind: ErrorKind) -> 
         .with_operation(program.to_owned())
 }
 
+/// Whether a process with this pid runs on this host: how pgproof tells the leftovers
+/// of a dead run (its databases, clusters, temp files) from a live run's work.
+pub fn is_running(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Joins the non-empty lines of a program's output into one line.
 pub fn one_line(text: &str) -> String {
     text.lines()
