@@ -194,13 +194,6 @@ impl Error {
         self
     }
 
-    /// The same error with another kind, e.g. a missing object that a manifest lists,
-    /// which is an integrity failure of the backup rather than a lookup miss.
-    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
-        self.kind = kind;
-        self
-    }
-
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -111,11 +111,6 @@ impl ChildProgram {
         })
     }
 
-    /// The program's name.
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
     fn child(&self) -> MutexGuard<'_, Child> {
         self.child
             .lock()
