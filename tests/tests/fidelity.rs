@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use pgproof_tests::{Workspace, connect, start_cluster, stderr};
+use pgproof_core::evidence::Fingerprint;
+use pgproof_tests::{Workspace, connect, database_exists, start_cluster, stderr};
 use serde_json::Value;
 
 #[tokio::test]
@@ -27,6 +28,10 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
                (2, '-0', '-0', '{-0}'),
                (3, 'NaN', 'NaN', '{NaN}'),
                (4, 4.9e-324, 1.4e-45, '{1e308,-1e-308}');
+             CREATE TABLE shapes (id int, p point, c circle, b box);
+             INSERT INTO shapes VALUES
+               (1, point('Infinity'::float8 - 'Infinity'::float8, 0),
+                   circle(point(0, 'Infinity'::float8 - 'Infinity'::float8), 1), box(point(0, 0), point(1, 1)));
              CREATE TABLE measurements (id int, at date, v numeric) PARTITION BY RANGE (at);
              CREATE TABLE m2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
              CREATE TABLE m2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
@@ -71,6 +76,7 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
         assert!(failed.is_empty(), "{format}: false alarms: {failed:#?}");
         assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
         assert!(names.contains(&"fingerprint:public.floats"), "{names:?}");
+        assert!(names.contains(&"fingerprint:public.shapes"), "{names:?}");
         assert!(
             names.contains(&"fingerprint:public.measurements"),
             "{names:?}"
@@ -82,4 +88,482 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
             "partitions compared on their own: {names:?}"
         );
     }
+}
+
+/// Runs each `;`-separated statement on its own (CREATE DATABASE cannot share a
+/// query string with others).
+async fn each(client: &tokio_postgres::Client, sql: &str) {
+    for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+        client
+            .batch_execute(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// Runs `verify latest --json` and returns the report and the exit code.
+fn verify_latest(ws: &Workspace) -> (Value, Option<i32>) {
+    let out = ws.pgproof(&["verify", "latest", "--json"]);
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(&out)));
+    (reports[0].clone(), out.status.code())
+}
+
+/// The check of that name in a report.
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report:#}"))
+}
+
+fn failed_checks(report: &Value) -> Vec<&Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .collect()
+}
+
+/// Objects owned by and granted to application roles, a policy naming one, per-role
+/// settings: verified in a fresh cluster that has none of those roles, and restored
+/// elsewhere only once the roles may be created.
+#[tokio::test]
+async fn roles_the_schema_needs_are_carried() {
+    let (Some(cluster), Some(scratch)) = (start_cluster(), start_cluster()) else {
+        return;
+    };
+    each(
+        &connect(&cluster, "postgres").await,
+        "CREATE ROLE readers NOLOGIN; CREATE ROLE app_owner LOGIN CREATEDB CONNECTION LIMIT 7;
+             CREATE ROLE app_reader LOGIN IN ROLE readers; CREATE ROLE unrelated;
+             ALTER ROLE app_owner SET statement_timeout = '5s';
+             CREATE DATABASE roles_db OWNER app_owner;
+             ALTER ROLE app_reader IN DATABASE roles_db SET work_mem = '8MB';",
+    )
+    .await;
+    connect(&cluster, "roles_db")
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app AUTHORIZATION app_owner;
+             CREATE TABLE app.accounts (id int PRIMARY KEY, owner_name text);
+             ALTER TABLE app.accounts OWNER TO app_owner;
+             GRANT SELECT ON app.accounts TO readers;
+             ALTER TABLE app.accounts ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY mine ON app.accounts TO app_reader USING (owner_name = current_user);
+             INSERT INTO app.accounts VALUES (1, 'app_reader'), (2, 'someone');",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "roles_db", "custom");
+    ws.verify_on(&scratch);
+    let manifest = ws.backup();
+    let needed: Vec<&str> = manifest["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["needed"] == true)
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for role in ["app_owner", "app_reader", "readers", "postgres"] {
+        assert!(needed.contains(&role), "{role} not needed: {needed:?}");
+    }
+    assert!(!needed.contains(&"unrelated"), "{needed:?}");
+
+    let (report, code) = verify_latest(&ws);
+    assert!(failed_checks(&report).is_empty(), "{report:#}");
+    assert_eq!(code, Some(0));
+    assert_eq!(check(&report, "roles")["passed"], true);
+    assert_eq!(check(&report, "fingerprint:app.accounts")["passed"], true);
+    let verified = connect(&scratch, "postgres").await;
+    let row = verified
+        .query_one(
+            "SELECT r.rolconnlimit, r.rolcreatedb, \
+                    (SELECT setconfig::text FROM pg_db_role_setting WHERE setrole = r.oid AND setdatabase = 0) \
+             FROM pg_roles r WHERE rolname = 'app_owner'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("{statement_timeout=5s}")
+    );
+
+    // A restore into a server without the roles is refused up front, then done
+    // when pgproof may create them.
+    let other = start_cluster().unwrap();
+    let target = other.url("restored");
+    let out = ws.pgproof(&["restore", "latest", "--target", &target]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("app_owner") && err.contains("--create-roles"),
+        "{err}"
+    );
+    assert!(!database_exists(&other, "restored").await);
+    ws.pgproof_ok(&["restore", "latest", "--target", &target, "--create-roles"]);
+    let restored = connect(&other, "restored").await;
+    let owners: (String, String, Option<String>) = {
+        let r = restored
+            .query_one(
+                "SELECT c.relowner::regrole::text, pg_get_userbyid(d.datdba)::text, \
+                        (SELECT setconfig::text FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole \
+                         WHERE s.setdatabase = d.oid AND r.rolname = 'app_reader') \
+                 FROM pg_class c, pg_database d WHERE c.oid = 'app.accounts'::regclass AND d.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        owners,
+        (
+            "app_owner".to_owned(),
+            "app_owner".to_owned(),
+            Some("{work_mem=8MB}".to_owned())
+        )
+    );
+}
+
+/// A database's encoding, locale, settings and comment come back with it, and an
+/// existing database that would store or sort text otherwise is refused.
+#[tokio::test]
+async fn database_properties_are_carried_and_checked() {
+    let (Some(cluster), Some(scratch)) = (start_cluster(), start_cluster()) else {
+        return;
+    };
+    let admin = connect(&cluster, "postgres").await;
+    each(
+        &admin,
+            "CREATE DATABASE props TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8';
+             ALTER DATABASE props SET search_path = app, public;
+             ALTER DATABASE props SET TimeZone = 'Asia/Kathmandu';
+             COMMENT ON DATABASE props IS 'the app''s data';
+             CREATE DATABASE ascii TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C';",
+    )
+    .await;
+    connect(&cluster, "props")
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.words (w text);
+             INSERT INTO app.words VALUES ('b'), ('a'), ('B'), ('ä');",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "props", "plain");
+    ws.verify_on(&scratch);
+    let manifest = ws.backup();
+    assert_eq!(manifest["properties"]["collate"], "C.UTF-8");
+    let (report, code) = verify_latest(&ws);
+    assert!(failed_checks(&report).is_empty(), "{report:#}");
+    assert_eq!(code, Some(0));
+    let database = check(&report, "database");
+    assert!(
+        database["detail"].as_str().unwrap().contains("C.UTF-8"),
+        "{database}"
+    );
+
+    // A new database gets everything.
+    ws.pgproof_ok(&["restore", "latest", "--target", &cluster.url("props_copy")]);
+    let read = |db: &'static str| {
+        let admin = &admin;
+        async move {
+            let r = admin
+                .query_one(
+                    "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
+                            shobj_description(d.oid, 'pg_database'), \
+                            (SELECT (SELECT array_agg(x ORDER BY x) FROM unnest(setconfig) x)::text \
+                             FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) \
+                     FROM pg_database d WHERE datname = $1",
+                    &[&db],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, Option<String>>(3),
+                r.get::<_, Option<String>>(4),
+            )
+        }
+    };
+    assert_eq!(read("props_copy").await, read("props").await);
+    let copy = connect(&cluster, "props_copy").await;
+    let path: String = copy
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "app, public");
+
+    // An existing empty SQL_ASCII database would change the data: refused, unless
+    // forced.
+    let out = ws.pgproof(&["restore", "latest", "--target", &cluster.url("ascii")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("SQL_ASCII") && err.contains("--force"),
+        "{err}"
+    );
+    let ascii = connect(&cluster, "ascii").await;
+    assert_eq!(
+        ascii
+            .query_one("SELECT count(*) FROM pg_class WHERE relname = 'words'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    ws.pgproof_ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &cluster.url("ascii"),
+        "--force",
+    ]);
+}
+
+/// A SQL_ASCII database holding bytes that are not UTF-8 backs up and verifies.
+#[tokio::test]
+async fn sql_ascii_databases_with_latin1_bytes_verify() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE latin TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+        .await
+        .unwrap();
+    connect(&cluster, "latin")
+        .await
+        .batch_execute(
+            "CREATE TABLE b (id int, name text, tags text[], doc jsonb);
+             INSERT INTO b VALUES (1, E'caf\\xe9 cr\\xe8me', ARRAY[E'\\xfc'], '{\"k\": 1}');",
+        )
+        .await
+        .unwrap();
+    for format in ["custom", "plain"] {
+        let ws = Workspace::new(&cluster, "latin", format);
+        ws.verify_on(&cluster);
+        ws.backup();
+        let (report, code) = verify_latest(&ws);
+        assert!(failed_checks(&report).is_empty(), "{format}: {report:#}");
+        assert_eq!(code, Some(0));
+        assert_eq!(check(&report, "fingerprint:public.b")["passed"], true);
+    }
+}
+
+/// A materialized view refreshed before its table changed comes back recomputed:
+/// that is a named failure, not a pass.
+#[tokio::test]
+async fn stale_materialized_views_are_reported() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE mv")
+        .await
+        .unwrap();
+    connect(&cluster, "mv")
+        .await
+        .batch_execute(
+            "CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 10);
+             CREATE MATERIALIZED VIEW fresh AS SELECT sum(v) AS total FROM t;
+             CREATE MATERIALIZED VIEW stale AS SELECT sum(v) AS total FROM t;
+             CREATE MATERIALIZED VIEW never AS SELECT v FROM t WITH NO DATA;
+             INSERT INTO t VALUES (100); REFRESH MATERIALIZED VIEW fresh;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "mv", "custom");
+    ws.verify_on(&cluster);
+    ws.backup();
+    let (report, code) = verify_latest(&ws);
+    assert_eq!(code, Some(3), "{report:#}");
+    let failed: Vec<&str> = failed_checks(&report)
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["materialized-view:public.stale"], "{report:#}");
+    assert!(
+        check(&report, "materialized-view:public.stale")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("recomputed")
+    );
+    assert_eq!(
+        check(&report, "materialized-view:public.fresh")["passed"],
+        true
+    );
+}
+
+/// Large objects are compared by content, not only counted.
+#[tokio::test]
+async fn large_object_contents_are_fingerprinted() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE los")
+        .await
+        .unwrap();
+    let client = connect(&cluster, "los").await;
+    client
+        .batch_execute("SELECT lo_from_bytea(0, 'first'), lo_from_bytea(0, 'second')")
+        .await
+        .unwrap();
+    let before = Fingerprint::compute(&client).await.unwrap();
+    client
+        .batch_execute(
+            "SELECT lo_put(oid, 0, 'x') FROM pg_largeobject_metadata ORDER BY oid LIMIT 1",
+        )
+        .await
+        .unwrap();
+    let after = Fingerprint::compute(&client).await.unwrap();
+    assert_eq!(before.large_objects, 2);
+    assert_eq!(before.large_objects, after.large_objects);
+    assert!(before.large_object_hash.is_some());
+    assert_ne!(before.large_object_hash, after.large_object_hash);
+
+    let ws = Workspace::new(&cluster, "los", "plain");
+    ws.verify_on(&cluster);
+    ws.backup();
+    let (report, code) = verify_latest(&ws);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        check(&report, "large-objects")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("contents")
+    );
+}
+
+/// A role that cannot read a table (or sees it through row security) gets an error
+/// naming the table, the privilege and the grant, before pg_dump runs.
+#[tokio::test]
+async fn missing_privileges_are_named() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    each(
+        &connect(&cluster, "postgres").await,
+        "CREATE ROLE limited LOGIN; CREATE DATABASE priv",
+    )
+    .await;
+    connect(&cluster, "priv")
+        .await
+        .batch_execute(
+            "CREATE TABLE a (v int); CREATE TABLE b (v int); CREATE TABLE c (v int);
+             GRANT SELECT ON a, c TO limited;
+             ALTER TABLE c ENABLE ROW LEVEL SECURITY;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "priv", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(
+        &config.replace(
+            &cluster.url("priv"),
+            &cluster
+                .url("priv")
+                .replace("postgres@", "limited@")
+                .replace("user=postgres", "user=limited"),
+        ),
+    );
+    let out = ws.pgproof(&["backup"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = err.trim().lines().last().unwrap_or_default();
+    assert!(err.starts_with("pgproof: error: role limited"), "{err}");
+    for needle in [
+        "public.b (no SELECT)",
+        "public.c (row security",
+        "pg_read_all_data",
+        "BYPASSRLS",
+    ] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+    assert!(
+        ws.sink_files()
+            .iter()
+            .all(|f| !f.ends_with("manifest.json"))
+    );
+}
+
+/// The application's own invariant: recorded in the snapshot, run again on the
+/// restore; a source that already breaks it, or a restore that answers otherwise,
+/// fails verification with the invariant's name.
+#[tokio::test]
+async fn application_invariants_are_checked() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE inv")
+        .await
+        .unwrap();
+    let client = connect(&cluster, "inv").await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.ledger (id int, amount numeric);
+             INSERT INTO app.ledger VALUES (1, 10), (2, -10);
+             CREATE FUNCTION app.balanced() RETURNS boolean LANGUAGE sql STABLE
+               AS 'SELECT coalesce(sum(amount), 0) = 0 FROM app.ledger';
+             ALTER DATABASE inv SET search_path = app, public;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "inv", "custom");
+    ws.verify_on(&cluster);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[[verify.invariants]]\nname = \"balanced\"\nsql = \"SELECT balanced()\"\nexpect = \"t\"\n\n\
+         [[verify.invariants]]\nname = \"table oid\"\nsql = \"SELECT 'app.ledger'::regclass::oid\"\n"
+    ));
+    let manifest = ws.backup();
+    assert_eq!(manifest["invariants"].as_array().unwrap().len(), 2);
+    let (report, code) = verify_latest(&ws);
+    assert_eq!(code, Some(3), "{report:#}");
+    assert_eq!(check(&report, "invariant:balanced")["passed"], true);
+    // An OID is renumbered by any restore: the two answers differ, and that is named.
+    let oid = check(&report, "invariant:table oid");
+    assert_eq!(oid["passed"], false);
+    assert!(
+        oid["detail"].as_str().unwrap().contains("the source"),
+        "{oid}"
+    );
+
+    // The source breaks the invariant: the backup says so, and verification fails.
+    client
+        .batch_execute("INSERT INTO app.ledger VALUES (3, 5)")
+        .await
+        .unwrap();
+    ws.write_config(&format!(
+        "{config}\n[[verify.invariants]]\nname = \"balanced\"\nsql = \"SELECT balanced()\"\nexpect = \"t\"\n"
+    ));
+    let out = ws.pgproof(&["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("balanced"), "{}", stderr(&out));
+    let (report, code) = verify_latest(&ws);
+    assert_eq!(code, Some(3));
+    let balanced = check(&report, "invariant:balanced");
+    assert_eq!(balanced["passed"], false);
+    assert!(
+        balanced["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already broke it"),
+        "{balanced}"
+    );
 }

@@ -142,6 +142,14 @@ pub enum Command {
         /// it and swapped in only once the restore succeeded.
         #[arg(long)]
         clean: bool,
+        /// Restore into an existing empty database even if its encoding or locale
+        /// differs from the backup's (text may change or sort differently).
+        #[arg(long)]
+        force: bool,
+        /// Create the roles the backup's objects belong or are granted to when the
+        /// target server lacks them (as recorded, without passwords).
+        #[arg(long)]
+        create_roles: bool,
         /// age identity file, overriding encryption.identity_file.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use pgproof_core::dump::Format;
 use pgproof_core::error::{Error, Result};
+use pgproof_core::evidence::invariant::Invariant;
 use pgproof_sink_object_store::SinkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,10 @@ pub struct VerifyConfig {
     pub scratch_url: Option<String>,
     /// Verify every backup right after taking it.
     pub after_backup: bool,
+    /// The application's invariant queries (`[[verify.invariants]]` with `name`,
+    /// `sql` and optionally `expect`): run in the dump's snapshot at backup time and
+    /// again on every restore, which must give the same result.
+    pub invariants: Vec<Invariant>,
 }
 
 /// `[source]`.
@@ -115,6 +120,22 @@ impl Config {
             )));
         }
         self.sink.validate()?;
+        for (i, invariant) in self.verify.invariants.iter().enumerate() {
+            if invariant.name.trim().is_empty() || invariant.sql.trim().is_empty() {
+                return Err(Error::config(format!(
+                    "verify.invariants[{i}] needs a name and an sql query"
+                )));
+            }
+            if self.verify.invariants[..i]
+                .iter()
+                .any(|other| other.name == invariant.name)
+            {
+                return Err(Error::config(format!(
+                    "verify.invariants[{i}]: the name {:?} is used twice; give each invariant its own",
+                    invariant.name
+                )));
+            }
+        }
         Ok(())
     }
 

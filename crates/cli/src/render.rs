@@ -42,6 +42,8 @@ fn setting_key(setting: Setting) -> &'static str {
         }
         Setting::Identity => "encryption.identity_file or --identity",
         Setting::Clean => "--clean",
+        Setting::Force => "--force",
+        Setting::CreateRoles => "--create-roles",
         _ => "see pgproof --help",
     }
 }

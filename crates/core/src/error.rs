@@ -50,6 +50,9 @@ pub enum ErrorKind {
     Tool,
     /// PostgreSQL refused a statement or could not be reached.
     Database,
+    /// The database role lacks a privilege the operation needs: grant it, or use
+    /// another role.
+    Permission,
     /// A local I/O operation failed.
     Io,
 }
@@ -69,6 +72,7 @@ impl ErrorKind {
             ErrorKind::Exhausted => "exhausted",
             ErrorKind::Tool => "tool",
             ErrorKind::Database => "database",
+            ErrorKind::Permission => "permission",
             ErrorKind::Io => "io",
         }
     }
@@ -93,6 +97,11 @@ pub enum Setting {
     Identity,
     /// Whether an existing restore target may be replaced.
     Clean,
+    /// Whether a restore may go into an existing database whose encoding or locale
+    /// differs from the backup's.
+    Force,
+    /// Whether a restore may create the roles the backup needs.
+    CreateRoles,
 }
 
 /// A pgproof error: see the [module documentation](self) for the policy.
@@ -141,6 +150,7 @@ impl Error {
         exhausted => Exhausted,
         tool => Tool,
         database => Database,
+        permission => Permission,
     }
 
     /// Wraps an I/O error with what was being done. A pgproof [`Error`] that travelled

@@ -29,6 +29,7 @@ pub async fn backup(
             .pg_bin_dir(config.source.pg_bin_dir.clone())
             .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
             .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
+            .invariants(config.verify.invariants.clone())
             .progress(callback);
         backup = match &recipients {
             Some(r) => backup.recipients(r.clone()),

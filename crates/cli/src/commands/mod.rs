@@ -81,15 +81,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             target,
             database,
             clean,
+            force,
+            create_roles,
             json,
             ..
         } => {
+            let allow = restore::Allow {
+                clean,
+                force,
+                create_roles,
+            };
             restore::restore(
                 &config,
                 &backup,
                 &target,
                 database.as_deref(),
-                clean,
+                allow,
                 json,
                 &progress,
             )

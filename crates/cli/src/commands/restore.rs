@@ -9,12 +9,22 @@ use crate::config::Config;
 use crate::engines::{identities, open_sink};
 use crate::render::{ProgressOutput, outln, print_json};
 
+/// What the operator allowed a restore to do beyond filling a new database.
+pub struct Allow {
+    /// Replace an existing database.
+    pub clean: bool,
+    /// Restore into an existing database whose locale differs.
+    pub force: bool,
+    /// Create missing roles.
+    pub create_roles: bool,
+}
+
 pub async fn restore(
     config: &Config,
     which: &str,
     target: &str,
     database: Option<&str>,
-    clean: bool,
+    allow: Allow,
     json: bool,
     progress: &ProgressOutput,
 ) -> Result<()> {
@@ -28,7 +38,9 @@ pub async fn restore(
     let (bar, callback) = progress.start(format!("restore {}", m.backup_id));
     let outcome = Restore::new(sink, m.clone(), target)
         .identities(identities)
-        .clean(clean)
+        .clean(allow.clean)
+        .force(allow.force)
+        .create_roles(allow.create_roles)
         .pg_bin_dir(config.source.pg_bin_dir.clone())
         .progress(callback)
         .run()

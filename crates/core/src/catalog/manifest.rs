@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Tallies, Tally, sha256_hex};
 use crate::error::{Error, Result};
 use crate::evidence::Fingerprint;
+use crate::evidence::database::{DatabaseProperties, RoleInfo};
+use crate::evidence::invariant::InvariantResult;
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -62,6 +64,17 @@ pub struct Manifest {
     /// Content fingerprint taken in the dump's snapshot.
     #[serde(default)]
     pub fingerprint: Option<Fingerprint>,
+    /// The database's encoding, locale, owner, settings and comment, which pg_dump
+    /// does not carry: restores recreate them and verification compares them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<DatabaseProperties>,
+    /// The cluster's roles (no passwords), each marked with whether the database
+    /// needs it: restores create the needed ones that are missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleInfo>,
+    /// The application's invariant queries, run in the dump's snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invariants: Vec<InvariantResult>,
     /// The previous backup of this database at the time this one was taken.
     pub previous: Option<PreviousManifest>,
 }

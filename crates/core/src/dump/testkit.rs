@@ -30,7 +30,7 @@ pub async fn run_all(dumper: &dyn Dumper, server: &ConnParams, pg_bin_dir: Optio
     )
     .unwrap();
     admin.drop(SOURCE).await.unwrap();
-    admin.create(SOURCE, "UTF8").await.unwrap();
+    admin.create(SOURCE, "UTF8", None).await.unwrap();
     let source = server.with_dbname(SOURCE);
     source
         .connect()
@@ -132,7 +132,7 @@ async fn dump_is_exactly_the_snapshot(
 
     let copy = source.with_dbname("pgproof_testkit_copy");
     admin.drop(copy.dbname()).await.unwrap();
-    admin.create(copy.dbname(), "UTF8").await.unwrap();
+    admin.create(copy.dbname(), "UTF8", None).await.unwrap();
     let status = feed(dumper, tools, &copy, &out.stdout, false).await;
     assert!(status, "the restore of a whole archive failed");
     let found = Fingerprint::compute(&copy.connect().await.unwrap())
@@ -159,7 +159,7 @@ async fn interrupted_restore_leaves_nothing(
 ) {
     let target = server.with_dbname("pgproof_testkit_half");
     admin.drop(target.dbname()).await.unwrap();
-    admin.create(target.dbname(), "UTF8").await.unwrap();
+    admin.create(target.dbname(), "UTF8", None).await.unwrap();
     feed(
         dumper,
         tools,

@@ -18,17 +18,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::evidence::audit::{self, ChainState};
 use crate::pg::{db_err, query_count, quote_ident};
 
 /// Names the row encoding and combination of the fingerprints this version takes, so
 /// fingerprints of different methods are never compared.
-pub const METHOD: &str = "rowsend-hashtextextended-sum/v2";
+pub const METHOD: &str = "rowsend-hashtextextended-sum/v3";
 
 /// A fingerprint definition. A backup is verified with the definition it was taken
 /// with, so upgrading pgproof never turns an old backup's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Method {
     /// Every ordinary table on its own (`FROM ONLY`), floats by their send bytes.
@@ -37,25 +37,30 @@ pub enum Method {
     /// patterns count as the one value a dump can carry; a partitioned table compared
     /// at its root, since rows may land in other partitions on restore.
     V2,
+    /// As V2, plus: geometric types (float8 inside) by their text; populated
+    /// materialized views hashed as their own kind of relation (a restore recomputes
+    /// them); large objects hashed by content, owner and ACL, not only counted.
+    V3,
 }
 
 impl Method {
     /// The method new fingerprints use.
     pub fn current() -> Self {
-        Method::V2
+        Method::V3
     }
 
     /// The name recorded in manifests.
     pub fn name(self) -> &'static str {
         match self {
             Method::V1 => "rowsend-hashtextextended-sum/v1",
-            Method::V2 => METHOD,
+            Method::V2 => "rowsend-hashtextextended-sum/v2",
+            Method::V3 => METHOD,
         }
     }
 
     /// The method a manifest names, if this version knows it.
     pub fn parse(name: &str) -> Option<Self> {
-        [Method::V1, Method::V2]
+        [Method::V1, Method::V2, Method::V3]
             .into_iter()
             .find(|m| m.name() == name)
     }
@@ -65,10 +70,36 @@ impl Method {
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
 /// Session settings that the text fallback depends on, pinned for the transaction.
-const PINNED_SETTINGS: &str = "SET LOCAL client_encoding = 'UTF8'; SET LOCAL DateStyle = 'ISO, YMD'; \
+/// `row_security = off` makes a table whose policies would hide rows from this role an
+/// error instead of a silently partial fingerprint (pg_dump does the same).
+const PINNED_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL search_path = pg_catalog, pg_temp; \
      SET LOCAL TimeZone = 'UTC'; SET LOCAL IntervalStyle = 'postgres'; \
-     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
+     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; \
+     SET LOCAL row_security = off";
+
+/// The encoding text is hashed in: UTF-8, the same bytes whatever the database's
+/// encoding, except in SQL_ASCII databases, whose bytes have no known encoding and
+/// are hashed as stored (converting them could only fail).
+async fn pin_settings(client: &Client) -> Result<&'static str> {
+    let server_encoding: String = client
+        .query_one("SELECT current_setting('server_encoding')", &[])
+        .await
+        .map_err(db_err("reading the server encoding"))?
+        .get(0);
+    let encoding = if server_encoding == "SQL_ASCII" {
+        "SQL_ASCII"
+    } else {
+        "UTF8"
+    };
+    client
+        .batch_execute(&format!(
+            "{PINNED_SETTINGS}; SET LOCAL client_encoding = '{encoding}'"
+        ))
+        .await
+        .map_err(db_err("pinning session settings for the fingerprint"))?;
+    Ok(encoding)
+}
 
 /// A database's content fingerprint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +110,16 @@ pub struct Fingerprint {
     pub tables: BTreeMap<String, TableFingerprint>,
     /// Per sequence: its state.
     pub sequences: BTreeMap<String, SequenceState>,
+    /// Per populated materialized view (method v3 on): its stored rows, which a
+    /// restore does not copy but recomputes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub materialized_views: BTreeMap<String, TableFingerprint>,
     /// Number of large objects.
     pub large_objects: i64,
+    /// Sum of the large objects' hashes over oid, owner, ACL and content (method v3
+    /// on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_object_hash: Option<String>,
     /// The audit chain's state, when the database has pgproof's chain.
     pub audit_chain: Option<ChainState>,
 }
@@ -162,6 +201,7 @@ impl Fingerprint {
 /// the dumped values at least these.
 pub struct Plan {
     method: Method,
+    text_encoding: &'static str,
     tables: Vec<TableToHash>,
     sequences: BTreeMap<String, SequenceState>,
 }
@@ -173,7 +213,16 @@ struct TableToHash {
     inherits: bool,
     /// A partitioned table's root: hashed with all its partitions.
     partitioned: bool,
+    /// A materialized view (method v3 on), recorded apart from the tables.
+    materialized: bool,
 }
+
+/// The user relations a fingerprint covers, for `WHERE {relations} AND` this.
+const USER_RELATION: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT pg_is_other_temp_schema(n.oid) \
+       AND n.oid <> pg_my_temp_schema() \
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                       AND d.objid = c.oid AND d.deptype = 'e')";
 
 impl Plan {
     /// Prepares inside the transaction `client` has open, with the current method.
@@ -186,15 +235,21 @@ impl Plan {
         let relations = match method {
             Method::V1 => "c.relkind = 'r'",
             Method::V2 => "c.relkind IN ('r', 'p') AND NOT c.relispartition",
+            Method::V3 => {
+                "(c.relkind IN ('r', 'p') AND NOT c.relispartition OR c.relkind = 'm' AND c.relispopulated)"
+            }
         };
-        client
-            .batch_execute(PINNED_SETTINGS)
-            .await
-            .map_err(db_err("pinning session settings for the fingerprint"))?;
+        let text_encoding = pin_settings(client).await?;
+        check_privileges(client, relations).await?;
         let rows = client
             .query(
-                &format!("SELECT c.oid, format('%I.%I', n.nspname, c.relname),                         EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), c.relkind = 'p'                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace                  WHERE {relations}                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')                    AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT pg_is_other_temp_schema(n.oid)                    AND n.oid <> pg_my_temp_schema()                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                                   AND d.objid = c.oid AND d.deptype = 'e')                  ORDER BY 2"),
+                &format!(
+                    "SELECT c.oid, format('%I.%I', n.nspname, c.relname), \
+                            EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), \
+                            c.relkind = 'p', c.relkind = 'm' \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE {relations} AND {USER_RELATION} ORDER BY 2"
+                ),
                 &[],
             )
             .await
@@ -206,12 +261,15 @@ impl Plan {
                 name: r.get(1),
                 inherits: r.get(2),
                 partitioned: r.get(3),
+                materialized: r.get(4),
             })
             .collect();
         // A partitioned root is locked with its partitions (no ONLY), as pg_dump locks
         // every partition it dumps.
         let only = if method == Method::V1 { "ONLY " } else { "" };
-        for chunk in tables.chunks(500) {
+        let (views, tables_only): (Vec<&TableToHash>, Vec<&TableToHash>) =
+            tables.iter().partition(|t| t.materialized);
+        for chunk in tables_only.chunks(500) {
             let names: Vec<&str> = chunk.iter().map(|t| t.name.as_str()).collect();
             client
                 .batch_execute(&format!(
@@ -221,9 +279,18 @@ impl Plan {
                 .await
                 .map_err(db_err("locking the tables to fingerprint"))?;
         }
+        // LOCK TABLE refuses materialized views; reading one takes the same lock, which
+        // keeps a REFRESH from replacing its contents under the snapshot.
+        for view in views {
+            client
+                .batch_execute(&format!("SELECT FROM {} LIMIT 0", view.name))
+                .await
+                .map_err(db_err("locking a materialized view to fingerprint"))?;
+        }
         let sequences = sequences(client).await?;
         Ok(Self {
             method,
+            text_encoding,
             tables,
             sequences,
         })
@@ -241,10 +308,11 @@ impl Plan {
             name,
             inherits,
             partitioned,
+            materialized,
         } in self.tables
         {
             let columns = table_columns(client, oid).await?;
-            let row_bytes = row_expression(&columns, inherits, self.method);
+            let row_bytes = row_expression(&columns, inherits, self.method, self.text_encoding);
             let only = if partitioned { "" } else { "ONLY " };
             let sql = format!(
                 "SELECT count(*), coalesce(sum(hashtextextended(encode({row_bytes}, 'hex'), 0)), 0)::text \
@@ -253,19 +321,75 @@ impl Plan {
             let row = client
                 .query_one(&sql, &[])
                 .await
-                .map_err(db_err("fingerprinting a table"))?;
-            fingerprint.tables.insert(
-                name,
-                TableFingerprint {
-                    rows: row.get(0),
-                    hash: row.get(1),
-                },
-            );
+                .map_err(|e| db_err("fingerprinting a table")(e).with_object(name.clone()))?;
+            let hashed = TableFingerprint {
+                rows: row.get(0),
+                hash: row.get(1),
+            };
+            if materialized {
+                fingerprint.materialized_views.insert(name, hashed);
+            } else {
+                fingerprint.tables.insert(name, hashed);
+            }
         }
         fingerprint.large_objects = large_objects(client).await?;
+        if self.method >= Method::V3 {
+            fingerprint.large_object_hash = Some(large_object_hash(client).await?);
+        }
         fingerprint.audit_chain = audit::chain_state(client).await?;
         Ok(fingerprint)
     }
+}
+
+/// Fails up front, naming every relation and the privilege this role lacks, rather
+/// than at the first table deep into a dump with PostgreSQL's bare "permission
+/// denied for table b".
+async fn check_privileges(client: &Client, relations: &str) -> Result<()> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT format('%I.%I', n.nspname, c.relname), \
+                        NOT has_schema_privilege(n.oid, 'USAGE'), \
+                        NOT has_table_privilege(c.oid, 'SELECT'), \
+                        c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) \
+                          AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE ({relations} OR c.relkind = 'S') AND {USER_RELATION} ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db_err("checking this role's privileges on the tables"))?;
+    let mut problems = Vec::new();
+    for row in rows {
+        let (name, no_usage, no_select, row_security): (String, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if no_usage {
+            problems.push(format!("{name} (no USAGE on its schema)"));
+        } else if no_select {
+            problems.push(format!("{name} (no SELECT)"));
+        } else if row_security {
+            problems.push(format!("{name} (row security hides rows; needs BYPASSRLS)"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(db_err("reading the current role"))?
+        .get(0);
+    let shown = problems.len().min(5);
+    let more = if problems.len() > shown {
+        format!(" and {} more", problems.len() - shown)
+    } else {
+        String::new()
+    };
+    Err(Error::permission(format!(
+        "role {role} cannot read everything a backup must hold: {}{more}; GRANT pg_read_all_data TO {role} (and ALTER ROLE {role} BYPASSRLS where row security is on), or back up as the owner",
+        problems[..shown].join(", ")
+    )))
 }
 
 /// Every user sequence's state, as the transaction `client` has open sees it.
@@ -306,6 +430,21 @@ pub async fn large_objects(client: &Client) -> Result<i64> {
     .await
 }
 
+/// Every large object's oid, owner, ACL and content, hashed and summed like rows.
+/// `lo_get` reads one object at a time into server memory (at most 1 GB each).
+pub async fn large_object_hash(client: &Client) -> Result<String> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(sum(hashtextextended(m.oid::text || ':' || pg_get_userbyid(m.lomowner) \
+                    || ':' || coalesce(m.lomacl::text, '') || ':' || encode(sha256(lo_get(m.oid)), 'hex'), 0)), 0)::text \
+             FROM pg_largeobject_metadata m",
+            &[],
+        )
+        .await
+        .map_err(db_err("hashing the large objects"))?
+        .get(0))
+}
+
 async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
     // A domain is hashed as its base type; a domain over a domain takes the text path.
     let rows = client
@@ -335,8 +474,9 @@ async fn table_columns(client: &Client, table: u32) -> Result<Vec<Column>> {
 /// SQL for a row's restore-stable bytes, with `t` as the row alias. Columns come
 /// sorted by name: an inheritance child's physical column order can change on
 /// restore, so only tables outside inheritance use `record_send`, which follows it.
-fn row_expression(columns: &[Column], inherits: bool, method: Method) -> String {
-    let by_text = |c: &Column| method != Method::V1 && is_float(c);
+fn row_expression(columns: &[Column], inherits: bool, method: Method, encoding: &str) -> String {
+    let by_text =
+        |c: &Column| method >= Method::V2 && is_float(c) || method >= Method::V3 && is_geometric(c);
     let builtin_only = columns.iter().all(|c| {
         c.type_oid < FIRST_NORMAL_OBJECT_ID
             && c.type_kind != b'd' as i8
@@ -362,7 +502,7 @@ fn row_expression(columns: &[Column], inherits: bool, method: Method) -> String 
             let bytes = if stable_send {
                 format!("{}({col}::{})", c.base_send, c.base_name)
             } else {
-                format!("convert_to({col}::text, 'UTF8')")
+                format!("convert_to({col}::text, '{encoding}')")
             };
             format!("coalesce(int4send(octet_length({bytes})) || {bytes}, '\\xffffffff'::bytea)")
         })
@@ -375,6 +515,15 @@ fn row_expression(columns: &[Column], inherits: bool, method: Method) -> String 
 /// pinned extra_float_digits is exact and has one NaN.
 fn is_float(c: &Column) -> bool {
     matches!(c.base_oid, 700 | 701 | 1021 | 1022)
+}
+
+/// point, lseg, path, box, polygon, line, circle and their arrays: float8 inside, so
+/// the same NaN patterns as [`is_float`].
+fn is_geometric(c: &Column) -> bool {
+    matches!(
+        c.base_oid,
+        600..=604 | 628 | 718 | 1017..=1020 | 1027 | 629 | 719
+    )
 }
 
 /// `regclass`, `regtype` and kin send OIDs, which a restore renumbers; their text (a
@@ -496,7 +645,7 @@ mod tests {
 
     #[test]
     fn every_method_is_found_by_its_recorded_name() {
-        for method in [Method::V1, Method::V2] {
+        for method in [Method::V1, Method::V2, Method::V3] {
             assert_eq!(Method::parse(method.name()), Some(method));
         }
         assert_eq!(Method::current().name(), METHOD);

@@ -14,7 +14,9 @@ use crate::catalog::{
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
 use crate::dump::{self, CustomDumper, Dumper};
 use crate::error::{Error, Result, Setting};
+use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
 use crate::evidence::fingerprint::{Fingerprint, Plan};
+use crate::evidence::invariant::{Invariant, InvariantResult};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::sink::stream::Upload;
 use crate::sink::{Sink, SinkExt};
@@ -44,6 +46,7 @@ pub struct Backup {
     lock_wait: Duration,
     statement_timeout: Duration,
     progress: Option<Progress>,
+    invariants: Vec<Invariant>,
 }
 
 impl Backup {
@@ -61,6 +64,7 @@ impl Backup {
             lock_wait: DEFAULT_LOCK_WAIT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             progress: None,
+            invariants: Vec::new(),
         }
     }
 
@@ -109,6 +113,13 @@ impl Backup {
         self
     }
 
+    /// The application's invariant queries, run in the dump's snapshot; their results
+    /// go into the manifest for verification to compare.
+    pub fn invariants(mut self, invariants: Vec<Invariant>) -> Self {
+        self.invariants = invariants;
+        self
+    }
+
     /// Takes the backup and returns its manifest, as committed.
     pub async fn run(self) -> Result<Manifest> {
         if self.recipients.is_none() && !self.unencrypted {
@@ -124,6 +135,8 @@ impl Backup {
 
         let session =
             SnapshotSession::open(&self.source, self.lock_wait, self.statement_timeout).await?;
+        let properties = database::read_properties(session.client()).await?;
+        let roles = database::read_roles(session.client()).await?;
         let plan = Plan::prepare(session.client()).await?;
         let tools = PgTools::find(
             self.pg_bin_dir.as_deref(),
@@ -163,12 +176,23 @@ impl Backup {
         // on another core: same snapshot, no table data sent to the client. Its own
         // duration is recorded, not the wait for pg_dump: that is its cost.
         let fingerprint_ms = AtomicU64::new(0);
-        let outcome: Result<(Tallies, Fingerprint)> = {
+        let outcome: Result<(Tallies, Evidence)> = {
             let fingerprint = async {
                 let clock = Instant::now();
                 let result = plan.compute(session.client()).await;
                 fingerprint_ms.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
-                result
+                let mut invariants = Vec::new();
+                for invariant in &self.invariants {
+                    let outcome = invariant.run_in_transaction(session.client()).await?;
+                    if outcome.as_expected(invariant) == Some(false) {
+                        tracing::warn!(invariant = %invariant.name, result = %outcome.shown(), "the source does not hold the invariant; verification of this backup will fail");
+                    }
+                    invariants.push(invariant.record(&outcome));
+                }
+                result.map(|fingerprint| Evidence {
+                    fingerprint,
+                    invariants,
+                })
             };
             tokio::pin!(fingerprint);
             tokio::select! {
@@ -199,7 +223,7 @@ impl Backup {
         let encoding = session.encoding().to_owned();
         let snapshot_id = session.snapshot_id().to_owned();
         let closed = session.close().await;
-        let (tallies, fingerprint) = match outcome.and_then(|done| closed.map(|()| done)) {
+        let (tallies, evidence) = match outcome.and_then(|done| closed.map(|()| done)) {
             Ok(done) => done,
             Err(e) => return Err(upload.abort(e).await),
         };
@@ -229,7 +253,9 @@ impl Backup {
                     chain: &chain,
                     object_key,
                     tallies,
-                    fingerprint,
+                    evidence,
+                    properties,
+                    roles,
                     fingerprint_ms,
                     started_at,
                     finished_at,
@@ -250,6 +276,12 @@ impl Backup {
     }
 }
 
+/// What was taken in the snapshot beside the dump.
+struct Evidence {
+    fingerprint: Fingerprint,
+    invariants: Vec<InvariantResult>,
+}
+
 /// What a finished dump leaves for the manifest.
 struct Committing<'a> {
     server: ServerInfo,
@@ -259,7 +291,9 @@ struct Committing<'a> {
     chain: &'a CodecChain,
     object_key: String,
     tallies: Tallies,
-    fingerprint: Fingerprint,
+    evidence: Evidence,
+    properties: DatabaseProperties,
+    roles: Vec<RoleInfo>,
     fingerprint_ms: u64,
     started_at: Timestamp,
     finished_at: Timestamp,
@@ -305,7 +339,10 @@ impl Backup {
             finished_at: c.finished_at,
             duration_ms: c.duration_ms,
             fingerprint_ms: c.fingerprint_ms,
-            fingerprint: Some(c.fingerprint),
+            fingerprint: Some(c.evidence.fingerprint),
+            properties: Some(c.properties),
+            roles: c.roles,
+            invariants: c.evidence.invariants,
             previous,
         };
         self.sink

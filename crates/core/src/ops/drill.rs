@@ -193,6 +193,7 @@ impl Drill {
         let restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
             .identities(self.keys.as_ref().map(|(_, ids)| ids.clone()))
             .dumper(self.dumper.clone())
+            .create_roles(true)
             .pg_bin_dir(self.pg_bin_dir.clone());
         let verifiers = standard_verifiers();
         let proof = Proof {

@@ -13,6 +13,7 @@ use crate::catalog::Manifest;
 use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
 use crate::dump::{self, Dumper};
 use crate::error::{Error, ErrorKind, Result, Setting};
+use crate::evidence::database;
 use crate::ops::interrupt::CreatedDatabase;
 use crate::pg::admin::{self, Admin};
 use crate::pg::{ConnParams, PgTools};
@@ -35,6 +36,8 @@ pub struct Restore {
     identities: Option<Identities>,
     dumper: Option<Arc<dyn Dumper>>,
     clean: bool,
+    force: bool,
+    create_roles: bool,
     pg_bin_dir: Option<PathBuf>,
     progress: Option<Progress>,
 }
@@ -62,6 +65,8 @@ impl Restore {
             identities: None,
             dumper: None,
             clean: false,
+            force: false,
+            create_roles: false,
             pg_bin_dir: None,
             progress: None,
         }
@@ -83,6 +88,20 @@ impl Restore {
     /// Allows replacing an existing target database.
     pub fn clean(mut self, clean: bool) -> Self {
         self.clean = clean;
+        self
+    }
+
+    /// Restores into an existing empty database even when its encoding or locale
+    /// differs from the backup's (text may then change or sort differently).
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Creates the roles the backup needs and the target server lacks (as recorded,
+    /// without passwords); without it such a restore is refused before it starts.
+    pub fn create_roles(mut self, create: bool) -> Self {
+        self.create_roles = create;
         self
     }
 
@@ -153,15 +172,39 @@ impl Restore {
             min_major,
             &[dumper.restore_program()],
         )?;
+        let missing = admin.missing_roles(&m.roles).await?;
+        if !missing.is_empty() && !self.create_roles {
+            let names: Vec<&str> = missing.iter().map(|r| r.name.as_str()).collect();
+            return Err(Error::config(format!(
+                "the backup's objects belong to or are granted to roles this server lacks: {}; create them, or let pgproof create them as recorded (without passwords)",
+                names.join(", ")
+            ))
+            .with_setting(Setting::CreateRoles));
+        }
         let exists = admin.exists(&database).await?;
         if exists && !self.clean {
-            let objects = admin::user_objects(&self.target.connect().await?).await?;
+            let client = self.target.connect().await?;
+            let objects = admin::user_objects(&client).await?;
             if objects > 0 {
                 return Err(Error::already_exists(format!(
                     "target database {database} already holds {objects} objects; restore into a new database, or allow replacing it"
                 ))
                 .with_setting(Setting::Clean));
             }
+            if let Some(recorded) = &m.properties {
+                let found = database::read_properties(&client).await?;
+                let differences = recorded.locale_differences(&found);
+                if !differences.is_empty() && !self.force {
+                    return Err(Error::config(format!(
+                        "target database {database} does not store or sort text like the backup's: {}; restore into a new database (pgproof creates it with the backup's locale), or force it",
+                        differences.join(", ")
+                    ))
+                    .with_setting(Setting::Force));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            admin.create_roles(&missing).await?;
         }
         // Replacing restores beside the old database: a damaged backup or a wrong key
         // must not cost the database it was meant to replace.
@@ -177,7 +220,9 @@ impl Restore {
         let created = !exists || replace;
         let registered = if created {
             admin.drop(load.dbname()).await?;
-            admin.create(load.dbname(), &m.source.encoding).await?;
+            admin
+                .create(load.dbname(), &m.source.encoding, m.properties.as_ref())
+                .await?;
             Some(CreatedDatabase::register(&load))
         } else {
             None
@@ -204,7 +249,15 @@ impl Restore {
             .await
             .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
         };
-        let result = match fed {
+        let comment = m.properties.as_ref().and_then(|p| p.comment.as_deref());
+        let result = match (fed, &m.properties) {
+            (Ok(raw_bytes), Some(properties)) => admin
+                .apply_properties(load.dbname(), properties, created)
+                .await
+                .map(|()| raw_bytes),
+            (fed, _) => fed,
+        };
+        let result = match result {
             Ok(raw_bytes) if replace => admin
                 .swap_in(load.dbname(), &database)
                 .await
@@ -212,7 +265,10 @@ impl Restore {
             other => other,
         };
         let result = match result {
-            Ok(raw_bytes) if created => admin.hand_over(&database).await.map(|()| raw_bytes),
+            Ok(raw_bytes) if created || m.properties.is_some() => admin
+                .hand_over(&database, comment)
+                .await
+                .map(|()| raw_bytes),
             other => other,
         };
         let outcome = match result {

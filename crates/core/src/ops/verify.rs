@@ -129,6 +129,8 @@ impl Verify {
         let mut restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
             .identities(self.identities)
             .clean(true)
+            // A scratch server is pgproof's own: it gets the roles the backup needs.
+            .create_roles(true)
             .pg_bin_dir(self.pg_bin_dir)
             .progress(self.progress);
         if let Some(dumper) = self.dumper {

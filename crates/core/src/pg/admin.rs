@@ -3,7 +3,8 @@
 
 use tokio_postgres::Client;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::pg::process::is_running;
 use crate::pg::sql::{USER_OBJECTS, query_count};
 use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
@@ -43,21 +44,44 @@ impl Admin {
             .is_some())
     }
 
-    /// Creates `database` from `template0` with `encoding`, marked as pgproof's work
-    /// in progress (a comment naming this process and host) until
-    /// [`hand_over`](Self::hand_over): if this process dies first, the next run on
-    /// this host drops it ([`reap_abandoned`](Self::reap_abandoned)).
-    pub async fn create(&self, database: &str, encoding: &str) -> Result<()> {
+    /// Creates `database` from `template0` with `encoding` and, when known, the
+    /// source's locale (`properties`), marked as pgproof's work in progress (a comment
+    /// naming this process and host) until [`hand_over`](Self::hand_over): if this
+    /// process dies first, the next run on this host drops it
+    /// ([`reap_abandoned`](Self::reap_abandoned)).
+    pub async fn create(
+        &self,
+        database: &str,
+        encoding: &str,
+        properties: Option<&DatabaseProperties>,
+    ) -> Result<()> {
         // Two statements: CREATE DATABASE cannot share a query string (an implicit
         // transaction) with another.
         let db = quote_ident(database);
+        let locale = match properties {
+            Some(p) => self.locale_clause(p)?,
+            None => String::new(),
+        };
+        let statement = format!(
+            "CREATE DATABASE {db} TEMPLATE template0 ENCODING {}{locale}",
+            sql_literal(encoding)
+        );
         self.client
-            .batch_execute(&format!(
-                "CREATE DATABASE {db} TEMPLATE template0 ENCODING '{}'",
-                encoding.replace('\'', "")
-            ))
+            .batch_execute(&statement)
             .await
-            .map_err(db_err("creating a database"))?;
+            .map_err(|e| match (e.as_db_error(), properties) {
+                (Some(db), Some(p)) if db.message().contains("locale") || db.message().contains("collation") => {
+                    Error::tool(format!(
+                        "the server cannot create a database with the backup's locale (LC_COLLATE {:?}, LC_CTYPE {:?}, provider {}{}): {}; install that locale on the server's host (locale-gen, or an ICU build), or restore into an existing database with the locale you want and force it",
+                        p.collate,
+                        p.ctype,
+                        p.locale_provider,
+                        p.locale.as_deref().map(|l| format!(" {l:?}")).unwrap_or_default(),
+                        db.message()
+                    ))
+                }
+                _ => db_err("creating a database")(e),
+            })?;
         self.client
             .batch_execute(&format!(
                 "COMMENT ON DATABASE {db} IS '{MARK}{} on {}'",
@@ -70,15 +94,193 @@ impl Admin {
         Ok(())
     }
 
-    /// Removes the work-in-progress mark: the database is the user's now.
-    pub async fn hand_over(&self, database: &str) -> Result<()> {
-        self.client
-            .batch_execute(&format!(
-                "COMMENT ON DATABASE {} IS NULL",
-                quote_ident(database)
-            ))
+    /// Replaces the work-in-progress mark with `comment` (the backup's own): the
+    /// database is the user's now.
+    pub async fn hand_over(&self, database: &str, comment: Option<&str>) -> Result<()> {
+        self.set_comment(database, comment)
             .await
-            .map_err(db_err("handing over a restored database"))
+            .map_err(|e| e.with_operation("handing over a restored database"))
+    }
+
+    /// `COMMENT ON DATABASE`.
+    pub async fn set_comment(&self, database: &str, comment: Option<&str>) -> Result<()> {
+        let statement: String = self
+            .client
+            .query_one(
+                "SELECT format('COMMENT ON DATABASE %I IS %s', $1::text, coalesce(quote_literal($2::text), 'NULL'))",
+                &[&database, &comment],
+            )
+            .await
+            .map_err(db_err("preparing a database comment"))?
+            .get(0);
+        self.client
+            .batch_execute(&statement)
+            .await
+            .map_err(db_err("setting a database's comment"))
+    }
+
+    /// The `LOCALE_PROVIDER …` / `LC_COLLATE …` part of a CREATE DATABASE for this
+    /// server, or an error when the server cannot have that locale at all.
+    fn locale_clause(&self, p: &DatabaseProperties) -> Result<String> {
+        let literal = sql_literal;
+        let mut clause = format!(
+            " LC_COLLATE {} LC_CTYPE {}",
+            literal(&p.collate),
+            literal(&p.ctype)
+        );
+        let version = self.server.version_num;
+        match (p.locale_provider.as_str(), &p.locale) {
+            ("libc", _) => {
+                if version >= 150000 {
+                    clause.push_str(" LOCALE_PROVIDER libc");
+                }
+            }
+            ("icu", Some(locale)) if version >= 150000 => {
+                clause.push_str(&format!(
+                    " LOCALE_PROVIDER icu ICU_LOCALE {}",
+                    literal(locale)
+                ));
+            }
+            ("builtin", Some(locale)) if version >= 170000 => {
+                clause.push_str(&format!(
+                    " LOCALE_PROVIDER builtin BUILTIN_LOCALE {}",
+                    literal(locale)
+                ));
+            }
+            (provider, _) => {
+                return Err(Error::tool(format!(
+                    "the backup's database uses the {provider} locale provider, which PostgreSQL {} cannot create; restore into a newer server",
+                    self.server.major()
+                )));
+            }
+        }
+        Ok(clause)
+    }
+
+    /// The roles among `needed` that this server lacks.
+    pub async fn missing_roles<'r>(&self, roles: &'r [RoleInfo]) -> Result<Vec<&'r RoleInfo>> {
+        let names: Vec<&str> = roles
+            .iter()
+            .filter(|r| r.needed)
+            .map(|r| r.name.as_str())
+            .collect();
+        let present: Vec<String> = self
+            .client
+            .query(
+                "SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)",
+                &[&names],
+            )
+            .await
+            .map_err(db_err("looking up roles"))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(roles
+            .iter()
+            .filter(|r| r.needed && !present.contains(&r.name))
+            .collect())
+    }
+
+    /// Creates `missing` roles as recorded (without passwords: pgproof never has
+    /// them), then the memberships and per-role settings they had.
+    pub async fn create_roles(&self, missing: &[&RoleInfo]) -> Result<()> {
+        for role in missing {
+            self.client
+                .batch_execute(&format!(
+                    "CREATE ROLE {} WITH {}",
+                    quote_ident(&role.name),
+                    role.attributes()
+                ))
+                .await
+                .map_err(db_err("creating a role the backup needs"))?;
+            tracing::info!(role = %role.name, "created role");
+        }
+        for role in missing {
+            for parent in &role.member_of {
+                self.client
+                    .batch_execute(&format!(
+                        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN GRANT {} TO {}; END IF; END $$",
+                        sql_literal(parent),
+                        quote_ident(parent),
+                        quote_ident(&role.name)
+                    ))
+                    .await
+                    .map_err(db_err("granting a role's memberships"))?;
+            }
+            for setting in &role.settings {
+                self.apply_setting(&format!("ALTER ROLE {}", quote_ident(&role.name)), setting)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives `database` the recorded settings, per-role settings and, when pgproof
+    /// created it, owner.
+    pub async fn apply_properties(
+        &self,
+        database: &str,
+        p: &DatabaseProperties,
+        created: bool,
+    ) -> Result<()> {
+        let db = quote_ident(database);
+        if created {
+            self.client
+                .batch_execute(&format!(
+                    "ALTER DATABASE {db} OWNER TO {}",
+                    quote_ident(&p.owner)
+                ))
+                .await
+                .map_err(db_err("giving the restored database its owner"))?;
+        }
+        for setting in &p.settings {
+            self.apply_setting(&format!("ALTER DATABASE {db}"), setting)
+                .await?;
+        }
+        for (role, settings) in &p.role_settings {
+            for setting in settings {
+                self.apply_setting(
+                    &format!("ALTER ROLE {} IN DATABASE {db}", quote_ident(role)),
+                    setting,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `<target> SET name FROM CURRENT` after setting it for this transaction only:
+    /// the recorded `name=value` is the server's own spelling of the value (a list
+    /// like search_path included), which `set_config` parses exactly as it was.
+    async fn apply_setting(&self, target: &str, setting: &str) -> Result<()> {
+        let Some((name, value)) = setting.split_once('=') else {
+            return Ok(());
+        };
+        let quoted_name = name
+            .split('.')
+            .map(quote_ident)
+            .collect::<Vec<_>>()
+            .join(".");
+        let result = async {
+            self.client.batch_execute("BEGIN").await?;
+            self.client
+                .execute("SELECT set_config($1, $2, true)", &[&name, &value])
+                .await?;
+            self.client
+                .batch_execute(&format!("{target} SET {quoted_name} FROM CURRENT; COMMIT"))
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            let detail = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            return Err(Error::database(format!(
+                "cannot apply the recorded setting {name} ({target}): {detail}; restore as a role that may set it, or set it by hand"
+            )));
+        }
+        Ok(())
     }
 
     /// Drops the databases that pgproof runs on this host created and never handed
@@ -191,6 +393,10 @@ impl Admin {
         }
         Ok(())
     }
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The comment that marks a database as pgproof's work in progress.

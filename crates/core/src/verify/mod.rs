@@ -3,7 +3,8 @@
 //! A verifier looks at a database restored from a backup, at the backup's manifest and
 //! at the sink's catalog, and reports named [`Check`]s with figures. Each built-in
 //! verifier proves one thing: [`TableFingerprints`], [`Sequences`], [`LargeObjects`],
-//! [`AuditChain`], [`ManifestChain`]. The integrity of the stored object and whether it
+//! [`AuditChain`], [`ManifestChain`], [`DatabaseProperties`], [`Roles`],
+//! [`Invariants`]. The integrity of the stored object and whether it
 //! restores at all are decided by the restore itself (a damaged object never reaches
 //! the restore program) and are recorded as the `archive` and `restore` checks by
 //! [`ops::Verify`](crate::ops::Verify). A library user adds an application-level check
@@ -12,6 +13,7 @@
 //! [`testkit::check_contract`] (feature `testkit`).
 
 mod audit_chain;
+mod database;
 mod fingerprint;
 mod manifest_chain;
 #[cfg(feature = "testkit")]
@@ -23,11 +25,13 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 pub use audit_chain::AuditChain;
+pub use database::{DatabaseProperties, Invariants, Roles};
 pub use fingerprint::{LargeObjects, Sequences, TableFingerprints};
 pub use manifest_chain::ManifestChain;
 
 use crate::catalog::{Manifest, ToolInfo};
 use crate::error::Result;
+use crate::evidence::invariant::Invariant;
 use crate::sink::Sink;
 
 /// The outcome of one check.
@@ -106,12 +110,21 @@ pub trait Verifier: Send + Sync {
 
 /// The verifiers `verify` and `drill` run, in order.
 pub fn standard_verifiers() -> Vec<Box<dyn Verifier>> {
+    standard_verifiers_with(Vec::new())
+}
+
+/// [`standard_verifiers`], with invariants configured now run beside those the
+/// backup recorded.
+pub fn standard_verifiers_with(invariants: Vec<Invariant>) -> Vec<Box<dyn Verifier>> {
     vec![
         Box::new(ManifestChain),
         Box::new(TableFingerprints),
         Box::new(Sequences),
         Box::new(LargeObjects),
         Box::new(AuditChain),
+        Box::new(DatabaseProperties),
+        Box::new(Roles),
+        Box::new(Invariants::new(invariants)),
     ]
 }
 

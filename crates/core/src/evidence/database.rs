@@ -1,0 +1,390 @@
+//! What a database is besides its rows: its encoding and locale (which decide how text
+//! sorts), its settings and comment, its owner, and the roles its objects belong to
+//! or are granted to. pg_dump without `--create` carries none of the database-level
+//! part and no role at all, so pgproof records them at backup, recreates them on
+//! restore, and compares them after.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::error::Result;
+use crate::pg::db_err;
+
+/// Database-level properties.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseProperties {
+    /// Server encoding (`UTF8`, `SQL_ASCII`, `LATIN1`, …).
+    pub encoding: String,
+    /// `LC_COLLATE`.
+    pub collate: String,
+    /// `LC_CTYPE`.
+    pub ctype: String,
+    /// `libc`, `icu` or `builtin`.
+    pub locale_provider: String,
+    /// The ICU (or builtin) locale, when the provider is not libc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// The owner's role name.
+    pub owner: String,
+    /// `COMMENT ON DATABASE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// `ALTER DATABASE … SET`, as `name=value` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
+    /// `ALTER ROLE … IN DATABASE … SET`, per role.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_settings: BTreeMap<String, Vec<String>>,
+}
+
+/// The properties of the database `client` is connected to.
+pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .map_err(db_err("reading the server version"))?
+        .get(0);
+    // The locale provider came in 15; its locale column was renamed in 17.
+    let (provider, locale) = match version {
+        v if v >= 170000 => ("d.datlocprovider::text", "d.datlocale"),
+        v if v >= 150000 => ("d.datlocprovider::text", "d.daticulocale"),
+        _ => ("'c'", "NULL::text"),
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
+                        {provider}, {locale}::text, pg_get_userbyid(d.datdba)::text, \
+                        shobj_description(d.oid, 'pg_database'), \
+                        coalesce((SELECT s.setconfig FROM pg_db_role_setting s \
+                                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}')::text[] \
+                 FROM pg_database d WHERE d.datname = current_database()"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the database's properties"))?;
+    let provider: String = row.get(3);
+    let role_rows = client
+        .query(
+            "SELECT pg_get_userbyid(s.setrole)::text, s.setconfig::text[] FROM pg_db_role_setting s \
+             JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = current_database() AND s.setrole <> 0",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the database's per-role settings"))?;
+    let mut settings: Vec<String> = row.get(7);
+    settings.sort();
+    Ok(DatabaseProperties {
+        encoding: row.get(0),
+        collate: row.get(1),
+        ctype: row.get(2),
+        locale_provider: match provider.as_str() {
+            "i" => "icu",
+            "b" => "builtin",
+            _ => "libc",
+        }
+        .to_owned(),
+        locale: row.get(4),
+        owner: row.get(5),
+        comment: row.get(6),
+        settings,
+        role_settings: role_rows
+            .into_iter()
+            .map(|r| {
+                let mut config: Vec<String> = r.get(1);
+                config.sort();
+                (r.get(0), config)
+            })
+            .collect(),
+    })
+}
+
+impl DatabaseProperties {
+    /// Where `found` differs from `self` in what decides how text is stored and
+    /// sorted (encoding, collation, character classes, locale provider): a database
+    /// that differs here holds other data, or sorts it otherwise.
+    pub fn locale_differences(&self, found: &DatabaseProperties) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut compare = |what: &str, expected: &str, got: &str| {
+            if expected != got {
+                out.push(format!("{what} {expected:?} recorded, {got:?} found"));
+            }
+        };
+        compare("encoding", &self.encoding, &found.encoding);
+        compare("LC_COLLATE", &self.collate, &found.collate);
+        compare("LC_CTYPE", &self.ctype, &found.ctype);
+        compare(
+            "locale provider",
+            &self.locale_provider,
+            &found.locale_provider,
+        );
+        compare(
+            "locale",
+            self.locale.as_deref().unwrap_or(""),
+            found.locale.as_deref().unwrap_or(""),
+        );
+        out
+    }
+
+    /// Every difference: locale, owner, comment, settings.
+    pub fn differences(&self, found: &DatabaseProperties) -> Vec<String> {
+        let mut out = self.locale_differences(found);
+        if self.owner != found.owner {
+            out.push(format!(
+                "owner {:?} recorded, {:?} found",
+                self.owner, found.owner
+            ));
+        }
+        if self.comment != found.comment {
+            out.push(format!(
+                "comment {:?} recorded, {:?} found",
+                self.comment, found.comment
+            ));
+        }
+        if self.settings != found.settings {
+            out.push(format!(
+                "settings {:?} recorded, {:?} found",
+                self.settings, found.settings
+            ));
+        }
+        if self.role_settings != found.role_settings {
+            out.push(format!(
+                "per-role settings {:?} recorded, {:?} found",
+                self.role_settings, found.role_settings
+            ));
+        }
+        out
+    }
+}
+
+/// A role, without its password (pgproof never reads or stores one).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleInfo {
+    /// Role name.
+    pub name: String,
+    /// `SUPERUSER`.
+    pub superuser: bool,
+    /// `INHERIT`.
+    pub inherit: bool,
+    /// `CREATEROLE`.
+    pub createrole: bool,
+    /// `CREATEDB`.
+    pub createdb: bool,
+    /// `LOGIN`.
+    pub login: bool,
+    /// `REPLICATION`.
+    pub replication: bool,
+    /// `BYPASSRLS`.
+    pub bypassrls: bool,
+    /// `CONNECTION LIMIT` (-1: none).
+    pub connection_limit: i32,
+    /// Roles it is a member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
+    /// `ALTER ROLE … SET` outside any database, as `name=value` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
+    /// Whether the database depends on it: it owns objects, holds grants, is named
+    /// by a policy or a per-role setting, owns the database, is the bootstrap
+    /// superuser, or is one of those roles' (transitive) parents. A restore needs
+    /// exactly these.
+    pub needed: bool,
+}
+
+impl RoleInfo {
+    /// The attribute keywords of `CREATE ROLE`, for this role.
+    pub fn attributes(&self) -> String {
+        let flag = |on: bool, name: &str| {
+            if on {
+                name.to_owned()
+            } else {
+                format!("NO{name}")
+            }
+        };
+        [
+            flag(self.superuser, "SUPERUSER"),
+            flag(self.inherit, "INHERIT"),
+            flag(self.createrole, "CREATEROLE"),
+            flag(self.createdb, "CREATEDB"),
+            flag(self.login, "LOGIN"),
+            flag(self.replication, "REPLICATION"),
+            flag(self.bypassrls, "BYPASSRLS"),
+            format!("CONNECTION LIMIT {}", self.connection_limit),
+        ]
+        .join(" ")
+    }
+}
+
+/// The cluster's roles (not the predefined `pg_*` ones), each marked with whether the
+/// database `client` is connected to needs it.
+pub async fn read_roles(client: &Client) -> Result<Vec<RoleInfo>> {
+    let rows = client
+        .query(
+            "SELECT r.rolname::text, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
+                    r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, \
+                    coalesce(ARRAY(SELECT g.rolname::text FROM pg_auth_members m \
+                                   JOIN pg_roles g ON g.oid = m.roleid \
+                                   WHERE m.member = r.oid AND g.rolname !~ '^pg_' ORDER BY 1), '{}'), \
+                    coalesce((SELECT s.setconfig FROM pg_db_role_setting s \
+                              WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}')::text[], \
+                    r.oid = 10 \
+                       OR EXISTS (SELECT 1 FROM pg_shdepend sd JOIN pg_database d ON d.oid = sd.dbid \
+                                  WHERE d.datname = current_database() \
+                                    AND sd.refclassid = 'pg_authid'::regclass AND sd.refobjid = r.oid) \
+                       OR EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = current_database() \
+                                    AND d.datdba = r.oid) \
+                       OR EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+                                  WHERE d.datname = current_database() AND s.setrole = r.oid) \
+             FROM pg_roles r WHERE r.rolname !~ '^pg_' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_err("reading the cluster's roles"))?;
+    let mut roles: Vec<RoleInfo> = rows
+        .into_iter()
+        .map(|r| {
+            let mut settings: Vec<String> = r.get(10);
+            settings.sort();
+            RoleInfo {
+                name: r.get(0),
+                superuser: r.get(1),
+                inherit: r.get(2),
+                createrole: r.get(3),
+                createdb: r.get(4),
+                login: r.get(5),
+                replication: r.get(6),
+                bypassrls: r.get(7),
+                connection_limit: r.get(8),
+                member_of: r.get(9),
+                settings,
+                needed: r.get(11),
+            }
+        })
+        .collect();
+    mark_parents_needed(&mut roles);
+    Ok(roles)
+}
+
+/// A needed role's memberships are part of what it may do: its parents are needed too.
+fn mark_parents_needed(roles: &mut [RoleInfo]) {
+    let mut needed: BTreeSet<String> = roles
+        .iter()
+        .filter(|r| r.needed)
+        .map(|r| r.name.clone())
+        .collect();
+    loop {
+        let parents: BTreeSet<String> = roles
+            .iter()
+            .filter(|r| needed.contains(&r.name))
+            .flat_map(|r| r.member_of.iter().cloned())
+            .filter(|p| !needed.contains(p))
+            .collect();
+        if parents.is_empty() {
+            break;
+        }
+        needed.extend(parents);
+    }
+    for role in roles {
+        role.needed = needed.contains(&role.name);
+    }
+}
+
+/// Where the needed roles of `expected` differ from the roles `found`: missing, other
+/// attributes, or a membership lost.
+pub fn role_differences(expected: &[RoleInfo], found: &[RoleInfo]) -> Vec<String> {
+    let found: BTreeMap<&str, &RoleInfo> = found.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut out = Vec::new();
+    for role in expected.iter().filter(|r| r.needed) {
+        let Some(there) = found.get(role.name.as_str()) else {
+            out.push(format!("role {} is missing", role.name));
+            continue;
+        };
+        if role.attributes() != there.attributes() {
+            out.push(format!(
+                "role {} has {} instead of {}",
+                role.name,
+                there.attributes(),
+                role.attributes()
+            ));
+        }
+        let lost: Vec<&String> = role
+            .member_of
+            .iter()
+            .filter(|p| !there.member_of.contains(p))
+            .collect();
+        if !lost.is_empty() {
+            out.push(format!("role {} is no member of {lost:?}", role.name));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(name: &str, needed: bool, member_of: &[&str]) -> RoleInfo {
+        RoleInfo {
+            name: name.into(),
+            needed,
+            member_of: member_of.iter().map(|s| s.to_string()).collect(),
+            ..RoleInfo::default()
+        }
+    }
+
+    #[test]
+    fn parents_of_needed_roles_are_needed() {
+        let mut roles = vec![
+            role("app", true, &["readers"]),
+            role("readers", false, &["base"]),
+            role("base", false, &[]),
+            role("other", false, &[]),
+        ];
+        mark_parents_needed(&mut roles);
+        let needed: Vec<&str> = roles
+            .iter()
+            .filter(|r| r.needed)
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(needed, ["app", "readers", "base"]);
+    }
+
+    #[test]
+    fn role_differences_name_missing_changed_and_lost_memberships() {
+        let expected = vec![
+            role("a", true, &["g"]),
+            role("b", true, &[]),
+            role("unneeded", false, &[]),
+        ];
+        let mut b = role("b", false, &[]);
+        b.login = true;
+        let found = vec![role("a", false, &[]), b];
+        let diffs = role_differences(&expected, &found);
+        assert_eq!(diffs.len(), 2, "{diffs:?}");
+        assert!(diffs[0].contains("no member of"));
+        assert!(diffs[1].contains("LOGIN instead of"));
+        let missing = role_differences(&expected, &[]);
+        assert_eq!(missing.len(), 2);
+    }
+
+    #[test]
+    fn locale_differences_cover_what_decides_sorting() {
+        let recorded = DatabaseProperties {
+            encoding: "UTF8".into(),
+            collate: "C.UTF-8".into(),
+            ctype: "C.UTF-8".into(),
+            locale_provider: "libc".into(),
+            ..DatabaseProperties::default()
+        };
+        let mut found = recorded.clone();
+        assert!(recorded.differences(&found).is_empty());
+        found.collate = "C".into();
+        found.settings = vec!["TimeZone=UTC".into()];
+        assert_eq!(recorded.locale_differences(&found).len(), 1);
+        assert_eq!(recorded.differences(&found).len(), 2);
+    }
+}
