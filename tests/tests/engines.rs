@@ -175,9 +175,16 @@ async fn every_verifier_conforms_and_judges_a_changed_restore() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    // An application invariant, so the invariant verifier has something to judge.
+    let invariant = pgproof_core::evidence::invariant::Invariant {
+        name: "audited".into(),
+        sql: "SELECT count(*) FROM pgproof.audit_events".into(),
+        expect: Some("20".into()),
+    };
     for _ in 0..2 {
         Backup::new(cluster.params("app").unwrap(), sink.clone())
             .unencrypted()
+            .invariants(vec![invariant.clone()])
             .run()
             .await
             .unwrap();
