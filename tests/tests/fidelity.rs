@@ -35,7 +35,13 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
              CREATE TABLE measurements (id int, at date, v numeric) PARTITION BY RANGE (at);
              CREATE TABLE m2025 PARTITION OF measurements FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
              CREATE TABLE m2026 PARTITION OF measurements FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
-             INSERT INTO measurements SELECT g, date '2025-06-01' + g, g / 3.0 FROM generate_series(1, 400) g;",
+             INSERT INTO measurements SELECT g, date '2025-06-01' + g, g / 3.0 FROM generate_series(1, 400) g;
+             CREATE TYPE mood AS ENUM ('calm', 'glad', 'sad', 'cross', 'tired', 'keen');
+             CREATE TABLE feelings (m mood, n int) PARTITION BY HASH (m);
+             CREATE TABLE feelings_0 PARTITION OF feelings FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+             CREATE TABLE feelings_1 PARTITION OF feelings FOR VALUES WITH (MODULUS 3, REMAINDER 1);
+             CREATE TABLE feelings_2 PARTITION OF feelings FOR VALUES WITH (MODULUS 3, REMAINDER 2);
+             INSERT INTO feelings SELECT (enum_range(NULL::mood))[1 + g % 6], g FROM generate_series(1, 600) g;",
         )
         .await
         .unwrap();
@@ -77,6 +83,20 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
         assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
         assert!(names.contains(&"fingerprint:public.floats"), "{names:?}");
         assert!(names.contains(&"fingerprint:public.shapes"), "{names:?}");
+        let leaves = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "fingerprint:public.feelings")
+            .unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            leaves.contains("rows per partition") && leaves.contains("public.feelings_0"),
+            "{leaves}"
+        );
+        eprintln!("{format}: {leaves}");
         assert!(
             names.contains(&"fingerprint:public.measurements"),
             "{names:?}"
@@ -329,6 +349,29 @@ async fn database_properties_are_carried_and_checked() {
         &cluster.url("ascii"),
         "--force",
     ]);
+
+    // A locale the target host lacks: one line naming it, nothing left behind. (The
+    // manifest is edited to name one; no host has every locale to test this with.)
+    let manifest_file = ws
+        .sink
+        .join("props")
+        .join(manifest["backup_id"].as_str().unwrap())
+        .join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_file).unwrap();
+    std::fs::write(
+        &manifest_file,
+        text.replace("\"C.UTF-8\"", "\"xx_XX.UTF-8\""),
+    )
+    .unwrap();
+    let out = ws.pgproof(&["restore", "latest", "--target", &cluster.url("nowhere")]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err.trim().lines().last().unwrap();
+    assert!(
+        line.contains("xx_XX.UTF-8") && line.contains("install that locale"),
+        "{line}"
+    );
+    assert!(!database_exists(&cluster, "nowhere").await);
 }
 
 /// A SQL_ASCII database holding bytes that are not UTF-8 backs up and verifies.

@@ -83,10 +83,19 @@ fn compare_relations(
         .iter()
         .filter(|(name, _)| !differences.iter().any(|d| &d.subject == *name))
         .map(|(name, t)| {
-            Check::pass(
-                format!("{prefix}:{name}"),
-                format!("{} rows, hash {}", t.rows, t.hash),
-            )
+            let mut detail = format!("{} rows, hash {}", t.rows, t.hash);
+            if let Some(now) = found.get(name)
+                && !now.partitions.is_empty()
+            {
+                detail.push_str(&format!("; rows per partition {:?}", now.partitions));
+                if now.partitions != t.partitions && !t.partitions.is_empty() {
+                    detail.push_str(&format!(
+                        " (at backup {:?}: the restore routed rows to other partitions)",
+                        t.partitions
+                    ));
+                }
+            }
+            Check::pass(format!("{prefix}:{name}"), detail)
         })
         .collect();
     checks.extend(differences.into_iter().map(|d| {
