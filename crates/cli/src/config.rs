@@ -55,6 +55,15 @@ pub struct SourceConfig {
     /// How long connecting may take, handshake included, for pgproof and the programs
     /// it runs; default: the URL's `connect_timeout`, else `PGCONNECT_TIMEOUT`, else 30.
     pub connect_timeout_secs: Option<u64>,
+    /// libpq's sslmode (disable, allow, prefer, require, verify-ca, verify-full) when
+    /// the URL does not say; default `PGSSLMODE`, else prefer.
+    pub sslmode: Option<String>,
+    /// The CA certificate file that signed the server's (or `system`).
+    pub sslrootcert: Option<String>,
+    /// A client certificate (PEM).
+    pub sslcert: Option<PathBuf>,
+    /// Its unencrypted private key (PEM).
+    pub sslkey: Option<PathBuf>,
 }
 
 /// `[dump]`.

@@ -62,8 +62,24 @@ pub fn identities(config: &Config) -> Result<Option<Identities>> {
 }
 
 /// Databases to back up: `source.databases`, else the URL's database.
+/// The source's connection parameters: the URL first, then `[source]`'s TLS keys, then
+/// the `PG*` environment.
+pub fn source_params(config: &Config) -> Result<ConnParams> {
+    let s = &config.source;
+    ConnParams::parse_with_env(config.source_url(), |name| {
+        let configured = match name {
+            "PGSSLMODE" => s.sslmode.clone(),
+            "PGSSLROOTCERT" => s.sslrootcert.clone(),
+            "PGSSLCERT" => s.sslcert.as_ref().map(|p| p.display().to_string()),
+            "PGSSLKEY" => s.sslkey.as_ref().map(|p| p.display().to_string()),
+            _ => None,
+        };
+        configured.or_else(|| std::env::var(name).ok())
+    })
+}
+
 pub fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
-    let mut params = ConnParams::parse(config.source_url())?;
+    let mut params = source_params(config)?;
     if let Some(secs) = config.source.connect_timeout_secs {
         params = params.with_connect_timeout(std::time::Duration::from_secs(secs));
     }

@@ -26,6 +26,12 @@ impl EphemeralCluster {
     /// `bin_dir`). As root, the server runs as `$PGPROOF_CLUSTER_USER` or `postgres`,
     /// since initdb refuses root.
     pub fn start(bin_dir: Option<&Path>) -> Result<Self> {
+        Self::start_listening(bin_dir, None)
+    }
+
+    /// [`start`](Self::start), also listening on 127.0.0.1 at `tcp_port` when given
+    /// (for tests of TCP-only behaviour such as TLS).
+    pub fn start_listening(bin_dir: Option<&Path>, tcp_port: Option<u16>) -> Result<Self> {
         let tools = PgTools::find(bin_dir, 0, &["initdb", "pg_ctl", "postgres"])?;
         let run_as = if is_root() {
             Some(std::env::var("PGPROOF_CLUSTER_USER").unwrap_or_else(|_| "postgres".into()))
@@ -55,7 +61,7 @@ impl EphemeralCluster {
             dir,
             tools,
             run_as,
-            port: 5432,
+            port: tcp_port.unwrap_or(5432),
         };
         let data = cluster.data_dir();
         cluster.run(
@@ -74,8 +80,9 @@ impl EphemeralCluster {
                 "--no-sync",
             ],
         )?;
+        let listen = if tcp_port.is_some() { "127.0.0.1" } else { "" };
         let opts = format!(
-            "-c listen_addresses='' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            "-c listen_addresses='{listen}' -k {} -p {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             cluster.dir.path().display(),
             cluster.port
         );
@@ -124,6 +131,21 @@ impl EphemeralCluster {
             )));
         }
         Ok(out)
+    }
+
+    /// The server's data directory (configuration files included).
+    pub fn data_directory(&self) -> PathBuf {
+        self.data_dir()
+    }
+
+    /// The port the server listens on (its unix socket's, and TCP's when listening).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user the server runs as, when not this process's.
+    pub fn run_as(&self) -> Option<&str> {
+        self.run_as.as_deref()
     }
 
     /// The directory holding the server's unix socket.

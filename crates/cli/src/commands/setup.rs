@@ -51,7 +51,7 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
     }
     shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
     let mut problems: Vec<String> = Vec::new();
-    if let Err(e) = ConnParams::parse(config.source_url()) {
+    if let Err(e) = crate::engines::source_params(config) {
         problems.push(error_line(&e));
     }
     if let Err(e) = open_sink(config) {

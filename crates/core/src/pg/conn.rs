@@ -10,6 +10,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{Error, Result};
+use crate::pg::tls::{self, TlsOptions};
 
 /// How long a connection may take to be established when neither the URL's
 /// `connect_timeout` nor `PGCONNECT_TIMEOUT` says.
@@ -24,6 +25,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct ConnParams {
     config: tokio_postgres::Config,
+    tls: TlsOptions,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -34,25 +36,28 @@ impl std::fmt::Debug for ConnParams {
 
 impl ConnParams {
     /// Parses a libpq URI (`postgres://user@host:port/db?host=/socket/dir`) or
-    /// `key=value` string; `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` and `PGDATABASE`
-    /// fill what it leaves out, as libpq would.
+    /// `key=value` string; `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+    /// `PGCONNECT_TIMEOUT` and `PGSSLMODE`/`PGSSLROOTCERT`/`PGSSLCERT`/`PGSSLKEY` fill
+    /// what it leaves out, as libpq would.
     pub fn parse(url: &str) -> Result<Self> {
         Self::parse_with_env(url, |name| std::env::var(name).ok())
     }
 
     /// [`parse`](Self::parse) with an explicit environment, for tests.
     pub fn parse_with_env(url: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        let (rest, tls_options) = TlsOptions::split(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             // The parser's message never echoes the URL, so no password leaks here.
             Error::config(format!(
                 "cannot parse the PostgreSQL connection URL: {e}; expected postgres://user@host:port/database"
             ))
         })?;
-        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-            return Err(Error::config(
-                "sslmode=require is not supported by this build of pgproof yet; connect over a unix socket or use sslmode=prefer",
-            ));
-        }
+        let tls = TlsOptions::resolve(&tls_options, &env)?;
+        config.ssl_mode(match tls.mode {
+            tls::SslMode::Disable | tls::SslMode::Allow => SslMode::Disable,
+            tls::SslMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Require,
+        });
         if config.get_hosts().is_empty() {
             match env("PGHOST") {
                 Some(hosts) => {
@@ -119,7 +124,7 @@ impl ConnParams {
         if config.get_application_name().is_none() {
             config.application_name("pgproof");
         }
-        Ok(Self { config })
+        Ok(Self { config, tls })
     }
 
     /// The same parameters with another connect timeout (for pgproof's connections
@@ -127,7 +132,10 @@ impl ConnParams {
     pub fn with_connect_timeout(&self, timeout: Duration) -> Self {
         let mut config = self.config.clone();
         config.connect_timeout(timeout.max(Duration::from_secs(1)));
-        Self { config }
+        Self {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     /// How long establishing a connection may take, handshake included.
@@ -147,7 +155,10 @@ impl ConnParams {
     pub fn with_dbname(&self, dbname: &str) -> Self {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        Self { config }
+        Self {
+            config,
+            tls: self.tls.clone(),
+        }
     }
 
     /// `user@host:port/database`, safe to log: never includes the password.
@@ -210,9 +221,12 @@ impl ConnParams {
         if let Some(t) = self.config.get_connect_timeout() {
             env.push(("PGCONNECT_TIMEOUT", t.as_secs().max(2).to_string().into()));
         }
-        if self.config.get_ssl_mode() == SslMode::Disable {
-            env.push(("PGSSLMODE", "disable".into()));
-        }
+        env.extend(
+            self.tls
+                .child_env()
+                .into_iter()
+                .map(|(k, v)| (k, OsString::from(v))),
+        );
         env
     }
 
@@ -230,8 +244,30 @@ impl ConnParams {
         // the whole establishment, so a server that accepts and never answers (a dead
         // load balancer) cannot hang pgproof.
         let timeout = self.connect_timeout();
-        let connecting = tokio::time::timeout(timeout, config.connect(NoTls))
+        // libpq ignores sslmode on unix sockets, where servers never offer TLS.
+        let over_socket = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+        let connecting = if over_socket || self.tls.mode == tls::SslMode::Disable {
+            config.ssl_mode(SslMode::Disable);
+            tokio::time::timeout(timeout, establish(config, NoTls)).await
+        } else {
+            let connector = self.tls.connector()?;
+            tokio::time::timeout(timeout, async {
+                let first = establish(config.clone(), connector.clone()).await;
+                match first {
+                    // allow: plain first; TLS only when the plain attempt is refused.
+                    Err(_) if self.tls.mode == tls::SslMode::Allow => {
+                        config.ssl_mode(SslMode::Require);
+                        establish(config, connector).await
+                    }
+                    other => other,
+                }
+            })
             .await
+        };
+        let connecting = connecting
             .map_err(|_| {
                 Error::database(format!(
                     "cannot connect to PostgreSQL at {}: no answer within {}s (connect_timeout); check that the host and port reach a PostgreSQL server",
@@ -248,6 +284,13 @@ impl ConnParams {
             );
             if e.as_db_error().is_some_and(|db| db.code().code().starts_with("28")) {
                 Error::auth(format!("{text}; check the user and password (URL, PGPASSWORD)"))
+            } else if e.as_db_error().is_none()
+                && (text.contains("TLS") || text.contains("certificate") || text.contains("tls"))
+            {
+                Error::database(format!(
+                    "{text}; check sslmode ({}), that sslrootcert is the CA that signed the server's certificate and that the certificate names the host you connect to",
+                    self.tls.mode.as_str()
+                ))
             } else {
                 Error::database(format!(
                     "{text}; check that the server runs and the URL's host, port and database are right"
@@ -261,6 +304,32 @@ impl ConnParams {
         });
         Ok(client)
     }
+}
+
+/// Connects with `tls`, returning the client and its connection driver.
+async fn establish<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+) -> std::result::Result<
+    (
+        Client,
+        std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>
+                    + Send,
+            >,
+        >,
+    ),
+    tokio_postgres::Error,
+>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, connection) = config.connect(tls).await?;
+    Ok((client, Box::pin(connection)))
 }
 
 /// Whether a connection string sets a port itself.

@@ -7,6 +7,7 @@ mod passfile;
 pub mod process;
 mod snapshot;
 mod sql;
+pub mod tls;
 mod tools;
 
 pub use conn::ConnParams;
