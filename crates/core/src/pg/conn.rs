@@ -400,9 +400,10 @@ mod tests {
 
     #[test]
     fn connect_timeout_comes_from_the_url_then_the_environment_then_30s() {
-        let url =
-            ConnParams::parse_with_env("postgres://u@h/d?connect_timeout=7", |_| Some("3".into()))
-                .unwrap();
+        let url = ConnParams::parse_with_env("postgres://u@h/d?connect_timeout=7", |k| {
+            (k == "PGCONNECT_TIMEOUT").then(|| "3".into())
+        })
+        .unwrap();
         assert_eq!(url.connect_timeout(), Duration::from_secs(7));
         let env = [("PGCONNECT_TIMEOUT", "3")];
         let from_env = ConnParams::parse_with_env("postgres://u@h/d", env_of(&env)).unwrap();

@@ -143,7 +143,7 @@ impl TlsOptions {
                 .rev()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
-                .or_else(|| env(var))
+                .or_else(|| if var.is_empty() { None } else { env(var) })
                 .filter(|v| !v.is_empty())
         };
         if get("sslpassword", "").is_some() {
