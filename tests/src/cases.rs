@@ -123,7 +123,7 @@ pub enum Ts {
 fn offset_text(secs: i32) -> String {
     let sign = if secs < 0 { '-' } else { '+' };
     let a = secs.unsigned_abs();
-    if a % 60 == 0 {
+    if a.is_multiple_of(60) {
         format!("{sign}{:02}:{:02}", a / 3600, a / 60 % 60)
     } else {
         format!("{sign}{:02}:{:02}:{:02}", a / 3600, a / 60 % 60, a % 60)
@@ -955,4 +955,42 @@ impl Case {
         };
         (encoding, format!("{sets} {body}"))
     }
+}
+
+/// A fid_gen row written in Pacific/Chatham at 12:00–20:59 UTC of an AD year: its day
+/// there is the next one, in America/St_Johns the same one (local mean time
+/// included), so a restore under St_Johns always recomputes a different `day`. For
+/// testing the shrinker on a loss that is certain.
+pub fn day_shifting_gen_case() -> BoxedStrategy<Case> {
+    (
+        1u32..=9999,
+        1u32..=12,
+        1u32..=28,
+        12u32..=20,
+        0u32..60,
+        0u32..60,
+        frac(),
+    )
+        .prop_map(|(year, month, day, hour, minute, second, frac)| Case {
+            writer: Writer {
+                tz: "Pacific/Chatham",
+                datestyle: "ISO, MDY",
+                intervalstyle: "postgres",
+                encoding: "UTF8",
+            },
+            kind: Kind::Gen {
+                at: Ts::At(Moment {
+                    bc: false,
+                    year,
+                    month,
+                    day,
+                    hour,
+                    minute,
+                    second,
+                    frac,
+                    offset: Some(0),
+                }),
+            },
+        })
+        .boxed()
 }

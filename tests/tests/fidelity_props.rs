@@ -551,10 +551,24 @@ async fn run_units(
     verdict
 }
 
-fn same_class(v: &Verdict, target: &Disagreement) -> bool {
-    v.disagreements
-        .iter()
-        .any(|d| d.kind == target.kind && d.table == target.table)
+/// What a verdict shows: its disagreements, and the losses both sides agreed on (kind
+/// `agreed loss`, which the shrinker's own test shrinks).
+fn classes(v: &Verdict) -> Vec<Disagreement> {
+    let mut out = v.disagreements.clone();
+    out.extend(v.agreed_losses.iter().map(|t| {
+        disagree(
+            "agreed loss",
+            t,
+            "oracle and pgproof both found a difference",
+        )
+    }));
+    out
+}
+
+fn find_class(v: &Verdict, target: &Disagreement) -> Option<Disagreement> {
+    classes(v)
+        .into_iter()
+        .find(|d| d.kind == target.kind && d.table == target.table)
 }
 
 /// Shrinks a disagreement to one row: bisection over the units, then the last
@@ -566,6 +580,7 @@ async fn shrink(
     format: &str,
     settings: &Settings,
     target: &Disagreement,
+    max_simplify: usize,
 ) -> (Vec<Unit>, Disagreement) {
     let mut step = 0usize;
     let mut last = target.clone();
@@ -576,13 +591,8 @@ async fn shrink(
         for part in [a, b] {
             step += 1;
             let v = run_units(cluster, &part, format, settings, &format!("k{step}")).await;
-            if same_class(&v, target) {
-                last = v
-                    .disagreements
-                    .iter()
-                    .find(|d| d.kind == target.kind && d.table == target.table)
-                    .unwrap()
-                    .clone();
+            if let Some(d) = find_class(&v, target) {
+                last = d;
                 next = Some(part);
                 break;
             }
@@ -598,7 +608,7 @@ async fn shrink(
         let id: i64 = unit.label.trim_start_matches("case ").parse().unwrap();
         let mut best = unit.clone();
         let mut failed = true;
-        for _ in 0..MAX_SIMPLIFY_STEPS {
+        for _ in 0..max_simplify {
             let moved = if failed {
                 trees[i].simplify()
             } else {
@@ -617,14 +627,10 @@ async fn shrink(
                 &format!("k{step}"),
             )
             .await;
-            failed = same_class(&v, target);
-            if failed {
-                last = v
-                    .disagreements
-                    .iter()
-                    .find(|d| d.kind == target.kind && d.table == target.table)
-                    .unwrap()
-                    .clone();
+            let found = find_class(&v, target);
+            failed = found.is_some();
+            if let Some(d) = found {
+                last = d;
                 best = candidate;
             }
         }
@@ -654,8 +660,7 @@ fn seed() -> u64 {
 
 /// The strategies' value trees nest deeply: the run gets a thread with a large stack
 /// and a runtime of its own.
-#[test]
-fn generated_rows_survive_both_formats_and_pgproof_agrees_with_the_oracle() {
+fn on_big_stack<F: std::future::Future<Output = ()>>(make: impl FnOnce() -> F + Send + 'static) {
     std::thread::Builder::new()
         .stack_size(512 << 20)
         .spawn(|| {
@@ -663,11 +668,80 @@ fn generated_rows_survive_both_formats_and_pgproof_agrees_with_the_oracle() {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(run())
+                .block_on(make())
         })
         .unwrap()
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+#[test]
+fn generated_rows_survive_both_formats_and_pgproof_agrees_with_the_oracle() {
+    on_big_stack(run);
+}
+
+/// The shrinker, on a loss that is certain: one row of `fid_gen` written in
+/// Pacific/Chatham among thirty others, verified under America/St_Johns. Bisection
+/// must find that row alone, and the value tree must simplify its value while the
+/// loss stays (oracle and pgproof agreeing on it throughout).
+#[test]
+fn a_difference_shrinks_to_its_one_row_and_a_simpler_value() {
+    on_big_stack(shrink_self_test);
+}
+
+async fn shrink_self_test() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let mut runner = TestRunner::new(Config {
+        rng_seed: RngSeed::Fixed(seed()),
+        ..Config::default()
+    });
+    let others = cases::case().prop_filter("no fid_gen row", |c| c.table() != GENERATED_TABLE);
+    let mut trees: Vec<Box<dyn ValueTree<Value = Case>>> = (0..30)
+        .map(|_| {
+            Box::new(others.new_tree(&mut runner).unwrap()) as Box<dyn ValueTree<Value = Case>>
+        })
+        .collect();
+    trees.insert(
+        17,
+        cases::day_shifting_gen_case()
+            .new_tree(&mut runner)
+            .unwrap(),
+    );
+    let units: Vec<Unit> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Unit::generated(i, i as i64 + 1, &t.current()))
+        .collect();
+    let original = units[17].clone();
+    let session = |tz| Session {
+        tz,
+        datestyle: "ISO, MDY",
+        intervalstyle: "postgres",
+        extra_float_digits: 1,
+        bytea_output: "hex",
+        encoding: "UTF8",
+    };
+    let settings = Settings {
+        dump: session("UTC"),
+        verify: session("America/St_Johns"),
+        restore: session("Pacific/Chatham"),
+    };
+    let target = disagree("agreed loss", GENERATED_TABLE, "");
+    let whole = run_units(&cluster, &units, "custom", &settings, "t0").await;
+    assert!(whole.disagreements.is_empty(), "{:?}", whole.disagreements);
+    assert!(find_class(&whole, &target).is_some(), "the loss is certain");
+    let (shrunk, shown) =
+        shrink(&cluster, units, &mut trees, "custom", &settings, &target, 6).await;
+    assert_eq!(shrunk.len(), 1, "{shrunk:#?}");
+    assert_eq!(shrunk[0].label, original.label, "{shrunk:#?}");
+    assert_eq!(shown.table, GENERATED_TABLE);
+    assert_ne!(
+        shrunk[0].body, original.body,
+        "the value tree simplified nothing"
+    );
+    eprintln!("shrunk to:\n{}", shrunk[0].as_sql());
 }
 
 async fn run() {
@@ -749,6 +823,7 @@ async fn run() {
                     format,
                     &settings,
                     &first,
+                    MAX_SIMPLIFY_STEPS,
                 )
                 .await;
                 let sql: String = shrunk.iter().map(Unit::as_sql).collect();
@@ -825,4 +900,78 @@ async fn run() {
             "no row reached {table}"
         );
     }
+}
+
+/// The oracle itself: NaN bit patterns are one value, but −0 and 0, 44 BC and 44 AD,
+/// 1.5 and 1.50, a missing row and an added one are differences; floats inside
+/// arrays and composites are compared by text.
+#[tokio::test]
+async fn the_oracle_tells_values_apart_by_send_form_and_floats_by_text() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE fid_oracle")
+        .await
+        .unwrap();
+    let client = connect(&cluster, "fid_oracle").await;
+    client
+        .batch_execute(
+            "CREATE TYPE fc AS (f float8, s text);
+             CREATE TABLE o (id int PRIMARY KEY, f float8, fa float8[], c fc, ts timestamptz, n numeric);
+             INSERT INTO o VALUES (1, 'Infinity'::float8 - 'Infinity', ARRAY['Infinity'::float8 - 'Infinity'],
+               ROW('Infinity'::float8 - 'Infinity', 'x'), '0044-03-15 12:00+00', 1.5);",
+        )
+        .await
+        .unwrap();
+    let before = oracle::read(&client).await;
+    let cols = &before.tables["public.o"].columns;
+    let float_like: Vec<bool> = cols.iter().map(|c| c.float_like).collect();
+    assert_eq!(
+        float_like,
+        [false, true, true, true, false, false],
+        "{cols:?}"
+    );
+
+    let changes: [(&str, Option<&str>); 6] = [
+        (
+            "UPDATE o SET f = 'NaN', fa = '{NaN}', c = ROW('NaN', 'x')",
+            None,
+        ),
+        ("UPDATE o SET f = '-0'", Some("f (double precision)")),
+        (
+            "UPDATE o SET ts = '0044-03-15 12:00+00 BC'",
+            Some("ts (timestamp with time zone)"),
+        ),
+        ("UPDATE o SET n = 1.50", Some("n (numeric)")),
+        ("DELETE FROM o", Some("row missing")),
+        ("INSERT INTO o (id) VALUES (2)", Some("row added")),
+    ];
+    for (sql, expected) in changes {
+        client.batch_execute("BEGIN").await.unwrap();
+        client.batch_execute(sql).await.unwrap();
+        let after = oracle::read(&client).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+        let diffs = oracle::diff(&before, &after);
+        match expected {
+            None => {
+                assert!(diffs.is_empty(), "{sql}: {diffs:?}");
+                // The change was real: the stored bytes differ.
+                let b = &before.tables["public.o"].rows.values().next().unwrap().1[1];
+                let a = &after.tables["public.o"].rows.values().next().unwrap().1[1];
+                assert_ne!(a.binary, b.binary, "{sql}: the bytes did not change");
+            }
+            Some(what) => {
+                assert_eq!(diffs.len(), 1, "{sql}: {diffs:?}");
+                assert!(diffs[0].what.contains(what), "{sql}: {}", diffs[0]);
+            }
+        }
+    }
+    drop(client);
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("DROP DATABASE fid_oracle")
+        .await
+        .unwrap();
 }
