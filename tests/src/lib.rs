@@ -7,8 +7,10 @@
 // A harness reports failure by panicking; unwrap is its assert.
 #![allow(clippy::unwrap_used)]
 
+pub mod cases;
 pub mod gcs_server;
 pub mod moto;
+pub mod oracle;
 pub mod proxy;
 
 use std::collections::BTreeMap;
