@@ -37,6 +37,28 @@ pub struct DatabaseProperties {
     /// `ALTER ROLE … IN DATABASE … SET`, per role.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub role_settings: BTreeMap<String, Vec<String>>,
+    /// The TimeZone and DateStyle a new session of the backup role got: every restore
+    /// pgproof runs uses them, so a generated column whose "immutable" expression
+    /// depends on them comes out of verification's restore and of any later one alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_timezone: Option<String>,
+    /// See [`session_timezone`](Self::session_timezone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_datestyle: Option<String>,
+}
+
+impl DatabaseProperties {
+    /// Environment for a restore program: the session settings recorded at backup.
+    pub fn restore_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(tz) = &self.session_timezone {
+            env.push(("PGTZ", tz.clone()));
+        }
+        if let Some(style) = &self.session_datestyle {
+            env.push(("PGDATESTYLE", style.clone()));
+        }
+        env
+    }
 }
 
 /// The properties of the database `client` is connected to.
@@ -59,7 +81,9 @@ pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
                         {provider}, {locale}::text, pg_get_userbyid(d.datdba)::text, \
                         shobj_description(d.oid, 'pg_database'), \
                         coalesce((SELECT s.setconfig FROM pg_db_role_setting s \
-                                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}')::text[] \
+                                  WHERE s.setdatabase = d.oid AND s.setrole = 0), '{{}}')::text[], \
+                        (SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'), \
+                        (SELECT reset_val FROM pg_settings WHERE name = 'DateStyle') \
                  FROM pg_database d WHERE d.datname = current_database()"
             ),
             &[],
@@ -92,6 +116,8 @@ pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
         owner: row.get(5),
         comment: row.get(6),
         settings,
+        session_timezone: row.get(8),
+        session_datestyle: row.get(9),
         role_settings: role_rows
             .into_iter()
             .map(|r| {

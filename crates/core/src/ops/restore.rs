@@ -228,7 +228,10 @@ impl Restore {
             None
         };
 
-        let cmd = dumper.restore_command(&tools, &load);
+        let mut cmd = dumper.restore_command(&tools, &load);
+        if let Some(properties) = &m.properties {
+            cmd.envs(properties.restore_env());
+        }
         let program = dumper.restore_program();
         let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
         let fed = {
