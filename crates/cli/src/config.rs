@@ -47,8 +47,11 @@ pub struct VerifyConfig {
 pub struct SourceConfig {
     /// libpq URI; `PG*` variables fill the gaps.
     pub url: Option<String>,
-    /// Databases to back up; empty means the URL's database.
-    pub databases: Vec<String>,
+    /// Databases to back up: a list, or `"all"` (every database the role may connect
+    /// to, templates aside); empty means the URL's database.
+    pub databases: Databases,
+    /// With `databases = "all"`: names to leave out, `*` and `?` wildcards allowed.
+    pub exclude: Vec<String>,
     /// Directory holding pg_dump/pg_restore/psql; default: the newest found whose
     /// major is at least the server's.
     pub pg_bin_dir: Option<PathBuf>,
@@ -64,6 +67,77 @@ pub struct SourceConfig {
     pub sslcert: Option<PathBuf>,
     /// Its unencrypted private key (PEM).
     pub sslkey: Option<PathBuf>,
+}
+
+/// `source.databases`: named ones, or every one the server has.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Databases {
+    /// The URL's database (an empty list).
+    #[default]
+    UrlDatabase,
+    /// Every connectable, non-template database, minus `exclude`.
+    All(AllKeyword),
+    /// These, in this order.
+    Named(Vec<String>),
+}
+
+/// The word `all`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllKeyword;
+
+impl Serialize for Databases {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Databases::UrlDatabase => Vec::<String>::new().serialize(s),
+            Databases::All(_) => s.serialize_str("all"),
+            Databases::Named(names) => names.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Databases {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected \"all\" or a list of database names"))?
+        {
+            Raw::Word(word) if word == "all" => Ok(Databases::All(AllKeyword)),
+            Raw::Word(other) => Err(serde::de::Error::custom(format!(
+                "expected \"all\" or a list of database names, not {other:?} (write [{other:?}] for one database)"
+            ))),
+            Raw::List(list) if list.is_empty() => Ok(Databases::UrlDatabase),
+            Raw::List(list) => Ok(Databases::Named(list)),
+        }
+    }
+}
+
+/// Whether `name` matches a shell-style pattern of `*` and `?`.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer glob with backtracking to the last `*`.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// `[dump]`.
@@ -129,6 +203,11 @@ impl Config {
             )));
         }
         self.sink.validate()?;
+        if !self.source.exclude.is_empty() && !matches!(self.source.databases, Databases::All(_)) {
+            return Err(Error::config(
+                "source.exclude applies only to source.databases = \"all\"; list the databases you want instead",
+            ));
+        }
         for (i, invariant) in self.verify.invariants.iter().enumerate() {
             if invariant.name.trim().is_empty() || invariant.sql.trim().is_empty() {
                 return Err(Error::config(format!(
@@ -151,5 +230,46 @@ impl Config {
     /// The configured source URL, or the empty string (all from `PG*` variables).
     pub fn source_url(&self) -> &str {
         self.source.url.as_deref().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_like_a_shell() {
+        assert!(wildcard_match("skip_*", "skip_me"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a?c", "abc"));
+        assert!(wildcard_match("*_tmp_*", "x_tmp_y"));
+        assert!(!wildcard_match("skip_*", "keep"));
+        assert!(!wildcard_match("a?c", "ac"));
+    }
+
+    #[test]
+    fn databases_are_all_or_a_list() {
+        let parse = |text: &str| toml_databases(text);
+        assert_eq!(parse("databases = \"all\""), Ok(Databases::All(AllKeyword)));
+        assert_eq!(
+            parse("databases = [\"a\", \"b\"]"),
+            Ok(Databases::Named(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(parse("databases = []"), Ok(Databases::UrlDatabase));
+        assert!(
+            parse("databases = \"app\"")
+                .unwrap_err()
+                .contains("[\"app\"]")
+        );
+    }
+
+    fn toml_databases(text: &str) -> std::result::Result<Databases, String> {
+        #[derive(Deserialize)]
+        struct Source {
+            databases: Databases,
+        }
+        toml::from_str::<Source>(text)
+            .map(|s| s.databases)
+            .map_err(|e| e.to_string())
     }
 }

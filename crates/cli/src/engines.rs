@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use pgproof_core::codec::{Identities, Recipients};
-use pgproof_core::pg::ConnParams;
+use pgproof_core::pg::{ConnParams, admin};
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::{Error, Result, Sink};
 use pgproof_sink_fs::FsSink;
 
-use crate::config::Config;
+use crate::config::{Config, Databases, wildcard_match};
 
 /// The sink `sink.url`'s scheme names. Builds the client only; no request is sent.
 pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
@@ -61,7 +61,6 @@ pub fn identities(config: &Config) -> Result<Option<Identities>> {
         .transpose()
 }
 
-/// Databases to back up: `source.databases`, else the URL's database.
 /// The source's connection parameters: the URL first, then `[source]`'s TLS keys, then
 /// the `PG*` environment.
 pub fn source_params(config: &Config) -> Result<ConnParams> {
@@ -78,15 +77,30 @@ pub fn source_params(config: &Config) -> Result<ConnParams> {
     })
 }
 
-pub fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
+/// Databases to back up: `source.databases` (a list, or every connectable one for
+/// `"all"`, minus `source.exclude`), else the URL's database.
+pub async fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String>)> {
     let mut params = source_params(config)?;
     if let Some(secs) = config.source.connect_timeout_secs {
         params = params.with_connect_timeout(std::time::Duration::from_secs(secs));
     }
-    let databases = if config.source.databases.is_empty() {
-        vec![params.dbname().to_owned()]
-    } else {
-        config.source.databases.clone()
+    let databases = match &config.source.databases {
+        Databases::UrlDatabase => vec![params.dbname().to_owned()],
+        Databases::Named(names) => names.clone(),
+        Databases::All(_) => {
+            let all = admin::connectable_databases(&params).await?;
+            let kept: Vec<String> = all
+                .into_iter()
+                .filter(|db| !config.source.exclude.iter().any(|p| wildcard_match(p, db)))
+                .collect();
+            if kept.is_empty() {
+                return Err(Error::config(format!(
+                    "source.databases = \"all\" found no database to back up on {} (after source.exclude)",
+                    params.describe()
+                )));
+            }
+            kept
+        }
     };
     Ok((params, databases))
 }

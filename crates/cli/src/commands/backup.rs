@@ -19,9 +19,9 @@ pub async fn backup(
 ) -> Result<()> {
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
-    let (params, databases) = source_databases(config)?;
+    let (params, databases) = source_databases(config).await?;
     let mut committed: Vec<Manifest> = Vec::new();
-    let mut first_error: Option<Error> = None;
+    let mut failed: Vec<(String, Error)> = Vec::new();
     for database in &databases {
         let (bar, callback) = progress.start(format!("backup {database}"));
         let mut backup = Backup::new(params.with_dbname(database), sink.clone())
@@ -54,32 +54,65 @@ pub async fn backup(
             }
             Err(e) => {
                 tracing::error!(database = %database, error = %error_line(&e), "backup failed");
-                first_error.get_or_insert(e);
+                if !json {
+                    outln!("{database}  FAILED  {}", error_line(&e));
+                }
+                failed.push((database.clone(), e));
             }
         }
     }
+    // Failed databases are listed beside the committed manifests, so a script sees
+    // what failed without parsing stderr.
+    let failures: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|(database, e)| {
+            serde_json::json!({
+                "database": database,
+                "status": "failed",
+                "kind": e.kind().as_str(),
+                "error": error_line(e),
+            })
+        })
+        .collect();
+    let outcome = summarize(failed, databases.len());
     if then_verify && !committed.is_empty() {
         let targets: Vec<BackupRef> = committed.iter().map(BackupRef::of).collect();
         let reports = verify_all(config, sink, &targets, false, json, progress).await?;
         if json {
-            print_json(&serde_json::json!({ "backups": committed, "reports": reports }))?;
+            print_json(&serde_json::json!({
+                "backups": committed,
+                "failed": failures,
+                "reports": reports
+            }))?;
         }
-        return match first_error {
-            Some(e) => Err(e),
-            None => verification_outcome(&reports),
-        };
+        return outcome.and_then(|()| verification_outcome(&reports));
     }
     if json {
-        print_json(&committed)?;
+        let mut entries: Vec<serde_json::Value> = committed
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::tool(format!("cannot render the manifests as JSON: {e}")))?;
+        entries.extend(failures);
+        print_json(&entries)?;
     }
-    match first_error {
-        Some(e) if databases.len() > 1 => Err(Error::tool(format!(
-            "{} of {} backups failed; first: {}",
-            databases.len() - committed.len(),
-            databases.len(),
-            error_line(&e)
-        ))),
-        Some(e) => Err(e),
-        None => Ok(()),
+    outcome
+}
+
+/// One database's error as it is, or for several, which failed and the first error.
+fn summarize(mut failed: Vec<(String, Error)>, attempted: usize) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
     }
+    if attempted == 1 {
+        return Err(failed.remove(0).1);
+    }
+    let names: Vec<&str> = failed.iter().map(|(db, _)| db.as_str()).collect();
+    let (_, first) = &failed[0];
+    Err(Error::tool(format!(
+        "{} of {attempted} backups failed ({}); first: {}",
+        failed.len(),
+        names.join(", "),
+        error_line(first)
+    )))
 }

@@ -414,6 +414,23 @@ pub async fn user_objects(client: &Client) -> Result<i64> {
     query_count(client, USER_OBJECTS, "counting objects in a database").await
 }
 
+/// Every database `params`' role may connect to, templates aside, by name.
+pub async fn connectable_databases(params: &ConnParams) -> Result<Vec<String>> {
+    let client = params.connect().await?;
+    Ok(client
+        .query(
+            "SELECT datname::text FROM pg_database \
+             WHERE datallowconn AND NOT datistemplate AND has_database_privilege(oid, 'CONNECT') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing the server's databases"))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Drops `target`'s database (scratch databases pgproof created).
 pub async fn drop_database(target: &ConnParams) -> Result<()> {
     Admin::connect(target).await?.drop(target.dbname()).await
