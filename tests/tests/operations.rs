@@ -80,3 +80,243 @@ async fn all_databases_with_one_failing() {
         stderr(&out)
     );
 }
+
+/// Runs pgproof with the simulated clock at `now`.
+fn at(ws: &Workspace, now: &str, args: &[&str]) -> std::process::Output {
+    ws.command(args)
+        .env("PGPROOF_NOW", now)
+        .output()
+        .expect("run pgproof")
+}
+
+fn decisions(out: &std::process::Output) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(out)));
+    v["decisions"].as_array().unwrap().clone()
+}
+
+/// Twenty daily backups on a simulated calendar with failed runs interleaved, an
+/// orphan of a run that died, one old verified backup: prune keeps what the rules and
+/// the safety rules say, leaves tombstones, and `check` tells pruned backups from
+/// deleted or edited manifests and missing objects; `status` reads the result.
+#[tokio::test]
+async fn retention_check_and_status_over_a_simulated_calendar() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE app")
+        .await
+        .unwrap();
+    connect(&cluster, "app")
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.verify_on(&cluster);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    let broken = config.replace(&cluster.url("app"), &cluster.url("no_such_db"));
+    let mut ids = Vec::new();
+    for day in 1..=20 {
+        let now = format!("2026-01-{day:02}T01:00:00Z");
+        if day % 4 == 0 {
+            // A failed run the same night: it must not count for anything.
+            ws.write_config(&broken);
+            let out = at(&ws, &format!("2026-01-{day:02}T00:30:00Z"), &["backup"]);
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            ws.write_config(&config);
+        }
+        let out = at(&ws, &now, &["backup", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(list[0]["backup_id"].as_str().unwrap().to_owned());
+    }
+    assert!(ids[0].starts_with("20260101T010000"), "{ids:?}");
+    // Day 5's backup is the only one verified.
+    ws.pgproof_ok(&["verify", &ids[4]]);
+    // A run that died on day 2 left a dump object and no manifest; another died an
+    // hour ago (it may still be writing).
+    for (id, when) in [
+        ("20260102T013000.000Z-dead", "old"),
+        ("20260120T020000.000Z-live", "new"),
+    ] {
+        let dir = ws.sink.join("app").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dump.pgc.age"), when).unwrap();
+    }
+
+    let now = "2026-01-20T03:00:00Z";
+    ws.write_config(&format!(
+        "{config}\n[retention]\nkeep_daily = 3\nkeep_weekly = 3\norphan_grace = \"12h\"\n"
+    ));
+    let dry = at(&ws, now, &["prune", "--dry-run", "--json"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let plan = decisions(&dry);
+    let action = |id: &str| {
+        plan.iter().find(|d| d["backup_id"] == id).map(|d| {
+            (
+                d["action"].as_str().unwrap().to_owned(),
+                d["detail"].to_string(),
+            )
+        })
+    };
+    for (day, rule) in [
+        (20, "keep_daily"),
+        (19, "keep_daily"),
+        (18, "keep_daily"),
+        (11, "keep_weekly"),
+        (5, "newest verified"),
+    ] {
+        let (what, why) = action(&ids[day - 1]).unwrap();
+        assert_eq!(what, "keep", "day {day}");
+        assert!(why.contains(rule), "day {day}: {why}");
+    }
+    assert!(
+        action(&ids[19])
+            .unwrap()
+            .1
+            .contains("head of the manifest chain")
+    );
+    for day in [1, 2, 3, 4, 6, 10, 12, 17] {
+        assert_eq!(action(&ids[day - 1]).unwrap().0, "delete", "day {day}");
+    }
+    assert_eq!(
+        action("20260102T013000.000Z-dead").unwrap().0,
+        "delete-orphan"
+    );
+    assert_eq!(
+        action("20260120T020000.000Z-live"),
+        None,
+        "a run within the grace period"
+    );
+    let before = ws.sink_files();
+    assert!(
+        before.iter().any(|f| f.contains(&ids[0])),
+        "dry run deleted nothing"
+    );
+
+    let out = at(&ws, now, &["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(summary.contains("5 backups kept, 15 pruned"), "{summary}");
+    let files = ws.sink_files();
+    for day in [1, 6, 17] {
+        let id = &ids[day - 1];
+        let left: Vec<&String> = files.iter().filter(|f| f.contains(id.as_str())).collect();
+        assert_eq!(left.len(), 1, "day {day}: {left:?}");
+        assert!(left[0].ends_with("tombstone.json"));
+    }
+    assert!(!files.iter().any(|f| f.contains("-dead")));
+    assert!(files.iter().any(|f| f.contains("-live")));
+
+    // Pruned backups are no finding; the chain still verifies across a tombstone.
+    let out = ws.pgproof(&["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = ws.pgproof(&["verify", &ids[17], "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let previous = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "manifest:previous")
+        .unwrap()
+        .clone();
+    assert_eq!(previous["passed"], true, "{previous}");
+    assert!(previous["detail"].as_str().unwrap().contains("pruned"));
+
+    // Status at the simulated time, then three days later.
+    ws.write_config(&format!(
+        "{config}\n[status]\nmax_age = \"26h\"\nmax_unverified_age = \"7d\"\nmax_restore_time = \"1h\"\n"
+    ));
+    let textfile = ws.dir.path().join("pgproof.prom");
+    let out = at(
+        &ws,
+        now,
+        &[
+            "status",
+            "--json",
+            "--prometheus",
+            textfile.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status[0]["database"], "app");
+    assert_eq!(status[0]["backups"], 5);
+    assert_eq!(status[0]["newest_backup_age_secs"], 2 * 3600);
+    assert_eq!(status[0]["newest_verified_backup"], ids[17]);
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("# TYPE pgproof_last_backup_timestamp_seconds gauge"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgproof_last_backup_timestamp_seconds{database=\"app\"} 1768870800"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgproof_status_breached{database=\"app\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pgproof_restore_seconds{database=\"app\"}"),
+        "{metrics}"
+    );
+    let out = at(
+        &ws,
+        "2026-01-23T03:00:00Z",
+        &["status", "--prometheus", textfile.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_age"));
+    assert!(
+        std::fs::read_to_string(&textfile)
+            .unwrap()
+            .contains("pgproof_status_breached{database=\"app\"} 1")
+    );
+
+    // A deleted manifest, an edited one and a missing object are findings.
+    std::fs::remove_file(ws.sink.join("app").join(&ids[18]).join("manifest.json")).unwrap();
+    let edited = ws.sink.join("app").join(&ids[4]).join("manifest.json");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, text.replacen("\n", "\n ", 1)).unwrap();
+    let dump = std::fs::read_dir(ws.sink.join("app").join(&ids[10]))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("dump."))
+        .unwrap();
+    std::fs::remove_file(dump.path()).unwrap();
+    let out = ws.pgproof(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<(String, String)> = found["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["backup_id"].as_str().unwrap().to_owned(),
+                f["problem"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let about =
+        |id: &str, needle: &str| problems.iter().any(|(b, p)| b == id && p.contains(needle));
+    assert!(about(&ids[18], "deleted, not by prune"), "{problems:#?}");
+    assert!(about(&ids[4], "edited"), "{problems:#?}");
+    assert!(about(&ids[10], "missing"), "{problems:#?}");
+    // Both sides of the gap: the backup before the deleted manifest lost its successor.
+    assert!(
+        about(&ids[17], "committed after it was deleted"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+}

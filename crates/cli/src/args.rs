@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// Exit codes: 0 success; 1 operation failed; 2 bad usage or configuration;
 /// 3 integrity failure (hash mismatch, corrupted object, wrong age identity, a
-/// verification check failed); 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM
+/// verification check failed, a `check` finding, a `status` threshold breached);
+/// 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM
 /// after stopping child programs, aborting uploads and dropping the databases the run
 /// created.
 #[derive(Debug, Parser)]
@@ -74,6 +75,49 @@ pub enum Command {
         /// Print the committed manifests (and reports, with --verify) as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// After a run in which every backup succeeded, prune by [retention].
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Delete backups no [retention] rule keeps, leaving a tombstone for each so the
+    /// manifest chain stays checkable; delete objects of runs that never committed once
+    /// older than retention.orphan_grace. Never deletes the newest verified backup,
+    /// the chain's head, a backup being verified, or one whose manifest is damaged.
+    Prune {
+        /// Print what would go and which rule keeps each survivor; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// The decisions as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the catalog without restoring: every manifest chain (a manifest deleted
+    /// other than by prune, or edited), every dump object present with its recorded
+    /// size. Exit 3 on any finding.
+    Check {
+        /// Also read every dump object and compare its sha256 with the manifest's.
+        #[arg(long)]
+        read_data: bool,
+        /// Only this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// Findings as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per database: age of the newest backup and of the newest verified one, the last
+    /// measured restore time and sizes, against [status] thresholds. Exit 3 when a
+    /// threshold is breached or a database has no backup.
+    Status {
+        /// Status as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also write the metrics as a Prometheus node_exporter textfile (atomically).
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
     },
     /// Prove backups: restore each into a scratch database (verify.scratch_url, or an
     /// ephemeral local cluster), compare fingerprints and the audit chain, write a

@@ -24,6 +24,80 @@ pub struct Config {
     pub sink: SinkConfig,
     /// How backups are proven.
     pub verify: VerifyConfig,
+    /// Which backups prune keeps.
+    pub retention: RetentionConfig,
+    /// What status holds the catalog to.
+    pub status: StatusConfig,
+}
+
+/// `[retention]`: restic-style rules per database; a backup kept by any rule stays.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// The newest N.
+    pub keep_last: Option<u32>,
+    /// The newest backup of each of the N newest days that have one (UTC).
+    pub keep_daily: Option<u32>,
+    /// Likewise per ISO week.
+    pub keep_weekly: Option<u32>,
+    /// Likewise per month.
+    pub keep_monthly: Option<u32>,
+    /// Every backup younger than this (`36h`, `14d`, `2w`).
+    pub keep_within: Option<String>,
+    /// How old the objects of a run that never committed must be before prune
+    /// deletes them (default 48h).
+    pub orphan_grace: Option<String>,
+}
+
+/// `[status]`: the thresholds `pgproof status` holds each database to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// The RPO target: the newest backup may be at most this old (`26h`).
+    pub max_age: Option<String>,
+    /// The newest backup that passed verification may be at most this old.
+    pub max_unverified_age: Option<String>,
+    /// The RTO target: the newest passing verification's measured restore must fit.
+    pub max_restore_time: Option<String>,
+}
+
+/// Parses `90s`, `15m`, `36h`, `14d`, `2w` or sums like `1d12h`; `key` names the
+/// setting in the error.
+pub fn parse_duration(key: &str, text: &str) -> Result<jiff::SignedDuration> {
+    let bad = || {
+        Error::config(format!(
+            "{key} = {text:?} is not a duration; write e.g. 90s, 15m, 36h, 14d or 2w"
+        ))
+    };
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    let mut any = false;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: i64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            ' ' if number.is_empty() => continue,
+            _ => return Err(bad()),
+        };
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+        any = true;
+    }
+    if !number.is_empty() || !any {
+        return Err(bad());
+    }
+    Ok(jiff::SignedDuration::from_secs(total))
 }
 
 /// `[verify]`.
@@ -203,6 +277,17 @@ impl Config {
             )));
         }
         self.sink.validate()?;
+        for (key, value) in [
+            ("retention.keep_within", &self.retention.keep_within),
+            ("retention.orphan_grace", &self.retention.orphan_grace),
+            ("status.max_age", &self.status.max_age),
+            ("status.max_unverified_age", &self.status.max_unverified_age),
+            ("status.max_restore_time", &self.status.max_restore_time),
+        ] {
+            if let Some(text) = value {
+                parse_duration(key, text)?;
+            }
+        }
         if !self.source.exclude.is_empty() && !matches!(self.source.databases, Databases::All(_)) {
             return Err(Error::config(
                 "source.exclude applies only to source.databases = \"all\"; list the databases you want instead",
@@ -236,6 +321,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_like_an_operator_writes_them() {
+        let secs = |t: &str| parse_duration("k", t).map(|d| d.as_secs());
+        assert_eq!(secs("90s").unwrap(), 90);
+        assert_eq!(secs("36h").unwrap(), 36 * 3600);
+        assert_eq!(secs("1d12h").unwrap(), 36 * 3600);
+        assert_eq!(secs("2w").unwrap(), 14 * 86_400);
+        for bad in ["", "12", "h", "3 days", "1.5h"] {
+            let e = parse_duration("status.max_age", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("status.max_age"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn wildcards_match_like_a_shell() {

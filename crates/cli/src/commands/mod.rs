@@ -5,6 +5,7 @@ mod drill;
 mod list;
 mod restore;
 mod setup;
+mod upkeep;
 mod verify;
 
 use pgproof_core::Result;
@@ -39,14 +40,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     let progress = ProgressOutput::new(&cli);
     match cli.command {
-        Command::Backup { json, verify, .. } => {
+        Command::Backup {
+            json,
+            verify,
+            prune,
+            ..
+        } => {
             backup::backup(
                 &config,
                 json,
                 verify || config.verify.after_backup,
                 &progress,
             )
-            .await
+            .await?;
+            // Only after a run in which everything succeeded: a failing run must
+            // never be the reason good backups go.
+            if prune {
+                upkeep::prune(&config, None, false, false).await?;
+            }
+            Ok(())
+        }
+        Command::Prune {
+            dry_run,
+            database,
+            json,
+        } => upkeep::prune(&config, database.as_deref(), dry_run, json).await,
+        Command::Check {
+            read_data,
+            database,
+            json,
+        } => upkeep::check(&config, database.as_deref(), read_data, json).await,
+        Command::Status { json, prometheus } => {
+            upkeep::status(&config, json, prometheus.as_deref()).await
         }
         Command::Verify {
             backup,

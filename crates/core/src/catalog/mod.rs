@@ -1,9 +1,14 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+mod inventory;
 mod lock;
 mod manifest;
 
+pub use inventory::{
+    BackupLease, CatalogEntry, DatabaseInventory, Inventory, Lease, TOMBSTONE_NAME, Tombstone,
+    Verification, id_started_at, leased_now, tombstone,
+};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{
     EncryptionInfo, MANIFEST_LIMIT, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ObjectInfo,
@@ -121,6 +126,23 @@ pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Re
     }
 }
 
+/// The predecessors the tombstones of `database` link to.
+pub async fn tombstone_links(sink: &dyn Sink, database: &str) -> Result<Vec<String>> {
+    let mut links = Vec::new();
+    for meta in sink.list(&format!("{database}/")).await? {
+        if !meta.key.ends_with(&format!("/{TOMBSTONE_NAME}")) {
+            continue;
+        }
+        if let Ok(bytes) = sink.get_bytes(&meta.key, MANIFEST_LIMIT).await
+            && let Ok(t) = serde_json::from_slice::<Tombstone>(&bytes)
+            && let Some(p) = t.previous
+        {
+            links.push(p.backup_id);
+        }
+    }
+    Ok(links)
+}
+
 /// The head of `database`'s manifest chain, as the link for the next manifest: the
 /// committed manifest no other one links to. Ids sort by start time, not by commit
 /// time, so the newest id is not the head when backups overlap; with several heads
@@ -131,7 +153,10 @@ pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Re
 pub async fn previous_link(sink: &dyn Sink, database: &str) -> Result<Option<PreviousManifest>> {
     let all = list_backups(sink, Some(database)).await?;
     let mut stored = Vec::with_capacity(all.len());
-    let mut linked = std::collections::BTreeSet::new();
+    // A pruned manifest's link lives on in its tombstone: without it, the backup
+    // before a pruned one would look like a head.
+    let mut linked: std::collections::BTreeSet<String> =
+        tombstone_links(sink, database).await?.into_iter().collect();
     for backup in all {
         let bytes = sink
             .get_bytes(&backup.manifest_key(), MANIFEST_LIMIT)

@@ -47,6 +47,7 @@ pub struct Backup {
     statement_timeout: Duration,
     progress: Option<Progress>,
     invariants: Vec<Invariant>,
+    started_at: Option<Timestamp>,
 }
 
 impl Backup {
@@ -65,6 +66,7 @@ impl Backup {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             progress: None,
             invariants: Vec::new(),
+            started_at: None,
         }
     }
 
@@ -120,6 +122,13 @@ impl Backup {
         self
     }
 
+    /// The time the backup is recorded as started (its id, its age for retention);
+    /// default: now. Tests run a simulated calendar with it.
+    pub fn started_at(mut self, at: Option<Timestamp>) -> Self {
+        self.started_at = at;
+        self
+    }
+
     /// Takes the backup and returns its manifest, as committed.
     pub async fn run(self) -> Result<Manifest> {
         if self.recipients.is_none() && !self.unencrypted {
@@ -130,7 +139,7 @@ impl Backup {
         }
         let database = self.source.dbname().to_owned();
         catalog::check_database_name(&database)?;
-        let started_at = Timestamp::now();
+        let started_at = self.started_at.unwrap_or_else(Timestamp::now);
         let clock = Instant::now();
 
         let session =
@@ -237,7 +246,8 @@ impl Backup {
             .with_object(object_key));
         }
 
-        let finished_at = Timestamp::now();
+        let finished_at =
+            started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
         // still form one line, each linked to the manifest committed just before it.
         let lock = CommitLock::acquire(&*self.sink, &database, &backup_id).await?;

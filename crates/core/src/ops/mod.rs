@@ -9,17 +9,24 @@
 //! | [`Restore`] | a [`RestoreOutcome`] |
 //! | [`Verify`] | the recorded [`Report`](crate::verify::Report) |
 //! | [`Drill`] | a [`DrillOutcome`] |
+//! | [`Prune`] | every retention [`Decision`] |
+//! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
 //!
 //! Listing is [`catalog::list_backups`](crate::catalog::list_backups) and
-//! [`catalog::load_manifest`](crate::catalog::load_manifest).
+//! [`catalog::load_manifest`](crate::catalog::load_manifest); the whole catalog in one
+//! pass is [`catalog::Inventory`](crate::catalog::Inventory).
 
 mod backup;
+mod check;
 mod drill;
 pub mod interrupt;
+pub mod prune;
 mod restore;
 mod verify;
 
 pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
+pub use check::{CatalogCheck, CheckOutcome, Finding};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
+pub use prune::{Action, Decision, Prune, RetentionPolicy};
 pub use restore::{Restore, RestoreOutcome, drop_restored};
 pub use verify::{Verify, scratch_database};

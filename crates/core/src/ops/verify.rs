@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use jiff::Timestamp;
 
-use crate::catalog::{self, BackupRef, Manifest, ToolInfo};
+use crate::catalog::{self, BackupLease, BackupRef, Manifest, ToolInfo};
 use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::error::{Error, ErrorKind, Result};
@@ -15,6 +15,10 @@ use crate::ops::restore::{Restore, drop_restored};
 use crate::pg::ConnParams;
 use crate::sink::{Sink, SinkExt};
 use crate::verify::{Check, Report, Restored, Verifier, standard_verifiers};
+
+/// How long a verification's lease protects its backup from prune if the run dies
+/// without giving it back.
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A verification of one backup, configured by its builder methods and done by
 /// [`run`](Verify::run).
@@ -123,6 +127,15 @@ impl Verify {
                 }
                 Err(e) => return Err(e),
             };
+        // A lease keeps prune away while this backup is restored and judged.
+        let lease = BackupLease::take(
+            &*self.sink,
+            &manifest.database,
+            &manifest.backup_id,
+            &format!("verify, pid {}", std::process::id()),
+            LEASE_TTL,
+        )
+        .await?;
         let target = self
             .scratch
             .with_dbname(&scratch_database(&manifest.backup_id));
@@ -149,7 +162,20 @@ impl Verify {
             .restore_and_verify(restore, &target, !self.keep)
             .await;
         scratch.keep();
+        lease.release(&*self.sink).await;
         let (checks, restore_ms) = proven?;
+        // A backup pruned under a verification that started before its lease was
+        // seen is gone, not damaged: that is no verdict.
+        if checks.iter().any(|c| c.name == "archive" && !c.passed)
+            && catalog::tombstone(&*self.sink, &manifest.database, &manifest.backup_id)
+                .await?
+                .is_some()
+        {
+            return Err(Error::not_found(format!(
+                "backup {} was pruned while it was being verified; verify another one",
+                manifest.backup_id
+            )));
+        }
         let report = new_report(&manifest, &target, checks, restore_ms);
         write_report(&*self.sink, &report).await?;
         Ok(report)

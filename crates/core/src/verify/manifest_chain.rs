@@ -33,6 +33,7 @@ impl Verifier for ManifestChain {
         let mut successor = None;
         let mut linked = std::collections::BTreeSet::new();
         linked.extend(manifest.previous.as_ref().map(|p| p.backup_id.clone()));
+        linked.extend(catalog::tombstone_links(r.sink, &manifest.database).await?);
         let mut others = Vec::new();
         for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
             let bytes = r
@@ -103,13 +104,29 @@ async fn previous_check(r: &Restored<'_>) -> Result<Option<Check>> {
                 sha256_hex(&bytes)
             ),
         ),
-        Err(e) if e.kind() == ErrorKind::NotFound => Check::fail(
-            "manifest:previous",
-            format!(
-                "manifest of the previous backup {} is missing",
-                prev.backup_id
-            ),
-        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            match catalog::tombstone(r.sink, &manifest.database, &prev.backup_id).await? {
+                Some(t) => Check::judge(
+                    "manifest:previous",
+                    t.manifest_sha256 == prev.manifest_sha256,
+                    format!(
+                        "{} was pruned at {} ({}); its tombstone records sha256 {}, this manifest {}",
+                        prev.backup_id,
+                        t.pruned_at,
+                        t.reason,
+                        t.manifest_sha256,
+                        prev.manifest_sha256
+                    ),
+                ),
+                None => Check::fail(
+                    "manifest:previous",
+                    format!(
+                        "manifest of the previous backup {} is missing, and no tombstone says it was pruned",
+                        prev.backup_id
+                    ),
+                ),
+            }
+        }
         Err(e) => return Err(e),
     }))
 }

@@ -1,0 +1,339 @@
+//! The whole catalog of a sink in one pass: every committed backup with its objects
+//! and verification records, every tombstone of a pruned backup, every lease of a run
+//! working on a backup, and the objects of runs that never committed. `list`,
+//! `status`, `check` and `prune` read it once per call: one listing, then each
+//! manifest and record once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{
+    MANIFEST_LIMIT, MANIFEST_NAME, Manifest, PreviousManifest, check_database_name,
+};
+use crate::codec::sha256_hex;
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::{ObjectMeta, Sink, SinkExt};
+
+/// The file name of a pruned backup's tombstone.
+pub const TOMBSTONE_NAME: &str = "tombstone.json";
+
+/// The directory of a backup's leases.
+const LEASES: &str = "lease";
+
+/// What is left of a pruned backup, so the manifest chain stays checkable: the next
+/// manifest's link names this one's sha256, which the tombstone keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The database.
+    pub database: String,
+    /// The pruned backup.
+    pub backup_id: String,
+    /// sha256 of its manifest's bytes when it was pruned.
+    pub manifest_sha256: String,
+    /// sha256 of its stored dump object.
+    pub stored_sha256: String,
+    /// Why it went (which retention rule let it go).
+    pub reason: String,
+    /// When.
+    pub pruned_at: Timestamp,
+    /// The pgproof version that pruned it.
+    pub tool_version: String,
+    /// The pruned manifest's own link, so the chain goes on through the tombstone.
+    #[serde(default)]
+    pub previous: Option<PreviousManifest>,
+}
+
+/// A run working on a backup (a verification restoring it): prune leaves a backup
+/// with a live lease alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it (`verify on HOST pid N`).
+    pub holder: String,
+    /// When it stops protecting the backup if never released.
+    pub expires_at: Timestamp,
+}
+
+/// One verification of a backup, as its record says.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Verification {
+    /// When it finished.
+    pub verified_at: Timestamp,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// The measured restore time.
+    #[serde(default)]
+    pub restore_ms: Option<u64>,
+}
+
+/// A committed backup.
+#[derive(Clone, Debug)]
+pub struct CatalogEntry {
+    /// Its id.
+    pub backup_id: String,
+    /// The manifest, or why it cannot be read.
+    pub manifest: std::result::Result<Manifest, String>,
+    /// sha256 of the manifest's stored bytes.
+    pub manifest_sha256: String,
+    /// Every object under the backup's directory.
+    pub objects: Vec<ObjectMeta>,
+    /// Its verifications, oldest first (unreadable records are skipped).
+    pub verifications: Vec<Verification>,
+    /// Leases on it, live or expired.
+    pub leases: Vec<Lease>,
+}
+
+impl CatalogEntry {
+    /// The newest verification that passed.
+    pub fn last_passed(&self) -> Option<&Verification> {
+        self.verifications.iter().rev().find(|v| v.passed)
+    }
+
+    /// Whether a live lease protects it at `now`.
+    pub fn leased(&self, now: Timestamp) -> bool {
+        self.leases.iter().any(|l| l.expires_at > now)
+    }
+}
+
+/// One database's part of the catalog.
+#[derive(Clone, Debug, Default)]
+pub struct DatabaseInventory {
+    /// Committed backups, oldest first.
+    pub backups: Vec<CatalogEntry>,
+    /// Pruned backups.
+    pub tombstones: BTreeMap<String, Tombstone>,
+    /// Objects of backup ids with neither manifest nor tombstone (runs that never
+    /// committed, or are still running), and leftovers beside tombstones.
+    pub uncommitted: BTreeMap<String, Vec<ObjectMeta>>,
+}
+
+/// The catalog, per database.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// By database name.
+    pub databases: BTreeMap<String, DatabaseInventory>,
+}
+
+impl Inventory {
+    /// Reads the catalog of one database, or of all.
+    pub async fn load(sink: &dyn Sink, database: Option<&str>) -> Result<Self> {
+        let prefix = match database {
+            Some(db) => {
+                check_database_name(db)?;
+                format!("{db}/")
+            }
+            None => String::new(),
+        };
+        // database → id → objects
+        let mut grouped: BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>> = BTreeMap::new();
+        for meta in sink.list(&prefix).await? {
+            let mut parts = meta.key.splitn(3, '/');
+            let (Some(db), Some(id), Some(_rest)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue; // `<db>/_commit.lock` and other top-level files
+            };
+            grouped
+                .entry(db.to_owned())
+                .or_default()
+                .entry(id.to_owned())
+                .or_default()
+                .push(meta);
+        }
+        let mut inventory = Inventory::default();
+        for (db, ids) in grouped {
+            let mut part = DatabaseInventory::default();
+            for (id, objects) in ids {
+                let has = |name: &str| objects.iter().any(|o| o.key == format!("{db}/{id}/{name}"));
+                if has(TOMBSTONE_NAME) {
+                    let key = format!("{db}/{id}/{TOMBSTONE_NAME}");
+                    let bytes = sink.get_bytes(&key, MANIFEST_LIMIT).await?;
+                    match serde_json::from_slice::<Tombstone>(&bytes) {
+                        Ok(t) => {
+                            part.tombstones.insert(id.clone(), t);
+                        }
+                        Err(e) => tracing::warn!(key = %key, error = %e, "unreadable tombstone"),
+                    }
+                }
+                if !has(MANIFEST_NAME) {
+                    let leftovers: Vec<ObjectMeta> = objects
+                        .into_iter()
+                        .filter(|o| !o.key.ends_with(&format!("/{TOMBSTONE_NAME}")))
+                        .collect();
+                    if !leftovers.is_empty() {
+                        part.uncommitted.insert(id, leftovers);
+                    }
+                    continue;
+                }
+                part.backups.push(load_entry(sink, &db, id, objects).await?);
+            }
+            inventory.databases.insert(db, part);
+        }
+        Ok(inventory)
+    }
+}
+
+async fn load_entry(
+    sink: &dyn Sink,
+    db: &str,
+    id: String,
+    objects: Vec<ObjectMeta>,
+) -> Result<CatalogEntry> {
+    let manifest_key = format!("{db}/{id}/{MANIFEST_NAME}");
+    let bytes = sink.get_bytes(&manifest_key, MANIFEST_LIMIT).await?;
+    let manifest = match serde_json::from_slice::<Manifest>(&bytes) {
+        Ok(m) if m.backup_id == id && m.database == db => Ok(m),
+        Ok(m) => Err(format!(
+            "manifest {manifest_key} describes backup {}/{}: it was moved or edited",
+            m.database, m.backup_id
+        )),
+        Err(e) => Err(format!(
+            "manifest {manifest_key} is not a valid pgproof manifest ({e}); it was damaged or edited"
+        )),
+    };
+    let mut verifications = Vec::new();
+    let mut leases = Vec::new();
+    for object in &objects {
+        let rest = &object.key[db.len() + id.len() + 2..];
+        let kind = rest.split('/').next().unwrap_or("");
+        if kind != "verify" && kind != LEASES || !rest.ends_with(".json") {
+            continue;
+        }
+        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
+            Ok(body) => body,
+            // Released or pruned since the listing.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if kind == "verify" {
+            match serde_json::from_slice::<Verification>(&body) {
+                Ok(v) => verifications.push(v),
+                Err(e) => {
+                    tracing::warn!(key = %object.key, error = %e, "unreadable verification record")
+                }
+            }
+        } else if let Ok(lease) = serde_json::from_slice::<Lease>(&body) {
+            leases.push(lease);
+        }
+    }
+    verifications.sort_by_key(|v| v.verified_at);
+    Ok(CatalogEntry {
+        backup_id: id,
+        manifest,
+        manifest_sha256: sha256_hex(&bytes),
+        objects,
+        verifications,
+        leases,
+    })
+}
+
+impl DatabaseInventory {
+    /// Every backup id some manifest or tombstone links to as its predecessor.
+    pub fn linked(&self) -> BTreeSet<&str> {
+        self.backups
+            .iter()
+            .filter_map(|b| b.manifest.as_ref().ok()?.previous.as_ref())
+            .chain(self.tombstones.values().filter_map(|t| t.previous.as_ref()))
+            .map(|p| p.backup_id.as_str())
+            .collect()
+    }
+}
+
+/// A lease on one backup, taken with [`take`](BackupLease::take) and given back with
+/// [`release`](BackupLease::release) (one that is not released expires).
+#[derive(Debug)]
+pub struct BackupLease {
+    key: String,
+}
+
+impl BackupLease {
+    /// Takes a lease on `database`/`backup_id` for `ttl`.
+    pub async fn take(
+        sink: &dyn Sink,
+        database: &str,
+        backup_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Self> {
+        let now = Timestamp::now();
+        let unique = &sha256_hex(format!("{holder}{}", now.as_nanosecond()).as_bytes())[..12];
+        let key = format!("{database}/{backup_id}/{LEASES}/{unique}.json");
+        let lease = Lease {
+            holder: holder.to_owned(),
+            expires_at: now + jiff::SignedDuration::try_from(ttl).unwrap_or_default(),
+        };
+        let body = serde_json::to_vec(&lease)
+            .map_err(|e| Error::tool(format!("cannot serialize a lease: {e}")))?;
+        sink.put_bytes(&key, Bytes::from(body)).await?;
+        Ok(Self { key })
+    }
+
+    /// Gives the lease back; a failure is logged (the lease expires by itself).
+    pub async fn release(self, sink: &dyn Sink) {
+        if let Err(e) = sink.delete(&self.key).await {
+            tracing::warn!(lease = %self.key, error = %e, "could not release a lease; it expires by itself");
+        }
+    }
+}
+
+/// Whether a live lease protects the backup now (read fresh, just before deleting it).
+pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<bool> {
+    let now = Timestamp::now();
+    for object in sink
+        .list(&format!("{database}/{backup_id}/{LEASES}/"))
+        .await?
+    {
+        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
+            Ok(body) => body,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if serde_json::from_slice::<Lease>(&body).is_ok_and(|l| l.expires_at > now) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The tombstone of a pruned backup, if there is one.
+pub async fn tombstone(
+    sink: &dyn Sink,
+    database: &str,
+    backup_id: &str,
+) -> Result<Option<Tombstone>> {
+    match sink
+        .get_bytes(
+            &format!("{database}/{backup_id}/{TOMBSTONE_NAME}"),
+            MANIFEST_LIMIT,
+        )
+        .await
+    {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// When a backup id says its run started (ids begin with the UTC start time).
+pub fn id_started_at(backup_id: &str) -> Option<Timestamp> {
+    let stamp = backup_id.split('-').next()?;
+    jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S%.fZ", stamp)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_say_when_their_run_started() {
+        let at = id_started_at("20261123T063151.042Z-3fa9").unwrap();
+        assert_eq!(at.to_string(), "2026-11-23T06:31:51.042Z");
+        assert_eq!(id_started_at("_commit.lock"), None);
+    }
+}

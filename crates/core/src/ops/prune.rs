@@ -1,0 +1,364 @@
+//! Prune: retention by policy, with the rules that protect users from what has hit
+//! users of other tools (failed runs pruning the good backups).
+//!
+//! - Only committed backups count: a run that failed leaves no manifest, so it can
+//!   neither be kept in place of a good backup nor push one out.
+//! - The newest backup that passed verification is never deleted, nor the chain's
+//!   head (the manifest the next backup will link to), nor a backup whose manifest
+//!   cannot be read (it is reported instead).
+//! - A backup being verified holds a lease and is left alone; so is a run still
+//!   writing (its objects are orphans only once older than the grace period).
+//! - A pruned backup leaves a tombstone (id, manifest and dump sha256, reason, time),
+//!   written before anything is deleted, so the manifest chain stays checkable and an
+//!   interrupted prune is finished by the next one.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use jiff::{SignedDuration, Timestamp};
+
+use crate::catalog::{
+    CatalogEntry, DatabaseInventory, Inventory, MANIFEST_NAME, TOMBSTONE_NAME, Tombstone,
+    id_started_at, leased_now,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::{Sink, SinkExt};
+
+/// How many backups to keep, restic-style: each rule keeps some, a backup kept by any
+/// rule stays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// The newest N.
+    pub keep_last: Option<u32>,
+    /// The newest backup of each of the N newest days that have one (UTC).
+    pub keep_daily: Option<u32>,
+    /// Likewise per ISO week.
+    pub keep_weekly: Option<u32>,
+    /// Likewise per calendar month.
+    pub keep_monthly: Option<u32>,
+    /// Every backup younger than this.
+    pub keep_within: Option<SignedDuration>,
+}
+
+impl RetentionPolicy {
+    /// Whether any rule is set (with none, nothing may be pruned).
+    pub fn is_set(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_within.is_some()
+    }
+}
+
+/// How long the objects of a run that never committed are left alone by default: a
+/// run may still be writing them.
+pub const DEFAULT_ORPHAN_GRACE: SignedDuration = SignedDuration::from_hours(48);
+
+/// What prune decided about one backup (or one uncommitted run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The database.
+    pub database: String,
+    /// The backup id.
+    pub backup_id: String,
+    /// What happens to it.
+    pub action: Action,
+}
+
+/// What happens to a backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Kept, with every rule that keeps it.
+    Keep(Vec<String>),
+    /// Deleted (a tombstone stays), with why.
+    Delete(String),
+    /// Objects of a run that never committed, older than the grace period: deleted.
+    DeleteOrphan(usize),
+    /// Leftovers beside a tombstone (an interrupted prune): deleted.
+    FinishPrune(usize),
+}
+
+/// Retention for every database in a sink (or one), configured by its builder methods
+/// and done by [`run`](Prune::run).
+#[must_use = "a Prune does nothing until run"]
+pub struct Prune {
+    sink: Arc<dyn Sink>,
+    policy: RetentionPolicy,
+    database: Option<String>,
+    dry_run: bool,
+    now: Option<Timestamp>,
+    orphan_grace: SignedDuration,
+}
+
+impl Prune {
+    /// Prunes `sink` by `policy`.
+    pub fn new(sink: Arc<dyn Sink>, policy: RetentionPolicy) -> Self {
+        Self {
+            sink,
+            policy,
+            database: None,
+            dry_run: false,
+            now: None,
+            orphan_grace: DEFAULT_ORPHAN_GRACE,
+        }
+    }
+
+    /// Only this database.
+    pub fn database(mut self, database: Option<String>) -> Self {
+        self.database = database;
+        self
+    }
+
+    /// Decides and reports, deletes nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// The time the rules are applied at; default now. (Tests run a simulated
+    /// calendar with it.)
+    pub fn now(mut self, now: Timestamp) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// How old an uncommitted run's objects must be before they are deleted.
+    pub fn orphan_grace(mut self, grace: SignedDuration) -> Self {
+        self.orphan_grace = grace;
+        self
+    }
+
+    /// Decides, then (unless a dry run) deletes. Returns every decision.
+    pub async fn run(self) -> Result<Vec<Decision>> {
+        if !self.policy.is_set() {
+            return Err(Error::config(
+                "no retention rule is set, so prune would have nothing to keep by: set at least one of keep_last, keep_daily, keep_weekly, keep_monthly, keep_within",
+            ));
+        }
+        let now = self.now.unwrap_or_else(Timestamp::now);
+        let inventory = Inventory::load(&*self.sink, self.database.as_deref()).await?;
+        let mut decisions = Vec::new();
+        for (database, part) in &inventory.databases {
+            decisions.extend(decide(database, part, &self.policy, now, self.orphan_grace));
+        }
+        if self.dry_run {
+            return Ok(decisions);
+        }
+        for d in &decisions {
+            let part = &inventory.databases[&d.database];
+            match &d.action {
+                Action::Keep(_) => {}
+                Action::Delete(reason) => {
+                    let entry = part
+                        .backups
+                        .iter()
+                        .find(|b| b.backup_id == d.backup_id)
+                        .ok_or_else(|| {
+                            Error::tool("a decided backup vanished from the inventory")
+                        })?;
+                    self.delete_backup(&d.database, entry, reason, now).await?;
+                }
+                Action::DeleteOrphan(_) | Action::FinishPrune(_) => {
+                    for object in part.uncommitted.get(&d.backup_id).into_iter().flatten() {
+                        delete_quietly(&*self.sink, &object.key).await?;
+                    }
+                }
+            }
+        }
+        Ok(decisions)
+    }
+
+    async fn delete_backup(
+        &self,
+        database: &str,
+        entry: &CatalogEntry,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<()> {
+        // A verification that started since the inventory was read holds a lease.
+        if leased_now(&*self.sink, database, &entry.backup_id).await? {
+            tracing::info!(database, backup_id = %entry.backup_id, "left alone: a run took a lease on it meanwhile");
+            return Ok(());
+        }
+        let manifest = entry
+            .manifest
+            .as_ref()
+            .map_err(|e| Error::tool(format!("refusing to prune a damaged backup: {e}")))?;
+        let tombstone = Tombstone {
+            database: database.to_owned(),
+            backup_id: entry.backup_id.clone(),
+            manifest_sha256: entry.manifest_sha256.clone(),
+            stored_sha256: manifest.object.stored_sha256.clone(),
+            reason: reason.to_owned(),
+            pruned_at: now,
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            previous: manifest.previous.clone(),
+        };
+        let mut body = serde_json::to_vec_pretty(&tombstone)
+            .map_err(|e| Error::tool(format!("cannot serialize a tombstone: {e}")))?;
+        body.push(b'\n');
+        let key = format!("{database}/{}/{TOMBSTONE_NAME}", entry.backup_id);
+        match self.sink.put_bytes(&key, Bytes::from(body)).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        // The manifest first: from here the backup is no longer listed, and what is
+        // left is finished by the next prune.
+        let manifest_key = format!("{database}/{}/{MANIFEST_NAME}", entry.backup_id);
+        delete_quietly(&*self.sink, &manifest_key).await?;
+        for object in &entry.objects {
+            if object.key != manifest_key {
+                delete_quietly(&*self.sink, &object.key).await?;
+            }
+        }
+        tracing::info!(database, backup_id = %entry.backup_id, reason, "pruned");
+        Ok(())
+    }
+}
+
+async fn delete_quietly(sink: &dyn Sink, key: &str) -> Result<()> {
+    match sink.delete(key).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The decisions for one database at `now`.
+pub fn decide(
+    database: &str,
+    part: &DatabaseInventory,
+    policy: &RetentionPolicy,
+    now: Timestamp,
+    orphan_grace: SignedDuration,
+) -> Vec<Decision> {
+    // Newest first, by the time each run started.
+    let mut backups: Vec<(&CatalogEntry, Timestamp)> = part
+        .backups
+        .iter()
+        .map(|b| {
+            let at = b
+                .manifest
+                .as_ref()
+                .map(|m| m.started_at)
+                .ok()
+                .or_else(|| id_started_at(&b.backup_id))
+                .unwrap_or(now);
+            (b, at)
+        })
+        .collect();
+    backups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.backup_id.cmp(&a.0.backup_id)));
+
+    let mut keep: Vec<Vec<String>> = vec![Vec::new(); backups.len()];
+    let linked = part.linked();
+    // The newest backup that passed a verification (not the newest verification).
+    let newest_verified = backups
+        .iter()
+        .find(|(b, _)| b.last_passed().is_some())
+        .map(|(b, _)| b.backup_id.as_str());
+    for (i, (b, at)) in backups.iter().enumerate() {
+        let reasons = &mut keep[i];
+        if b.manifest.is_err() {
+            reasons.push("its manifest cannot be read (see check)".into());
+        }
+        if !linked.contains(b.backup_id.as_str()) {
+            reasons.push("head of the manifest chain".into());
+        }
+        if Some(b.backup_id.as_str()) == newest_verified {
+            reasons.push("newest verified backup".into());
+        }
+        if b.leased(now) {
+            reasons.push("a run holds a lease on it (being verified)".into());
+        }
+        if let Some(n) = policy.keep_last
+            && (i as u64) < u64::from(n)
+        {
+            reasons.push(format!("keep_last {n}"));
+        }
+        if let Some(within) = policy.keep_within
+            && now.duration_since(*at) < within
+        {
+            reasons.push(format!("keep_within {within:#}"));
+        }
+    }
+    let civil = |at: Timestamp| at.to_zoned(jiff::tz::TimeZone::UTC).date();
+    bucket_keep(&backups, &mut keep, policy.keep_daily, "keep_daily", |at| {
+        civil(at).to_string()
+    });
+    bucket_keep(
+        &backups,
+        &mut keep,
+        policy.keep_weekly,
+        "keep_weekly",
+        |at| {
+            let week = civil(at).iso_week_date();
+            format!("{}-W{:02}", week.year(), week.week())
+        },
+    );
+    bucket_keep(
+        &backups,
+        &mut keep,
+        policy.keep_monthly,
+        "keep_monthly",
+        |at| {
+            let date = civil(at);
+            format!("{}-{:02}", date.year(), date.month())
+        },
+    );
+
+    let mut decisions: Vec<Decision> = backups
+        .iter()
+        .zip(keep)
+        .map(|((b, _), reasons)| Decision {
+            database: database.to_owned(),
+            backup_id: b.backup_id.clone(),
+            action: if reasons.is_empty() {
+                Action::Delete("kept by no retention rule".into())
+            } else {
+                Action::Keep(reasons)
+            },
+        })
+        .collect();
+    let grace_ago = now - orphan_grace;
+    for (id, objects) in &part.uncommitted {
+        let action = if part.tombstones.contains_key(id) {
+            Action::FinishPrune(objects.len())
+        } else {
+            // A run that started within the grace period may still be writing.
+            match id_started_at(id) {
+                Some(started) if started < grace_ago => Action::DeleteOrphan(objects.len()),
+                _ => continue,
+            }
+        };
+        decisions.push(Decision {
+            database: database.to_owned(),
+            backup_id: id.clone(),
+            action,
+        });
+    }
+    decisions
+}
+
+/// Keeps the newest backup of each of the `n` newest buckets (day, week, month).
+fn bucket_keep(
+    backups: &[(&CatalogEntry, Timestamp)],
+    keep: &mut [Vec<String>],
+    n: Option<u32>,
+    rule: &str,
+    bucket: impl Fn(Timestamp) -> String,
+) {
+    let Some(n) = n else { return };
+    let mut seen = BTreeSet::new();
+    for (i, (_, at)) in backups.iter().enumerate() {
+        if seen.len() >= n as usize {
+            break;
+        }
+        let key = bucket(*at);
+        if seen.insert(key.clone()) {
+            keep[i].push(format!("{rule} {n} ({key})"));
+        }
+    }
+}
