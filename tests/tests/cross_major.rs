@@ -41,6 +41,13 @@ fn installed(major: u32) -> Option<PgTools> {
         .iter()
         .find(|bin| bin.join("initdb").is_file())
         .unwrap_or(&bins[0]);
+    if !bin.join("initdb").is_file() {
+        missing_service(&format!(
+            "PostgreSQL {major} (no {}/initdb; run scripts/setup --tests)",
+            bin.display()
+        ));
+        return None;
+    }
     match PgTools::find(Some(bin), major, &["initdb", "pg_ctl", "postgres"]) {
         Ok(tools) if tools.major() == major => Some(tools),
         Ok(tools) => {
