@@ -337,8 +337,8 @@ async fn a_17_source_is_dumped_with_a_new_enough_pg_dump() {
     assert_eq!(named["pg_dump_version"], pg17.version(), "{named:#}");
     verify_passes(&ws, "17 dumped by 17", &[]);
 
-    // Discovered: with 18 and 17 on PATH (and Debian's 15 where it always is), the
-    // newest whose major is at least the server's.
+    // Discovered: with 17 and then 18 on PATH (and Debian's 15 where it always is), the
+    // newest whose major is at least the server's, not the first one found.
     let config = std::fs::read_to_string(&ws.config).unwrap();
     ws.write_config(
         &config
@@ -347,7 +347,7 @@ async fn a_17_source_is_dumped_with_a_new_enough_pg_dump() {
             .collect::<Vec<_>>()
             .join("\n"),
     );
-    let path = path_with(&[pg18.dir(), pg17.dir()]);
+    let path = path_with(&[pg17.dir(), pg18.dir()]);
     let out = pgproof_env(&ws, &["backup", "--json"], &[("PATH", &path)]);
     assert!(out.status.success(), "discovery: {}", stderr(&out));
     let discovered: Value = serde_json::from_slice(&out.stdout).unwrap();
