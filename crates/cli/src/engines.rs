@@ -117,9 +117,23 @@ pub fn scratch_server(
             "--keep needs verify.scratch_url: an ephemeral cluster is removed when pgproof exits",
         )),
         None => {
-            let cluster = EphemeralCluster::start(None)?;
+            let cluster = start_ephemeral(config)?;
             tracing::info!(version = %cluster.tools().version(), "started an ephemeral cluster to verify in");
             Ok((cluster.params("postgres")?, Some(cluster)))
         }
     }
+}
+
+/// Starts an ephemeral cluster of the install `source.pg_bin_dir` names when it holds
+/// the server programs, else of the newest one found. pgproof restores into it with the
+/// programs of `source.pg_bin_dir`, which must be at least as new as the server: a
+/// newer server found elsewhere (Debian's 17 beside a configured 15) would make every
+/// verification fail for want of a new enough pg_restore.
+pub fn start_ephemeral(config: &Config) -> Result<EphemeralCluster> {
+    let own = config.source.pg_bin_dir.as_deref().filter(|dir| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|p| dir.join(p).is_file())
+    });
+    EphemeralCluster::start(own)
 }

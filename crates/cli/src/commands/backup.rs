@@ -54,7 +54,11 @@ pub async fn backup(
                 committed.push(m);
             }
             Err(e) => {
-                tracing::error!(database = %database, error = %error_line(&e), "backup failed");
+                // With one database the closing error line says it all; with several,
+                // each failure is logged as it happens and summed up at the end.
+                if databases.len() > 1 {
+                    tracing::error!(database = %database, error = %error_line(&e), "backup failed");
+                }
                 if !json {
                     outln!("{database}  FAILED  {}", error_line(&e));
                 }

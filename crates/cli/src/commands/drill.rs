@@ -5,13 +5,12 @@ use std::sync::Arc;
 use pgproof_core::codec::KeyPair;
 use pgproof_core::ops::Drill;
 use pgproof_core::pg::ConnParams;
-use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::{Error, Result, Sink};
 use pgproof_sink_fs::FsSink;
 
 use crate::args::Annotations;
 use crate::config::Config;
-use crate::engines::{identities, open_sink, recipients};
+use crate::engines::{identities, open_sink, recipients, start_ephemeral};
 use crate::render::{human_bytes, outln, print_json, print_report};
 
 pub async fn drill(
@@ -24,7 +23,7 @@ pub async fn drill(
     let (server, _cluster) = match server {
         Some(url) => (ConnParams::parse(url)?, None),
         None => {
-            let cluster = EphemeralCluster::start(None)?;
+            let cluster = start_ephemeral(config)?;
             (cluster.params("postgres")?, Some(cluster))
         }
     };

@@ -56,9 +56,14 @@ impl PgTools {
             Some(dir) => format!("in the configured bin directory {}", dir.display()),
             None => "in the usual install directories or PATH".to_owned(),
         };
+        let wanted = match min_major {
+            0 => "PostgreSQL".to_owned(),
+            m => format!("PostgreSQL {m} or newer"),
+        };
         Err(Error::tool(format!(
-            "need {} of PostgreSQL {min_major} or newer {where_}, but found: {seen}; install a matching client package or name the PostgreSQL bin directory",
-            programs.join("/")
+            "need {} of {wanted} {where_}, but found: {seen}; {}",
+            programs.join("/"),
+            install_hint(min_major, programs)
         ))
         .with_setting(Setting::PgBinDir))
     }
@@ -96,6 +101,41 @@ impl PgTools {
     pub fn major(&self) -> u32 {
         self.major
     }
+}
+
+/// What to install, by package name, for `programs` of PostgreSQL `min_major` or newer.
+/// An older pg_dump refuses a newer server and an older pg_restore may not read a
+/// newer archive, so the hint names the major wanted, not just "a client package".
+fn install_hint(min_major: u32, programs: &[&str]) -> String {
+    let server = programs
+        .iter()
+        .any(|p| matches!(*p, "initdb" | "pg_ctl" | "postgres"));
+    let (which, debian, rhel) = match (min_major, server) {
+        (0, false) => (
+            "PostgreSQL's".to_owned(),
+            "postgresql-client".to_owned(),
+            "postgresql".to_owned(),
+        ),
+        (0, true) => (
+            "PostgreSQL's".to_owned(),
+            "postgresql".to_owned(),
+            "postgresql-server".to_owned(),
+        ),
+        (m, false) => (
+            format!("PostgreSQL {m}'s"),
+            format!("postgresql-client-{m}"),
+            format!("postgresql{m}"),
+        ),
+        (m, true) => (
+            format!("PostgreSQL {m}'s"),
+            format!("postgresql-{m}"),
+            format!("postgresql{m}-server"),
+        ),
+    };
+    let what = if server { "server" } else { "client" };
+    format!(
+        "install {which} {what} programs (Debian/Ubuntu package {debian}, RHEL {rhel}; the PGDG repositories carry every major) and name their bin directory"
+    )
 }
 
 fn candidate_dirs() -> Vec<PathBuf> {
@@ -152,6 +192,12 @@ mod tests {
         assert!(err.contains("PostgreSQL 16 or newer"), "{err}");
         assert!(err.contains("14.11 in"), "{err}");
         assert!(err.contains("bin directory"), "{err}");
+        assert!(err.contains("postgresql-client-16"), "{err}");
+
+        let err = PgTools::find(Some(dir.path()), 16, &["initdb", "pg_ctl"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("package postgresql-16,"), "{err}");
 
         let err = PgTools::find(Some(dir.path()), 14, &["pg_dump", "pg_restore"])
             .unwrap_err()
