@@ -74,9 +74,17 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async {
+        // Registered before the command starts: a command may block its thread for a
+        // while (starting an ephemeral cluster), and a signal arriving before the
+        // handlers exist would end pgproof without cleaning up.
+        let mut signals = match Signals::register() {
+            Ok(signals) => signals,
+            Err(e) => return Err(Err(e)),
+        };
         tokio::select! {
+            biased;
+            signal = signals.first() => Err(Ok(signal)),
             done = commands::run(cli) => Ok(done),
-            signal = interrupted() => Err(signal),
         }
     });
     match outcome {
@@ -104,15 +112,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// The first of SIGINT, SIGTERM and SIGHUP, by name and number.
-async fn interrupted() -> std::io::Result<(&'static str, u8)> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::select! {
-        _ = int.recv() => ("SIGINT", 2),
-        _ = term.recv() => ("SIGTERM", 15),
-        _ = hup.recv() => ("SIGHUP", 1),
-    })
+/// SIGINT, SIGTERM and SIGHUP, caught from registration on.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The first to arrive, by name and number.
+    async fn first(&mut self) -> (&'static str, u8) {
+        tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 2),
+            _ = self.term.recv() => ("SIGTERM", 15),
+            _ = self.hup.recv() => ("SIGHUP", 1),
+        }
+    }
 }
