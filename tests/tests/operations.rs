@@ -320,3 +320,154 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     );
     assert_eq!(problems.len(), 4, "{problems:#?}");
 }
+
+/// A webhook receiver: answers the first `failures` requests with 500, then 200, and
+/// hands over each request body.
+fn webhook_server(failures: usize) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/hook/s3cr3t-token",
+        listener.local_addr().unwrap().port()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n < failures {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    (url, rx)
+}
+
+/// Hooks run without a shell with the outcome in their environment; a failing after
+/// hook or webhook does not change the result; a failing before hook stops the run;
+/// the webhook gets a JSON summary, retried, and its token never shows.
+#[tokio::test]
+async fn hooks_and_notifications_report_without_hiding_the_result() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE hooked")
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "hooked", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    let seen = ws.dir.path().join("seen.env");
+    let script = ws.dir.path().join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$PGPROOF_HOOK $PGPROOF_OUTCOME $PGPROOF_EXIT_CODE [$PGPROOF_BACKUPS] [$PGPROOF_FAILED]\" >> {}\necho hook says hi\nexit ${{HOOK_EXIT:-0}}\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (url, bodies) = webhook_server(2);
+    let hooked = format!(
+        "{config}\n[hooks]\nbefore = [\"{s}\"]\nafter = [\"{s}\", \"ignored-arg\"]\n\n[notify]\nurl = \"{url}\"\non = [\"failure\", \"success\"]\n",
+        s = script.display()
+    );
+    ws.write_config(&hooked);
+
+    // Success: both hooks ran, the webhook got the summary on its third attempt.
+    let out = ws.pgproof(&["backup", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("hook says hi"), "hook output is logged: {log}");
+    assert!(!log.contains("s3cr3t"), "the webhook token leaked: {log}");
+    let wait = std::time::Duration::from_secs(10);
+    let attempts: Vec<String> = (0..3).map(|_| bodies.recv_timeout(wait).unwrap()).collect();
+    assert!(
+        bodies.try_recv().is_err(),
+        "accepted on the third attempt, no fourth"
+    );
+    let body: Value = serde_json::from_str(&attempts[2]).unwrap();
+    assert_eq!(body["outcome"], "success", "{body}");
+    assert_eq!(body["backups"][0]["database"], "hooked");
+    let lines = std::fs::read_to_string(&seen).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines[0], "before   [] []");
+    assert!(
+        lines[1].starts_with("after success 0 [hooked/"),
+        "{lines:?}"
+    );
+
+    // A failing backup: the after hook sees it; the result is the backup's.
+    std::fs::remove_file(&seen).unwrap();
+    ws.write_config(&hooked.replace(&cluster.url("hooked"), &cluster.url("gone")));
+    let out = ws.pgproof(&["backup"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        lines
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("after failure 1 [] [gone]"),
+        "{lines}"
+    );
+    let last = bodies.recv_timeout(wait).expect("a failure is notified");
+    let body: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(body["outcome"], "failure");
+    assert_eq!(body["failed"][0]["database"], "gone");
+
+    // A failing after hook and an unreachable webhook: reported, result unchanged.
+    ws.write_config(
+        &hooked
+            .replace(&url, "http://127.0.0.1:9/hook/s3cr3t-token")
+            .replace("[notify]\n", "[notify]\nattempts = 2\ntimeout_secs = 2\n"),
+    );
+    let out = ws
+        .command(&["backup"])
+        .env("HOOK_EXIT", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("notification webhook failed"), "{log}");
+    assert!(!log.contains("s3cr3t"), "{log}");
+
+    // A failing before hook stops the run: nothing is backed up.
+    let before = ws.sink_files().len();
+    let out = ws
+        .command(&["backup"])
+        .env("HOOK_EXIT", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.trim().lines().last().unwrap().contains("before hook"),
+        "{err}"
+    );
+    assert_eq!(ws.sink_files().len(), before);
+}

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use pgproof_core::dump::Format;
 use pgproof_core::error::{Error, Result};
 use pgproof_core::evidence::invariant::Invariant;
+
+use crate::hooks::{HooksConfig, NotifyConfig};
 use pgproof_sink_object_store::SinkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// What status holds the catalog to.
     pub status: StatusConfig,
+    /// Commands around a backup run.
+    pub hooks: HooksConfig,
+    /// A webhook told of a run's outcome.
+    pub notify: NotifyConfig,
 }
 
 /// `[retention]`: restic-style rules per database; a backup kept by any rule stays.
@@ -277,6 +283,23 @@ impl Config {
             )));
         }
         self.sink.validate()?;
+        for (key, argv) in [
+            ("hooks.before", &self.hooks.before),
+            ("hooks.after", &self.hooks.after),
+        ] {
+            if argv.first().is_some_and(|p| p.trim().is_empty()) {
+                return Err(Error::config(format!(
+                    "{key} starts with an empty program; give the program's path, then its arguments"
+                )));
+            }
+        }
+        if let Some(url) = &self.notify.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(Error::config(
+                "notify.url must be an http:// or https:// URL",
+            ));
+        }
         for (key, value) in [
             ("retention.keep_within", &self.retention.keep_within),
             ("retention.orphan_grace", &self.retention.orphan_grace),

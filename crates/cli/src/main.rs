@@ -9,6 +9,7 @@ mod args;
 mod commands;
 mod config;
 mod engines;
+mod hooks;
 mod render;
 mod settings;
 
@@ -51,7 +52,7 @@ fn init_logging(cli: &Cli) {
 }
 
 /// Exit code for an error, as documented in `--help`.
-fn exit_code(e: &Error) -> u8 {
+pub(crate) fn exit_code(e: &Error) -> u8 {
     match e.kind() {
         ErrorKind::Config => 2,
         ErrorKind::Integrity | ErrorKind::Key => 3,

@@ -9,13 +9,24 @@ use pgproof_core::{Error, Result};
 use crate::commands::verify::{verification_outcome, verify_all};
 use crate::config::Config;
 use crate::engines::{open_sink, recipients, source_databases};
+use crate::hooks::{BackupSummary, FailedSummary};
 use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
+
+/// What a run committed and what failed, as it goes (for hooks and notifications).
+#[derive(Debug, Default)]
+pub struct RunLog {
+    /// Committed backups.
+    pub backups: Vec<BackupSummary>,
+    /// Failed databases.
+    pub failed: Vec<FailedSummary>,
+}
 
 pub async fn backup(
     config: &Config,
     json: bool,
     then_verify: bool,
     progress: &ProgressOutput,
+    log: &mut RunLog,
 ) -> Result<()> {
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
@@ -51,6 +62,11 @@ pub async fn backup(
                         m.duration_ms as f64 / 1000.0
                     );
                 }
+                log.backups.push(BackupSummary {
+                    database: m.database.clone(),
+                    backup_id: m.backup_id.clone(),
+                    stored_bytes: m.object.stored_bytes,
+                });
                 committed.push(m);
             }
             Err(e) => {
@@ -62,6 +78,10 @@ pub async fn backup(
                 if !json {
                     outln!("{database}  FAILED  {}", error_line(&e));
                 }
+                log.failed.push(FailedSummary {
+                    database: database.clone(),
+                    error: error_line(&e),
+                });
                 failed.push((database.clone(), e));
             }
         }

@@ -13,6 +13,7 @@ use pgproof_core::catalog;
 
 use crate::args::{Cli, Command, ConfigCommand};
 use crate::engines;
+use crate::hooks;
 use crate::render::{ProgressOutput, print_json};
 use crate::settings::{self, FlagOverrides};
 
@@ -46,19 +47,42 @@ pub async fn run(cli: Cli) -> Result<()> {
             prune,
             ..
         } => {
-            backup::backup(
-                &config,
-                json,
-                verify || config.verify.after_backup,
-                &progress,
-            )
-            .await?;
-            // Only after a run in which everything succeeded: a failing run must
-            // never be the reason good backups go.
-            if prune {
-                upkeep::prune(&config, None, false, false).await?;
-            }
-            Ok(())
+            let started_at = jiff::Timestamp::now();
+            let mut log = backup::RunLog::default();
+            let result = match hooks::before(&config.hooks).await {
+                Ok(()) => {
+                    let backed_up = backup::backup(
+                        &config,
+                        json,
+                        verify || config.verify.after_backup,
+                        &progress,
+                        &mut log,
+                    )
+                    .await;
+                    // Only after a run in which everything succeeded: a failing run
+                    // must never be the reason good backups go.
+                    match backed_up {
+                        Ok(()) if prune => upkeep::prune(&config, None, false, false).await,
+                        other => other,
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let summary = hooks::RunSummary {
+                tool: "pgproof",
+                version: env!("CARGO_PKG_VERSION"),
+                command: "backup",
+                outcome: if result.is_ok() { "success" } else { "failure" },
+                exit_code: result.as_ref().err().map_or(0, crate::exit_code),
+                started_at,
+                finished_at: jiff::Timestamp::now(),
+                backups: log.backups,
+                failed: log.failed,
+                error: result.as_ref().err().map(crate::render::error_line),
+            };
+            hooks::after(&config.hooks, &summary).await;
+            hooks::notify(&config.notify, &summary).await;
+            result
         }
         Command::Prune {
             dry_run,

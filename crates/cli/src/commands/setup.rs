@@ -50,6 +50,11 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
         }
     }
     shown.sink.endpoint = shown.sink.endpoint.as_deref().map(settings::redact_url);
+    shown.notify.url = shown
+        .notify
+        .url
+        .as_deref()
+        .map(crate::hooks::redact_webhook);
     let mut problems: Vec<String> = Vec::new();
     if let Err(e) = crate::engines::source_params(config) {
         problems.push(error_line(&e));
