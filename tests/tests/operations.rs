@@ -471,3 +471,119 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     );
     assert_eq!(ws.sink_files().len(), before);
 }
+
+/// `[[files]]`: a set of keys and configuration stored with the backup, encrypted,
+/// checked by verify, written back with its modes by `restore --files`; a secret set
+/// without encryption is refused, and a damaged archive fails its check.
+#[tokio::test]
+async fn file_sets_travel_with_the_backup() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE withfiles")
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "withfiles", "plain");
+    ws.verify_on(&cluster);
+    let pki = ws.dir.path().join("pki");
+    std::fs::create_dir_all(pki.join("issued")).unwrap();
+    std::fs::write(pki.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n").unwrap();
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(pki.join("issued/app.crt"), "certificate").unwrap();
+    std::fs::set_permissions(
+        pki.join("issued/app.crt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("issued/app.crt", pki.join("current.crt")).unwrap();
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[[files]]\nname = \"pki\"\npaths = [\"{}\"]\nsecret = true\n",
+        pki.display()
+    ));
+    let manifest = ws.backup();
+    let set = &manifest["files"][0];
+    assert_eq!(set["name"], "pki");
+    assert!(
+        set["object"]["key"]
+            .as_str()
+            .unwrap()
+            .ends_with("files-pki.tar.gz.age")
+    );
+    assert_eq!(set["entries"].as_array().unwrap().len(), 5, "{set:#}");
+    // Encrypted: the key's content is not in the stored bytes.
+    let stored = std::fs::read(ws.sink.join(set["object"]["key"].as_str().unwrap())).unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains("PRIVATE KEY"));
+
+    let out = ws.pgproof(&["verify", "latest", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "files:pki")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["passed"], true, "{check}");
+
+    let back = ws.dir.path().join("back");
+    ws.pgproof_ok(&["restore", "latest", "--files", back.to_str().unwrap()]);
+    let restored = back.join("pki").join(pki.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read_to_string(restored.join("ca.key")).unwrap(),
+        "-----BEGIN PRIVATE KEY-----\nsecret\n"
+    );
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&restored.join("ca.key")), 0o600);
+    assert_eq!(mode(&restored.join("issued/app.crt")), 0o644);
+    assert_eq!(
+        std::fs::read_link(restored.join("current.crt")).unwrap(),
+        std::path::PathBuf::from("issued/app.crt")
+    );
+    // Never overwrites.
+    let out = ws.pgproof(&["restore", "latest", "--files", back.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("never overwritten"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A damaged archive fails its own check, not the run.
+    let key = ws.sink.join(set["object"]["key"].as_str().unwrap());
+    let mut bytes = std::fs::read(&key).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0x01;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&key, bytes).unwrap();
+    let out = ws.pgproof(&["verify", "latest", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["files:pki"]);
+
+    // A secret set is refused when backups are not encrypted.
+    ws.write_config(&format!(
+        "{}\n[[files]]\nname = \"pki\"\npaths = [\"{}\"]\nsecret = true\n",
+        config.replace("[encryption]\n", "[encryption]\nenabled = false\n"),
+        pki.display()
+    ));
+    let out = ws.pgproof(&["backup"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("files[0]") && stderr(&out).contains("secret"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -177,8 +177,12 @@ pub enum Command {
         backup: String,
         /// Database to restore into (libpq URI); must not exist, or be empty,
         /// unless --clean.
-        #[arg(long, value_name = "URL")]
-        target: String,
+        #[arg(long, value_name = "URL", required_unless_present = "files")]
+        target: Option<String>,
+        /// Also (or, without --target, only) write the backup's file sets under
+        /// DIR/<set>/<path as backed up>, with their modes; never overwrites.
+        #[arg(long, value_name = "DIR")]
+        files: Option<PathBuf>,
         /// Which database's backups `latest` refers to.
         #[arg(long)]
         database: Option<String>,

@@ -9,6 +9,7 @@ use pgproof_core::error::{Error, Result};
 use pgproof_core::evidence::invariant::Invariant;
 
 use crate::hooks::{HooksConfig, NotifyConfig};
+use pgproof_core::files::FileSet;
 use pgproof_sink_object_store::SinkConfig;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,9 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// A webhook told of a run's outcome.
     pub notify: NotifyConfig,
+    /// File material stored with every backup (`[[files]]` with `name`, `paths`,
+    /// `secret`).
+    pub files: Vec<FileSet>,
 }
 
 /// `[retention]`: restic-style rules per database; a backup kept by any rule stays.
@@ -292,6 +296,10 @@ impl Config {
                     "{key} starts with an empty program; give the program's path, then its arguments"
                 )));
             }
+        }
+        for (i, set) in self.files.iter().enumerate() {
+            set.validate(self.encryption.enabled)
+                .map_err(|e| Error::config(format!("files[{i}]: {e}")))?;
         }
         if let Some(url) = &self.notify.url
             && !(url.starts_with("https://") || url.starts_with("http://"))

@@ -41,6 +41,7 @@ pub async fn backup(
             .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
             .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
             .invariants(config.verify.invariants.clone())
+            .files(config.files.clone())
             .started_at(crate::commands::upkeep::injected_now()?)
             .progress(callback);
         backup = match &recipients {

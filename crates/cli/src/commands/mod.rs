@@ -132,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             clean,
             force,
             create_roles,
+            files,
             json,
             ..
         } => {
@@ -143,7 +144,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             restore::restore(
                 &config,
                 &backup,
-                &target,
+                restore::Destination {
+                    target: target.as_deref(),
+                    files: files.as_deref(),
+                },
                 database.as_deref(),
                 allow,
                 json,

@@ -2,7 +2,9 @@
 
 use pgproof_core::Result;
 use pgproof_core::catalog;
-use pgproof_core::ops::Restore;
+use std::path::Path;
+
+use pgproof_core::ops::{Restore, restore_files};
 use pgproof_core::pg::ConnParams;
 
 use crate::config::Config;
@@ -19,10 +21,18 @@ pub struct Allow {
     pub create_roles: bool,
 }
 
+/// Where a restore goes: a database, a directory for the file sets, or both.
+pub struct Destination<'a> {
+    /// The database (libpq URI).
+    pub target: Option<&'a str>,
+    /// The directory for file sets.
+    pub files: Option<&'a Path>,
+}
+
 pub async fn restore(
     config: &Config,
     which: &str,
-    target: &str,
+    into: Destination<'_>,
     database: Option<&str>,
     allow: Allow,
     json: bool,
@@ -32,9 +42,25 @@ pub async fn restore(
     // Configuration first: a missing key file or a bad URL is reported as such, before
     // the sink is read.
     let identities = identities(config)?;
-    let target = ConnParams::parse(target)?;
+    let target = into.target.map(ConnParams::parse).transpose()?;
     let found = catalog::resolve(&*sink, which, database).await?;
     let (m, _) = catalog::load_manifest(&*sink, &found).await?;
+    let mut report = serde_json::json!({
+        "backup_id": m.backup_id,
+        "source_database": m.database,
+    });
+    if let Some(dir) = into.files {
+        let written = restore_files(&*sink, &m, identities.as_ref(), dir).await?;
+        for w in &written {
+            if !json {
+                outln!("wrote file set into {}", w.display());
+            }
+        }
+        report["files"] = serde_json::json!(written);
+    }
+    let Some(target) = target else {
+        return if json { print_json(&report) } else { Ok(()) };
+    };
     let (bar, callback) = progress.start(format!("restore {}", m.backup_id));
     let outcome = Restore::new(sink, m.clone(), target)
         .identities(identities)
@@ -48,14 +74,11 @@ pub async fn restore(
     bar.finish_and_clear();
     let outcome = outcome?;
     if json {
-        print_json(&serde_json::json!({
-            "backup_id": m.backup_id,
-            "source_database": m.database,
-            "target_database": outcome.database,
-            "created": outcome.created,
-            "raw_bytes": outcome.raw_bytes,
-            "duration_ms": outcome.duration.as_millis() as u64,
-        }))
+        report["target_database"] = serde_json::json!(outcome.database);
+        report["created"] = serde_json::json!(outcome.created);
+        report["raw_bytes"] = serde_json::json!(outcome.raw_bytes);
+        report["duration_ms"] = serde_json::json!(outcome.duration.as_millis() as u64);
+        print_json(&report)
     } else {
         outln!(
             "restored {} ({}) into {} in {:.1}s",

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::evidence::Fingerprint;
 use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::evidence::invariant::InvariantResult;
+use crate::files::FileSetInfo;
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -75,6 +76,9 @@ pub struct Manifest {
     /// The application's invariant queries, run in the dump's snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invariants: Vec<InvariantResult>,
+    /// File material stored with the backup (`[[files]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileSetInfo>,
     /// The previous backup of this database at the time this one was taken.
     pub previous: Option<PreviousManifest>,
 }

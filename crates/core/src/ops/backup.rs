@@ -17,6 +17,7 @@ use crate::error::{Error, Result, Setting};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
 use crate::evidence::fingerprint::{Fingerprint, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
+use crate::files::{FileSet, FileSetInfo};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::sink::stream::Upload;
 use crate::sink::{Sink, SinkExt};
@@ -48,6 +49,7 @@ pub struct Backup {
     progress: Option<Progress>,
     invariants: Vec<Invariant>,
     started_at: Option<Timestamp>,
+    files: Vec<FileSet>,
 }
 
 impl Backup {
@@ -67,6 +69,7 @@ impl Backup {
             progress: None,
             invariants: Vec::new(),
             started_at: None,
+            files: Vec::new(),
         }
     }
 
@@ -122,6 +125,13 @@ impl Backup {
         self
     }
 
+    /// File sets stored with the backup (keys, certificates, configuration a restore
+    /// also needs).
+    pub fn files(mut self, files: Vec<FileSet>) -> Self {
+        self.files = files;
+        self
+    }
+
     /// The time the backup is recorded as started (its id, its age for retention);
     /// default: now. Tests run a simulated calendar with it.
     pub fn started_at(mut self, at: Option<Timestamp>) -> Self {
@@ -139,6 +149,9 @@ impl Backup {
         }
         let database = self.source.dbname().to_owned();
         catalog::check_database_name(&database)?;
+        for set in &self.files {
+            set.validate(self.recipients.is_some())?;
+        }
         let started_at = self.started_at.unwrap_or_else(Timestamp::now);
         let clock = Instant::now();
 
@@ -246,6 +259,31 @@ impl Backup {
             .with_object(object_key));
         }
 
+        // File sets beside the dump, before the manifest commits them all.
+        let mut files = Vec::new();
+        for set in &self.files {
+            match set
+                .store(
+                    &*self.sink,
+                    &format!("{database}/{backup_id}"),
+                    self.recipients.as_ref(),
+                )
+                .await
+            {
+                Ok(info) => files.push(info),
+                Err(e) => {
+                    // Nothing commits them: remove what this run stored.
+                    for key in files
+                        .iter()
+                        .map(|f: &FileSetInfo| f.object.key.clone())
+                        .chain([object_key])
+                    {
+                        let _ = self.sink.delete(&key).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let finished_at =
             started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
@@ -267,6 +305,7 @@ impl Backup {
                     properties,
                     roles,
                     fingerprint_ms,
+                    files,
                     started_at,
                     finished_at,
                     duration_ms: clock.elapsed().as_millis() as u64,
@@ -305,6 +344,7 @@ struct Committing<'a> {
     properties: DatabaseProperties,
     roles: Vec<RoleInfo>,
     fingerprint_ms: u64,
+    files: Vec<FileSetInfo>,
     started_at: Timestamp,
     finished_at: Timestamp,
     duration_ms: u64,
@@ -353,6 +393,7 @@ impl Backup {
             properties: Some(c.properties),
             roles: c.roles,
             invariants: c.evidence.invariants,
+            files: c.files,
             previous,
         };
         self.sink

@@ -28,5 +28,5 @@ pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
 pub use check::{CatalogCheck, CheckOutcome, Finding};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use prune::{Action, Decision, Prune, RetentionPolicy};
-pub use restore::{Restore, RestoreOutcome, drop_restored};
+pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
 pub use verify::{Verify, scratch_database};

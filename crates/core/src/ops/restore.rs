@@ -305,6 +305,29 @@ fn leading_major(version: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Writes a backup's file sets under `dir/<set>/<path as backed up>` with their
+/// modes, after checking each archive against the manifest; existing files are never
+/// overwritten. Returns the directories written.
+pub async fn restore_files(
+    sink: &dyn Sink,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+    dir: &std::path::Path,
+) -> Result<Vec<PathBuf>> {
+    if manifest.files.is_empty() {
+        return Err(Error::not_found(format!(
+            "backup {} holds no file sets",
+            manifest.backup_id
+        )));
+    }
+    let mut written = Vec::new();
+    for set in &manifest.files {
+        let tar = set.fetch(sink, identities).await?;
+        written.push(set.unpack(&tar, dir)?);
+    }
+    Ok(written)
+}
+
 /// Drops a database pgproof restored into (a scratch database after verification).
 pub async fn drop_restored(target: &ConnParams) -> Result<()> {
     admin::drop_database(target).await

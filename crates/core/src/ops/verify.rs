@@ -139,6 +139,7 @@ impl Verify {
         let target = self
             .scratch
             .with_dbname(&scratch_database(&manifest.backup_id));
+        let identities = self.identities.clone();
         let mut restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
             .identities(self.identities)
             .clean(true)
@@ -176,10 +177,48 @@ impl Verify {
                 manifest.backup_id
             )));
         }
+        let mut checks = checks;
+        checks.extend(file_checks(&*self.sink, &manifest, identities.as_ref()).await?);
         let report = new_report(&manifest, &target, checks, restore_ms);
         write_report(&*self.sink, &report).await?;
         Ok(report)
     }
+}
+
+/// One check per file set, `files:<name>`: the archive is what the manifest recorded
+/// and every entry has its recorded content and mode.
+async fn file_checks(
+    sink: &dyn Sink,
+    manifest: &Manifest,
+    identities: Option<&Identities>,
+) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for set in &manifest.files {
+        let name = format!("files:{}", set.name);
+        let tar = match set.fetch(sink, identities).await {
+            Ok(tar) => tar,
+            Err(e) if e.about_backup() || e.kind() == ErrorKind::NotFound => {
+                checks.push(Check::fail(name, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let differences = set.differences(&tar)?;
+        checks.push(Check::judge(
+            name,
+            differences.is_empty(),
+            if differences.is_empty() {
+                format!(
+                    "{} entries with their recorded content and modes (archive sha256 {})",
+                    set.entries.len(),
+                    set.object.stored_sha256
+                )
+            } else {
+                differences.join("; ")
+            },
+        ));
+    }
+    Ok(checks)
 }
 
 /// The scratch database name for a backup: `pgproof_verify_<id>`, lowercased, with
