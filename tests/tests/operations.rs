@@ -147,6 +147,15 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         std::fs::write(dir.join("dump.pgc.age"), when).unwrap();
     }
 
+    // Day 7's backup is being verified by another run: it holds a lease.
+    let lease = ws.sink.join("app").join(&ids[6]).join("lease");
+    std::fs::create_dir_all(&lease).unwrap();
+    std::fs::write(
+        lease.join("other-run.json"),
+        r#"{"holder": "verify, pid 1", "expires_at": "2099-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+
     let now = "2026-01-20T03:00:00Z";
     ws.write_config(&format!(
         "{config}\n[retention]\nkeep_daily = 3\nkeep_weekly = 3\norphan_grace = \"12h\"\n"
@@ -163,6 +172,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         })
     };
     for (day, rule) in [
+        (7, "lease"),
         (20, "keep_daily"),
         (19, "keep_daily"),
         (18, "keep_daily"),
@@ -200,7 +210,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     let out = at(&ws, now, &["prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(summary.contains("5 backups kept, 15 pruned"), "{summary}");
+    assert!(summary.contains("6 backups kept, 14 pruned"), "{summary}");
     let files = ws.sink_files();
     for day in [1, 6, 17] {
         let id = &ids[day - 1];
@@ -210,6 +220,21 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     }
     assert!(!files.iter().any(|f| f.contains("-dead")));
     assert!(files.iter().any(|f| f.contains("-live")));
+    std::fs::remove_dir_all(&lease).unwrap();
+
+    // A prune interrupted after the tombstone and the manifest: the next one finishes.
+    let leftover = ws.sink.join("app").join(&ids[0]).join("dump.pgc.age");
+    std::fs::write(&leftover, "left behind").unwrap();
+    let out = at(&ws, now, &["prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        decisions(&out)
+            .iter()
+            .any(|d| d["backup_id"] == ids[0].as_str() && d["action"] == "finish-prune"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!leftover.exists());
 
     // Pruned backups are no finding; the chain still verifies across a tombstone.
     let out = ws.pgproof(&["check", "--read-data"]);
