@@ -124,11 +124,19 @@ pub enum Command {
     /// verification record next to the manifest. Exits 0 only if every check passed.
     Verify {
         /// Backup id, or `latest` (default).
-        #[arg(default_value = "latest", conflicts_with = "all")]
+        #[arg(default_value = "latest", conflicts_with_all = ["all", "stale"])]
         backup: String,
         /// Verify every committed backup (of --database, if given).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stale")]
         all: bool,
+        /// Rolling re-verification: the backups whose newest passing verification is
+        /// older than this (`7d`, `36h`) or that never passed one, least recently
+        /// proven first.
+        #[arg(long, value_name = "AGE")]
+        stale: Option<String>,
+        /// With --stale: at most this many per run.
+        #[arg(long, value_name = "N", requires = "stale")]
+        limit: Option<usize>,
         /// Database whose backups to verify.
         #[arg(long)]
         database: Option<String>,
@@ -213,6 +221,28 @@ pub enum Command {
         /// JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Pin a backup: retention never deletes it while the pin holds.
+    Pin {
+        /// Backup id, or `latest`.
+        backup: String,
+        /// Database, where the id alone is ambiguous.
+        #[arg(long)]
+        database: Option<String>,
+        /// Until when (RFC 3339, or a date: 2027-01-31); default: until unpinned.
+        #[arg(long, value_name = "DATE")]
+        until: Option<String>,
+        /// Why (shown by list and show).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Remove a backup's pins.
+    Unpin {
+        /// Backup id, or `latest`.
+        backup: String,
+        /// Database, where the id alone is ambiguous.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Show one backup's manifest.
     Show {

@@ -69,6 +69,9 @@ pub struct StatusConfig {
     pub max_unverified_age: Option<String>,
     /// The RTO target: the newest passing verification's measured restore must fit.
     pub max_restore_time: Option<String>,
+    /// Every backup must have passed a verification within this (rolling
+    /// re-verification with `verify --stale`).
+    pub max_unproven_age: Option<String>,
 }
 
 /// Parses `90s`, `15m`, `36h`, `14d`, `2w` or sums like `1d12h`; `key` names the
@@ -314,6 +317,7 @@ impl Config {
             ("status.max_age", &self.status.max_age),
             ("status.max_unverified_age", &self.status.max_unverified_age),
             ("status.max_restore_time", &self.status.max_restore_time),
+            ("status.max_unproven_age", &self.status.max_unproven_age),
         ] {
             if let Some(text) = value {
                 parse_duration(key, text)?;

@@ -1,7 +1,7 @@
 //! `pgproof list` and `pgproof show`: the committed backups, read from their manifests.
 
-use pgproof_core::catalog;
-use pgproof_core::{Error, ErrorKind, Result};
+use pgproof_core::catalog::{self, CatalogEntry, Inventory};
+use pgproof_core::{Error, Result};
 
 use crate::config::Config;
 use crate::engines::open_sink;
@@ -9,67 +9,146 @@ use crate::render::{human_bytes, outln, print_json};
 
 pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
     let sink = open_sink(config)?;
-    let mut manifests = Vec::new();
-    let mut damaged = Vec::new();
-    for found in catalog::list_backups(&*sink, database).await? {
-        match catalog::load_manifest(&*sink, &found).await {
-            Ok((manifest, _)) => manifests.push(manifest),
-            // One damaged manifest must not hide the good backups: it is reported
-            // beside them.
-            Err(e) if e.kind() == ErrorKind::Integrity => {
-                tracing::warn!(backup = %found.backup_id, database = %found.database, error = %e, "damaged manifest");
-                damaged.push((found, e.to_string()));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let now = crate::commands::upkeep::now()?;
+    // One pass over the catalog: each manifest and record read once.
+    let inventory = Inventory::load(&*sink, database).await?;
+    let mut entries: Vec<(&CatalogEntry, &str)> = inventory
+        .databases
+        .iter()
+        .flat_map(|(db, part)| part.backups.iter().map(move |b| (b, db.as_str())))
+        .collect();
+    entries.sort_by(|a, b| (&a.0.backup_id, a.1).cmp(&(&b.0.backup_id, b.1)));
     if json {
-        let mut entries: Vec<serde_json::Value> = manifests
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::tool(format!("cannot render JSON: {e}")))?;
-        entries.extend(damaged.iter().map(|(found, error)| {
-            serde_json::json!({
-                "backup_id": found.backup_id,
-                "database": found.database,
-                "status": "damaged",
-                "error": error,
-            })
-        }));
-        return print_json(&entries);
+        let mut out = Vec::new();
+        for (entry, db) in &entries {
+            out.push(match &entry.manifest {
+                Ok(m) => {
+                    let mut v = serde_json::to_value(m)
+                        .map_err(|e| Error::tool(format!("cannot render JSON: {e}")))?;
+                    v["last_verification"] =
+                        serde_json::json!(entry.verifications.last().map(|r| {
+                            serde_json::json!({
+                                "verified_at": r.verified_at,
+                                "passed": r.passed,
+                                "restore_ms": r.restore_ms,
+                            })
+                        }));
+                    v["pins"] = serde_json::json!(entry.pins);
+                    v
+                }
+                // One damaged manifest must not hide the good backups: it is
+                // reported beside them.
+                Err(error) => serde_json::json!({
+                    "backup_id": entry.backup_id,
+                    "database": db,
+                    "status": "damaged",
+                    "error": error,
+                }),
+            });
+        }
+        return print_json(&out);
     }
-    if manifests.is_empty() && damaged.is_empty() {
+    if entries.is_empty() {
         eprintln!("no backups in {}", sink.describe());
         return Ok(());
     }
     outln!(
-        "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  STARTED (UTC)",
+        "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {:<19}  {:<24}  PIN",
         "BACKUP ID",
         "DATABASE",
         "FORMAT",
         "DUMP",
-        "STORED"
+        "STORED",
+        "STARTED (UTC)",
+        "LAST VERIFIED"
     );
-    for m in &manifests {
+    for (entry, db) in &entries {
+        let m = match &entry.manifest {
+            Ok(m) => m,
+            Err(_) => {
+                tracing::warn!(backup = %entry.backup_id, database = %db, "damaged manifest");
+                outln!(
+                    "{:<25}  {:<16}  DAMAGED manifest: `pgproof show {} --database {db}` says why",
+                    entry.backup_id,
+                    db,
+                    entry.backup_id
+                );
+                continue;
+            }
+        };
+        let verified = entry.verifications.last().map_or("never".to_owned(), |v| {
+            format!(
+                "{} {}{}",
+                if v.passed { "PASS" } else { "FAIL" },
+                v.verified_at.strftime("%Y-%m-%d %H:%M"),
+                v.restore_ms
+                    .map(|ms| format!(" {:.0}s", ms as f64 / 1000.0))
+                    .unwrap_or_default()
+            )
+        });
         outln!(
-            "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {}",
+            "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {:<19}  {:<24}  {}",
             m.backup_id,
             m.database,
             m.format,
             human_bytes(m.object.raw_bytes),
             human_bytes(m.object.stored_bytes),
-            m.started_at.strftime("%Y-%m-%d %H:%M:%S")
+            m.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            verified,
+            entry.pinned(now).map(|p| p.describe()).unwrap_or_default()
         );
     }
-    for (found, _) in &damaged {
-        outln!(
-            "{:<25}  {:<16}  DAMAGED manifest: `pgproof show {}` says why",
-            found.backup_id,
-            found.database,
-            found.backup_id
-        );
-    }
+    Ok(())
+}
+
+pub async fn pin(
+    config: &Config,
+    which: &str,
+    database: Option<&str>,
+    until: Option<&str>,
+    note: Option<String>,
+) -> Result<()> {
+    let until = until
+        .map(|text| {
+            text.parse::<jiff::Timestamp>()
+                .or_else(|_| {
+                    text.parse::<jiff::civil::Date>()
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| {
+                            d.to_zoned(jiff::tz::TimeZone::UTC)
+                                .map(|z| z.timestamp())
+                                .map_err(|e| e.to_string())
+                        })
+                })
+                .map_err(|e| {
+                    Error::config(format!(
+                        "--until {text:?} is neither an RFC 3339 time nor a date like 2027-01-31 ({e})"
+                    ))
+                })
+        })
+        .transpose()?;
+    let sink = open_sink(config)?;
+    let found = catalog::resolve(&*sink, which, database).await?;
+    let pinned = catalog::pin(&*sink, &found.database, &found.backup_id, until, note).await?;
+    outln!(
+        "{} ({}) {}",
+        found.backup_id,
+        found.database,
+        pinned.describe()
+    );
+    Ok(())
+}
+
+pub async fn unpin(config: &Config, which: &str, database: Option<&str>) -> Result<()> {
+    let sink = open_sink(config)?;
+    let found = catalog::resolve(&*sink, which, database).await?;
+    let removed = catalog::unpin(&*sink, &found.database, &found.backup_id).await?;
+    outln!(
+        "{} ({}): {removed} pin{} removed",
+        found.backup_id,
+        found.database,
+        if removed == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 
@@ -118,5 +197,26 @@ pub async fn show(config: &Config, which: &str, database: Option<&str>, json: bo
     outln!("took        {:.1}s", m.duration_ms as f64 / 1000.0);
     outln!("previous    {previous}");
     outln!("manifest    sha256 {sha256}");
+    // Pins and verifications live beside the manifest.
+    let inventory = Inventory::load(&*sink, Some(&m.database)).await?;
+    let entry = inventory
+        .databases
+        .get(&m.database)
+        .and_then(|p| p.backups.iter().find(|b| b.backup_id == m.backup_id));
+    if let Some(entry) = entry {
+        for p in &entry.pins {
+            outln!("pin         {} (set {})", p.describe(), p.pinned_at);
+        }
+        for v in &entry.verifications {
+            outln!(
+                "verified    {} {}{}",
+                v.verified_at,
+                if v.passed { "PASS" } else { "FAIL" },
+                v.restore_ms
+                    .map(|ms| format!(", restore {:.1}s", ms as f64 / 1000.0))
+                    .unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }

@@ -100,6 +100,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             backup,
             all,
+            stale,
+            limit,
             database,
             keep,
             json,
@@ -108,6 +110,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             let sink = engines::open_sink(&config)?;
             let targets = if all {
                 catalog::list_backups(&*sink, database.as_deref()).await?
+            } else if let Some(age) = &stale {
+                let targets =
+                    verify::stale_backups(&*sink, database.as_deref(), age, limit).await?;
+                if targets.is_empty() {
+                    if json {
+                        print_json(&Vec::<()>::new())?;
+                    } else {
+                        crate::render::outln!("every backup was proven within {age}");
+                    }
+                    return Ok(());
+                }
+                targets
             } else {
                 vec![catalog::resolve(&*sink, &backup, database.as_deref()).await?]
             };
@@ -156,6 +170,24 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::List { database, json } => list::list(&config, database.as_deref(), json).await,
+        Command::Pin {
+            backup,
+            database,
+            until,
+            note,
+        } => {
+            list::pin(
+                &config,
+                &backup,
+                database.as_deref(),
+                until.as_deref(),
+                note,
+            )
+            .await
+        }
+        Command::Unpin { backup, database } => {
+            list::unpin(&config, &backup, database.as_deref()).await
+        }
         Command::Show {
             backup,
             database,

@@ -170,6 +170,10 @@ struct DatabaseStatus {
     newest_verified_backup_age_secs: Option<i64>,
     last_verification_at: Option<Timestamp>,
     last_restore_secs: Option<f64>,
+    /// Backups not proven within `max_unproven_age` (with the threshold set).
+    unproven_backups: Option<usize>,
+    oldest_unproven_backup: Option<String>,
+    oldest_unproven_backup_at: Option<Timestamp>,
     breaches: Vec<String>,
 }
 
@@ -185,6 +189,7 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
         &config.status.max_unverified_age,
     )?;
     let max_restore = limit("status.max_restore_time", &config.status.max_restore_time)?;
+    let max_unproven = limit("status.max_unproven_age", &config.status.max_unproven_age)?;
     let inventory = Inventory::load(&*sink, None).await?;
     let mut names: Vec<String> = inventory.databases.keys().cloned().collect();
     if let Databases::Named(configured) = &config.source.databases {
@@ -228,8 +233,31 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             last_restore_secs: last_verification
                 .and_then(|v| v.restore_ms)
                 .map(|ms| ms as f64 / 1000.0),
+            unproven_backups: None,
+            oldest_unproven_backup: None,
+            oldest_unproven_backup_at: None,
             breaches: Vec::new(),
         };
+        if let Some(max) = max_unproven {
+            let mut unproven: Vec<_> = readable
+                .iter()
+                .filter(|(b, _)| {
+                    b.last_passed()
+                        .is_none_or(|v| now.duration_since(v.verified_at) > max)
+                })
+                .collect();
+            unproven.sort_by_key(|(_, m)| m.started_at);
+            s.unproven_backups = Some(unproven.len());
+            s.oldest_unproven_backup = unproven.first().map(|(b, _)| b.backup_id.clone());
+            s.oldest_unproven_backup_at = unproven.first().map(|(_, m)| m.started_at);
+            if !unproven.is_empty() {
+                s.breaches.push(format!(
+                    "{} backups not proven within status.max_unproven_age {max:#} (oldest {})",
+                    unproven.len(),
+                    unproven[0].0.backup_id
+                ));
+            }
+        }
         if newest.is_none() {
             s.breaches.push("no backup".into());
         }
@@ -384,6 +412,18 @@ fn write_textfile(file: &Path, statuses: &[DatabaseStatus]) -> Result<()> {
             "Committed backups in the sink.",
             db,
             Some(s.backups as f64),
+        );
+        add(
+            "pgproof_unproven_backups",
+            "Backups not proven within status.max_unproven_age.",
+            db,
+            s.unproven_backups.map(|n| n as f64),
+        );
+        add(
+            "pgproof_oldest_unproven_backup_timestamp_seconds",
+            "Start of the oldest backup not proven within status.max_unproven_age, Unix time.",
+            db,
+            ts(s.oldest_unproven_backup_at),
         );
         add(
             "pgproof_status_breached",

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use pgproof_core::catalog::BackupRef;
+use pgproof_core::catalog::{BackupRef, Inventory};
 use pgproof_core::ops::Verify;
 use pgproof_core::verify::{Report, standard_verifiers_with};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
-use crate::config::Config;
+use crate::config::{Config, parse_duration};
 use crate::engines::{identities, scratch_server};
 use crate::render::{ProgressOutput, print_report};
 
@@ -72,4 +72,40 @@ pub fn verification_outcome(reports: &[Report]) -> Result<()> {
                 .join(", ")
         ))),
     }
+}
+
+/// The backups whose newest passing verification is older than `age` (or that never
+/// passed one), least recently proven first, at most `limit`.
+pub async fn stale_backups(
+    sink: &dyn Sink,
+    database: Option<&str>,
+    age: &str,
+    limit: Option<usize>,
+) -> Result<Vec<BackupRef>> {
+    let age = parse_duration("--stale", age)?;
+    let now = crate::commands::upkeep::now()?;
+    let inventory = Inventory::load(sink, database).await?;
+    let mut stale: Vec<(Option<jiff::Timestamp>, BackupRef)> = Vec::new();
+    for (db, part) in &inventory.databases {
+        for entry in part.backups.iter().filter(|b| b.manifest.is_ok()) {
+            let proven = entry.last_passed().map(|v| v.verified_at);
+            if proven.is_none_or(|at| now.duration_since(at) > age) {
+                stale.push((
+                    proven,
+                    BackupRef {
+                        database: db.clone(),
+                        backup_id: entry.backup_id.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    // Never proven first (None sorts first), then the oldest proof, then the oldest
+    // backup.
+    stale.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
+    Ok(stale
+        .into_iter()
+        .map(|(_, b)| b)
+        .take(limit.unwrap_or(usize::MAX))
+        .collect())
 }

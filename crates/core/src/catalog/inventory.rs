@@ -24,6 +24,81 @@ pub const TOMBSTONE_NAME: &str = "tombstone.json";
 /// The directory of a backup's leases.
 const LEASES: &str = "lease";
 
+/// The directory of a backup's pins.
+const PINS: &str = "pin";
+
+/// A pin: retention never deletes the backup while it holds (until its date, or for
+/// good). Each pin is a create-only object of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// When it was pinned.
+    pub pinned_at: Timestamp,
+    /// Until when; `None`: until unpinned.
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+    /// Why.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl Pin {
+    /// Whether it still holds at `now`.
+    pub fn holds(&self, now: Timestamp) -> bool {
+        self.until.is_none_or(|until| until > now)
+    }
+
+    /// How it reads in a list: `pinned until …: note`.
+    pub fn describe(&self) -> String {
+        let until = self
+            .until
+            .map_or("for good".to_owned(), |u| format!("until {u}"));
+        match &self.note {
+            Some(note) => format!("pinned {until}: {note}"),
+            None => format!("pinned {until}"),
+        }
+    }
+}
+
+/// Pins `database`/`backup_id`.
+pub async fn pin(
+    sink: &dyn Sink,
+    database: &str,
+    backup_id: &str,
+    until: Option<Timestamp>,
+    note: Option<String>,
+) -> Result<Pin> {
+    let pin = Pin {
+        pinned_at: Timestamp::now(),
+        until,
+        note,
+    };
+    let unique =
+        &sha256_hex(format!("{}{backup_id}", pin.pinned_at.as_nanosecond()).as_bytes())[..8];
+    let key = format!(
+        "{database}/{backup_id}/{PINS}/{}-{unique}.json",
+        pin.pinned_at.strftime("%Y%m%dT%H%M%S%.6fZ")
+    );
+    let body = serde_json::to_vec_pretty(&pin)
+        .map_err(|e| Error::tool(format!("cannot serialize a pin: {e}")))?;
+    sink.put_bytes(&key, Bytes::from(body)).await?;
+    Ok(pin)
+}
+
+/// Removes every pin of `database`/`backup_id`; returns how many there were.
+pub async fn unpin(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<usize> {
+    let pins = sink
+        .list(&format!("{database}/{backup_id}/{PINS}/"))
+        .await?;
+    for p in &pins {
+        match sink.delete(&p.key).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(pins.len())
+}
+
 /// What is left of a pruned backup, so the manifest chain stays checkable: the next
 /// manifest's link names this one's sha256, which the tombstone keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,12 +159,19 @@ pub struct CatalogEntry {
     pub verifications: Vec<Verification>,
     /// Leases on it, live or expired.
     pub leases: Vec<Lease>,
+    /// Its pins, holding or lapsed.
+    pub pins: Vec<Pin>,
 }
 
 impl CatalogEntry {
     /// The newest verification that passed.
     pub fn last_passed(&self) -> Option<&Verification> {
         self.verifications.iter().rev().find(|v| v.passed)
+    }
+
+    /// A pin that holds at `now`, if any.
+    pub fn pinned(&self, now: Timestamp) -> Option<&Pin> {
+        self.pins.iter().find(|p| p.holds(now))
     }
 
     /// Whether a live lease protects it at `now`.
@@ -195,10 +277,11 @@ async fn load_entry(
     };
     let mut verifications = Vec::new();
     let mut leases = Vec::new();
+    let mut pins = Vec::new();
     for object in &objects {
         let rest = &object.key[db.len() + id.len() + 2..];
         let kind = rest.split('/').next().unwrap_or("");
-        if kind != "verify" && kind != LEASES || !rest.ends_with(".json") {
+        if !matches!(kind, "verify" | LEASES | PINS) || !rest.ends_with(".json") {
             continue;
         }
         let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
@@ -207,15 +290,22 @@ async fn load_entry(
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if kind == "verify" {
-            match serde_json::from_slice::<Verification>(&body) {
+        match kind {
+            "verify" => match serde_json::from_slice::<Verification>(&body) {
                 Ok(v) => verifications.push(v),
                 Err(e) => {
                     tracing::warn!(key = %object.key, error = %e, "unreadable verification record")
                 }
+            },
+            PINS => match serde_json::from_slice::<Pin>(&body) {
+                Ok(p) => pins.push(p),
+                Err(e) => tracing::warn!(key = %object.key, error = %e, "unreadable pin"),
+            },
+            _ => {
+                if let Ok(lease) = serde_json::from_slice::<Lease>(&body) {
+                    leases.push(lease);
+                }
             }
-        } else if let Ok(lease) = serde_json::from_slice::<Lease>(&body) {
-            leases.push(lease);
         }
     }
     verifications.sort_by_key(|v| v.verified_at);
@@ -226,6 +316,7 @@ async fn load_entry(
         objects,
         verifications,
         leases,
+        pins,
     })
 }
 
@@ -291,6 +382,25 @@ pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Res
             Err(e) => return Err(e),
         };
         if serde_json::from_slice::<Lease>(&body).is_ok_and(|l| l.expires_at > now) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a pin holds the backup now (read fresh, just before deleting it).
+pub async fn pinned_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<bool> {
+    let now = Timestamp::now();
+    for object in sink
+        .list(&format!("{database}/{backup_id}/{PINS}/"))
+        .await?
+    {
+        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
+            Ok(body) => body,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if serde_json::from_slice::<Pin>(&body).is_ok_and(|p| p.holds(now)) {
             return Ok(true);
         }
     }

@@ -6,8 +6,8 @@ mod lock;
 mod manifest;
 
 pub use inventory::{
-    BackupLease, CatalogEntry, DatabaseInventory, Inventory, Lease, TOMBSTONE_NAME, Tombstone,
-    Verification, id_started_at, leased_now, tombstone,
+    BackupLease, CatalogEntry, DatabaseInventory, Inventory, Lease, Pin, TOMBSTONE_NAME, Tombstone,
+    Verification, id_started_at, leased_now, pin, pinned_now, tombstone, unpin,
 };
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{

@@ -4,8 +4,8 @@
 //! - Only committed backups count: a run that failed leaves no manifest, so it can
 //!   neither be kept in place of a good backup nor push one out.
 //! - The newest backup that passed verification is never deleted, nor the chain's
-//!   head (the manifest the next backup will link to), nor a backup whose manifest
-//!   cannot be read (it is reported instead).
+//!   head (the manifest the next backup will link to), nor a pinned backup, nor a
+//!   backup whose manifest cannot be read (it is reported instead).
 //! - A backup being verified holds a lease and is left alone; so is a run still
 //!   writing (its objects are orphans only once older than the grace period).
 //! - A pruned backup leaves a tombstone (id, manifest and dump sha256, reason, time),
@@ -20,7 +20,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::catalog::{
     CatalogEntry, DatabaseInventory, Inventory, MANIFEST_NAME, TOMBSTONE_NAME, Tombstone,
-    id_started_at, leased_now,
+    id_started_at, leased_now, pinned_now,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
@@ -178,8 +178,10 @@ impl Prune {
         now: Timestamp,
     ) -> Result<()> {
         // A verification that started since the inventory was read holds a lease.
-        if leased_now(&*self.sink, database, &entry.backup_id).await? {
-            tracing::info!(database, backup_id = %entry.backup_id, "left alone: a run took a lease on it meanwhile");
+        if leased_now(&*self.sink, database, &entry.backup_id).await?
+            || pinned_now(&*self.sink, database, &entry.backup_id).await?
+        {
+            tracing::info!(database, backup_id = %entry.backup_id, "left alone: a run took a lease on it, or it was pinned, meanwhile");
             return Ok(());
         }
         let manifest = entry
@@ -269,6 +271,9 @@ pub fn decide(
         }
         if Some(b.backup_id.as_str()) == newest_verified {
             reasons.push("newest verified backup".into());
+        }
+        if let Some(pin) = b.pinned(now) {
+            reasons.push(pin.describe());
         }
         if b.leased(now) {
             reasons.push("a run holds a lease on it (being verified)".into());

@@ -1,0 +1,175 @@
+//! Trust over time: pins that retention respects, rolling re-verification over an
+//! injected clock.
+
+#![allow(clippy::unwrap_used)]
+
+use pgproof_tests::{Workspace, connect, start_cluster, stderr};
+use serde_json::Value;
+
+fn at(ws: &Workspace, now: &str, args: &[&str]) -> std::process::Output {
+    ws.command(args)
+        .env("PGPROOF_NOW", now)
+        .output()
+        .expect("run pgproof")
+}
+
+fn json(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn small_database(cluster: &pgproof_core::scratch::EphemeralCluster, name: &str) {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    connect(cluster, name)
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+}
+
+/// A pinned backup survives a policy that would delete it, until its pin lapses or is
+/// removed; list and show tell pins and notes.
+#[tokio::test]
+async fn pins_outlast_retention() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    small_database(&cluster, "pinned").await;
+    let ws = Workspace::new(&cluster, "pinned", "custom");
+    let mut ids = Vec::new();
+    for day in 1..=6 {
+        let out = at(
+            &ws,
+            &format!("2026-02-{day:02}T01:00:00Z"),
+            &["backup", "--json"],
+        );
+        ids.push(json(&out)[0]["backup_id"].as_str().unwrap().to_owned());
+    }
+    ws.pgproof_ok(&[
+        "pin",
+        &ids[1],
+        "--note",
+        "before the schema migration",
+        "--until",
+        "2026-03-01",
+    ]);
+    ws.pgproof_ok(&["pin", &ids[0], "--until", "2026-02-03T00:00:00Z"]);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!("{config}\n[retention]\nkeep_last = 1\n"));
+
+    let now = "2026-02-06T03:00:00Z";
+    let listed = json(&at(&ws, now, &["list", "--json"]));
+    let pins = &listed.as_array().unwrap()[1]["pins"];
+    assert_eq!(pins[0]["note"], "before the schema migration", "{listed:#}");
+    let text = String::from_utf8_lossy(&at(&ws, now, &["list"]).stdout).to_string();
+    assert!(
+        text.contains("pinned until 2026-03-01T00:00:00Z: before the schema migration"),
+        "{text}"
+    );
+
+    let out = at(&ws, now, &["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left: Vec<String> = json(&at(&ws, now, &["list", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        left,
+        [ids[1].clone(), ids[5].clone()],
+        "day 1's pin lapsed on Feb 3"
+    );
+
+    // After the pin's date, or once unpinned, retention takes it.
+    let later = "2026-03-02T00:00:00Z";
+    let plan = json(&at(&ws, later, &["prune", "--dry-run", "--json"]));
+    let day2 = plan["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["backup_id"] == ids[1].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(day2["action"], "delete", "{day2}");
+    ws.pgproof_ok(&["unpin", &ids[1]]);
+    let out = at(&ws, now, &["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&at(&ws, now, &["list", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// `verify --stale` re-proves what was never proven first, then what was proven
+/// longest ago, `--limit` per run; status says what is unproven.
+#[tokio::test]
+async fn rolling_reverification_over_an_injected_clock() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    small_database(&cluster, "rolling").await;
+    let ws = Workspace::new(&cluster, "rolling", "custom");
+    ws.verify_on(&cluster);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(ws.backup()["backup_id"].as_str().unwrap().to_owned());
+    }
+    ws.pgproof_ok(&["verify", &ids[1]]);
+    let day =
+        |d: i64| (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * d)).to_string();
+    let verified = |out: &std::process::Output| -> Vec<String> {
+        json(out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["backup_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = at(
+        &ws,
+        &day(1),
+        &["verify", "--stale", "7d", "--limit", "2", "--json"],
+    );
+    assert_eq!(
+        verified(&first),
+        [ids[0].clone(), ids[2].clone()],
+        "never proven first"
+    );
+    let second = at(&ws, &day(1), &["verify", "--stale", "7d", "--json"]);
+    assert_eq!(verified(&second), [ids[3].clone()]);
+    let none = at(&ws, &day(1), &["verify", "--stale", "7d"]);
+    assert!(String::from_utf8_lossy(&none.stdout).contains("every backup was proven within 7d"));
+
+    // Ten days on, all are stale; the least recently proven (ids[1]) goes first.
+    let later = at(
+        &ws,
+        &day(10),
+        &["verify", "--stale", "7d", "--limit", "1", "--json"],
+    );
+    assert_eq!(verified(&later), [ids[1].clone()]);
+
+    // status: with max_unproven_age, ten days on every backup is unproven (the
+    // verifications ran on the real clock, ten simulated days before).
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!("{config}\n[status]\nmax_unproven_age = \"7d\"\n"));
+    let out = at(&ws, &day(10), &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status[0]["unproven_backups"], 4, "{status:#}");
+    assert_eq!(status[0]["oldest_unproven_backup"], ids[0].as_str());
+    let out = at(&ws, &day(1), &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // list shows each backup's last verification.
+    let listed = json(&at(&ws, &day(1), &["list", "--json"]));
+    assert_eq!(listed[1]["last_verification"]["passed"], true);
+    assert!(listed[1]["last_verification"]["restore_ms"].is_u64());
+}
