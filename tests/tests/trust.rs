@@ -173,3 +173,90 @@ async fn rolling_reverification_over_an_injected_clock() {
     assert_eq!(listed[1]["last_verification"]["passed"], true);
     assert!(listed[1]["last_verification"]["restore_ms"].is_u64());
 }
+
+/// A table truncated, one thinned out, one renamed and one dropped between two backups:
+/// the second backup says so with figures (output, manifest, status), and status fails
+/// on it when asked to.
+#[tokio::test]
+async fn anomalies_against_the_previous_backup_are_alerts() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE shop")
+        .await
+        .unwrap();
+    let client = connect(&cluster, "shop").await;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id int, note text); INSERT INTO orders SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g;
+             CREATE TABLE events (id int); INSERT INTO events SELECT generate_series(1, 1000);
+             CREATE TABLE old_name (id int); INSERT INTO old_name SELECT generate_series(1, 10);
+             CREATE TABLE scratch (id int); INSERT INTO scratch VALUES (1);
+             CREATE TABLE steady (id int); INSERT INTO steady SELECT generate_series(1, 100);",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "shop", "custom");
+    let first = ws.backup();
+    assert!(first.get("alerts").is_none(), "{first:#}");
+    client
+        .batch_execute(
+            "TRUNCATE orders; DELETE FROM events WHERE id > 300; ALTER TABLE old_name RENAME TO new_name;
+             DROP TABLE scratch; DELETE FROM steady WHERE id > 60;",
+        )
+        .await
+        .unwrap();
+    let out = ws.pgproof(&["backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("ALERT  table public.orders had 5000 rows, now 0"),
+        "{text}"
+    );
+    let listed = json(&ws.pgproof(&["list", "--json"]));
+    let alerts: Vec<(String, String)> = listed[1]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().to_owned(),
+                a["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let has =
+        |kind: &str, needle: &str| alerts.iter().any(|(k, d)| k == kind && d.contains(needle));
+    assert!(has("emptied", "public.orders had 5000 rows"), "{alerts:#?}");
+    assert!(
+        has(
+            "rows-dropped",
+            "public.events lost 70% of its rows: 1000 -> 300"
+        ),
+        "{alerts:#?}"
+    );
+    assert!(
+        has("renamed", "public.old_name is now public.new_name"),
+        "{alerts:#?}"
+    );
+    assert!(
+        has("vanished", "public.scratch (1 rows) is gone"),
+        "{alerts:#?}"
+    );
+    assert!(has("dump-shrank", "the dump shrank by"), "{alerts:#?}");
+    assert!(
+        !alerts.iter().any(|(_, d)| d.contains("steady")),
+        "40% is under the 50% threshold: {alerts:#?}"
+    );
+
+    // status shows them; fails on them only with alerts.fail_status.
+    let out = ws.pgproof(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ALERT"));
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!("{config}\n[alerts]\nfail_status = true\n"));
+    let out = ws.pgproof(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

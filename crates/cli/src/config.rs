@@ -35,6 +35,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// A webhook told of a run's outcome.
     pub notify: NotifyConfig,
+    /// When a backup's comparison with the previous one raises an alert.
+    pub alerts: AlertsConfig,
     /// File material stored with every backup (`[[files]]` with `name`, `paths`,
     /// `secret`).
     pub files: Vec<FileSet>,
@@ -57,6 +59,28 @@ pub struct RetentionConfig {
     /// How old the objects of a run that never committed must be before prune
     /// deletes them (default 48h).
     pub orphan_grace: Option<String>,
+}
+
+/// `[alerts]`: anomalies against the previous backup of the same database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// A table losing more than this share of its rows (0.5 = half) is an alert.
+    pub max_row_drop: f64,
+    /// The dump shrinking by more than this share is an alert.
+    pub max_size_drop: f64,
+    /// Whether `status` exits non-zero while the newest backup carries an alert.
+    pub fail_status: bool,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            max_row_drop: 0.5,
+            max_size_drop: 0.5,
+            fail_status: false,
+        }
+    }
 }
 
 /// `[status]`: the thresholds `pgproof status` holds each database to.
@@ -297,6 +321,16 @@ impl Config {
             if argv.first().is_some_and(|p| p.trim().is_empty()) {
                 return Err(Error::config(format!(
                     "{key} starts with an empty program; give the program's path, then its arguments"
+                )));
+            }
+        }
+        for (key, share) in [
+            ("alerts.max_row_drop", self.alerts.max_row_drop),
+            ("alerts.max_size_drop", self.alerts.max_size_drop),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(Error::config(format!(
+                    "{key} = {share} is a share between 0 and 1 (0.5 = half)"
                 )));
             }
         }

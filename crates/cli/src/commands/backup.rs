@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engines::{open_sink, recipients, source_databases};
 use crate::hooks::{BackupSummary, FailedSummary};
 use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
+use pgproof_core::evidence::alerts::AlertPolicy;
 
 /// What a run committed and what failed, as it goes (for hooks and notifications).
 #[derive(Debug, Default)]
@@ -42,6 +43,10 @@ pub async fn backup(
             .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
             .invariants(config.verify.invariants.clone())
             .files(config.files.clone())
+            .alert_policy(AlertPolicy {
+                max_row_drop: config.alerts.max_row_drop,
+                max_size_drop: config.alerts.max_size_drop,
+            })
             .started_at(crate::commands::upkeep::injected_now()?)
             .progress(callback);
         backup = match &recipients {
@@ -62,6 +67,9 @@ pub async fn backup(
                         human_bytes(m.object.stored_bytes),
                         m.duration_ms as f64 / 1000.0
                     );
+                    for alert in &m.alerts {
+                        outln!("{}  ALERT  {}", m.database, alert.detail);
+                    }
                 }
                 log.backups.push(BackupSummary {
                     database: m.database.clone(),

@@ -174,6 +174,8 @@ struct DatabaseStatus {
     unproven_backups: Option<usize>,
     oldest_unproven_backup: Option<String>,
     oldest_unproven_backup_at: Option<Timestamp>,
+    /// The newest backup's anomalies against the one before it.
+    alerts: Vec<String>,
     breaches: Vec<String>,
 }
 
@@ -236,8 +238,17 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             unproven_backups: None,
             oldest_unproven_backup: None,
             oldest_unproven_backup_at: None,
+            alerts: newest
+                .map(|(_, m)| m.alerts.iter().map(|a| a.detail.clone()).collect())
+                .unwrap_or_default(),
             breaches: Vec::new(),
         };
+        if config.alerts.fail_status && !s.alerts.is_empty() {
+            s.breaches.push(format!(
+                "the newest backup carries {} alerts (alerts.fail_status)",
+                s.alerts.len()
+            ));
+        }
         if let Some(max) = max_unproven {
             let mut unproven: Vec<_> = readable
                 .iter()
@@ -324,6 +335,9 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
                     format!("  ({})", s.breaches.join("; "))
                 }
             );
+            for alert in &s.alerts {
+                outln!("        {}  ALERT  {alert}", s.database);
+            }
         }
     }
     let breached: Vec<&str> = statuses
@@ -424,6 +438,12 @@ fn write_textfile(file: &Path, statuses: &[DatabaseStatus]) -> Result<()> {
             "Start of the oldest backup not proven within status.max_unproven_age, Unix time.",
             db,
             ts(s.oldest_unproven_backup_at),
+        );
+        add(
+            "pgproof_backup_alerts",
+            "Anomalies of the newest backup against the previous one.",
+            db,
+            Some(s.alerts.len() as f64),
         );
         add(
             "pgproof_status_breached",

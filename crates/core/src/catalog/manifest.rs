@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{Tallies, Tally, sha256_hex};
 use crate::error::{Error, Result};
 use crate::evidence::Fingerprint;
+use crate::evidence::alerts::Alert;
 use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::evidence::invariant::InvariantResult;
 use crate::files::FileSetInfo;
@@ -76,6 +77,9 @@ pub struct Manifest {
     /// The application's invariant queries, run in the dump's snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invariants: Vec<InvariantResult>,
+    /// Anomalies against the previous backup (a table emptied, rows lost, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
     /// File material stored with the backup (`[[files]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileSetInfo>,

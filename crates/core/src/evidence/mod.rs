@@ -3,6 +3,7 @@
 //! tamper-evident audit chain; the database's properties and the roles it
 //! needs; and the results of the application's own invariant queries.
 
+pub mod alerts;
 pub mod audit;
 pub mod database;
 pub mod fingerprint;

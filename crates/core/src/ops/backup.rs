@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::catalog::{
-    self, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
+    self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
 use crate::dump::{self, CustomDumper, Dumper};
 use crate::error::{Error, Result, Setting};
+use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
 use crate::evidence::fingerprint::{Fingerprint, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
@@ -50,6 +51,7 @@ pub struct Backup {
     invariants: Vec<Invariant>,
     started_at: Option<Timestamp>,
     files: Vec<FileSet>,
+    alert_policy: AlertPolicy,
 }
 
 impl Backup {
@@ -70,6 +72,7 @@ impl Backup {
             invariants: Vec::new(),
             started_at: None,
             files: Vec::new(),
+            alert_policy: AlertPolicy::default(),
         }
     }
 
@@ -129,6 +132,12 @@ impl Backup {
     /// also needs).
     pub fn files(mut self, files: Vec<FileSet>) -> Self {
         self.files = files;
+        self
+    }
+
+    /// When the comparison with the previous backup raises an alert.
+    pub fn alert_policy(mut self, policy: AlertPolicy) -> Self {
+        self.alert_policy = policy;
         self
     }
 
@@ -360,6 +369,29 @@ impl Backup {
         c: Committing<'_>,
     ) -> Result<Manifest> {
         let previous = catalog::previous_link(&*self.sink, database).await?;
+        // The previous backup's counts and size, against this one's.
+        let alerts = match &previous {
+            Some(p) => {
+                let link = BackupRef {
+                    database: database.to_owned(),
+                    backup_id: p.backup_id.clone(),
+                };
+                match catalog::load_manifest(&*self.sink, &link).await {
+                    Ok((before, _)) => alerts::compare(
+                        &before,
+                        &c.evidence.fingerprint,
+                        c.tallies.raw.bytes,
+                        self.alert_policy,
+                    ),
+                    // A damaged predecessor is check's and verify's to report.
+                    Err(_) => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        };
+        for alert in &alerts {
+            tracing::warn!(database, alert = %alert.detail, "anomaly");
+        }
         let manifest = Manifest {
             manifest_version: catalog::MANIFEST_VERSION,
             backup_id,
@@ -394,6 +426,7 @@ impl Backup {
             roles: c.roles,
             invariants: c.evidence.invariants,
             files: c.files,
+            alerts,
             previous,
         };
         self.sink
