@@ -226,6 +226,7 @@ fn classify(
     let target = op.target(location, key);
     let what = op.describe();
     let detail = Detail::of(e);
+    let word = location.service.bucket_word();
     let via = match &location.endpoint {
         Some(endpoint) => format!(" at {endpoint}"),
         None => String::new(),
@@ -236,7 +237,6 @@ fn classify(
         detail.code.as_deref(),
         Some("NoSuchBucket" | "ContainerNotFound")
     ) {
-        let word = location.service.bucket_word();
         let account = match location.service {
             Service::Azure => ", sink.account",
             Service::S3 | Service::Gcs => "",
@@ -256,7 +256,7 @@ fn classify(
         }
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             return Error::auth(format!(
-                "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
+                "{service} refused the {what} of {target} in {word} {bucket:?}{via}: {detail}; {}",
                 location.service.auth_hint()
             ));
         }
@@ -283,7 +283,7 @@ fn classify(
             "{service} object {target} does not exist ({what}: {detail})"
         )),
         Some(401 | 403) => Error::auth(format!(
-            "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
+            "{service} refused the {what} of {target} in {word} {bucket:?}{via}: {detail}; {}",
             location.service.auth_hint()
         )),
         Some(409 | 412) => already_exists(location, op, key),

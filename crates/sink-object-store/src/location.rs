@@ -298,7 +298,10 @@ mod tests {
     #[test]
     fn azure_urls_name_a_container_and_accept_both_schemes() {
         let l = Location::parse(Service::Azure, "az://backups/prod/pg/").unwrap();
-        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("backups", "prod/pg"));
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("backups", "prod/pg")
+        );
         assert_eq!(l.url_of("db/k"), "az://backups/prod/pg/db/k");
         let l = Location::parse(Service::Azure, "azure://backups").unwrap();
         assert_eq!(l.describe(), "az://backups");
