@@ -31,8 +31,7 @@
 use std::sync::Arc;
 
 use object_store::ClientConfigKey;
-pub use object_store::azure::MicrosoftAzureBuilder;
-use object_store::azure::AzureConfigKey;
+pub use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use pgproof_core::error::{Error, Result};
 use pgproof_sink_object_store::{
     Location, ObjectStoreSink, Service, SinkConfig, UploadOptions, check_endpoint,
@@ -57,8 +56,13 @@ pub fn from_config(config: &SinkConfig) -> Result<ObjectStoreSink> {
 
 /// Like [`from_config`] on top of `builder`, which may carry credentials or client
 /// settings of the caller's choice; the config's container, account, endpoint,
-/// emulator setting, timeouts and retries override it.
-pub fn from_builder(config: &SinkConfig, builder: MicrosoftAzureBuilder) -> Result<ObjectStoreSink> {
+/// emulator setting, timeouts and retries override it. With `use_emulator`, a
+/// credential counts only as an [`AzureConfigKey`] value (`AccessKey`, `SasKey`,
+/// `Token`); without one, Azurite's development key is used.
+pub fn from_builder(
+    config: &SinkConfig,
+    builder: MicrosoftAzureBuilder,
+) -> Result<ObjectStoreSink> {
     let url = config
         .url
         .as_deref()
