@@ -1,12 +1,13 @@
 //! Shared harness for pgproof's workspace-level tests: ephemeral clusters, a scratch
 //! workspace with keys and a config file, the `pgproof` binary, SQL helpers, and the servers the
 //! object-store sinks are tested against: [`moto`] (a real S3 server, in server
-//! mode), [`gcs_server`] (an in-process GCS XML-API server) and a killable
-//! [`proxy`].
+//! mode), [`gcs_server`] (an in-process GCS XML-API server), [`azurite`] (Azure Blob
+//! Storage's emulator) and a killable [`proxy`].
 
 // A harness reports failure by panicking; unwrap is its assert.
 #![allow(clippy::unwrap_used)]
 
+pub mod azurite;
 pub mod cases;
 pub mod gcs_server;
 pub mod moto;

@@ -143,6 +143,25 @@ fn cloud_sink_urls_are_checked_without_echoing_credentials() {
     );
     assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
 
+    // az:// and azure://: a SAS token pasted into the URL is refused unechoed, and
+    // without an account the error says where to give one.
+    let out = list("az://backups/x?sv=2022-11-02&sig=hunter2-signature");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has a query or fragment") && !stderr(&out).contains("hunter2"),
+        "{}",
+        stderr(&out)
+    );
+    if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+        let out = list("azure://backups/x");
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("sink.account or AZURE_STORAGE_ACCOUNT_NAME"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
     let out = list("ftp://host/x");
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(

@@ -1,6 +1,7 @@
 //! `pgproof` end to end with object-store sinks: backup, list, show and restore on
-//! moto (S3) and on the in-process GCS server; a backup of several parts streamed in
-//! bounded memory without local files; the S3 server killed mid-upload.
+//! moto (S3), on the in-process GCS server and on Azurite (Azure); a backup of several
+//! parts streamed in bounded memory without local files (S3 and Azure); the S3 server
+//! killed mid-upload.
 //!
 //! `verify` is not covered here: it is being built separately.
 
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use pgproof_core::Sink;
 use pgproof_core::scratch::EphemeralCluster;
+use pgproof_tests::azurite::{self, Azurite};
 use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
 use pgproof_tests::proxy::TcpProxy;
@@ -479,4 +481,226 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
     );
     let out = ws.pgproof(&["verify", "--all"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+const CONTAINER: &str = "pgproof-backups";
+
+/// A workspace backing up `database` into Azurite the way a production config names
+/// an account: `sink.account`, the account's blob endpoint in `sink.endpoint`, the
+/// key in `AZURE_STORAGE_ACCOUNT_KEY`.
+fn azure_workspace(cluster: &EphemeralCluster, database: &str, azurite: &Azurite) -> Workspace {
+    let section = format!(
+        "url = \"az://{CONTAINER}/{PREFIX}\"\naccount = \"{account}\"\nendpoint = \"{endpoint}/{account}\"\nallow_http = true\npart_size_mib = 5\nparts_in_flight = 2\nmax_retries = 2\nretry_timeout_secs = 3\n",
+        account = azurite::ACCOUNT,
+        endpoint = azurite.endpoint(),
+    );
+    let mut ws = Workspace::with_sink(cluster, database, "custom", Some(&section));
+    ws.env.push((
+        "AZURE_STORAGE_ACCOUNT_KEY".into(),
+        azurite::ACCOUNT_KEY.into(),
+    ));
+    ws
+}
+
+#[tokio::test]
+async fn azure_backup_list_show_verify_restore_on_azurite() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(azurite) = Azurite::start() else {
+        return;
+    };
+    azurite.create_container(CONTAINER);
+    let source = create_sample_database(&cluster, "app").await;
+    let before = table_summary(&source).await;
+    let ws = azure_workspace(&cluster, "app", &azurite);
+
+    // config check opens the sink without a request and shows no credential.
+    let checked = ws.pgproof_ok(&["config", "check"]);
+    assert!(
+        checked.contains("url = \"az://pgproof-backups/prod/pg\""),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("account = \"devstoreaccount1\""),
+        "{checked}"
+    );
+    assert!(!checked.contains(azurite::ACCOUNT_KEY), "{checked}");
+
+    let out = ws.pgproof(&["-v", "backup", "--json"]);
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    let mut backed_up: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = backed_up.remove(0);
+    let id = manifest["backup_id"].as_str().unwrap();
+    let everything = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        !everything.contains(azurite::ACCOUNT_KEY),
+        "key in output: {everything}"
+    );
+    assert!(
+        stderr(&out).contains(&format!("az://{CONTAINER}/{PREFIX}")),
+        "the log names the sink: {}",
+        stderr(&out)
+    );
+
+    assert_eq!(backup_ids(&ws), [id]);
+    let shown = json(&ws.pgproof_ok(&["show", id, "--json"]));
+    assert_eq!(shown, manifest);
+    let text = ws.pgproof_ok(&["show", "latest"]);
+    assert!(text.contains(&format!("app/{id}/dump.pgc.age")), "{text}");
+
+    // What is in the container: the dump and its manifest under the prefix.
+    let sink = azurite.sink(CONTAINER, "", 5, 2);
+    let objects = sink.list("").await.unwrap();
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            format!("{PREFIX}/app/{id}/dump.pgc.age"),
+            format!("{PREFIX}/app/{id}/manifest.json")
+        ]
+    );
+    assert_eq!(
+        objects[0].size,
+        manifest["object"]["stored_bytes"].as_u64().unwrap()
+    );
+    // The manifest was committed create-only (a Put Blob, which carried If-None-Match).
+    let log = azurite.log_text();
+    assert!(
+        log.contains(&format!(
+            "PUT /devstoreaccount1/{CONTAINER}/{PREFIX}/app/{id}/manifest.json "
+        )),
+        "{log}"
+    );
+
+    let target = cluster.url("app_restored");
+    let outcome = json(&ws.pgproof_ok(&["restore", "latest", "--target", &target, "--json"]));
+    assert_eq!(outcome["backup_id"], id);
+    let after = table_summary(&connect(&cluster, "app_restored").await).await;
+    assert_eq!(before, after, "restored tables differ from the source");
+
+    let out = ws.pgproof(&["verify", id, "--json"]);
+    assert!(out.status.success(), "verify failed: {}", stderr(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["passed"], true, "{reports:#}");
+    let records = sink
+        .list(&format!("{PREFIX}/app/{id}/verify/"))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+
+    let second = ws.backup();
+    assert_eq!(second["previous"]["backup_id"], id);
+    assert_eq!(backup_ids(&ws).len(), 2);
+
+    // A wrong key is refused at once, as an auth failure naming what to check, and
+    // neither key is echoed.
+    let mut bad = azure_workspace(&cluster, "app", &azurite);
+    let wrong = "d3JvbmctYnV0LXZhbGlkLWJhc2U2NC1rZXktZm9yLXBncHJvb2Y=";
+    bad.env.retain(|(k, _)| k != "AZURE_STORAGE_ACCOUNT_KEY");
+    bad.env
+        .push(("AZURE_STORAGE_ACCOUNT_KEY".into(), wrong.into()));
+    let out = bad.pgproof(&["list"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Azure refused the list of az://pgproof-backups/prod/pg/")
+            && err.contains("in container \"pgproof-backups\""),
+        "{err}"
+    );
+    assert!(err.contains("AZURE_STORAGE_ACCOUNT_KEY"), "{err}");
+    assert!(
+        !err.contains(wrong) && !err.contains(azurite::ACCOUNT_KEY),
+        "{err}"
+    );
+
+    // A missing container is a configuration error naming it.
+    let out = ws.pgproof(&["--sink", "az://no-such-container/x", "list"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Azure container \"no-such-container\"") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(azurite) = Azurite::start() else {
+        return;
+    };
+    azurite.create_container(CONTAINER);
+    create_big_database(&cluster, "big", 40).await;
+    let (part_mib, in_flight) = (5u64, 2usize);
+    // Emulator mode: Azurite's address only; account and key are Azurite's defaults.
+    let section = format!(
+        "url = \"azure://{CONTAINER}/{PREFIX}\"\nuse_emulator = true\nendpoint = \"{}\"\npart_size_mib = {part_mib}\nparts_in_flight = {in_flight}\nmax_retries = 2\nretry_timeout_secs = 3\n",
+        azurite.endpoint()
+    );
+    let ws = Workspace::with_sink(&cluster, "big", "custom", Some(&section));
+
+    let started = Instant::now();
+    let child = ws
+        .command(&["backup", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        let mut targets = BTreeSet::new();
+        while let Some(hwm) = sample(pid, &mut targets) {
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak
+    });
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    let peak = sampler.join().unwrap();
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    let id = manifest["backup_id"].as_str().unwrap().to_owned();
+    let stored = manifest["object"]["stored_bytes"].as_u64().unwrap();
+    let parts = stored.div_ceil(part_mib * MIB);
+    let bound = 64 * MIB + in_flight as u64 * part_mib * MIB;
+    eprintln!(
+        "Azure backup: {stored} bytes stored in {parts} blocks of {part_mib} MiB, {in_flight} in flight, {:.1}s; peak RSS {:.1} MiB, bound {} MiB",
+        elapsed.as_secs_f64(),
+        peak as f64 / MIB as f64,
+        bound / MIB
+    );
+    assert!(
+        parts > 3,
+        "the dump must span more than 3 blocks, has {parts}"
+    );
+    assert!(
+        peak > 0 && peak < bound,
+        "peak RSS {peak} bytes, bound {bound}"
+    );
+    // One Put Block per part, then one Put Block List.
+    let log = azurite.log_text();
+    let dump = format!("PUT /devstoreaccount1/{CONTAINER}/{PREFIX}/big/{id}/dump.pgc.age?");
+    let blocks = log
+        .lines()
+        .filter(|l| l.contains(&dump) && l.contains("comp=block&"))
+        .count();
+    assert_eq!(blocks as u64, parts, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(&dump) && l.contains("comp=blocklist"))
+            .count(),
+        1,
+        "{log}"
+    );
+
+    let target = cluster.url("big_restored");
+    ws.pgproof_ok(&["restore", "latest", "--target", &target]);
+    assert_eq!(
+        blob_digest(&cluster, "big_restored").await,
+        blob_digest(&cluster, "big").await
+    );
 }

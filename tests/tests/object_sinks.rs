@@ -1,7 +1,7 @@
 //! The object-store sinks' failure paths: transient errors retried, permanent ones
-//! reported at once with what to check, failed or dropped uploads aborted — on moto
-//! and the in-process GCS server — plus the conformance suite against real S3 and
-//! GCS when credentials are supplied.
+//! reported at once with what to check, failed or dropped uploads aborted — on moto,
+//! the in-process GCS server and Azurite — plus the conformance suite against real
+//! S3, GCS and Azure when credentials are supplied.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +12,9 @@ use futures::StreamExt;
 use pgproof_core::sink::testkit::{self, LARGE, pattern};
 use pgproof_core::sink::{ByteStream, SinkExt};
 use pgproof_core::{ErrorKind, Sink};
+use pgproof_sink_azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use pgproof_sink_object_store::SinkConfig;
+use pgproof_tests::azurite::Azurite;
 use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::Moto;
 
@@ -224,6 +226,94 @@ async fn real_s3_conforms_when_credentials_are_supplied() {
     let sink = pgproof_sink_s3::from_config(&real_config(unique(&url))).expect("S3 sink");
     eprintln!("running the conformance suite against {}", sink.describe());
     testkit::run_all(&sink).await;
+}
+
+#[tokio::test]
+async fn real_azure_conforms_when_credentials_are_supplied() {
+    let Ok(url) = std::env::var("PGPROOF_TEST_AZURE_URL") else {
+        skipped(
+            "real Azure conformance not run; set PGPROOF_TEST_AZURE_URL=az://container/prefix with AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, or a managed identity) to run it",
+        );
+        return;
+    };
+    let sink = pgproof_sink_azure::from_config(&real_config(unique(&url))).expect("Azure sink");
+    eprintln!("running the conformance suite against {}", sink.describe());
+    testkit::run_all(&sink).await;
+}
+
+fn azure_sas_sink(
+    azurite: &Azurite,
+    container: &str,
+    sas: &str,
+) -> pgproof_sink_object_store::ObjectStoreSink {
+    pgproof_sink_azure::from_builder(
+        &azurite.sink_config(container, "pgproof", 5, 2),
+        MicrosoftAzureBuilder::new().with_config(AzureConfigKey::SasKey, sas),
+    )
+    .unwrap()
+}
+
+/// A SAS token (what AZURE_STORAGE_SAS_TOKEN carries) is enough for the whole
+/// contract — deletes go through Blob Batch, which must accept it too. A token that
+/// does not permit writes, or has expired, is refused at once as an auth failure that
+/// says what to check and shows no signature; an unreachable endpoint is retried, then
+/// reported as exhausted.
+#[tokio::test]
+async fn azure_sas_tokens_work_and_refusals_say_what_to_check_on_azurite() {
+    let Some(azurite) = Azurite::start() else {
+        return;
+    };
+    azurite.create_container("sas");
+    let full = azurite.container_sas("sas", "racwdl", "2099-01-01T00:00:00Z");
+    testkit::run_all(&azure_sas_sink(&azurite, "sas", &full)).await;
+
+    let read_only = azurite.container_sas("sas", "rl", "2099-01-01T00:00:00Z");
+    let sink = azure_sas_sink(&azurite, "sas", &read_only);
+    assert!(sink.list("").await.unwrap().is_empty());
+    let started = Instant::now();
+    let err = sink
+        .put_bytes("db/k", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.kind() == ErrorKind::Auth, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    for needle in [
+        "Azure refused the put of az://sas/pgproof/db/k",
+        "in container \"sas\"",
+        "HTTP 403",
+        "AZURE_STORAGE_SAS_TOKEN",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+    let signature = read_only.split("sig=").nth(1).unwrap();
+    assert!(!text.contains(signature), "{text}");
+
+    let expired = azurite.container_sas("sas", "racwdl", "2020-01-01T00:00:00Z");
+    let err = azure_sas_sink(&azurite, "sas", &expired)
+        .list("")
+        .await
+        .unwrap_err();
+    assert!(err.kind() == ErrorKind::Auth, "{err:?}");
+    assert!(!err.to_string().contains("sig="), "{err}");
+
+    let mut gone = azurite.sink_config("sas", "pgproof", 5, 2);
+    gone.endpoint = Some(format!(
+        "http://127.0.0.1:{}",
+        pgproof_tests::moto::free_port()
+    ));
+    gone.retry_timeout_secs = 2;
+    let sink = pgproof_sink_azure::from_builder(&gone, MicrosoftAzureBuilder::new()).unwrap();
+    let err = sink.list("").await.unwrap_err();
+    let text = err.to_string();
+    assert!(err.kind() == ErrorKind::Exhausted, "{err:?}");
+    for needle in [
+        "Azure list of az://sas/pgproof/*",
+        "cannot connect",
+        "after 2 retries",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
 }
 
 /// An endpoint that drops connection attempts (a listener whose accept queue is full:

@@ -24,9 +24,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "PGPROOF_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Sink URL, overriding sink.url: file:///path (or a directory), s3://bucket/prefix
-    /// or gs://bucket/prefix. Object-store credentials come from the environment
-    /// (AWS_*, GOOGLE_*) or sink.service_account_file, never from the URL.
+    /// Sink URL, overriding sink.url: file:///path (or a directory), s3://bucket/prefix,
+    /// gs://bucket/prefix or az://container/prefix. Object-store credentials come from
+    /// the environment (AWS_*, GOOGLE_*, AZURE_*) or sink.service_account_file, never
+    /// from the URL.
     #[arg(long, global = true, value_name = "URL")]
     pub sink: Option<String>,
 

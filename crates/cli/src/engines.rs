@@ -15,23 +15,29 @@ use crate::config::{Config, Databases, wildcard_match};
 pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
     let Some(url) = config.sink.url.as_deref() else {
         return Err(Error::config(
-            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix)",
+            "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix)",
         ));
     };
     match url.split_once("://").map(|(scheme, _)| scheme) {
         Some("s3") => Ok(Arc::new(pgproof_sink_s3::from_config(&config.sink)?)),
         Some("gs") => Ok(Arc::new(pgproof_sink_gcs::from_config(&config.sink)?)),
+        Some("az" | "azure") => Ok(Arc::new(pgproof_sink_azure::from_config(&config.sink)?)),
         Some("file") | None => {
             let s = &config.sink;
-            if s.endpoint.is_some() || s.region.is_some() || s.service_account_file.is_some() {
+            if s.endpoint.is_some()
+                || s.region.is_some()
+                || s.service_account_file.is_some()
+                || s.account.is_some()
+                || s.use_emulator
+            {
                 return Err(Error::config(
-                    "sink.endpoint, sink.region and sink.service_account_file apply to s3:// and gs:// sinks only; remove them for a local directory",
+                    "sink.endpoint, sink.region, sink.service_account_file, sink.account and sink.use_emulator apply to s3://, gs:// and az:// sinks only; remove them for a local directory",
                 ));
             }
             Ok(Arc::new(FsSink::from_url(url)?))
         }
         Some(other) => Err(Error::config(format!(
-            "sink.url has the unsupported scheme {other:?}; use file:///path, s3://bucket/prefix or gs://bucket/prefix"
+            "sink.url has the unsupported scheme {other:?}; use file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
         ))),
     }
 }

@@ -57,7 +57,7 @@ impl FsSink {
             None if url.starts_with('/') || url.starts_with("./") || url.starts_with("../") => url,
             None => {
                 return Err(Error::config(format!(
-                    "sink.url {url:?} is neither a URL pgproof knows nor an absolute path; write file:///absolute/path, ./relative/path, s3://bucket/prefix or gs://bucket/prefix"
+                    "sink.url {url:?} is neither a URL pgproof knows nor an absolute path; write file:///absolute/path, ./relative/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
                 )));
             }
         };

@@ -52,6 +52,16 @@ pub fn from_builder(
             )));
         }
     }
+    for (set, key) in [
+        (config.account.is_some(), "sink.account"),
+        (config.use_emulator, "sink.use_emulator"),
+    ] {
+        if set {
+            return Err(Error::config(format!(
+                "{key} applies to az:// sinks only; remove it for {url}"
+            )));
+        }
+    }
     let options = UploadOptions::from_config(config);
     let mut builder = builder
         .with_bucket_name(&location.bucket)

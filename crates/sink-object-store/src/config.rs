@@ -1,5 +1,5 @@
 //! The `[sink]` configuration: the sink's URL and the options every object-store sink
-//! shares (S3- and GCS-only options are marked), owned here rather than by the core,
+//! shares (S3-, GCS- and Azure-only options are marked), owned here rather than by the core,
 //! which knows no object store.
 
 use std::path::PathBuf;
@@ -10,14 +10,19 @@ use serde::{Deserialize, Serialize};
 /// `[sink]`: where backups go. Credentials are never part of it: object stores take
 /// them from their standard environment and credential chains (or, for GCS, a
 /// service-account file named here), so the config can be shown and stored safely.
+/// (Azure's storage account name is not a credential and may be given here.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkConfig {
-    /// `file:///path` or a plain path, `s3://bucket/prefix` or `gs://bucket/prefix`.
+    /// `file:///path` or a plain path, `s3://bucket/prefix`, `gs://bucket/prefix` or
+    /// `az://container/prefix` (also `azure://`).
     pub url: Option<String>,
     /// Object stores: the service endpoint, for S3-compatible servers
-    /// (`http://127.0.0.1:9000`) or a GCS emulator; default: the service's own
-    /// (`AWS_ENDPOINT` / `AWS_ENDPOINT_URL_S3` also set it for S3).
+    /// (`http://127.0.0.1:9000`), a GCS emulator, or an Azure storage account's blob
+    /// endpoint (`https://account.blob.core.windows.net`, a private endpoint; with
+    /// `use_emulator`, Azurite's address such as `http://127.0.0.1:10000`); default:
+    /// the service's own (`AWS_ENDPOINT` / `AWS_ENDPOINT_URL_S3` also set it for S3,
+    /// `AZURE_STORAGE_ENDPOINT` for Azure).
     pub endpoint: Option<String>,
     /// S3: the bucket's region; default `AWS_DEFAULT_REGION`, else `us-east-1`.
     pub region: Option<String>,
@@ -30,6 +35,16 @@ pub struct SinkConfig {
     /// (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's
     /// application-default credentials, the instance metadata server).
     pub service_account_file: Option<PathBuf>,
+    /// Azure: the storage account's name; default `AZURE_STORAGE_ACCOUNT_NAME` (with
+    /// `use_emulator`, Azurite's `devstoreaccount1`). Its key or SAS token only ever
+    /// comes from the environment.
+    pub account: Option<String>,
+    /// Azure: talk to the Azurite emulator (test setups only): `endpoint` (default
+    /// `AZURITE_BLOB_STORAGE_URL`, else `http://127.0.0.1:10000`) is Azurite's address,
+    /// plain http is allowed, URLs carry the account in their path, and without
+    /// credentials in the environment Azurite's published development key is used.
+    /// `AZURE_STORAGE_USE_EMULATOR=true` sets it too.
+    pub use_emulator: bool,
     /// Object stores: multipart part size in MiB, 5–5120. With the default 64, the
     /// 10,000-part limit caps one dump object at 625 GiB; raise it for larger
     /// databases (512 MiB parts hold 5 TiB). Memory used by an upload is at most
@@ -64,6 +79,8 @@ impl Default for SinkConfig {
             path_style: None,
             allow_http: false,
             service_account_file: None,
+            account: None,
+            use_emulator: false,
             part_size_mib: 64,
             parts_in_flight: 4,
             max_retries: 100,
@@ -74,11 +91,14 @@ impl Default for SinkConfig {
     }
 }
 
-/// Smallest multipart part S3 and GCS accept (all parts but the last).
+/// Smallest multipart part S3 and GCS accept (all parts but the last); Azure's
+/// blocks have no lower limit.
 pub const MIN_PART_SIZE_MIB: u64 = 5;
-/// Largest multipart part S3 and GCS accept.
+/// Largest multipart part S3 and GCS accept (Azure's blocks: 4000 MiB, checked by its
+/// sink).
 pub const MAX_PART_SIZE_MIB: u64 = 5 << 10;
-/// Most parts one multipart upload may have.
+/// Most parts one multipart upload may have (S3 and GCS; Azure allows 50,000 blocks,
+/// pgproof keeps to the common limit).
 pub const MAX_PARTS: u64 = 10_000;
 
 impl SinkConfig {

@@ -8,7 +8,7 @@ use object_store::client::{HttpError, HttpErrorKind};
 use pgproof_core::error::Error;
 
 use crate::UploadOptions;
-use crate::location::Location;
+use crate::location::{Location, Service};
 
 /// What the sink was doing when a request failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,9 @@ impl Detail {
             detail.status_text = Some(status.to_owned());
         }
         detail.code = between(&text, "<Code>", "</Code>");
-        detail.message = between(&text, "<Message>", "</Message>");
+        // Azure appends "\nRequestId:…\nTime:…" to its messages: the first line says it.
+        detail.message = between(&text, "<Message>", "</Message>")
+            .map(|m| m.lines().next().unwrap_or("").trim().to_owned());
         detail.retries = after(&text, ", after ")
             .and_then(|rest| rest.split(" retries").next())
             .map(|n| n.trim().to_owned());
@@ -224,14 +226,23 @@ fn classify(
     let target = op.target(location, key);
     let what = op.describe();
     let detail = Detail::of(e);
+    let word = location.service.bucket_word();
     let via = match &location.endpoint {
         Some(endpoint) => format!(" at {endpoint}"),
         None => String::new(),
     };
 
-    if detail.code.as_deref() == Some("NoSuchBucket") {
+    // S3's and GCS's code, and Azure's.
+    if matches!(
+        detail.code.as_deref(),
+        Some("NoSuchBucket" | "ContainerNotFound")
+    ) {
+        let account = match location.service {
+            Service::Azure => ", sink.account",
+            Service::S3 | Service::Gcs => "",
+        };
         return Error::config(format!(
-            "{service} bucket {bucket:?}{via} does not exist ({what} of {target}: {detail}); check the bucket name in sink.url, and sink.endpoint"
+            "{service} {word} {bucket:?}{via} does not exist ({what} of {target}: {detail}); check the {word} name in sink.url{account} and sink.endpoint"
         ));
     }
     match e {
@@ -245,7 +256,7 @@ fn classify(
         }
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
             return Error::auth(format!(
-                "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
+                "{service} refused the {what} of {target} in {word} {bucket:?}{via}: {detail}; {}",
                 location.service.auth_hint()
             ));
         }
@@ -272,7 +283,7 @@ fn classify(
             "{service} object {target} does not exist ({what}: {detail})"
         )),
         Some(401 | 403) => Error::auth(format!(
-            "{service} refused the {what} of {target} in bucket {bucket:?}{via}: {detail}; {}",
+            "{service} refused the {what} of {target} in {word} {bucket:?}{via}: {detail}; {}",
             location.service.auth_hint()
         )),
         Some(409 | 412) => already_exists(location, op, key),
@@ -304,7 +315,6 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::location::Service;
     use pgproof_core::ErrorKind;
 
     fn location() -> Location {
@@ -376,6 +386,24 @@ mod tests {
         );
         assert!(mapped.kind() == ErrorKind::Config, "{mapped:?}");
         assert!(mapped.to_string().contains("bucket \"bkt\""), "{mapped}");
+
+        let azure = Location::parse(Service::Azure, "az://cont/pre").unwrap();
+        let body = "Error performing GET http://h/acct/cont?restype=container&comp=list in 1ms - Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>ContainerNotFound</Code><Message>The specified container does not exist.</Message></Error>";
+        let mapped = map(
+            &azure,
+            &UploadOptions::default(),
+            Op::List,
+            "db/",
+            &generic(Text(body.into())),
+        );
+        assert!(mapped.kind() == ErrorKind::Config, "{mapped:?}");
+        assert!(
+            mapped
+                .to_string()
+                .starts_with("Azure container \"cont\" does not exist (list of az://cont/pre/db/*"),
+            "{mapped}"
+        );
+        assert!(mapped.to_string().contains("sink.account"), "{mapped}");
 
         let body = "Error performing PUT http://h/k in 1s, after 10 retries, max_retries: 10, retry_timeout: 180s  - Server returned non-2xx status code: 503 Service Unavailable: <Error><Code>SlowDown</Code></Error>";
         let mapped = map(

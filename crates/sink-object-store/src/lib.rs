@@ -1,11 +1,12 @@
-//! pgproof-sink-object-store: the [`Sink`] that pgproof's S3 and GCS sinks share.
+//! pgproof-sink-object-store: the [`Sink`] that pgproof's S3, GCS and Azure sinks share.
 //!
-//! `pgproof-sink-s3` and `pgproof-sink-gcs` only parse their URLs and build an
-//! [`object_store`] client; everything a sink must guarantee lives here, once:
+//! `pgproof-sink-s3`, `pgproof-sink-gcs` and `pgproof-sink-azure` only parse their URLs
+//! and build an [`object_store`] client; everything a sink must guarantee lives here,
+//! once:
 //!
 //! - **Streaming, bounded multipart.** A put buffers at most one part. A body that ends
 //!   before filling a part is stored with one create-only request (`If-None-Match: *`
-//!   on S3, `x-goog-if-generation-match: 0` on GCS), so the server itself refuses to
+//!   on S3 and Azure, `x-goog-if-generation-match: 0` on GCS), so the server itself refuses to
 //!   overwrite. A larger body goes up as a multipart upload *while it is still being
 //!   produced*: parts are handed to [`WriteMultipart`] and, before each chunk, the
 //!   sink waits until fewer than `parts_in_flight` parts are held, so memory stays
@@ -14,7 +15,9 @@
 //!   completion or a dropped future aborts the multipart upload, so no parts are left
 //!   behind (if the server is unreachable the abort cannot reach it either; a bucket
 //!   lifecycle rule for incomplete multipart uploads is the backstop). Uncompleted
-//!   uploads are never listed as objects by S3 or GCS.
+//!   uploads are never listed as objects by S3 or GCS. Azure has no abort: the blocks
+//!   of an uncompleted upload stay uncommitted, never listed or readable, until Azure
+//!   discards them after 7 days.
 //! - **Create-only, honestly.** Multipart uploads cannot carry a precondition in
 //!   object_store, so before starting one the sink checks that the key is absent.
 //!   That check is not atomic against a concurrent writer; pgproof's data keys are

@@ -10,14 +10,33 @@ pub enum Service {
     S3,
     /// Google Cloud Storage.
     Gcs,
+    /// Azure Blob Storage (the bucket is a container of a storage account).
+    Azure,
 }
 
 impl Service {
-    /// URL scheme: `s3` or `gs`.
+    /// URL scheme: `s3`, `gs` or `az`.
     pub fn scheme(self) -> &'static str {
         match self {
             Service::S3 => "s3",
             Service::Gcs => "gs",
+            Service::Azure => "az",
+        }
+    }
+
+    /// Other schemes [`Location::parse`] accepts for the service: `azure` for `az`.
+    pub fn scheme_aliases(self) -> &'static [&'static str] {
+        match self {
+            Service::S3 | Service::Gcs => &[],
+            Service::Azure => &["azure"],
+        }
+    }
+
+    /// What the service calls a bucket, in messages.
+    pub fn bucket_word(self) -> &'static str {
+        match self {
+            Service::S3 | Service::Gcs => "bucket",
+            Service::Azure => "container",
         }
     }
 
@@ -26,6 +45,7 @@ impl Service {
         match self {
             Service::S3 => "S3",
             Service::Gcs => "GCS",
+            Service::Azure => "Azure",
         }
     }
 
@@ -38,6 +58,9 @@ impl Service {
             Service::Gcs => {
                 "check sink.service_account_file or GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS (or the instance's service account), and that the account may create, read, list and delete objects in the bucket (e.g. roles/storage.objectAdmin)"
             }
+            Service::Azure => {
+                "check sink.account (or AZURE_STORAGE_ACCOUNT_NAME) and the credential in AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN (a SAS with read, add, create, write, delete and list permissions that has not expired), or the managed or workload identity (AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE), which needs a role such as Storage Blob Data Contributor on the container"
+            }
         }
     }
 
@@ -48,6 +71,7 @@ impl Service {
                 "check sink.region (the bucket's region), sink.endpoint and sink.path_style"
             }
             Service::Gcs => "check sink.endpoint and the bucket name",
+            Service::Azure => "check sink.account, sink.endpoint and the container name",
         }
     }
 }
@@ -66,11 +90,15 @@ pub struct Location {
 }
 
 impl Location {
-    /// Parses `<scheme>://bucket[/prefix]`. The URL is echoed in errors only when it
-    /// cannot hold a credential.
+    /// Parses `<scheme>://bucket[/prefix]` (for Azure, `az://container[/prefix]` or
+    /// `azure://…`). The URL is echoed in errors only when it cannot hold a credential.
     pub fn parse(service: Service, url: &str) -> Result<Self> {
         let scheme = service.scheme();
-        let Some(rest) = url.strip_prefix(&format!("{scheme}://")) else {
+        let bucket_word = service.bucket_word();
+        let Some(rest) = std::iter::once(scheme)
+            .chain(service.scheme_aliases().iter().copied())
+            .find_map(|s| url.strip_prefix(s)?.strip_prefix("://"))
+        else {
             return Err(Error::config(format!(
                 "sink.url {url:?} is not an {scheme}:// URL"
             )));
@@ -78,22 +106,35 @@ impl Location {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.contains('@') {
             return Err(Error::config(format!(
-                "sink.url must not carry credentials (it has user information before the bucket); write {scheme}://bucket/prefix and supply credentials through the environment{}",
+                "sink.url must not carry credentials (it has user information before the {bucket_word}); write {scheme}://{bucket_word}/prefix and supply credentials through the environment{}",
                 match service {
                     Service::S3 => " (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
                     Service::Gcs => " or sink.service_account_file",
+                    Service::Azure =>
+                        " (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN or a managed identity) and the storage account in sink.account or AZURE_STORAGE_ACCOUNT_NAME",
                 }
             )));
         }
-        if rest.contains(['?', '#']) {
+        if let Some(cut) = url.find(['?', '#']) {
+            // Not echoed past the cut: a query may be a SAS token or a presigned URL's.
             return Err(Error::config(format!(
-                "sink.url {url:?} has a query or fragment; write {scheme}://bucket/prefix and put options in the [sink] section"
+                "sink.url {:?} has a query or fragment; write {scheme}://{bucket_word}/prefix, put options in the [sink] section and credentials in the environment",
+                &url[..cut]
             )));
         }
-        if !valid_bucket(bucket) {
-            return Err(Error::config(format!(
-                "sink.url {url:?} does not name a valid bucket; write {scheme}://bucket/prefix with a bucket of 3 to 222 lowercase letters, digits, '.', '-' or '_'"
-            )));
+        let valid = match service {
+            Service::S3 | Service::Gcs => valid_bucket(bucket),
+            Service::Azure => valid_container(bucket),
+        };
+        if !valid {
+            return Err(Error::config(match service {
+                Service::S3 | Service::Gcs => format!(
+                    "sink.url {url:?} does not name a valid bucket; write {scheme}://bucket/prefix with a bucket of 3 to 222 lowercase letters, digits, '.', '-' or '_'"
+                ),
+                Service::Azure => format!(
+                    "sink.url {url:?} does not name a valid container; write az://container/prefix with a container of 3 to 63 lowercase letters, digits and single '-' between them"
+                ),
+            }));
         }
         let prefix = prefix.trim_end_matches('/');
         if !prefix.is_empty() && validate_key(prefix).is_err() {
@@ -169,6 +210,19 @@ fn valid_bucket(bucket: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
+/// Azure's container names: 3 to 63 lowercase letters, digits and hyphens, starting
+/// and ending with a letter or digit, no two hyphens in a row.
+fn valid_container(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("--")
+}
+
 /// Checks `sink.endpoint`: an http(s) URL without user information; plain http only
 /// with `sink.allow_http`.
 pub fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<()> {
@@ -239,6 +293,39 @@ mod tests {
         let e = Location::parse(Service::S3, "s3://AKIAXX:s3cr3t@bucket/x").unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert!(e.kind() == ErrorKind::Config);
+    }
+
+    #[test]
+    fn azure_urls_name_a_container_and_accept_both_schemes() {
+        let l = Location::parse(Service::Azure, "az://backups/prod/pg/").unwrap();
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("backups", "prod/pg")
+        );
+        assert_eq!(l.url_of("db/k"), "az://backups/prod/pg/db/k");
+        let l = Location::parse(Service::Azure, "azure://backups").unwrap();
+        assert_eq!(l.describe(), "az://backups");
+        for bad in [
+            "az://Upper",
+            "az://a_b_c",
+            "az://a.b.c",
+            "az://ab",
+            "az://-abc",
+            "az://abc-",
+            "az://a--b",
+            "s3://backups",
+            "az://backups?sv=2024",
+        ] {
+            assert!(
+                Location::parse(Service::Azure, bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+        let e = Location::parse(Service::Azure, "az://backups/x?sv=2024&sig=s3cr3t").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        let e = Location::parse(Service::Azure, "az://backups@acct.blob.core.windows.net/x")
+            .unwrap_err();
+        assert!(e.to_string().contains("sink.account"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
             "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role",
         ));
     }
+    if config.account.is_some() || config.use_emulator {
+        return Err(Error::config(format!(
+            "sink.account and sink.use_emulator apply to az:// sinks only; remove them for {url}"
+        )));
+    }
     let options = UploadOptions::from_config(config);
     let mut builder = builder
         .with_bucket_name(&location.bucket)
