@@ -260,3 +260,77 @@ async fn anomalies_against_the_previous_backup_are_alerts() {
     let out = ws.pgproof(&["status"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+/// A B-tree index made inconsistent with its table (its "immutable" expression
+/// redefined): `backup --amcheck` refuses to back it up as if sound, naming the index;
+/// the amcheck verifier finds the same on a database, and passes a sound restore.
+#[tokio::test]
+async fn amcheck_finds_a_corrupt_index() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    connect(&cluster, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE indexed")
+        .await
+        .unwrap();
+    let client = connect(&cluster, "indexed").await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION shift(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 1';
+             CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 2000);
+             CREATE INDEX t_shift ON t (shift(v)); CREATE INDEX t_plain ON t (v);",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "indexed", "custom");
+    ws.verify_on(&cluster);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("[verify]\n", "[verify]\namcheck = true\n"));
+    // Sound, but amcheck is not installed in the source: a warning, not a refusal.
+    let out = ws.pgproof(&["backup", "--amcheck"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("amcheck is not installed in the source"),
+        "{}",
+        stderr(&out)
+    );
+    let report = json(&ws.pgproof(&["verify", "latest", "--json"]));
+    let check = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "amcheck")
+        .cloned()
+        .unwrap();
+    assert_eq!(check["passed"], true, "{check}");
+    assert!(check["detail"].as_str().unwrap().contains("B-tree indexes"));
+
+    // Corrupt it: the index holds v + 1, the function now says v + 2.
+    client
+        .batch_execute(
+            "CREATE EXTENSION amcheck;
+             CREATE OR REPLACE FUNCTION shift(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 2';",
+        )
+        .await
+        .unwrap();
+    let before = ws.sink_files().len();
+    let out = ws.pgproof(&["backup", "--amcheck"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = err.trim().lines().last().unwrap();
+    assert!(
+        line.contains("public.t_shift") && line.contains("REINDEX"),
+        "{line}"
+    );
+    assert!(!line.contains("t_plain"), "{line}");
+    assert_eq!(ws.sink_files().len(), before, "nothing stored");
+
+    // The verifier, on the corrupt database itself.
+    let (checked, failures) = pgproof_core::verify::amcheck::check_indexes(&client)
+        .await
+        .unwrap();
+    assert!(checked > 2, "user and catalog indexes: {checked}");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, "public.t_shift");
+}

@@ -79,6 +79,10 @@ pub enum Command {
         /// After a run in which every backup succeeded, prune by [retention].
         #[arg(long)]
         prune: bool,
+        /// Check every B-tree index of the source with amcheck first (when the
+        /// extension is installed there); a corrupt index fails the backup.
+        #[arg(long)]
+        amcheck: bool,
     },
     /// Delete backups no [retention] rule keeps, leaving a tombstone for each so the
     /// manifest chain stays checkable; delete objects of runs that never committed once

@@ -146,6 +146,8 @@ pub struct VerifyConfig {
     pub scratch_url: Option<String>,
     /// Verify every backup right after taking it.
     pub after_backup: bool,
+    /// Also run amcheck on every B-tree index of the restored database.
+    pub amcheck: bool,
     /// The application's invariant queries (`[[verify.invariants]]` with `name`,
     /// `sql` and optionally `expect`): run in the dump's snapshot at backup time and
     /// again on every restore, which must give the same result.

@@ -22,13 +22,27 @@ pub struct RunLog {
     pub failed: Vec<FailedSummary>,
 }
 
+/// How a backup run goes, from its flags.
+pub struct Options {
+    /// Print JSON.
+    pub json: bool,
+    /// Verify each backup after taking it.
+    pub then_verify: bool,
+    /// amcheck the source first.
+    pub amcheck: bool,
+}
+
 pub async fn backup(
     config: &Config,
-    json: bool,
-    then_verify: bool,
+    options: Options,
     progress: &ProgressOutput,
     log: &mut RunLog,
 ) -> Result<()> {
+    let Options {
+        json,
+        then_verify,
+        amcheck,
+    } = options;
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
     let (params, databases) = source_databases(config).await?;
@@ -43,6 +57,7 @@ pub async fn backup(
             .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
             .invariants(config.verify.invariants.clone())
             .files(config.files.clone())
+            .amcheck(amcheck)
             .alert_policy(AlertPolicy {
                 max_row_drop: config.alerts.max_row_drop,
                 max_size_drop: config.alerts.max_size_drop,

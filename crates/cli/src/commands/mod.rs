@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
             verify,
             prune,
+            amcheck,
             ..
         } => {
             let started_at = jiff::Timestamp::now();
@@ -53,8 +54,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Ok(()) => {
                     let backed_up = backup::backup(
                         &config,
-                        json,
-                        verify || config.verify.after_backup,
+                        backup::Options {
+                            json,
+                            then_verify: verify || config.verify.after_backup,
+                            amcheck,
+                        },
                         &progress,
                         &mut log,
                     )

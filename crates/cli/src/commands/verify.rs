@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pgproof_core::catalog::{BackupRef, Inventory};
 use pgproof_core::ops::Verify;
-use pgproof_core::verify::{Report, standard_verifiers_with};
+use pgproof_core::verify::{Amcheck, Report, standard_verifiers_with};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
@@ -34,7 +34,13 @@ pub async fn verify_all(
         let report = Verify::new(sink.clone(), target.clone(), scratch.clone())
             .identities(identities.clone())
             .pg_bin_dir(config.source.pg_bin_dir.clone())
-            .verifiers(standard_verifiers_with(config.verify.invariants.clone()))
+            .verifiers({
+                let mut verifiers = standard_verifiers_with(config.verify.invariants.clone());
+                if config.verify.amcheck {
+                    verifiers.push(Box::new(Amcheck));
+                }
+                verifiers
+            })
             .keep(keep)
             .progress(callback)
             .run()

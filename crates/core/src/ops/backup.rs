@@ -22,6 +22,7 @@ use crate::files::{FileSet, FileSetInfo};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::sink::stream::Upload;
 use crate::sink::{Sink, SinkExt};
+use crate::verify::amcheck;
 
 /// How long pg_dump and the fingerprint wait for a table lock by default.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(300);
@@ -52,6 +53,7 @@ pub struct Backup {
     started_at: Option<Timestamp>,
     files: Vec<FileSet>,
     alert_policy: AlertPolicy,
+    amcheck: bool,
 }
 
 impl Backup {
@@ -73,6 +75,7 @@ impl Backup {
             started_at: None,
             files: Vec::new(),
             alert_policy: AlertPolicy::default(),
+            amcheck: false,
         }
     }
 
@@ -135,6 +138,14 @@ impl Backup {
         self
     }
 
+    /// Checks every B-tree index of the source with amcheck before dumping, when the
+    /// extension is installed there (pgproof never installs it in a source); a corrupt
+    /// index fails the backup instead of being backed up as if sound.
+    pub fn amcheck(mut self, check: bool) -> Self {
+        self.amcheck = check;
+        self
+    }
+
     /// When the comparison with the previous backup raises an alert.
     pub fn alert_policy(mut self, policy: AlertPolicy) -> Self {
         self.alert_policy = policy;
@@ -162,6 +173,9 @@ impl Backup {
             set.validate(self.recipients.is_some())?;
         }
         let started_at = self.started_at.unwrap_or_else(Timestamp::now);
+        if self.amcheck {
+            self.check_source_indexes(&database).await?;
+        }
         let clock = Instant::now();
 
         let session =
@@ -433,6 +447,34 @@ impl Backup {
             .put_bytes(&manifest.key(), manifest.to_bytes()?)
             .await?;
         Ok(manifest)
+    }
+}
+
+impl Backup {
+    async fn check_source_indexes(&self, database: &str) -> Result<()> {
+        let client = self.source.connect().await?;
+        if !amcheck::installed(&client).await? {
+            tracing::warn!(
+                database,
+                "amcheck is not installed in the source: its indexes were not checked (CREATE EXTENSION amcheck to check them)"
+            );
+            return Ok(());
+        }
+        let (checked, failures) = amcheck::check_indexes(&client).await?;
+        if failures.is_empty() {
+            tracing::info!(
+                database,
+                indexes = checked,
+                "amcheck: every B-tree index is consistent"
+            );
+            return Ok(());
+        }
+        let shown: Vec<String> = failures.iter().map(|(i, m)| format!("{i} ({m})")).collect();
+        Err(Error::integrity(format!(
+            "amcheck found {} corrupt index(es) in the source database {database}: {}; REINDEX them, then back up again",
+            failures.len(),
+            shown.join("; ")
+        )))
     }
 }
 

@@ -12,6 +12,7 @@
 //! [`Verify::verifier`](crate::ops::Verify::verifier); the conformance suite is
 //! [`testkit::check_contract`] (feature `testkit`).
 
+pub mod amcheck;
 mod audit_chain;
 mod database;
 mod fingerprint;
@@ -24,6 +25,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+pub use amcheck::Amcheck;
 pub use audit_chain::AuditChain;
 pub use database::{DatabaseProperties, Invariants, Roles};
 pub use fingerprint::{LargeObjects, Sequences, TableFingerprints};
