@@ -334,3 +334,109 @@ async fn amcheck_finds_a_corrupt_index() {
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].0, "public.t_shift");
 }
+
+/// `copy` to a second local sink and `[[replicas]]` on S3 (moto): the copies form a
+/// catalog that `check` and `verify` accept; a second copy copies nothing; a damaged
+/// source object is not copied; status names each replica's newest backup.
+#[tokio::test]
+async fn copies_form_a_second_catalog() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(moto) = pgproof_tests::moto::Moto::start() else {
+        return;
+    };
+    moto.create_bucket("replica");
+    small_database(&cluster, "copied").await;
+    let ws = Workspace::new(&cluster, "copied", "custom");
+    ws.verify_on(&cluster);
+    for _ in 0..3 {
+        ws.backup();
+    }
+    ws.pgproof_ok(&["verify", "latest"]);
+    let second = ws.dir.path().join("second");
+    let to = format!("file://{}", second.display());
+    let out = json(&ws.pgproof(&["copy", "--to", &to, "--json"]));
+    assert_eq!(out["copied"].as_array().unwrap().len(), 3, "{out}");
+    let again = json(&ws.pgproof(&["copy", "--to", &to, "--json"]));
+    assert_eq!(
+        again["copied"].as_array().unwrap().len(),
+        0,
+        "idempotent: {again}"
+    );
+    assert_eq!(again["already_there"].as_array().unwrap().len(), 3);
+    // The second catalog stands on its own.
+    let out = ws.pgproof(&["--sink", &to, "check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let listed = json(&ws.pgproof(&["--sink", &to, "list", "--json"]));
+    assert_eq!(
+        listed[2]["last_verification"]["passed"], true,
+        "records came along"
+    );
+    let report = json(&ws.pgproof(&["--sink", &to, "verify", "latest", "--json"]));
+    assert_eq!(report[0]["passed"], true, "{report:#}");
+
+    // A damaged object in the source is not copied, and nothing of that backup lists.
+    let third = ws.dir.path().join("third");
+    let first_id = listed[0]["backup_id"].as_str().unwrap().to_owned();
+    let object = ws.sink.join(listed[0]["object"]["key"].as_str().unwrap());
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[100] ^= 1;
+    std::fs::set_permissions(&object, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(&object, bytes).unwrap();
+    let out = ws.pgproof(&[
+        "copy",
+        "--to",
+        &format!("file://{}", third.display()),
+        &first_id,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not what its manifest recorded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !third
+            .join("copied")
+            .join(&first_id)
+            .join("manifest.json")
+            .exists()
+    );
+
+    // [[replicas]]: every backup run copies to S3 as well; status reports it.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[[replicas]]\nurl = \"s3://replica/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+        moto.endpoint()
+    ));
+    let mut backup = ws.command(&["backup", "--json"]);
+    backup
+        .env("AWS_ACCESS_KEY_ID", pgproof_tests::moto::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", pgproof_tests::moto::SECRET_KEY);
+    // The damaged backup cannot be replicated: the run says so, after committing.
+    let out = backup.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("copying them to the replica"),
+        "{}",
+        stderr(&out)
+    );
+    let newest: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let status = ws
+        .command(&["status", "--json"])
+        .env("AWS_ACCESS_KEY_ID", pgproof_tests::moto::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", pgproof_tests::moto::SECRET_KEY)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status[0]["replicas"][0]["newest_backup"], newest[0]["backup_id"],
+        "{status:#}"
+    );
+}

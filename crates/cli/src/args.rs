@@ -227,6 +227,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy committed backups, as stored (no decryption), to a second sink: objects
+    /// streamed with their sha256 checked, the manifest last, verification records
+    /// and tombstones along; already copied backups are skipped.
+    Copy {
+        /// Destination: a [[replicas]] entry's url (its settings apply), or any sink URL.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// One backup id (default: every committed backup).
+        #[arg(conflicts_with = "all")]
+        backup: Option<String>,
+        /// Every committed backup (the default).
+        #[arg(long)]
+        all: bool,
+        /// Only this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// The outcome as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pin a backup: retention never deletes it while the pin holds.
     Pin {
         /// Backup id, or `latest`.

@@ -37,6 +37,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// When a backup's comparison with the previous one raises an alert.
     pub alerts: AlertsConfig,
+    /// Second destinations (`[[replicas]]`, each shaped like `[sink]`): `backup`
+    /// copies each run's backups there; `status` reports them.
+    pub replicas: Vec<SinkConfig>,
     /// File material stored with every backup (`[[files]]` with `name`, `paths`,
     /// `secret`).
     pub files: Vec<FileSet>,
@@ -316,6 +319,14 @@ impl Config {
             )));
         }
         self.sink.validate()?;
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if replica.url.is_none() {
+                return Err(Error::config(format!("replicas[{i}] needs a url")));
+            }
+            replica
+                .validate()
+                .map_err(|e| Error::config(format!("replicas[{i}]: {e}")))?;
+        }
         for (key, argv) in [
             ("hooks.before", &self.hooks.before),
             ("hooks.after", &self.hooks.after),

@@ -8,22 +8,28 @@ use pgproof_core::pg::{ConnParams, admin};
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::{Error, Result, Sink};
 use pgproof_sink_fs::FsSink;
+use pgproof_sink_object_store::SinkConfig;
 
 use crate::config::{Config, Databases, wildcard_match};
 
 /// The sink `sink.url`'s scheme names. Builds the client only; no request is sent.
 pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
-    let Some(url) = config.sink.url.as_deref() else {
+    open_sink_with(&config.sink)
+}
+
+/// The sink a `[sink]`-shaped section describes (the primary, or a replica).
+pub fn open_sink_with(sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
+    let Some(url) = sink.url.as_deref() else {
         return Err(Error::config(
             "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix)",
         ));
     };
     match url.split_once("://").map(|(scheme, _)| scheme) {
-        Some("s3") => Ok(Arc::new(pgproof_sink_s3::from_config(&config.sink)?)),
-        Some("gs") => Ok(Arc::new(pgproof_sink_gcs::from_config(&config.sink)?)),
-        Some("az" | "azure") => Ok(Arc::new(pgproof_sink_azure::from_config(&config.sink)?)),
+        Some("s3") => Ok(Arc::new(pgproof_sink_s3::from_config(sink)?)),
+        Some("gs") => Ok(Arc::new(pgproof_sink_gcs::from_config(sink)?)),
+        Some("az" | "azure") => Ok(Arc::new(pgproof_sink_azure::from_config(sink)?)),
         Some("file") | None => {
-            let s = &config.sink;
+            let s = sink;
             if s.endpoint.is_some()
                 || s.region.is_some()
                 || s.service_account_file.is_some()
@@ -39,6 +45,22 @@ pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
         Some(other) => Err(Error::config(format!(
             "sink.url has the unsupported scheme {other:?}; use file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix"
         ))),
+    }
+}
+
+/// The sink copies go to: a `[[replicas]]` entry whose URL is `to`, or `to` itself
+/// with default settings (credentials from the environment).
+pub fn replica_sink(config: &Config, to: &str) -> Result<Arc<dyn Sink>> {
+    match config
+        .replicas
+        .iter()
+        .find(|r| r.url.as_deref() == Some(to))
+    {
+        Some(replica) => open_sink_with(replica),
+        None => open_sink_with(&SinkConfig {
+            url: Some(to.to_owned()),
+            ..SinkConfig::default()
+        }),
     }
 }
 

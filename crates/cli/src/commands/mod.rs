@@ -63,9 +63,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                         &mut log,
                     )
                     .await;
+                    // Replicas get what was committed, even after a partly failed run.
+                    let replicated = upkeep::replicate(&config).await;
                     // Only after a run in which everything succeeded: a failing run
                     // must never be the reason good backups go.
-                    match backed_up {
+                    match backed_up.and(replicated) {
                         Ok(()) if prune => upkeep::prune(&config, None, false, false).await,
                         other => other,
                     }
@@ -174,6 +176,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::List { database, json } => list::list(&config, database.as_deref(), json).await,
+        Command::Copy {
+            to,
+            backup,
+            database,
+            json,
+            ..
+        } => upkeep::copy(&config, &to, backup, database, json).await,
         Command::Pin {
             backup,
             database,

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
 use pgproof_core::catalog::Inventory;
-use pgproof_core::ops::{Action, CatalogCheck, Decision, Prune, RetentionPolicy};
+use pgproof_core::ops::{Action, CatalogCheck, Copy, Decision, Prune, RetentionPolicy};
 use pgproof_core::{Error, Result};
 use serde::Serialize;
 
 use crate::config::{Config, Databases, parse_duration};
-use crate::engines::open_sink;
+use crate::engines::{open_sink, open_sink_with, replica_sink};
 use crate::render::{human_bytes, outln, print_json};
 
 /// The `[retention]` rules as the engine's policy.
@@ -114,6 +114,70 @@ fn decision_json(d: &Decision) -> serde_json::Value {
     })
 }
 
+pub async fn copy(
+    config: &Config,
+    to: &str,
+    backup: Option<String>,
+    database: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let from = open_sink(config)?;
+    let dest = replica_sink(config, to)?;
+    let outcome = Copy::new(from, dest.clone())
+        .database(database)
+        .backup(backup)
+        .run()
+        .await?;
+    if json {
+        print_json(&outcome)?;
+        return outcome.into_result().map(|_| ());
+    }
+    for b in &outcome.copied {
+        outln!("copied    {b}");
+    }
+    outln!(
+        "{} backups copied to {} ({}), {} already there",
+        outcome.copied.len(),
+        dest.describe(),
+        human_bytes(outcome.bytes),
+        outcome.already_there.len()
+    );
+    outcome.into_result().map(|_| ())
+}
+
+/// Copies every committed backup to each `[[replicas]]` entry; the first failure is
+/// returned after all were tried.
+pub async fn replicate(config: &Config) -> Result<()> {
+    let mut first: Option<Error> = None;
+    for replica in &config.replicas {
+        let result = async {
+            let dest = open_sink_with(replica)?;
+            let outcome = Copy::new(open_sink(config)?, dest.clone())
+                .run()
+                .await?
+                .into_result()?;
+            tracing::info!(replica = %dest.describe(), copied = outcome.copied.len(), "replicated");
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            let url = replica
+                .url
+                .as_deref()
+                .map(crate::settings::redact_url)
+                .unwrap_or_default();
+            tracing::error!(replica = %url, error = %e, "copy to a replica failed");
+            first.get_or_insert(Error::new(
+                e.kind(),
+                format!(
+                    "the backups are committed, but copying them to the replica {url} failed: {e}"
+                ),
+            ));
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 pub async fn check(
     config: &Config,
     database: Option<&str>,
@@ -176,7 +240,17 @@ struct DatabaseStatus {
     oldest_unproven_backup_at: Option<Timestamp>,
     /// The newest backup's anomalies against the one before it.
     alerts: Vec<String>,
+    /// Each `[[replicas]]` entry's newest copy of this database.
+    replicas: Vec<ReplicaStatus>,
     breaches: Vec<String>,
+}
+
+/// One replica's newest backup of a database.
+#[derive(Debug, Serialize)]
+struct ReplicaStatus {
+    url: String,
+    newest_backup: Option<String>,
+    newest_backup_at: Option<Timestamp>,
 }
 
 pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> Result<()> {
@@ -193,6 +267,18 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
     let max_restore = limit("status.max_restore_time", &config.status.max_restore_time)?;
     let max_unproven = limit("status.max_unproven_age", &config.status.max_unproven_age)?;
     let inventory = Inventory::load(&*sink, None).await?;
+    let mut replicas = Vec::new();
+    for replica in &config.replicas {
+        let url = replica
+            .url
+            .as_deref()
+            .map(crate::settings::redact_url)
+            .unwrap_or_default();
+        replicas.push((
+            url,
+            Inventory::load(&*open_sink_with(replica)?, None).await?,
+        ));
+    }
     let mut names: Vec<String> = inventory.databases.keys().cloned().collect();
     if let Databases::Named(configured) = &config.source.databases {
         names.extend(configured.iter().cloned());
@@ -241,6 +327,22 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             alerts: newest
                 .map(|(_, m)| m.alerts.iter().map(|a| a.detail.clone()).collect())
                 .unwrap_or_default(),
+            replicas: replicas
+                .iter()
+                .map(|(url, inv)| {
+                    let newest = inv.databases.get(&name).and_then(|p| {
+                        p.backups
+                            .iter()
+                            .filter_map(|b| b.manifest.as_ref().ok())
+                            .max_by_key(|m| m.started_at)
+                    });
+                    ReplicaStatus {
+                        url: url.clone(),
+                        newest_backup: newest.map(|m| m.backup_id.clone()),
+                        newest_backup_at: newest.map(|m| m.started_at),
+                    }
+                })
+                .collect(),
             breaches: Vec::new(),
         };
         if config.alerts.fail_status && !s.alerts.is_empty() {
@@ -337,6 +439,14 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             );
             for alert in &s.alerts {
                 outln!("        {}  ALERT  {alert}", s.database);
+            }
+            for r in &s.replicas {
+                outln!(
+                    "        {}  replica {}: newest {}",
+                    s.database,
+                    r.url,
+                    r.newest_backup.as_deref().unwrap_or("none")
+                );
             }
         }
     }

@@ -18,6 +18,7 @@
 
 mod backup;
 mod check;
+mod copy;
 mod drill;
 pub mod interrupt;
 pub mod prune;
@@ -26,6 +27,7 @@ mod verify;
 
 pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
 pub use check::{CatalogCheck, CheckOutcome, Finding};
+pub use copy::{Copy, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use prune::{Action, Decision, Prune, RetentionPolicy};
 pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};

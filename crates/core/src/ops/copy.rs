@@ -1,0 +1,257 @@
+//! Copy: committed backups to a second sink, as stored (no decryption): every object
+//! streamed and its sha256 checked against the manifest on the way, the manifest
+//! last, so a half-copied backup is never listed at the destination. Idempotent: a
+//! backup whose manifest is already there is skipped; an object left by an
+//! interrupted copy is checked and replaced if it differs. Verification records and
+//! prune's tombstones go along, so the second catalog checks and verifies like the
+//! first.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT, MANIFEST_NAME, TOMBSTONE_NAME};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::{Sink, SinkExt};
+
+/// What a copy did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CopyOutcome {
+    /// Backups copied, as `<db>/<id>`.
+    pub copied: Vec<String>,
+    /// Backups already at the destination.
+    pub already_there: Vec<String>,
+    /// Bytes streamed.
+    pub bytes: u64,
+    /// Backups that could not be copied, with why (the others were copied).
+    pub failed: Vec<String>,
+    /// Whether a failure was about a backup's bytes (integrity) rather than the
+    /// environment.
+    #[serde(skip)]
+    pub integrity_failure: bool,
+}
+
+impl CopyOutcome {
+    /// `Err` naming the failed backups, if any.
+    pub fn into_result(self) -> Result<Self> {
+        if self.failed.is_empty() {
+            return Ok(self);
+        }
+        let message = format!(
+            "{} backups could not be copied: {}",
+            self.failed.len(),
+            self.failed.join("; ")
+        );
+        Err(if self.integrity_failure {
+            Error::integrity(message)
+        } else {
+            Error::tool(message)
+        })
+    }
+}
+
+/// A copy from one sink to another, configured by its builder methods and done by
+/// [`run`](Copy::run).
+#[must_use = "a Copy does nothing until run"]
+pub struct Copy {
+    from: Arc<dyn Sink>,
+    to: Arc<dyn Sink>,
+    database: Option<String>,
+    only: Option<String>,
+}
+
+impl Copy {
+    /// Every committed backup of `from` into `to`.
+    pub fn new(from: Arc<dyn Sink>, to: Arc<dyn Sink>) -> Self {
+        Self {
+            from,
+            to,
+            database: None,
+            only: None,
+        }
+    }
+
+    /// Only this database's backups.
+    pub fn database(mut self, database: Option<String>) -> Self {
+        self.database = database;
+        self
+    }
+
+    /// Only this backup id.
+    pub fn backup(mut self, backup_id: Option<String>) -> Self {
+        self.only = backup_id;
+        self
+    }
+
+    /// Copies, oldest first, so the destination's chain grows in order.
+    pub async fn run(self) -> Result<CopyOutcome> {
+        let source = Inventory::load(&*self.from, self.database.as_deref()).await?;
+        let there = Inventory::load(&*self.to, self.database.as_deref()).await?;
+        let mut outcome = CopyOutcome::default();
+        for (database, part) in &source.databases {
+            let present = there.databases.get(database);
+            // Tombstones keep the destination's chain checkable across pruned backups.
+            for id in part.tombstones.keys() {
+                if present.is_some_and(|p| p.tombstones.contains_key(id)) {
+                    continue;
+                }
+                let key = format!("{database}/{id}/{TOMBSTONE_NAME}");
+                let body = self.from.get_bytes(&key, MANIFEST_LIMIT).await?;
+                put_new(&*self.to, &key, body).await?;
+            }
+            for entry in &part.backups {
+                if self
+                    .only
+                    .as_ref()
+                    .is_some_and(|only| *only != entry.backup_id)
+                {
+                    continue;
+                }
+                let name = format!("{database}/{}", entry.backup_id);
+                let at_destination =
+                    present.and_then(|p| p.backups.iter().find(|b| b.backup_id == entry.backup_id));
+                match at_destination {
+                    Some(dest) => {
+                        self.copy_records(entry, dest.objects.iter().map(|o| o.key.as_str()))
+                            .await?;
+                        outcome.already_there.push(name);
+                    }
+                    // One backup that cannot be copied does not keep the others back.
+                    None => match self.copy_backup(database, entry).await {
+                        Ok(bytes) => {
+                            outcome.bytes += bytes;
+                            outcome.copied.push(name);
+                        }
+                        Err(e) => {
+                            tracing::error!(backup = %name, error = %e, "not copied");
+                            outcome.integrity_failure |= e.kind() == ErrorKind::Integrity;
+                            outcome.failed.push(format!("{name}: {e}"));
+                        }
+                    },
+                }
+            }
+        }
+        if let Some(only) = &self.only
+            && outcome.copied.is_empty()
+            && outcome.already_there.is_empty()
+            && outcome.failed.is_empty()
+        {
+            return Err(Error::not_found(format!(
+                "no committed backup {only} in {}",
+                self.from.describe()
+            )));
+        }
+        Ok(outcome)
+    }
+
+    async fn copy_backup(&self, database: &str, entry: &CatalogEntry) -> Result<u64> {
+        let manifest = entry.manifest.as_ref().map_err(|damage| {
+            Error::integrity(format!(
+                "backup {database}/{} cannot be copied: {damage}",
+                entry.backup_id
+            ))
+        })?;
+        let mut bytes = 0;
+        let objects =
+            std::iter::once(&manifest.object).chain(manifest.files.iter().map(|f| &f.object));
+        for object in objects {
+            bytes += self
+                .copy_checked(&object.key, object.stored_bytes, &object.stored_sha256)
+                .await?;
+        }
+        // The manifest last: from now on the backup is listed at the destination.
+        let key = format!("{database}/{}/{MANIFEST_NAME}", entry.backup_id);
+        let body = self.from.get_bytes(&key, MANIFEST_LIMIT).await?;
+        if crate::codec::sha256_hex(&body) != entry.manifest_sha256 {
+            return Err(Error::integrity(format!(
+                "manifest {key} changed while it was being copied; copy again"
+            )));
+        }
+        put_new(&*self.to, &key, body).await?;
+        self.copy_records(entry, std::iter::empty()).await?;
+        tracing::info!(backup = %entry.backup_id, database, bytes, "copied");
+        Ok(bytes)
+    }
+
+    /// Verification records the destination lacks.
+    async fn copy_records<'a>(
+        &self,
+        entry: &CatalogEntry,
+        present: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
+        let present: Vec<&str> = present.collect();
+        for object in &entry.objects {
+            if !object.key.contains("/verify/") || present.contains(&object.key.as_str()) {
+                continue;
+            }
+            let body = self.from.get_bytes(&object.key, MANIFEST_LIMIT).await?;
+            put_new(&*self.to, &object.key, body).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams one object, hashing on the way; an object an interrupted copy left at
+    /// the destination is kept if it is the same, replaced if not.
+    async fn copy_checked(&self, key: &str, size: u64, sha256: &str) -> Result<u64> {
+        if let Ok(existing) = self.to.get(key).await {
+            let (got_sha, got_size) = hash_stream(existing).await?;
+            if got_sha == sha256 && got_size == size {
+                return Ok(0);
+            }
+            self.to.delete(key).await?;
+        }
+        let hasher = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+        let tap = hasher.clone();
+        let body = self
+            .from
+            .get(key)
+            .await?
+            .map(move |chunk| {
+                if let Ok(bytes) = &chunk
+                    && let Ok(mut h) = tap.lock()
+                {
+                    h.0.update(bytes);
+                    h.1 += bytes.len() as u64;
+                }
+                chunk
+            })
+            .boxed();
+        self.to.put(key, body).await?;
+        let (got_sha, got_size) = {
+            let h = hasher
+                .lock()
+                .map_err(|_| Error::tool("a copy's hash was poisoned"))?;
+            (hex::encode(h.0.clone().finalize()), h.1)
+        };
+        if got_sha != sha256 || got_size != size {
+            let _ = self.to.delete(key).await;
+            return Err(Error::integrity(format!(
+                "{key} in {} is not what its manifest recorded ({got_size} bytes, sha256 {got_sha}; recorded {size}, {sha256}); it was not copied",
+                self.from.describe()
+            ))
+            .with_object(key.to_owned()));
+        }
+        Ok(got_size)
+    }
+}
+
+async fn hash_stream(mut stream: crate::sink::ByteStream) -> Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// A create-only put that treats "already there" as done.
+async fn put_new(sink: &dyn Sink, key: &str, body: Vec<u8>) -> Result<()> {
+    match sink.put_bytes(key, body.into()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
