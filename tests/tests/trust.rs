@@ -440,3 +440,100 @@ async fn copies_form_a_second_catalog() {
         "{status:#}"
     );
 }
+
+/// Runs a boto3 script against moto (the interpreter moto runs on), `s3` bound to a
+/// client; returns its stdout.
+fn boto(moto: &pgproof_tests::moto::Moto, script: &str) -> String {
+    let python = pgproof_tests::moto::moto_server_bin()
+        .unwrap()
+        .with_file_name("python");
+    let prelude = format!(
+        "import boto3, datetime, json\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='{}', aws_secret_access_key='{}')\n",
+        moto.endpoint(),
+        pgproof_tests::moto::ACCESS_KEY,
+        pgproof_tests::moto::SECRET_KEY
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// S3 Object Lock on moto: every object of a backup carries the lock the config asks
+/// for, a locked version cannot be deleted, and prune reports a locked backup as
+/// retained instead of deleting it.
+#[tokio::test]
+async fn object_lock_protects_backups_until_their_date() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(moto) = pgproof_tests::moto::Moto::start() else {
+        return;
+    };
+    boto(
+        &moto,
+        "s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)",
+    );
+    small_database(&cluster, "vault").await;
+    let mut ws = Workspace::with_sink(
+        &cluster,
+        "vault",
+        "custom",
+        Some(&format!(
+            "url = \"s3://locked/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nobject_lock = {{ mode = \"governance\", days = 2 }}\n",
+            moto.endpoint()
+        )),
+    );
+    ws.env.push((
+        "AWS_ACCESS_KEY_ID".into(),
+        pgproof_tests::moto::ACCESS_KEY.into(),
+    ));
+    ws.env.push((
+        "AWS_SECRET_ACCESS_KEY".into(),
+        pgproof_tests::moto::SECRET_KEY.into(),
+    ));
+    let first = ws.backup();
+    ws.backup();
+    assert_eq!(first["object_lock"]["mode"], "governance", "{first:#}");
+    let key = format!("pg/{}", first["object"]["key"].as_str().unwrap());
+    let seen = boto(
+        &moto,
+        &format!(
+            "h = s3.head_object(Bucket='locked', Key='{key}')\n\
+             print(h.get('ObjectLockMode'), (h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)).days)\n\
+             v = s3.list_object_versions(Bucket='locked', Prefix='{key}')['Versions'][0]['VersionId']\n\
+             try:\n    s3.delete_object(Bucket='locked', Key='{key}', VersionId=v)\n    print('deleted')\n\
+             except Exception as e:\n    print('refused', type(e).__name__)\n"
+        ),
+    );
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "GOVERNANCE 1", "locked for two days: {seen}");
+    assert!(
+        lines[1].starts_with("refused"),
+        "a locked version cannot be deleted: {seen}"
+    );
+
+    // Retention keeps what the lock keeps, and says so.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!("{config}\n[retention]\nkeep_last = 1\n"));
+    let plan = json(&ws.pgproof(&["prune", "--dry-run", "--json"]));
+    let first_decision = plan["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["backup_id"] == first["backup_id"])
+        .unwrap()
+        .clone();
+    assert_eq!(first_decision["action"], "keep", "{plan:#}");
+    assert!(
+        first_decision["detail"]
+            .to_string()
+            .contains("retained until"),
+        "{first_decision}"
+    );
+    let out = ws.pgproof(&["verify", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -68,6 +68,19 @@ pub struct SinkConfig {
     /// seconds; an endpoint that drops packets fails this fast and is retried, instead
     /// of waiting out `request_timeout_secs`.
     pub connect_timeout_secs: u64,
+    /// S3: lock every object pgproof stores (S3 Object Lock) for `days` in `mode`
+    /// (`governance` or `compliance`); the bucket must have Object Lock enabled.
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// `sink.object_lock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    /// `governance` or `compliance`.
+    pub mode: String,
+    /// Days from each backup's writing.
+    pub days: u32,
 }
 
 impl Default for SinkConfig {
@@ -87,6 +100,7 @@ impl Default for SinkConfig {
             retry_timeout_secs: 180,
             request_timeout_secs: 300,
             connect_timeout_secs: 10,
+            object_lock: None,
         }
     }
 }
@@ -120,6 +134,19 @@ impl SinkConfig {
             return Err(Error::config(
                 "sink.connect_timeout_secs = 0 would fail every connection; use a positive number of seconds",
             ));
+        }
+        if let Some(lock) = &self.object_lock {
+            if !matches!(lock.mode.as_str(), "governance" | "compliance") || lock.days == 0 {
+                return Err(Error::config(format!(
+                    "sink.object_lock = {{ mode = {:?}, days = {} }}: mode is governance or compliance, days at least 1",
+                    lock.mode, lock.days
+                )));
+            }
+            if !self.url.as_deref().is_some_and(|u| u.starts_with("s3://")) {
+                return Err(Error::config(
+                    "sink.object_lock is built for s3:// sinks only (GCS retention and Azure immutability policies are not); set the bucket's own retention there",
+                ));
+            }
         }
         if self.request_timeout_secs == 0 {
             return Err(Error::config(

@@ -50,7 +50,7 @@ use object_store::{
 use pgproof_core::error::{Error, Result};
 use pgproof_core::sink::{ByteStream, ObjectMeta, Sink, validate_key};
 
-pub use config::{MAX_PART_SIZE_MIB, MAX_PARTS, MIN_PART_SIZE_MIB, SinkConfig};
+pub use config::{MAX_PART_SIZE_MIB, MAX_PARTS, MIN_PART_SIZE_MIB, ObjectLockConfig, SinkConfig};
 pub use errors::Op;
 pub use location::{Location, Service, check_endpoint};
 
@@ -129,6 +129,7 @@ pub struct ObjectStoreSink {
     store: Arc<dyn Store>,
     location: Location,
     options: UploadOptions,
+    retention: Option<pgproof_core::sink::RetentionLock>,
 }
 
 impl fmt::Debug for ObjectStoreSink {
@@ -150,7 +151,15 @@ impl ObjectStoreSink {
             store,
             location,
             options,
+            retention: None,
         }
+    }
+
+    /// Records the lock the store's client puts on every object (see
+    /// [`Sink::retention`]).
+    pub fn with_retention(mut self, retention: Option<pgproof_core::sink::RetentionLock>) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Where this sink writes.
@@ -355,6 +364,10 @@ impl Drop for Upload<'_> {
 impl Sink for ObjectStoreSink {
     fn describe(&self) -> String {
         self.location.describe()
+    }
+
+    fn retention(&self) -> Option<pgproof_core::sink::RetentionLock> {
+        self.retention.clone()
     }
 
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {

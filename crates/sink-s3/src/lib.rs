@@ -14,13 +14,16 @@
 //! manifests are put with `If-None-Match: *`, and failures abort the upload; see
 //! [`pgproof_sink_object_store`] for the guarantees and their limits.
 
-use object_store::ClientConfigKey;
 pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
+use object_store::aws::Checksum;
+use object_store::{ClientConfigKey, ClientOptions};
 use pgproof_core::error::{Error, Result};
+use pgproof_core::sink::RetentionLock;
 use pgproof_sink_object_store::{
     Location, ObjectStoreSink, Service, SinkConfig, UploadOptions, check_endpoint,
 };
+use reqwest::header::{HeaderMap, HeaderValue};
 
 /// Opens the sink `config` describes, with credentials from the standard AWS
 /// environment and credential chain. No request is sent.
@@ -48,8 +51,39 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
         )));
     }
     let options = UploadOptions::from_config(config);
+    let mut builder = builder.with_bucket_name(&location.bucket);
+    // Object Lock: the lock headers on every request (S3 reads them on PutObject and
+    // CreateMultipartUpload, ignores them elsewhere), and a checksum, which S3
+    // requires on writes that carry them.
+    let retention = config.object_lock.as_ref().map(|lock| RetentionLock {
+        mode: lock.mode.clone(),
+        retain_until: jiff::Timestamp::now()
+            + jiff::SignedDuration::from_hours(24 * i64::from(lock.days)),
+    });
+    if let Some(lock) = &retention {
+        let mut headers = HeaderMap::new();
+        let value = |text: &str| {
+            HeaderValue::from_str(text).map_err(|e| Error::config(format!("sink.object_lock: {e}")))
+        };
+        headers.insert(
+            "x-amz-object-lock-mode",
+            value(&lock.mode.to_ascii_uppercase())?,
+        );
+        headers.insert(
+            "x-amz-object-lock-retain-until-date",
+            value(&lock.retain_until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())?,
+        );
+        // What AWS's SDKs send beside x-amz-checksum-sha256; moto (like older S3
+        // endpoints) looks for it before it takes a locked object.
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            HeaderValue::from_static("SHA256"),
+        );
+        builder = builder
+            .with_client_options(ClientOptions::new().with_default_headers(headers))
+            .with_checksum_algorithm(Checksum::SHA256);
+    }
     let mut builder = builder
-        .with_bucket_name(&location.bucket)
         .with_retry(options.retry_config())
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
@@ -83,11 +117,10 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
             location.describe()
         ))
     })?;
-    Ok(ObjectStoreSink::new(
-        std::sync::Arc::new(store),
-        location,
-        options,
-    ))
+    Ok(
+        ObjectStoreSink::new(std::sync::Arc::new(store), location, options)
+            .with_retention(retention),
+    )
 }
 
 #[cfg(test)]

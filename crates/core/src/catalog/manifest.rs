@@ -18,6 +18,7 @@ use crate::evidence::alerts::Alert;
 use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::evidence::invariant::InvariantResult;
 use crate::files::FileSetInfo;
+use crate::sink::RetentionLock;
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -77,6 +78,9 @@ pub struct Manifest {
     /// The application's invariant queries, run in the dump's snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invariants: Vec<InvariantResult>,
+    /// The object lock the sink put on this backup's objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<RetentionLock>,
     /// Anomalies against the previous backup (a table emptied, rows lost, …).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,

@@ -441,6 +441,7 @@ impl Backup {
             invariants: c.evidence.invariants,
             files: c.files,
             alerts,
+            object_lock: self.sink.retention(),
             previous,
         };
         self.sink

@@ -5,7 +5,8 @@
 //!   neither be kept in place of a good backup nor push one out.
 //! - The newest backup that passed verification is never deleted, nor the chain's
 //!   head (the manifest the next backup will link to), nor a pinned backup, nor a
-//!   backup whose manifest cannot be read (it is reported instead).
+//!   backup whose manifest cannot be read (it is reported instead), nor one whose
+//!   object lock still holds (it is reported as retained until its date).
 //! - A backup being verified holds a lease and is left alone; so is a run still
 //!   writing (its objects are orphans only once older than the grace period).
 //! - A pruned backup leaves a tombstone (id, manifest and dump sha256, reason, time),
@@ -271,6 +272,15 @@ pub fn decide(
         }
         if Some(b.backup_id.as_str()) == newest_verified {
             reasons.push("newest verified backup".into());
+        }
+        if let Ok(m) = &b.manifest
+            && let Some(lock) = &m.object_lock
+            && lock.retain_until > now
+        {
+            reasons.push(format!(
+                "retained until {} (object lock, {})",
+                lock.retain_until, lock.mode
+            ));
         }
         if let Some(pin) = b.pinned(now) {
             reasons.push(pin.describe());

@@ -68,6 +68,22 @@ pub trait Sink: Send + Sync + fmt::Debug {
 
     /// Deletes the object under `key`.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// The lock this sink puts on every object it stores (S3 Object Lock), if any:
+    /// the manifest records it, and retention keeps a backup its lock still holds.
+    fn retention(&self) -> Option<RetentionLock> {
+        None
+    }
+}
+
+/// A write-once lock on stored objects: until `retain_until` the stored versions
+/// cannot be deleted (a plain delete on S3 only hides them behind a delete marker).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetentionLock {
+    /// `governance` (removable by a privileged role) or `compliance` (by no one).
+    pub mode: String,
+    /// Until when.
+    pub retain_until: jiff::Timestamp,
 }
 
 /// Checks that `key` is a relative `/`-separated path with no empty, `.` or `..`
