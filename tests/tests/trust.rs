@@ -536,4 +536,42 @@ async fn object_lock_protects_backups_until_their_date() {
     );
     let out = ws.pgproof(&["verify", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // config check reads the bucket's settings.
+    let out = ws.pgproof(&["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("# bucket: versioning on, Object Lock on"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Someone deletes the older backup's objects: on a locked, versioned bucket that
+    // only hides them. list --hidden shows the backup, undelete brings it back.
+    let id = first["backup_id"].as_str().unwrap();
+    boto(
+        &moto,
+        &format!(
+            "for o in s3.list_objects_v2(Bucket='locked', Prefix='pg/vault/{id}/')['Contents']:
+    s3.delete_object(Bucket='locked', Key=o['Key'])
+"
+        ),
+    );
+    let listed = json(&ws.pgproof(&["list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "hidden from list");
+    let hidden = json(&ws.pgproof(&["list", "--hidden", "--json"]));
+    assert_eq!(hidden[0]["backup_id"], id, "{hidden}");
+    ws.pgproof_ok(&["undelete", id, "--database", "vault"]);
+    let listed = json(&ws.pgproof(&["list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2, "back");
+    let out = ws.pgproof(&["verify", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A bucket without Object Lock: config check says the promise does not hold.
+    boto(&moto, "s3.create_bucket(Bucket='plain')");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("s3://locked/pg", "s3://plain/pg"));
+    let out = ws.pgproof(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Object Lock off"), "{}", stderr(&out));
 }

@@ -226,6 +226,20 @@ pub enum Command {
         /// JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// S3 with versioning: the backups hidden behind a delete marker (deleted
+        /// while their versions, locked or not, are still stored); undelete brings
+        /// one back.
+        #[arg(long)]
+        hidden: bool,
+    },
+    /// S3 with versioning: bring a hidden backup back by removing the delete markers
+    /// over its objects.
+    Undelete {
+        /// The backup id (as `list --hidden` shows it).
+        backup: String,
+        /// Its database.
+        #[arg(long)]
+        database: String,
     },
     /// Copy committed backups, as stored (no decryption), to a second sink: objects
     /// streamed with their sha256 checked, the manifest last, verification records

@@ -48,6 +48,25 @@ pub fn open_sink_with(sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
     }
 }
 
+/// The bucket-level client and key prefix of an s3:// sink.
+pub fn s3_bucket(sink: &SinkConfig) -> Result<(pgproof_sink_s3::versions::Bucket, String)> {
+    let url = sink.url.as_deref().unwrap_or("");
+    if !url.starts_with("s3://") {
+        return Err(Error::config(format!(
+            "hidden backups and bucket lock settings are S3 features; sink.url is {}",
+            crate::settings::redact_url(url)
+        )));
+    }
+    let location =
+        pgproof_sink_object_store::Location::parse(pgproof_sink_object_store::Service::S3, url)?;
+    let bucket = pgproof_sink_s3::versions::Bucket::from_env(
+        sink.endpoint.as_deref(),
+        sink.region.as_deref(),
+        &location.bucket,
+    )?;
+    Ok((bucket, location.prefix))
+}
+
 /// The sink copies go to: a `[[replicas]]` entry whose URL is `to`, or `to` itself
 /// with default settings (credentials from the environment).
 pub fn replica_sink(config: &Config, to: &str) -> Result<Arc<dyn Sink>> {

@@ -16,6 +16,8 @@
 
 pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
+pub mod versions;
+
 use object_store::aws::Checksum;
 use object_store::{ClientConfigKey, ClientOptions};
 use pgproof_core::error::{Error, Result};

@@ -220,3 +220,69 @@ pub async fn show(config: &Config, which: &str, database: Option<&str>, json: bo
     }
     Ok(())
 }
+
+/// Backups whose manifest is hidden behind a delete marker (S3 with versioning).
+pub async fn hidden(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
+    let (bucket, prefix) = crate::engines::s3_bucket(&config.sink)?;
+    let root = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let scope = format!(
+        "{root}{}",
+        database.map(|d| format!("{d}/")).unwrap_or_default()
+    );
+    let mut found = Vec::new();
+    for h in bucket.hidden(&scope).await? {
+        let Some(rest) = h.key.strip_prefix(&root) else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        if let [db, id, catalog::MANIFEST_NAME] = parts[..] {
+            found.push(serde_json::json!({ "database": db, "backup_id": id }));
+        }
+    }
+    if json {
+        return print_json(&found);
+    }
+    if found.is_empty() {
+        outln!("no hidden backups");
+    }
+    for f in &found {
+        outln!(
+            "HIDDEN  {}  {}  (pgproof undelete {} --database {})",
+            f["backup_id"].as_str().unwrap_or(""),
+            f["database"].as_str().unwrap_or(""),
+            f["backup_id"].as_str().unwrap_or(""),
+            f["database"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Removes the delete markers over a hidden backup's objects.
+pub async fn undelete(config: &Config, backup_id: &str, database: &str) -> Result<()> {
+    let (bucket, prefix) = crate::engines::s3_bucket(&config.sink)?;
+    let root = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let markers = bucket
+        .hidden(&format!("{root}{database}/{backup_id}/"))
+        .await?;
+    if markers.is_empty() {
+        return Err(Error::not_found(format!(
+            "no hidden object of backup {backup_id} ({database}); `pgproof list --hidden` shows what can be brought back"
+        )));
+    }
+    for m in &markers {
+        bucket.remove_marker(m).await?;
+    }
+    outln!(
+        "{backup_id} ({database}): {} objects brought back; `pgproof check` and `verify {backup_id}` prove it again",
+        markers.len()
+    );
+    Ok(())
+}

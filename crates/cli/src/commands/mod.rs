@@ -175,7 +175,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::List { database, json } => list::list(&config, database.as_deref(), json).await,
+        Command::List {
+            database,
+            json,
+            hidden: false,
+        } => list::list(&config, database.as_deref(), json).await,
+        Command::List {
+            database,
+            json,
+            hidden: true,
+        } => list::hidden(&config, database.as_deref(), json).await,
+        Command::Undelete { backup, database } => list::undelete(&config, &backup, &database).await,
         Command::Copy {
             to,
             backup,
@@ -208,7 +218,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => list::show(&config, &backup, database.as_deref(), json).await,
         Command::Config {
             command: ConfigCommand::Check { json },
-        } => setup::config_check(&config, file.as_deref(), json),
+        } => setup::config_check(&config, file.as_deref(), json).await,
         Command::Keygen { .. } | Command::Migrate { .. } => Ok(()),
     }
 }

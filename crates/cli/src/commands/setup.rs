@@ -34,7 +34,7 @@ pub fn keygen(output: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
+pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
     let mut shown = config.clone();
     shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
     shown.verify.scratch_url = shown
@@ -76,6 +76,26 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
     {
         problems.push(error_line(&e));
     }
+    // Object Lock is a promise about the bucket: read what the bucket says.
+    let mut lock_state = None;
+    if config.sink.object_lock.is_some() {
+        match crate::engines::s3_bucket(&config.sink) {
+            Ok((bucket, _)) => match bucket.lock_configuration().await {
+                Ok(state) => {
+                    if !state.versioning || !state.object_lock {
+                        problems.push(format!(
+                            "sink.object_lock is set, but the bucket has versioning {} and Object Lock {}: objects will be refused or not locked; create the bucket with Object Lock enabled",
+                            if state.versioning { "on" } else { "off" },
+                            if state.object_lock { "on" } else { "off" }
+                        ));
+                    }
+                    lock_state = Some(state);
+                }
+                Err(e) => problems.push(error_line(&e)),
+            },
+            Err(e) => problems.push(error_line(&e)),
+        }
+    }
     if let Some(dir) = &config.source.pg_bin_dir
         && !dir.join("pg_dump").is_file()
     {
@@ -88,6 +108,11 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
         print_json(&serde_json::json!({
             "file": file.map(|f| f.display().to_string()),
             "config": shown,
+            "bucket": lock_state.as_ref().map(|s| serde_json::json!({
+                "versioning": s.versioning,
+                "object_lock": s.object_lock,
+                "default_retention": s.default_retention,
+            })),
             "problems": problems,
         }))?;
     } else {
@@ -98,6 +123,14 @@ pub fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<
         let text = toml::to_string_pretty(&shown)
             .map_err(|e| Error::config(format!("cannot render the configuration: {e}")))?;
         outln!("{}", text.trim_end());
+        if let Some(s) = &lock_state {
+            outln!(
+                "# bucket: versioning {}, Object Lock {}, default retention {}",
+                if s.versioning { "on" } else { "off" },
+                if s.object_lock { "on" } else { "off" },
+                s.default_retention.as_deref().unwrap_or("none")
+            );
+        }
         for p in &problems {
             outln!("# problem: {p}");
         }
