@@ -51,7 +51,7 @@ pub async fn backup(
     for database in &databases {
         let (bar, callback) = progress.start(format!("backup {database}"));
         let mut backup = Backup::new(params.with_dbname(database), sink.clone())
-            .dumper(config.dump.format.dumper(config.dump.gzip_level))
+            .dumper(config.dump.dumper())
             .pg_bin_dir(config.source.pg_bin_dir.clone())
             .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
             .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))

@@ -56,7 +56,7 @@ pub async fn drill(
     };
     let format = config.dump.format;
     let mut drill = Drill::new(server, sink.clone())
-        .dumper(format.dumper(config.dump.gzip_level))
+        .dumper(config.dump.dumper())
         .audit_rows(rows)
         .pg_bin_dir(config.source.pg_bin_dir.clone());
     match (recipients, identities) {

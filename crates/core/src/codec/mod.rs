@@ -2,8 +2,8 @@
 //! sink, and back.
 //!
 //! ```text
-//! encode: raw ─► tally(raw) ─► [gzip] ─► [age] ─► tally(stored) ─► out
-//! decode: in  ─► tally(stored) ─► [age⁻¹] ─► [gunzip] ─► tally(raw) ─► out
+//! encode: raw ─► tally(raw) ─► [gzip|zstd] ─► [age] ─► tally(stored) ─► out
+//! decode: in  ─► tally(stored) ─► [age⁻¹] ─► [gunzip|unzstd] ─► tally(raw) ─► out
 //! ```
 //!
 //! One [`CodecChain`] is built for a backup (from the dumper's needs and whether there
@@ -39,6 +39,14 @@ pub enum Compress {
         /// Compression level, 0–9.
         level: u32,
     },
+    /// zstd at a level from 1 to 19, on `workers` threads besides the caller's (0:
+    /// none). Decoded by `zstd -d`.
+    Zstd {
+        /// Compression level, 1–19.
+        level: i32,
+        /// Worker threads.
+        workers: u32,
+    },
 }
 
 /// The stages between raw dump bytes and the stored object, in write order:
@@ -53,6 +61,8 @@ pub struct CodecChain {
 pub const GZIP: &str = "gzip";
 /// Name of the age stage in a manifest's codec list.
 pub const AGE: &str = "age";
+/// Name of the zstd stage in a manifest's codec list.
+pub const ZSTD: &str = "zstd";
 
 impl CodecChain {
     /// A chain with the given compression and, if `encrypt`, age.
@@ -69,10 +79,16 @@ impl CodecChain {
                 GZIP if chain.compress.is_none() && !chain.encrypt => {
                     chain.compress = Some(Compress::Gzip { level: 6 });
                 }
+                ZSTD if chain.compress.is_none() && !chain.encrypt => {
+                    chain.compress = Some(Compress::Zstd {
+                        level: 3,
+                        workers: 0,
+                    });
+                }
                 AGE if !chain.encrypt && i == names.len() - 1 => chain.encrypt = true,
                 _ => {
                     return Err(Error::config(format!(
-                        "the codec list {names:?} is not one this version of pgproof can decode (it knows [\"{GZIP}\"?, \"{AGE}\"?] in that order); use the pgproof version that wrote the backup"
+                        "the codec list {names:?} is not one this version of pgproof can decode (it knows [\"{GZIP}\" or \"{ZSTD}\"?, \"{AGE}\"?] in that order); use the pgproof version that wrote the backup"
                     )));
                 }
             }
@@ -83,8 +99,10 @@ impl CodecChain {
     /// The names recorded in the manifest, in write order.
     pub fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
-        if let Some(Compress::Gzip { .. }) = self.compress {
-            names.push(GZIP.to_owned());
+        match self.compress {
+            Some(Compress::Gzip { .. }) => names.push(GZIP.to_owned()),
+            Some(Compress::Zstd { .. }) => names.push(ZSTD.to_owned()),
+            None => {}
         }
         if self.encrypt {
             names.push(AGE.to_owned());
@@ -95,8 +113,10 @@ impl CodecChain {
     /// File-name suffix of the stored object (`.gz.age`, …).
     pub fn suffix(&self) -> String {
         let mut suffix = String::new();
-        if let Some(Compress::Gzip { .. }) = self.compress {
-            suffix.push_str(".gz");
+        match self.compress {
+            Some(Compress::Gzip { .. }) => suffix.push_str(".gz"),
+            Some(Compress::Zstd { .. }) => suffix.push_str(".zst"),
+            None => {}
         }
         if self.encrypt {
             suffix.push_str(".age");
@@ -135,6 +155,14 @@ impl CodecChain {
                 encrypted,
                 Compression::new(level.min(9)),
             ))),
+            Some(Compress::Zstd { level, workers }) => {
+                let mut encoder = zstd::stream::write::Encoder::new(encrypted, level.clamp(1, 19))
+                    .map_err(write_err)?;
+                if workers > 0 {
+                    encoder.multithread(workers).map_err(write_err)?;
+                }
+                CompressWriter::Zstd(Box::new(encoder))
+            }
             None => CompressWriter::Off(encrypted),
         };
         let mut raw = HashingWriter::new(compressed);
@@ -188,6 +216,9 @@ impl CodecChain {
             };
             let decompressed: Box<dyn Read + '_> = match self.compress {
                 Some(Compress::Gzip { .. }) => Box::new(GzDecoder::new(decrypted)),
+                Some(Compress::Zstd { .. }) => {
+                    Box::new(zstd::stream::read::Decoder::new(decrypted).map_err(read_err)?)
+                }
                 None => decrypted,
             };
             let mut raw = HashingReader::new(decompressed);
@@ -261,6 +292,7 @@ fn pump(
 enum CompressWriter<W: Write> {
     Off(W),
     Gzip(Box<GzEncoder<W>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, W>>),
 }
 
 impl<W: Write> CompressWriter<W> {
@@ -268,6 +300,7 @@ impl<W: Write> CompressWriter<W> {
         match self {
             CompressWriter::Off(w) => Ok(w),
             CompressWriter::Gzip(gz) => gz.finish(),
+            CompressWriter::Zstd(z) => z.finish(),
         }
     }
 }
@@ -277,6 +310,7 @@ impl<W: Write> Write for CompressWriter<W> {
         match self {
             CompressWriter::Off(w) => w.write(data),
             CompressWriter::Gzip(gz) => gz.write(data),
+            CompressWriter::Zstd(z) => z.write(data),
         }
     }
 
@@ -284,6 +318,7 @@ impl<W: Write> Write for CompressWriter<W> {
         match self {
             CompressWriter::Off(w) => w.flush(),
             CompressWriter::Gzip(gz) => gz.flush(),
+            CompressWriter::Zstd(z) => z.flush(),
         }
     }
 }

@@ -68,6 +68,54 @@ impl Dumper for CustomDumper {
     }
 }
 
+/// `pg_dump -Fc --compress=0`, compressed by pgproof with zstd (multithreaded) instead
+/// of pg_dump's single-core zlib; restored like [`CustomDumper`] after the codec chain
+/// decompressed it (`age -d | zstd -d | pg_restore` by hand).
+#[derive(Clone, Copy, Debug)]
+pub struct ZstdCustomDumper {
+    /// zstd level, 1–19.
+    pub level: i32,
+    /// zstd worker threads.
+    pub workers: u32,
+}
+
+impl Dumper for ZstdCustomDumper {
+    fn format(&self) -> &str {
+        "custom"
+    }
+
+    fn file_name(&self) -> &str {
+        "dump.pgc"
+    }
+
+    fn compression(&self) -> Option<Compress> {
+        Some(Compress::Zstd {
+            level: self.level,
+            workers: self.workers,
+        })
+    }
+
+    fn restore_program(&self) -> &'static str {
+        CustomDumper.restore_program()
+    }
+
+    fn dump_command(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Command {
+        let mut cmd = pg_dump_command(tools, source, "custom", snapshot, lock_wait);
+        cmd.arg("--compress=0");
+        cmd
+    }
+
+    fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        CustomDumper.restore_command(tools, target)
+    }
+}
+
 impl Dumper for PlainDumper {
     fn format(&self) -> &str {
         "plain"

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use builtin::{CustomDumper, PlainDumper};
+pub use builtin::{CustomDumper, PlainDumper, ZstdCustomDumper};
 
 use crate::codec::Compress;
 use crate::pg::process::client_command;
@@ -115,6 +115,19 @@ impl Format {
         match self {
             Format::Custom => Arc::new(CustomDumper),
             Format::Plain => Arc::new(PlainDumper { gzip_level }),
+        }
+    }
+
+    /// [`dumper`](Self::dumper), with custom dumps compressed by pgproof with zstd at
+    /// `zstd_level` when given (on every core but the one pg_dump uses).
+    pub fn dumper_with(self, gzip_level: u32, zstd_level: Option<i32>) -> Arc<dyn Dumper> {
+        match (self, zstd_level) {
+            (Format::Custom, Some(level)) => Arc::new(ZstdCustomDumper {
+                level,
+                workers: std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1).max(1) as u32),
+            }),
+            _ => self.dumper(gzip_level),
         }
     }
 }
