@@ -180,6 +180,13 @@ async fn roles_the_schema_needs_are_carried() {
         .unwrap();
     let ws = Workspace::new(&cluster, "roles_db", "custom");
     ws.verify_on(&scratch);
+    // The scratch server has its own app_reader, with other attributes: its own,
+    // not the backup's, so information, not a failure.
+    connect(&scratch, "postgres")
+        .await
+        .batch_execute("CREATE ROLE app_reader NOLOGIN CONNECTION LIMIT 3")
+        .await
+        .unwrap();
     let manifest = ws.backup();
     let needed: Vec<&str> = manifest["roles"]
         .as_array()
@@ -197,6 +204,13 @@ async fn roles_the_schema_needs_are_carried() {
     assert!(failed_checks(&report).is_empty(), "{report:#}");
     assert_eq!(code, Some(0));
     assert_eq!(check(&report, "roles")["passed"], true);
+    assert!(
+        check(&report, "roles")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("role app_reader has"),
+        "{report:#}"
+    );
     assert_eq!(check(&report, "fingerprint:app.accounts")["passed"], true);
     let verified = connect(&scratch, "postgres").await;
     let row = verified
@@ -265,6 +279,8 @@ async fn database_properties_are_carried_and_checked() {
             "CREATE DATABASE props TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8';
              ALTER DATABASE props SET search_path = app, public;
              ALTER DATABASE props SET TimeZone = 'Asia/Kathmandu';
+             ALTER DATABASE props SET work_mem = 65536;
+             ALTER DATABASE props SET enable_seqscan = false;
              COMMENT ON DATABASE props IS 'the app''s data';
              CREATE DATABASE ascii TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C';",
     )
@@ -299,8 +315,8 @@ async fn database_properties_are_carried_and_checked() {
                 .query_one(
                     "SELECT pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
                             shobj_description(d.oid, 'pg_database'), \
-                            (SELECT (SELECT array_agg(x ORDER BY x) FROM unnest(setconfig) x)::text \
-                             FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) \
+                            (SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) \
+                             WHERE s.setdatabase = d.oid AND s.setrole = 0)::text \
                      FROM pg_database d WHERE datname = $1",
                     &[&db],
                 )
@@ -316,13 +332,23 @@ async fn database_properties_are_carried_and_checked() {
         }
     };
     assert_eq!(read("props_copy").await, read("props").await);
-    let copy = connect(&cluster, "props_copy").await;
-    let path: String = copy
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(path, "app, public");
+    // The settings as a session of each database sees them (a restore stores them in
+    // the server's own spelling: 64MB for 65536).
+    let mut seen = Vec::new();
+    for db in ["props", "props_copy"] {
+        let row = connect(&cluster, db)
+            .await
+            .query_one(
+                "SELECT current_setting('search_path'), current_setting('TimeZone'), \
+                        current_setting('work_mem'), current_setting('enable_seqscan')",
+                &[],
+            )
+            .await
+            .unwrap();
+        seen.push((0..4).map(|i| row.get::<_, String>(i)).collect::<Vec<_>>());
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[1], ["app, public", "Asia/Kathmandu", "64MB", "off"]);
 
     // An existing empty SQL_ASCII database would change the data: refused, unless
     // forced.

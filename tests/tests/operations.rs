@@ -256,6 +256,26 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         .clone();
     assert_eq!(previous["passed"], true, "{previous}");
     assert!(previous["detail"].as_str().unwrap().contains("pruned"));
+    // A kept backup whose successor was pruned: the successor's tombstone links to it.
+    let out = ws.pgproof(&["verify", &ids[10], "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let next = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "manifest:next")
+        .unwrap()
+        .clone();
+    assert_eq!(next["passed"], true, "{next}");
+    assert!(
+        next["detail"].as_str().unwrap().contains("(pruned)"),
+        "{next}"
+    );
 
     // Status at the simulated time, then three days later.
     ws.write_config(&format!(

@@ -248,7 +248,8 @@ pub enum Command {
         /// Destination: a [[replicas]] entry's url (its settings apply), or any sink URL.
         #[arg(long, value_name = "URL")]
         to: String,
-        /// One backup id (default: every committed backup).
+        /// One backup id, with the older backups of its chain (default: every committed
+        /// backup).
         #[arg(conflicts_with = "all")]
         backup: Option<String>,
         /// Every committed backup (the default).

@@ -68,7 +68,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     // Only after a run in which everything succeeded: a failing run
                     // must never be the reason good backups go.
                     match backed_up.and(replicated) {
-                        Ok(()) if prune => upkeep::prune(&config, None, false, false).await,
+                        Ok(()) if prune => upkeep::prune_after_backup(&config).await,
                         other => other,
                     }
                 }

@@ -99,6 +99,27 @@ pub async fn prune(
     Ok(())
 }
 
+/// `backup --prune`: the decisions go to the log (stdout holds the backup's output).
+pub async fn prune_after_backup(config: &Config) -> Result<()> {
+    let sink = open_sink(config)?;
+    let (policy, grace) = retention_policy(config)?;
+    let mut prune = Prune::new(sink, policy).now(now()?);
+    if let Some(grace) = grace {
+        prune = prune.orphan_grace(grace);
+    }
+    let decisions = prune.run().await?;
+    let pruned = decisions
+        .iter()
+        .filter(|d| !matches!(d.action, Action::Keep(_)))
+        .count();
+    tracing::info!(
+        pruned,
+        kept = decisions.len() - pruned,
+        "pruned by [retention]"
+    );
+    Ok(())
+}
+
 fn decision_json(d: &Decision) -> serde_json::Value {
     let (action, detail) = match &d.action {
         Action::Keep(reasons) => ("keep", serde_json::json!(reasons)),
@@ -298,11 +319,11 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
         let newest = readable.iter().max_by_key(|(_, m)| m.started_at);
         let newest_verified = readable
             .iter()
-            .filter(|(b, _)| b.last_passed().is_some())
+            .filter(|(b, _)| b.proven().is_some())
             .max_by_key(|(_, m)| m.started_at);
         let last_verification = readable
             .iter()
-            .filter_map(|(b, _)| b.last_passed())
+            .filter_map(|(b, _)| b.proven())
             .max_by_key(|v| v.verified_at);
         let age = |at: Timestamp| now.duration_since(at);
         let mut s = DatabaseStatus {
@@ -355,7 +376,7 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             let mut unproven: Vec<_> = readable
                 .iter()
                 .filter(|(b, _)| {
-                    b.last_passed()
+                    b.proven()
                         .is_none_or(|v| now.duration_since(v.verified_at) > max)
                 })
                 .collect();
@@ -373,6 +394,17 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
         }
         if newest.is_none() {
             s.breaches.push("no backup".into());
+        }
+        let failing: Vec<&str> = readable
+            .iter()
+            .filter(|(b, _)| b.failed_latest())
+            .map(|(b, _)| b.backup_id.as_str())
+            .collect();
+        if !failing.is_empty() {
+            s.breaches.push(format!(
+                "the latest verification of {} failed",
+                failing.join(", ")
+            ));
         }
         if let (Some(max), Some((_, m))) = (max_age, newest)
             && age(m.started_at) > max

@@ -94,10 +94,13 @@ pub async fn stale_backups(
     let mut stale: Vec<(Option<jiff::Timestamp>, BackupRef)> = Vec::new();
     for (db, part) in &inventory.databases {
         for entry in part.backups.iter().filter(|b| b.manifest.is_ok()) {
-            let proven = entry.last_passed().map(|v| v.verified_at);
+            let proven = entry.proven().map(|v| v.verified_at);
+            // Rotation goes by the latest attempt, so backups that keep failing do
+            // not crowd out the rest.
+            let attempted = entry.verifications.last().map(|v| v.verified_at);
             if proven.is_none_or(|at| now.duration_since(at) > age) {
                 stale.push((
-                    proven,
+                    attempted,
                     BackupRef {
                         database: db.clone(),
                         backup_id: entry.backup_id.clone(),
@@ -106,8 +109,8 @@ pub async fn stale_backups(
             }
         }
     }
-    // Never proven first (None sorts first), then the oldest proof, then the oldest
-    // backup.
+    // Never attempted first (None sorts first), then the oldest attempt, then the
+    // oldest backup.
     stale.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
     Ok(stale
         .into_iter()

@@ -164,9 +164,15 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
-    /// The newest verification that passed.
-    pub fn last_passed(&self) -> Option<&Verification> {
-        self.verifications.iter().rev().find(|v| v.passed)
+    /// The latest verification, if it passed: a backup whose latest verification
+    /// failed is not proven, whatever it passed before.
+    pub fn proven(&self) -> Option<&Verification> {
+        self.verifications.last().filter(|v| v.passed)
+    }
+
+    /// Whether its latest verification failed.
+    pub fn failed_latest(&self) -> bool {
+        self.verifications.last().is_some_and(|v| !v.passed)
     }
 
     /// A pin that holds at `now`, if any.

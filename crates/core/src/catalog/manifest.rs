@@ -78,6 +78,11 @@ pub struct Manifest {
     /// The application's invariant queries, run in the dump's snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invariants: Vec<InvariantResult>,
+    /// The settings values (database, per-role-in-database, per-role), which may hold
+    /// secrets, stored encrypted beside the dump when the backup is encrypted; the
+    /// lists above are then empty until [`unseal`](crate::catalog::unseal) fills them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<ObjectInfo>,
     /// The object lock the sink put on this backup's objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<RetentionLock>,

@@ -128,19 +128,125 @@ pub async fn resolve(sink: &dyn Sink, which: &str, database: Option<&str>) -> Re
 
 /// The predecessors the tombstones of `database` link to.
 pub async fn tombstone_links(sink: &dyn Sink, database: &str) -> Result<Vec<String>> {
-    let mut links = Vec::new();
+    Ok(tombstones(sink, database)
+        .await?
+        .into_iter()
+        .filter_map(|t| t.previous.map(|p| p.backup_id))
+        .collect())
+}
+
+/// The settings a manifest keeps sealed (see [`Manifest::sealed`]).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Sealed {
+    settings: Vec<String>,
+    role_settings: std::collections::BTreeMap<String, Vec<String>>,
+    role_global_settings: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Moves the settings values out of `manifest` into an age-encrypted object under
+/// `dir` (`<db>/<id>`), recorded in [`Manifest::sealed`]. Nothing to seal, nothing
+/// stored.
+pub async fn seal(
+    manifest: &mut Manifest,
+    sink: &dyn Sink,
+    dir: &str,
+    recipients: &crate::codec::Recipients,
+) -> Result<()> {
+    let mut sealed = Sealed::default();
+    if let Some(p) = &mut manifest.properties {
+        sealed.settings = std::mem::take(&mut p.settings);
+        sealed.role_settings = std::mem::take(&mut p.role_settings);
+    }
+    for role in &mut manifest.roles {
+        if !role.settings.is_empty() {
+            sealed
+                .role_global_settings
+                .insert(role.name.clone(), std::mem::take(&mut role.settings));
+        }
+    }
+    if sealed.settings.is_empty()
+        && sealed.role_settings.is_empty()
+        && sealed.role_global_settings.is_empty()
+    {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(&sealed)
+        .map_err(|e| Error::tool(format!("cannot serialize the settings: {e}")))?;
+    let chain = crate::codec::CodecChain::new(None, true);
+    let (stored, tallies) = chain
+        .encode(&json[..], Vec::new(), Some(recipients), None)
+        .map_err(|e| e.into_error())?;
+    let key = format!("{dir}/settings.json.age");
+    sink.put_bytes(&key, stored.into()).await?;
+    manifest.sealed = Some(ObjectInfo {
+        key,
+        raw_bytes: tallies.raw.bytes,
+        raw_sha256: tallies.raw.sha256,
+        stored_bytes: tallies.stored.bytes,
+        stored_sha256: tallies.stored.sha256,
+    });
+    Ok(())
+}
+
+/// Puts the sealed settings back into `manifest` (a no-op for a manifest with none).
+pub async fn unseal(
+    manifest: &mut Manifest,
+    sink: &dyn Sink,
+    identities: Option<&crate::codec::Identities>,
+) -> Result<()> {
+    let Some(object) = &manifest.sealed else {
+        return Ok(());
+    };
+    let stored = sink
+        .get_bytes(&object.key, MANIFEST_LIMIT)
+        .await
+        .map_err(|e| {
+            if e.kind() == crate::error::ErrorKind::NotFound {
+                Error::integrity(format!(
+                    "the sealed settings {} that the manifest of {} lists are missing",
+                    object.key, manifest.backup_id
+                ))
+            } else {
+                e
+            }
+        })?;
+    let chain = crate::codec::CodecChain::from_names(&["age".to_owned()])?;
+    let (json, tallies) = chain
+        .decode(&stored[..], Vec::new(), identities, None)
+        .map_err(|e| e.into_error())?;
+    object.check(&tallies)?;
+    let sealed: Sealed = serde_json::from_slice(&json).map_err(|e| {
+        Error::integrity(format!(
+            "the sealed settings of {} are not readable: {e}",
+            manifest.backup_id
+        ))
+    })?;
+    if let Some(p) = &mut manifest.properties {
+        p.settings = sealed.settings;
+        p.role_settings = sealed.role_settings;
+    }
+    for role in &mut manifest.roles {
+        if let Some(settings) = sealed.role_global_settings.get(&role.name) {
+            role.settings = settings.clone();
+        }
+    }
+    Ok(())
+}
+
+/// Every readable tombstone of `database`.
+pub async fn tombstones(sink: &dyn Sink, database: &str) -> Result<Vec<Tombstone>> {
+    let mut found = Vec::new();
     for meta in sink.list(&format!("{database}/")).await? {
         if !meta.key.ends_with(&format!("/{TOMBSTONE_NAME}")) {
             continue;
         }
         if let Ok(bytes) = sink.get_bytes(&meta.key, MANIFEST_LIMIT).await
             && let Ok(t) = serde_json::from_slice::<Tombstone>(&bytes)
-            && let Some(p) = t.previous
         {
-            links.push(p.backup_id);
+            found.push(t);
         }
     }
-    Ok(links)
+    Ok(found)
 }
 
 /// The head of `database`'s manifest chain, as the link for the next manifest: the

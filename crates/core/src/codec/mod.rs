@@ -423,7 +423,13 @@ mod tests {
 
     #[test]
     fn unknown_or_misordered_codecs_are_refused() {
-        for names in [vec!["zstd"], vec!["age", "gzip"], vec!["gzip", "gzip"]] {
+        for names in [
+            vec!["brotli"],
+            vec!["age", "gzip"],
+            vec!["gzip", "gzip"],
+            vec!["gzip", "zstd"],
+            vec!["age", "zstd"],
+        ] {
             let names: Vec<String> = names.into_iter().map(String::from).collect();
             let err = CodecChain::from_names(&names).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config, "{names:?}");
@@ -433,6 +439,31 @@ mod tests {
             CodecChain::new(Some(Compress::Gzip { level: 6 }), true).names(),
             vec!["gzip", "age"]
         );
+    }
+
+    #[test]
+    fn zstd_round_trips_and_a_cut_stream_is_an_integrity_error() {
+        let chain = CodecChain::new(
+            Some(Compress::Zstd {
+                level: 3,
+                workers: 1,
+            }),
+            false,
+        );
+        assert_eq!(chain.names(), vec!["zstd"]);
+        assert_eq!(chain.suffix(), ".zst");
+        let (stored, written) = chain.encode(&data()[..], Vec::new(), None, None).unwrap();
+        assert!((stored.len() as u64) < written.raw.bytes);
+        let back = CodecChain::from_names(&chain.names()).unwrap();
+        let (raw, read) = back.decode(&stored[..], Vec::new(), None, None).unwrap();
+        assert_eq!(raw, data());
+        assert_eq!(read.raw, written.raw);
+        let cut = &stored[..stored.len() / 2];
+        let err = back
+            .decode(cut, io::sink(), None, None)
+            .unwrap_err()
+            .into_error();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
     }
 
     #[test]

@@ -129,7 +129,63 @@ pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
     })
 }
 
+/// Settings as the server spells them: `ALTER … SET x FROM CURRENT` (how restores
+/// apply them) stores `64MB` for `65536`, `off` for `false`, so both sides are put
+/// through `set_config` and read back before they are compared. Names are lowercased;
+/// a setting the server cannot take is kept as written.
+pub async fn normalize_settings(client: &Client, entries: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(entries.len());
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(db_err("normalizing settings"))?;
+    for entry in entries {
+        let Some((name, value)) = entry.split_once('=') else {
+            out.push(entry.clone());
+            continue;
+        };
+        client
+            .batch_execute("SAVEPOINT s")
+            .await
+            .map_err(db_err("normalizing settings"))?;
+        let shown = client
+            .query_one(
+                "SELECT set_config($1, $2, true), current_setting($1)",
+                &[&name, &value],
+            )
+            .await;
+        match shown {
+            Ok(row) => {
+                out.push(format!(
+                    "{}={}",
+                    name.to_lowercase(),
+                    row.get::<_, String>(1)
+                ));
+                let _ = client.batch_execute("RELEASE SAVEPOINT s").await;
+            }
+            Err(_) => {
+                out.push(format!("{}={value}", name.to_lowercase()));
+                let _ = client.batch_execute("ROLLBACK TO SAVEPOINT s").await;
+            }
+        }
+    }
+    let _ = client.batch_execute("ROLLBACK").await;
+    out.sort();
+    Ok(out)
+}
+
 impl DatabaseProperties {
+    /// The settings lists put through [`normalize_settings`] on `client`'s server.
+    pub async fn normalized(&self, client: &Client) -> Result<DatabaseProperties> {
+        let mut out = self.clone();
+        out.settings = normalize_settings(client, &self.settings).await?;
+        for (role, settings) in &self.role_settings {
+            out.role_settings
+                .insert(role.clone(), normalize_settings(client, settings).await?);
+        }
+        Ok(out)
+    }
+
     /// Where `found` differs from `self` in what decides how text is stored and
     /// sorted (encoding, collation, character classes, locale provider): a database
     /// that differs here holds other data, or sorts it otherwise.
@@ -319,14 +375,26 @@ fn mark_parents_needed(roles: &mut [RoleInfo]) {
     }
 }
 
-/// Where the needed roles of `expected` differ from the roles `found`: missing, other
-/// attributes, or a membership lost.
-pub fn role_differences(expected: &[RoleInfo], found: &[RoleInfo]) -> Vec<String> {
+/// How the roles `found` on a restore's server compare with the needed ones recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleDifferences {
+    /// Needed roles the server lacks: the restored objects' owners or grantees are
+    /// gone.
+    pub missing: Vec<String>,
+    /// Roles the server has with other attributes or memberships: the server's own
+    /// (pgproof creates missing roles as recorded, so these existed before), which is
+    /// the environment, not the backup.
+    pub differing: Vec<String>,
+}
+
+/// Compares the needed roles of `expected` with the roles `found`.
+pub fn role_differences(expected: &[RoleInfo], found: &[RoleInfo]) -> RoleDifferences {
     let found: BTreeMap<&str, &RoleInfo> = found.iter().map(|r| (r.name.as_str(), r)).collect();
-    let mut out = Vec::new();
+    let mut differences = RoleDifferences::default();
+    let out = &mut differences.differing;
     for role in expected.iter().filter(|r| r.needed) {
         let Some(there) = found.get(role.name.as_str()) else {
-            out.push(format!("role {} is missing", role.name));
+            differences.missing.push(role.name.clone());
             continue;
         };
         if role.attributes() != there.attributes() {
@@ -346,7 +414,7 @@ pub fn role_differences(expected: &[RoleInfo], found: &[RoleInfo]) -> Vec<String
             out.push(format!("role {} is no member of {lost:?}", role.name));
         }
     }
-    out
+    differences
 }
 
 #[cfg(test)]
@@ -390,6 +458,8 @@ mod tests {
         b.login = true;
         let found = vec![role("a", false, &[]), b];
         let diffs = role_differences(&expected, &found);
+        assert!(diffs.missing.is_empty());
+        let diffs = diffs.differing;
         assert_eq!(diffs.len(), 2, "{diffs:?}");
         assert!(diffs[0].contains("no member of"));
         assert!(
@@ -397,7 +467,7 @@ mod tests {
             "{diffs:?}"
         );
         let missing = role_differences(&expected, &[]);
-        assert_eq!(missing.len(), 2);
+        assert_eq!(missing.missing, ["a", "b"]);
     }
 
     #[test]

@@ -470,13 +470,18 @@ pub async fn large_objects(client: &Client) -> Result<i64> {
     .await
 }
 
-/// Every large object's oid, owner, ACL and content, hashed and summed like rows.
-/// `lo_get` reads one object at a time into server memory (at most 1 GB each).
+/// Every large object's oid, owner, ACL and content, hashed and summed like rows. An
+/// ACL is compared as its items, sorted, with the owner's default for none (a
+/// GRANT then REVOKE leaves an explicit default that pg_dump does not carry).
+/// `lo_get` reads one object at a time into server memory: objects over 1 GB cannot be
+/// hashed this way (a known limit).
 pub async fn large_object_hash(client: &Client) -> Result<String> {
     Ok(client
         .query_one(
             "SELECT coalesce(sum(hashtextextended(m.oid::text || ':' || pg_get_userbyid(m.lomowner) \
-                    || ':' || coalesce(m.lomacl::text, '') || ':' || encode(sha256(lo_get(m.oid)), 'hex'), 0)), 0)::text \
+                    || ':' || (SELECT coalesce(string_agg(a::text, ',' ORDER BY a::text), '') \
+                               FROM unnest(coalesce(m.lomacl, acldefault('L', m.lomowner))) a) \
+                    || ':' || encode(sha256(lo_get(m.oid)), 'hex'), 0)), 0)::text \
              FROM pg_largeobject_metadata m",
             &[],
         )

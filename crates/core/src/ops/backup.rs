@@ -406,7 +406,7 @@ impl Backup {
         for alert in &alerts {
             tracing::warn!(database, alert = %alert.detail, "anomaly");
         }
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             manifest_version: catalog::MANIFEST_VERSION,
             backup_id,
             database: database.to_owned(),
@@ -442,8 +442,15 @@ impl Backup {
             files: c.files,
             alerts,
             object_lock: self.sink.retention(),
+            sealed: None,
             previous,
         };
+        // Setting values may hold secrets: encrypted beside the dump, not in the
+        // manifest, whenever the dump itself is encrypted.
+        if let Some(recipients) = &self.recipients {
+            let dir = format!("{database}/{}", manifest.backup_id);
+            catalog::seal(&mut manifest, &*self.sink, &dir, recipients).await?;
+        }
         self.sink
             .put_bytes(&manifest.key(), manifest.to_bytes()?)
             .await?;

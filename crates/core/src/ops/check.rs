@@ -79,32 +79,36 @@ impl CatalogCheck {
                 let Ok(manifest) = &entry.manifest else {
                     continue;
                 };
-                let object = &manifest.object;
-                let found = entry.objects.iter().find(|o| o.key == object.key);
-                let problem = match found {
-                    None => Some(format!("dump object {} is missing", object.key)),
-                    Some(o) if o.size != object.stored_bytes => Some(format!(
-                        "dump object {} has {} bytes, the manifest says {}",
-                        object.key, o.size, object.stored_bytes
-                    )),
-                    Some(_) if self.read_data => {
-                        let (sha, bytes) = self.hash(&object.key).await?;
-                        outcome.bytes_read += bytes;
-                        (sha != object.stored_sha256).then(|| {
-                            format!(
-                                "dump object {} has sha256 {sha}, the manifest says {}",
-                                object.key, object.stored_sha256
-                            )
-                        })
+                let objects = std::iter::once(&manifest.object)
+                    .chain(manifest.files.iter().map(|f| &f.object))
+                    .chain(manifest.sealed.iter());
+                for object in objects {
+                    let found = entry.objects.iter().find(|o| o.key == object.key);
+                    let problem = match found {
+                        None => Some(format!("object {} is missing", object.key)),
+                        Some(o) if o.size != object.stored_bytes => Some(format!(
+                            "object {} has {} bytes, the manifest says {}",
+                            object.key, o.size, object.stored_bytes
+                        )),
+                        Some(_) if self.read_data => {
+                            let (sha, bytes) = self.hash(&object.key).await?;
+                            outcome.bytes_read += bytes;
+                            (sha != object.stored_sha256).then(|| {
+                                format!(
+                                    "object {} has sha256 {sha}, the manifest says {}",
+                                    object.key, object.stored_sha256
+                                )
+                            })
+                        }
+                        Some(_) => None,
+                    };
+                    if let Some(problem) = problem {
+                        findings.push(Finding {
+                            database: database.clone(),
+                            backup_id: entry.backup_id.clone(),
+                            problem,
+                        });
                     }
-                    Some(_) => None,
-                };
-                if let Some(problem) = problem {
-                    findings.push(Finding {
-                        database: database.clone(),
-                        backup_id: entry.backup_id.clone(),
-                        problem,
-                    });
                 }
             }
             outcome.findings.extend(findings);

@@ -78,7 +78,7 @@ impl Copy {
         self
     }
 
-    /// Only this backup id.
+    /// Only this backup id, with the backups before it in its database's chain.
     pub fn backup(mut self, backup_id: Option<String>) -> Self {
         self.only = backup_id;
         self
@@ -93,18 +93,28 @@ impl Copy {
             let present = there.databases.get(database);
             // Tombstones keep the destination's chain checkable across pruned backups.
             for id in part.tombstones.keys() {
-                if present.is_some_and(|p| p.tombstones.contains_key(id)) {
+                // Never over a backup that is live at the destination.
+                if present.is_some_and(|p| {
+                    p.tombstones.contains_key(id) || p.backups.iter().any(|b| &b.backup_id == id)
+                }) {
                     continue;
                 }
                 let key = format!("{database}/{id}/{TOMBSTONE_NAME}");
                 let body = self.from.get_bytes(&key, MANIFEST_LIMIT).await?;
                 put_new(&*self.to, &key, body).await?;
             }
+            // One backup comes with the chain before it, so the destination's catalog
+            // has no gap that check would (rightly) report.
+            if let Some(only) = &self.only
+                && !part.backups.iter().any(|b| &b.backup_id == only)
+            {
+                continue;
+            }
             for entry in &part.backups {
                 if self
                     .only
                     .as_ref()
-                    .is_some_and(|only| *only != entry.backup_id)
+                    .is_some_and(|only| entry.backup_id > *only)
                 {
                     continue;
                 }
@@ -153,8 +163,9 @@ impl Copy {
             ))
         })?;
         let mut bytes = 0;
-        let objects =
-            std::iter::once(&manifest.object).chain(manifest.files.iter().map(|f| &f.object));
+        let objects = std::iter::once(&manifest.object)
+            .chain(manifest.files.iter().map(|f| &f.object))
+            .chain(manifest.sealed.iter());
         for object in objects {
             bytes += self
                 .copy_checked(&object.key, object.stored_bytes, &object.stored_sha256)

@@ -184,10 +184,17 @@ impl Drill {
             Some((recipients, _)) => backup.recipients(recipients.clone()),
             None => backup.unencrypted(),
         };
-        let manifest = backup.run().await?;
+        let mut manifest = backup.run().await?;
         let manifest_sha256 = catalog::load_manifest(&*self.sink, &BackupRef::of(&manifest))
             .await?
             .1;
+        // The verifiers judge the settings too.
+        catalog::unseal(
+            &mut manifest,
+            &*self.sink,
+            self.keys.as_ref().map(|(_, ids)| ids),
+        )
+        .await?;
 
         let mut checks = vec![wipe(target).await?];
         let restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())

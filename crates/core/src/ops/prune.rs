@@ -257,10 +257,10 @@ pub fn decide(
 
     let mut keep: Vec<Vec<String>> = vec![Vec::new(); backups.len()];
     let linked = part.linked();
-    // The newest backup that passed a verification (not the newest verification).
+    // The newest backup whose latest verification passed (not the newest verification).
     let newest_verified = backups
         .iter()
-        .find(|(b, _)| b.last_passed().is_some())
+        .find(|(b, _)| b.proven().is_some())
         .map(|(b, _)| b.backup_id.as_str());
     for (i, (b, at)) in backups.iter().enumerate() {
         let reasons = &mut keep[i];
@@ -341,6 +341,15 @@ pub fn decide(
     for (id, objects) in &part.uncommitted {
         let action = if part.tombstones.contains_key(id) {
             Action::FinishPrune(objects.len())
+        } else if linked.contains(id.as_str()) || objects.iter().any(|o| o.key.contains("/verify/"))
+        {
+            // Its manifest was committed once (a successor links to it, or it was
+            // verified) and is gone: `check` reports that; its dump may be the only
+            // copy left, so it is never taken for a failed run's leftovers.
+            Action::Keep(vec![
+                "its manifest is missing but it was committed (see check); left for a person to decide"
+                    .into(),
+            ])
         } else {
             // A run that started within the grace period may still be writing.
             match id_started_at(id) {

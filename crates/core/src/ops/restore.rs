@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::Manifest;
+use crate::catalog::{self, Manifest};
 use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
 use crate::dump::{self, Dumper};
 use crate::error::{Error, ErrorKind, Result, Setting};
@@ -119,8 +119,21 @@ impl Restore {
     }
 
     /// Restores.
-    pub async fn run(self) -> Result<RestoreOutcome> {
+    pub async fn run(mut self) -> Result<RestoreOutcome> {
         let clock = Instant::now();
+        if self.manifest.encryption.is_some() && self.identities.is_none() {
+            return Err(Error::config(format!(
+                "backup {} is encrypted: give the age identity for {}",
+                self.manifest.backup_id,
+                self.manifest
+                    .encryption
+                    .as_ref()
+                    .map(|e| e.recipients.join(", "))
+                    .unwrap_or_default()
+            ))
+            .with_setting(Setting::Identity));
+        }
+        catalog::unseal(&mut self.manifest, &*self.sink, self.identities.as_ref()).await?;
         let m = &self.manifest;
         if m.encryption.is_some() && self.identities.is_none() {
             return Err(Error::config(format!(

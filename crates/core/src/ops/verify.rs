@@ -127,6 +127,9 @@ impl Verify {
                 }
                 Err(e) => return Err(e),
             };
+        // The verifiers judge the settings too: they come out of their sealed object.
+        let mut manifest = manifest;
+        catalog::unseal(&mut manifest, &*self.sink, self.identities.as_ref()).await?;
         // A lease keeps prune away while this backup is restored and judged.
         let lease = BackupLease::take(
             &*self.sink,

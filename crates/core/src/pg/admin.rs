@@ -197,10 +197,18 @@ impl Admin {
         }
         for role in missing {
             for parent in &role.member_of {
+                let exists = self
+                    .client
+                    .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[parent])
+                    .await
+                    .map_err(db_err("looking up a role"))?
+                    .is_some();
+                if !exists {
+                    continue;
+                }
                 self.client
                     .batch_execute(&format!(
-                        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {}) THEN GRANT {} TO {}; END IF; END $$",
-                        sql_literal(parent),
+                        "GRANT {} TO {}",
                         quote_ident(parent),
                         quote_ident(&role.name)
                     ))

@@ -18,7 +18,7 @@ pub async fn check_indexes(client: &Client) -> Result<(usize, Vec<(String, Strin
             "SELECT c.oid, format('%I.%I', n.nspname, c.relname) FROM pg_index i \
              JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready \
+             WHERE am.amname = 'btree' AND c.relkind = 'i' AND i.indisvalid AND i.indisready \
                AND c.relpersistence <> 't' AND n.nspname <> 'pg_toast' ORDER BY 2",
             &[],
         )
@@ -31,10 +31,17 @@ pub async fn check_indexes(client: &Client) -> Result<(usize, Vec<(String, Strin
             .execute("SELECT bt_index_check($1::oid::regclass, true)", &[&oid])
             .await
         {
-            let message = e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
-            failures.push((name, message));
+            // Only data_corrupted and index_corrupted are findings; anything else
+            // (no privilege, a timeout, a lost connection) says nothing about the index.
+            match e.as_db_error() {
+                Some(db) if matches!(db.code().code(), "XX001" | "XX002") => {
+                    failures.push((name, db.message().to_owned()));
+                }
+                _ => {
+                    return Err(db_err("running amcheck (bt_index_check needs EXECUTE on amcheck's functions, e.g. as a superuser)")(e)
+                        .with_object(name));
+                }
+            }
         }
     }
     Ok((indexes.len(), failures))

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::evidence::database::{read_properties, read_roles, role_differences};
 use crate::evidence::invariant::Invariant;
 use crate::verify::{Check, Restored, Verifier};
@@ -24,8 +24,11 @@ impl Verifier for DatabaseProperties {
         let Some(recorded) = &r.manifest.properties else {
             return Ok(Vec::new());
         };
-        let found = read_properties(r.client).await?;
-        let differences = recorded.differences(&found);
+        let found = read_properties(r.client)
+            .await?
+            .normalized(r.client)
+            .await?;
+        let differences = recorded.normalized(r.client).await?.differences(&found);
         Ok(vec![if differences.is_empty() {
             Check::pass(
                 self.name(),
@@ -46,8 +49,10 @@ impl Verifier for DatabaseProperties {
     }
 }
 
-/// Every role the database needs exists on the restored server with the recorded
-/// attributes and memberships: one check, `roles`.
+/// Every role the database needs exists on the restored server: one check, `roles`.
+/// Attributes or memberships that differ are named in its detail for information:
+/// pgproof creates missing roles as recorded, so a role that differs was the server's
+/// own (a managed service's admin role, a shared scratch server's), not the backup's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Roles;
 
@@ -64,15 +69,25 @@ impl Verifier for Roles {
         }
         let found = read_roles(r.client).await?;
         let differences = role_differences(&r.manifest.roles, &found);
-        Ok(vec![Check::judge(
-            self.name(),
-            differences.is_empty(),
-            if differences.is_empty() {
-                format!("{needed} roles the database needs, with their attributes and memberships")
-            } else {
-                differences.join("; ")
-            },
-        )])
+        if !differences.missing.is_empty() {
+            return Ok(vec![Check::fail(
+                self.name(),
+                format!(
+                    "roles the database needs are missing: {}",
+                    differences.missing.join(", ")
+                ),
+            )]);
+        }
+        let mut detail = format!("{needed} roles the database needs exist on the restore's server");
+        if differences.differing.is_empty() {
+            detail.push_str(", with their recorded attributes and memberships");
+        } else {
+            detail.push_str(&format!(
+                "; the server's own roles differ (information): {}",
+                differences.differing.join("; ")
+            ));
+        }
+        Ok(vec![Check::pass(self.name(), detail)])
     }
 }
 
@@ -109,50 +124,61 @@ impl Verifier for Invariants {
         }
         for name in names {
             let at_backup = recorded.iter().find(|i| i.invariant.name == name);
-            let invariant = self
-                .configured
-                .iter()
-                .find(|c| c.name == name)
-                .or(at_backup.map(|i| &i.invariant));
-            let Some(invariant) = invariant else { continue };
+            let configured = self.configured.iter().find(|c| c.name == name);
             let check_name = format!("invariant:{name}");
-            let outcome = match invariant.run(r.client).await {
-                Ok(outcome) => outcome,
-                // A query that cannot run on the restore is a verdict: the restore
-                // lacks what the source had.
-                Err(e) => {
-                    checks.push(Check::fail(check_name, e.to_string()));
-                    continue;
-                }
-            };
+            // The comparison with the source runs the query the source ran; a query
+            // configured since under the same name is held only to its `expect`.
+            let mut runs: Vec<&Invariant> = at_backup.map(|i| &i.invariant).into_iter().collect();
+            if let Some(c) = configured
+                && at_backup.is_none_or(|i| i.invariant.sql != c.sql)
+            {
+                runs.push(c);
+            }
             let mut problems = Vec::new();
-            if let Some(source) = at_backup {
-                if source.as_expected == Some(false) {
-                    problems.push(
-                        "the source already broke it at backup time (its result was not the expected one)"
-                            .to_owned(),
-                    );
+            let mut shown = None;
+            for invariant in runs {
+                let outcome = match invariant.run(r.client).await {
+                    Ok(outcome) => outcome,
+                    // A query the restore cannot answer is a verdict (the restore lacks
+                    // what the source had); a lost connection is not.
+                    Err(e) if e.kind() == ErrorKind::Config => {
+                        problems.push(e.to_string());
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(source) = at_backup.filter(|s| s.invariant.sql == invariant.sql) {
+                    if source.as_expected == Some(false) {
+                        problems.push(
+                            "the source already broke it at backup time (its result was not the expected one)"
+                                .to_owned(),
+                        );
+                    }
+                    if source.sha256 != outcome.sha256() {
+                        problems.push(format!(
+                            "the restore returned {} rows, {} (sha256 {}), the source {} rows (sha256 {})",
+                            outcome.rows,
+                            outcome.shown(),
+                            outcome.sha256(),
+                            source.rows,
+                            source.sha256
+                        ));
+                    }
                 }
-                if source.sha256 != outcome.sha256() {
+                let expected = configured
+                    .filter(|c| c.sql == invariant.sql)
+                    .unwrap_or(invariant);
+                if outcome.as_expected(expected) == Some(false) {
                     problems.push(format!(
-                        "the restore returned {} rows, {} (sha256 {}), the source {} rows (sha256 {})",
-                        outcome.rows,
+                        "returned {}, expected {:?}",
                         outcome.shown(),
-                        outcome.sha256(),
-                        source.rows,
-                        source.sha256
+                        expected.expect.as_deref().unwrap_or_default()
                     ));
                 }
+                shown.get_or_insert(outcome);
             }
-            if outcome.as_expected(invariant) == Some(false) {
-                problems.push(format!(
-                    "returned {}, expected {:?}",
-                    outcome.shown(),
-                    invariant.expect.as_deref().unwrap_or_default()
-                ));
-            }
-            checks.push(if problems.is_empty() {
-                Check::pass(
+            checks.push(match (problems.is_empty(), shown) {
+                (true, Some(outcome)) => Check::pass(
                     check_name,
                     format!(
                         "{} rows (sha256 {}){}",
@@ -164,9 +190,8 @@ impl Verifier for Invariants {
                             ", not recorded at backup time"
                         }
                     ),
-                )
-            } else {
-                Check::fail(check_name, problems.join("; "))
+                ),
+                _ => Check::fail(check_name, problems.join("; ")),
             });
         }
         Ok(checks)

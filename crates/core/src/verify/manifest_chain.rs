@@ -30,10 +30,21 @@ impl Verifier for ManifestChain {
         // The successor is whichever manifest links to this one. Commits are serialised
         // by the commit lock, so the chain is one line with one head; a second head
         // means the manifest after one of them is gone.
-        let mut successor = None;
+        let mut successor: Option<(String, String)> = None;
         let mut linked = std::collections::BTreeSet::new();
         linked.extend(manifest.previous.as_ref().map(|p| p.backup_id.clone()));
-        linked.extend(catalog::tombstone_links(r.sink, &manifest.database).await?);
+        // A pruned successor's link lives on in its tombstone.
+        for t in catalog::tombstones(r.sink, &manifest.database).await? {
+            if let Some(p) = t.previous {
+                if p.backup_id == manifest.backup_id {
+                    successor = Some((
+                        format!("{} (pruned)", t.backup_id),
+                        p.manifest_sha256.clone(),
+                    ));
+                }
+                linked.insert(p.backup_id);
+            }
+        }
         let mut others = Vec::new();
         for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
             let bytes = r
