@@ -121,7 +121,10 @@ async fn s3_backup_list_show_verify_restore_on_moto() {
     let shown = json(&ws.pgproof_ok(&["show", id, "--json"]));
     assert_eq!(shown, manifest);
     let text = ws.pgproof_ok(&["show", "latest"]);
-    assert!(text.contains(&format!("app/{id}/dump.pgc.age")), "{text}");
+    assert!(
+        text.contains(&format!("app/{id}/dump.pgc.zst.age")),
+        "{text}"
+    );
 
     // What is in the bucket: the dump and its manifest under the prefix, nothing else.
     let sink = moto.sink(BUCKET, "", 5, 2);
@@ -130,7 +133,7 @@ async fn s3_backup_list_show_verify_restore_on_moto() {
     assert_eq!(
         keys,
         [
-            format!("{PREFIX}/app/{id}/dump.pgc.age"),
+            format!("{PREFIX}/app/{id}/dump.pgc.zst.age"),
             format!("{PREFIX}/app/{id}/manifest.json")
         ]
     );
@@ -244,7 +247,7 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     // It went up as a multipart upload, in parts of the configured size.
     let log = moto.log_text();
     assert!(
-        log.contains("dump.pgc.age?uploads"),
+        log.contains("dump.pgc.zst.age?uploads"),
         "no multipart upload: {log}"
     );
     assert!(
@@ -334,7 +337,7 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
         &out,
         &[
             "S3 part upload of s3://pgproof-backups/prod/pg/big/",
-            "dump.pgc.age failed",
+            "dump.pgc.zst.age failed",
             "check that the endpoint at http://127.0.0.1:",
             "is up and reachable",
         ],
@@ -347,7 +350,8 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
     let pending = moto.pending_uploads(BUCKET);
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert!(
-        pending[0].starts_with(&format!("{PREFIX}/big/")) && pending[0].ends_with("/dump.pgc.age"),
+        pending[0].starts_with(&format!("{PREFIX}/big/"))
+            && pending[0].ends_with("/dump.pgc.zst.age"),
         "{pending:?}"
     );
 
@@ -547,7 +551,10 @@ async fn azure_backup_list_show_verify_restore_on_azurite() {
     let shown = json(&ws.pgproof_ok(&["show", id, "--json"]));
     assert_eq!(shown, manifest);
     let text = ws.pgproof_ok(&["show", "latest"]);
-    assert!(text.contains(&format!("app/{id}/dump.pgc.age")), "{text}");
+    assert!(
+        text.contains(&format!("app/{id}/dump.pgc.zst.age")),
+        "{text}"
+    );
 
     // What is in the container: the dump and its manifest under the prefix.
     let sink = azurite.sink(CONTAINER, "", 5, 2);
@@ -556,7 +563,7 @@ async fn azure_backup_list_show_verify_restore_on_azurite() {
     assert_eq!(
         keys,
         [
-            format!("{PREFIX}/app/{id}/dump.pgc.age"),
+            format!("{PREFIX}/app/{id}/dump.pgc.zst.age"),
             format!("{PREFIX}/app/{id}/manifest.json")
         ]
     );
@@ -683,7 +690,7 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
     );
     // One Put Block per part, then one Put Block List.
     let log = azurite.log_text();
-    let dump = format!("PUT /devstoreaccount1/{CONTAINER}/{PREFIX}/big/{id}/dump.pgc.age?");
+    let dump = format!("PUT /devstoreaccount1/{CONTAINER}/{PREFIX}/big/{id}/dump.pgc.zst.age?");
     let blocks = log
         .lines()
         .filter(|l| l.contains(&dump) && l.contains("comp=block&"))

@@ -330,7 +330,7 @@ async fn a_clean_restore_ends_sessions_on_the_database_it_replaces_and_keeps_it_
     let object = ws
         .sink_files()
         .into_iter()
-        .find(|f| f.ends_with("dump.pgc.age"))
+        .find(|f| f.ends_with("dump.pgc.zst.age"))
         .unwrap();
     let path = ws.sink.join(&object);
     let mut bytes = std::fs::read(&path).unwrap();
