@@ -200,6 +200,14 @@ identity_file = "{key}"
         cmd
     }
 
+    /// Runs `pgproof` with the clock injected at `now` (`PGPROOF_NOW`, RFC 3339).
+    pub fn pgproof_at(&self, now: &str, args: &[&str]) -> Output {
+        self.command(args)
+            .env("PGPROOF_NOW", now)
+            .output()
+            .expect("run pgproof")
+    }
+
     /// Like [`pgproof`](Self::pgproof) but asserts success and returns stdout.
     pub fn pgproof_ok(&self, args: &[&str]) -> String {
         let out = self.pgproof(args);

@@ -81,14 +81,6 @@ async fn all_databases_with_one_failing() {
     );
 }
 
-/// Runs pgproof with the simulated clock at `now`.
-fn at(ws: &Workspace, now: &str, args: &[&str]) -> std::process::Output {
-    ws.command(args)
-        .env("PGPROOF_NOW", now)
-        .output()
-        .expect("run pgproof")
-}
-
 fn decisions(out: &std::process::Output) -> Vec<Value> {
     let v: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON ({e}): {}", stderr(out)));
@@ -124,11 +116,11 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         if day % 4 == 0 {
             // A failed run the same night: it must not count for anything.
             ws.write_config(&broken);
-            let out = at(&ws, &format!("2026-01-{day:02}T00:30:00Z"), &["backup"]);
+            let out = ws.pgproof_at(&format!("2026-01-{day:02}T00:30:00Z"), &["backup"]);
             assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
             ws.write_config(&config);
         }
-        let out = at(&ws, &now, &["backup", "--json"]);
+        let out = ws.pgproof_at(&now, &["backup", "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
         ids.push(list[0]["backup_id"].as_str().unwrap().to_owned());
@@ -160,7 +152,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     ws.write_config(&format!(
         "{config}\n[retention]\nkeep_daily = 3\nkeep_weekly = 3\norphan_grace = \"12h\"\n"
     ));
-    let dry = at(&ws, now, &["prune", "--dry-run", "--json"]);
+    let dry = ws.pgproof_at(now, &["prune", "--dry-run", "--json"]);
     assert!(dry.status.success(), "{}", stderr(&dry));
     let plan = decisions(&dry);
     let action = |id: &str| {
@@ -207,7 +199,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         "dry run deleted nothing"
     );
 
-    let out = at(&ws, now, &["prune"]);
+    let out = ws.pgproof_at(now, &["prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(summary.contains("6 backups kept, 14 pruned"), "{summary}");
@@ -225,7 +217,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     // A prune interrupted after the tombstone and the manifest: the next one finishes.
     let leftover = ws.sink.join("app").join(&ids[0]).join("dump.pgc.age");
     std::fs::write(&leftover, "left behind").unwrap();
-    let out = at(&ws, now, &["prune", "--json"]);
+    let out = ws.pgproof_at(now, &["prune", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         decisions(&out)
@@ -282,8 +274,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         "{config}\n[status]\nmax_age = \"26h\"\nmax_unverified_age = \"7d\"\nmax_restore_time = \"1h\"\n"
     ));
     let textfile = ws.dir.path().join("pgproof.prom");
-    let out = at(
-        &ws,
+    let out = ws.pgproof_at(
         now,
         &[
             "status",
@@ -315,8 +306,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
         metrics.contains("pgproof_restore_seconds{database=\"app\"}"),
         "{metrics}"
     );
-    let out = at(
-        &ws,
+    let out = ws.pgproof_at(
         "2026-01-23T03:00:00Z",
         &["status", "--prometheus", textfile.to_str().unwrap()],
     );

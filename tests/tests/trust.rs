@@ -6,13 +6,6 @@
 use pgproof_tests::{Workspace, connect, start_cluster, stderr};
 use serde_json::Value;
 
-fn at(ws: &Workspace, now: &str, args: &[&str]) -> std::process::Output {
-    ws.command(args)
-        .env("PGPROOF_NOW", now)
-        .output()
-        .expect("run pgproof")
-}
-
 fn json(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{}", stderr(out));
     serde_json::from_slice(&out.stdout)
@@ -43,8 +36,7 @@ async fn pins_outlast_retention() {
     let ws = Workspace::new(&cluster, "pinned", "custom");
     let mut ids = Vec::new();
     for day in 1..=6 {
-        let out = at(
-            &ws,
+        let out = ws.pgproof_at(
             &format!("2026-02-{day:02}T01:00:00Z"),
             &["backup", "--json"],
         );
@@ -63,18 +55,18 @@ async fn pins_outlast_retention() {
     ws.write_config(&format!("{config}\n[retention]\nkeep_last = 1\n"));
 
     let now = "2026-02-06T03:00:00Z";
-    let listed = json(&at(&ws, now, &["list", "--json"]));
+    let listed = json(&ws.pgproof_at(now, &["list", "--json"]));
     let pins = &listed.as_array().unwrap()[1]["pins"];
     assert_eq!(pins[0]["note"], "before the schema migration", "{listed:#}");
-    let text = String::from_utf8_lossy(&at(&ws, now, &["list"]).stdout).to_string();
+    let text = String::from_utf8_lossy(&ws.pgproof_at(now, &["list"]).stdout).to_string();
     assert!(
         text.contains("pinned until 2026-03-01T00:00:00Z: before the schema migration"),
         "{text}"
     );
 
-    let out = at(&ws, now, &["prune"]);
+    let out = ws.pgproof_at(now, &["prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let left: Vec<String> = json(&at(&ws, now, &["list", "--json"]))
+    let left: Vec<String> = json(&ws.pgproof_at(now, &["list", "--json"]))
         .as_array()
         .unwrap()
         .iter()
@@ -88,7 +80,7 @@ async fn pins_outlast_retention() {
 
     // After the pin's date, or once unpinned, retention takes it.
     let later = "2026-03-02T00:00:00Z";
-    let plan = json(&at(&ws, later, &["prune", "--dry-run", "--json"]));
+    let plan = json(&ws.pgproof_at(later, &["prune", "--dry-run", "--json"]));
     let day2 = plan["decisions"]
         .as_array()
         .unwrap()
@@ -98,10 +90,10 @@ async fn pins_outlast_retention() {
         .clone();
     assert_eq!(day2["action"], "delete", "{day2}");
     ws.pgproof_ok(&["unpin", &ids[1]]);
-    let out = at(&ws, now, &["prune"]);
+    let out = ws.pgproof_at(now, &["prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        json(&at(&ws, now, &["list", "--json"]))
+        json(&ws.pgproof_at(now, &["list", "--json"]))
             .as_array()
             .unwrap()
             .len(),
@@ -134,8 +126,7 @@ async fn rolling_reverification_over_an_injected_clock() {
             .map(|r| r["backup_id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let first = at(
-        &ws,
+    let first = ws.pgproof_at(
         &day(1),
         &["verify", "--stale", "7d", "--limit", "2", "--json"],
     );
@@ -144,14 +135,13 @@ async fn rolling_reverification_over_an_injected_clock() {
         [ids[0].clone(), ids[2].clone()],
         "never proven first"
     );
-    let second = at(&ws, &day(1), &["verify", "--stale", "7d", "--json"]);
+    let second = ws.pgproof_at(&day(1), &["verify", "--stale", "7d", "--json"]);
     assert_eq!(verified(&second), [ids[3].clone()]);
-    let none = at(&ws, &day(1), &["verify", "--stale", "7d"]);
+    let none = ws.pgproof_at(&day(1), &["verify", "--stale", "7d"]);
     assert!(String::from_utf8_lossy(&none.stdout).contains("every backup was proven within 7d"));
 
     // Ten days on, all are stale; the least recently proven (ids[1]) goes first.
-    let later = at(
-        &ws,
+    let later = ws.pgproof_at(
         &day(10),
         &["verify", "--stale", "7d", "--limit", "1", "--json"],
     );
@@ -161,15 +151,15 @@ async fn rolling_reverification_over_an_injected_clock() {
     // verifications ran on the real clock, ten simulated days before).
     let config = std::fs::read_to_string(&ws.config).unwrap();
     ws.write_config(&format!("{config}\n[status]\nmax_unproven_age = \"7d\"\n"));
-    let out = at(&ws, &day(10), &["status", "--json"]);
+    let out = ws.pgproof_at(&day(10), &["status", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status[0]["unproven_backups"], 4, "{status:#}");
     assert_eq!(status[0]["oldest_unproven_backup"], ids[0].as_str());
-    let out = at(&ws, &day(1), &["status"]);
+    let out = ws.pgproof_at(&day(1), &["status"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // list shows each backup's last verification.
-    let listed = json(&at(&ws, &day(1), &["list", "--json"]));
+    let listed = json(&ws.pgproof_at(&day(1), &["list", "--json"]));
     assert_eq!(listed[1]["last_verification"]["passed"], true);
     assert!(listed[1]["last_verification"]["restore_ms"].is_u64());
 }

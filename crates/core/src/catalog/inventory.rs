@@ -378,35 +378,39 @@ impl BackupLease {
 /// Whether a live lease protects the backup now (read fresh, just before deleting it).
 pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<bool> {
     let now = Timestamp::now();
-    for object in sink
-        .list(&format!("{database}/{backup_id}/{LEASES}/"))
-        .await?
-    {
-        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
-            Ok(body) => body,
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if serde_json::from_slice::<Lease>(&body).is_ok_and(|l| l.expires_at > now) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    any_record(
+        sink,
+        &format!("{database}/{backup_id}/{LEASES}/"),
+        |l: &Lease| l.expires_at > now,
+    )
+    .await
 }
 
 /// Whether a pin holds the backup now (read fresh, just before deleting it).
 pub async fn pinned_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<bool> {
     let now = Timestamp::now();
-    for object in sink
-        .list(&format!("{database}/{backup_id}/{PINS}/"))
-        .await?
-    {
+    any_record(
+        sink,
+        &format!("{database}/{backup_id}/{PINS}/"),
+        |p: &Pin| p.holds(now),
+    )
+    .await
+}
+
+/// Whether any readable record under `prefix` satisfies `holds`.
+async fn any_record<T: serde::de::DeserializeOwned>(
+    sink: &dyn Sink,
+    prefix: &str,
+    holds: impl Fn(&T) -> bool,
+) -> Result<bool> {
+    for object in sink.list(prefix).await? {
         let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
             Ok(body) => body,
+            // Released or removed since the listing.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        if serde_json::from_slice::<Pin>(&body).is_ok_and(|p| p.holds(now)) {
+        if serde_json::from_slice::<T>(&body).is_ok_and(|r| holds(&r)) {
             return Ok(true);
         }
     }
