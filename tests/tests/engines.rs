@@ -198,6 +198,7 @@ async fn every_verifier_conforms_and_judges_a_changed_restore() {
         .unwrap();
     let restored_client = target.connect().await.unwrap();
     let restored = Restored {
+        target: None,
         manifest: &manifest,
         manifest_sha256: &sha,
         sink: &*sink,

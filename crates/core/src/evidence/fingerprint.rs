@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::evidence::audit::{self, ChainState};
-use crate::pg::{db_err, query_count, quote_ident};
+use crate::pg::{ConnParams, db_err, query_count, quote_ident};
 
 /// Names the row encoding and combination of the fingerprints this version takes, so
 /// fingerprints of different methods are never compared.
@@ -203,6 +203,38 @@ impl Fingerprint {
         let _ = client.batch_execute("COMMIT").await;
         result
     }
+
+    /// [`compute_with`](Self::compute_with) on `connections` connections to a
+    /// database nothing writes to (a restore being verified), hashing tables in
+    /// parallel.
+    pub async fn compute_parallel(
+        params: &ConnParams,
+        method: Method,
+        connections: usize,
+    ) -> Result<Self> {
+        let client = params.connect().await?;
+        let mut helpers = Vec::new();
+        for _ in 1..connections.max(1) {
+            let helper = params.connect().await?;
+            helper
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(db_err("starting the fingerprint transaction"))?;
+            helpers.push(helper);
+        }
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db_err("starting the fingerprint transaction"))?;
+        let result = match Plan::prepare_with(&client, method).await {
+            Ok(plan) => plan.compute_on(&client, &helpers).await,
+            Err(e) => Err(e),
+        };
+        for c in helpers.iter().chain([&client]) {
+            let _ = c.batch_execute("COMMIT").await;
+        }
+        result
+    }
 }
 
 /// The first half of a fingerprint, done in the dump's snapshot before pg_dump starts:
@@ -226,6 +258,8 @@ struct TableToHash {
     partitioned: bool,
     /// A materialized view (method v3 on), recorded apart from the tables.
     materialized: bool,
+    /// Its size in pages (with its partitions), for spreading tables over connections.
+    pages: i64,
 }
 
 /// The user relations a fingerprint covers, for `WHERE {relations} AND` this.
@@ -257,7 +291,9 @@ impl Plan {
                 &format!(
                     "SELECT c.oid, format('%I.%I', n.nspname, c.relname), \
                             EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), \
-                            c.relkind = 'p', c.relkind = 'm' \
+                            c.relkind = 'p', c.relkind = 'm', \
+                            coalesce((SELECT sum(p.relpages) FROM pg_partition_tree(c.oid) t \
+                                      JOIN pg_class p ON p.oid = t.relid), c.relpages)::int8 \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE {relations} AND {USER_RELATION} ORDER BY 2"
                 ),
@@ -273,6 +309,7 @@ impl Plan {
                 inherits: r.get(2),
                 partitioned: r.get(3),
                 materialized: r.get(4),
+                pages: r.get(5),
             })
             .collect();
         // A partitioned root is locked with its partitions (no ONLY), as pg_dump locks
@@ -309,42 +346,55 @@ impl Plan {
 
     /// Hashes every table and finishes the fingerprint.
     pub async fn compute(self, client: &Client) -> Result<Fingerprint> {
+        self.compute_on(client, &[]).await
+    }
+
+    /// [`compute`](Self::compute), with the tables spread over `client` and `helpers`:
+    /// connections to the same database, each inside a REPEATABLE READ transaction
+    /// that sees the same data as `client`'s (the same static database, or the
+    /// snapshot imported with `SET TRANSACTION SNAPSHOT`). Sums do not depend on which
+    /// connection hashed which table, so the result is the same.
+    pub async fn compute_on(self, client: &Client, helpers: &[Client]) -> Result<Fingerprint> {
         let mut fingerprint = Fingerprint {
             method: self.method.name().to_owned(),
             sequences: self.sequences,
             ..Fingerprint::default()
         };
-        for TableToHash {
-            oid,
-            name,
-            inherits,
-            partitioned,
-            materialized,
-        } in self.tables
-        {
-            let columns = table_columns(client, oid).await?;
-            let row_bytes = row_expression(&columns, inherits, self.method, self.text_encoding);
-            let only = if partitioned { "" } else { "ONLY " };
-            // A partitioned table is summed per partition in the same scan, so the
-            // leaves can be reported for information; the root's sum is what counts.
-            let (leaf, group) = if partitioned {
-                ("t.tableoid::regclass::text", " GROUP BY 1")
-            } else {
-                ("NULL::text", "")
-            };
-            let sql = format!(
-                "SELECT {leaf}, count(*), coalesce(sum(hashtextextended(encode({row_bytes}, 'hex'), 0)), 0)::text \
-                 FROM {only}{name} t{group}"
-            );
-            let rows = client
-                .query(&sql, &[])
-                .await
-                .map_err(|e| db_err("fingerprinting a table")(e).with_object(name.clone()))?;
-            let hashed = combine(&rows, partitioned).map_err(|e| e.with_object(name.clone()))?;
-            if materialized {
-                fingerprint.materialized_views.insert(name, hashed);
-            } else {
-                fingerprint.tables.insert(name, hashed);
+        let mut workers: Vec<&Client> = vec![client];
+        for helper in helpers {
+            pin_settings(helper).await?;
+            workers.push(helper);
+        }
+        // Largest first onto the least loaded connection.
+        let mut tables = self.tables;
+        tables.sort_by_key(|t| std::cmp::Reverse(t.pages));
+        let mut shares: Vec<(i64, Vec<TableToHash>)> =
+            workers.iter().map(|_| (0, Vec::new())).collect();
+        for table in tables {
+            if let Some(share) = shares.iter_mut().min_by_key(|(load, _)| *load) {
+                share.0 += table.pages.max(1);
+                share.1.push(table);
+            }
+        }
+        let (method, encoding) = (self.method, self.text_encoding);
+        let results = futures::future::join_all(workers.iter().zip(shares).map(
+            |(worker, (_, share))| async move {
+                let mut hashed = Vec::with_capacity(share.len());
+                for table in share {
+                    let fp = hash_table(worker, &table, method, encoding).await?;
+                    hashed.push((table.name, table.materialized, fp));
+                }
+                Ok::<_, Error>(hashed)
+            },
+        ))
+        .await;
+        for result in results {
+            for (name, materialized, hashed) in result? {
+                if materialized {
+                    fingerprint.materialized_views.insert(name, hashed);
+                } else {
+                    fingerprint.tables.insert(name, hashed);
+                }
             }
         }
         fingerprint.large_objects = large_objects(client).await?;
@@ -354,6 +404,35 @@ impl Plan {
         fingerprint.audit_chain = audit::chain_state(client).await?;
         Ok(fingerprint)
     }
+}
+
+/// One table's count and hash sum, on `client` (settings pinned).
+async fn hash_table(
+    client: &Client,
+    table: &TableToHash,
+    method: Method,
+    encoding: &str,
+) -> Result<TableFingerprint> {
+    let columns = table_columns(client, table.oid).await?;
+    let row_bytes = row_expression(&columns, table.inherits, method, encoding);
+    let only = if table.partitioned { "" } else { "ONLY " };
+    // A partitioned table is summed per partition in the same scan, so the leaves can
+    // be reported for information; the root's sum is what counts.
+    let (leaf, group) = if table.partitioned {
+        ("t.tableoid::regclass::text", " GROUP BY 1")
+    } else {
+        ("NULL::text", "")
+    };
+    let name = &table.name;
+    let sql = format!(
+        "SELECT {leaf}, count(*), coalesce(sum(hashtextextended(encode({row_bytes}, 'hex'), 0)), 0)::text \
+         FROM {only}{name} t{group}"
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| db_err("fingerprinting a table")(e).with_object(name.clone()))?;
+    combine(&rows, table.partitioned).map_err(|e| e.with_object(name.clone()))
 }
 
 /// One table's fingerprint from its per-partition (or single) count and hash sum.

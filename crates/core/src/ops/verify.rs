@@ -303,6 +303,7 @@ impl Proof<'_> {
     async fn run_verifiers(&self, target: &ConnParams) -> Result<Vec<Check>> {
         let client = target.connect().await?;
         let restored = Restored {
+            target: Some(target),
             manifest: self.manifest,
             manifest_sha256: self.manifest_sha256,
             sink: self.sink,

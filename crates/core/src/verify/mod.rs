@@ -34,6 +34,7 @@ pub use manifest_chain::ManifestChain;
 use crate::catalog::{Manifest, ToolInfo};
 use crate::error::Result;
 use crate::evidence::invariant::Invariant;
+use crate::pg::ConnParams;
 use crate::sink::Sink;
 
 /// The outcome of one check.
@@ -86,6 +87,9 @@ pub struct Restored<'a> {
     pub sink: &'a dyn Sink,
     /// A connection to the restored database.
     pub client: &'a Client,
+    /// Where the restored database is, for verifiers that open connections of their
+    /// own (the table fingerprints, in parallel); `None`: `client` only.
+    pub target: Option<&'a ConnParams>,
 }
 
 /// Checks a restored database against what a backup's evidence promises.
