@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use pgproof_core::catalog::{BackupRef, Inventory};
 use pgproof_core::ops::Verify;
-use pgproof_core::verify::{Amcheck, Report, standard_verifiers_with};
+use pgproof_core::verify::{Amcheck, ManifestChain, Report, standard_verifiers_sharing};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
@@ -29,13 +29,16 @@ pub async fn verify_all(
     let identities = identities(config)?;
     let (scratch, _cluster) = scratch_server(config, keep)?;
     let mut reports: Vec<Report> = Vec::new();
+    // One chain checker for the run: each manifest is read once, however many backups.
+    let chain = ManifestChain::default();
     for target in targets {
         let (bar, callback) = progress.start(format!("verify {}", target.backup_id));
         let report = Verify::new(sink.clone(), target.clone(), scratch.clone())
             .identities(identities.clone())
             .pg_bin_dir(config.source.pg_bin_dir.clone())
             .verifiers({
-                let mut verifiers = standard_verifiers_with(config.verify.invariants.clone());
+                let mut verifiers =
+                    standard_verifiers_sharing(&chain, config.verify.invariants.clone());
                 if config.verify.amcheck {
                     verifiers.push(Box::new(Amcheck));
                 }

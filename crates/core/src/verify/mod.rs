@@ -122,8 +122,17 @@ pub fn standard_verifiers() -> Vec<Box<dyn Verifier>> {
 /// [`standard_verifiers`], with invariants configured now run beside those the
 /// backup recorded.
 pub fn standard_verifiers_with(invariants: Vec<Invariant>) -> Vec<Box<dyn Verifier>> {
+    standard_verifiers_sharing(&ManifestChain::default(), invariants)
+}
+
+/// [`standard_verifiers_with`], the manifest chain checked by a clone of `chain`: one
+/// instance shared by the verifications of a run reads each manifest once.
+pub fn standard_verifiers_sharing(
+    chain: &ManifestChain,
+    invariants: Vec<Invariant>,
+) -> Vec<Box<dyn Verifier>> {
     vec![
-        Box::new(ManifestChain),
+        Box::new(chain.clone()),
         Box::new(TableFingerprints),
         Box::new(Sequences),
         Box::new(LargeObjects),
