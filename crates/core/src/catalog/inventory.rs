@@ -4,10 +4,11 @@
 //! `status`, `check` and `prune` read it once per call: one listing, then each
 //! manifest and record once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -230,6 +231,7 @@ impl Inventory {
                 .or_default()
                 .push(meta);
         }
+        let fetched = prefetch(sink, &grouped).await?;
         let mut inventory = Inventory::default();
         for (db, ids) in grouped {
             let mut part = DatabaseInventory::default();
@@ -237,8 +239,10 @@ impl Inventory {
                 let has = |name: &str| objects.iter().any(|o| o.key == format!("{db}/{id}/{name}"));
                 if has(TOMBSTONE_NAME) {
                     let key = format!("{db}/{id}/{TOMBSTONE_NAME}");
-                    let bytes = sink.get_bytes(&key, MANIFEST_LIMIT).await?;
-                    match serde_json::from_slice::<Tombstone>(&bytes) {
+                    let Some(bytes) = fetched.get(&key).and_then(Option::as_deref) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Tombstone>(bytes) {
                         Ok(t) => {
                             part.tombstones.insert(id.clone(), t);
                         }
@@ -255,7 +259,7 @@ impl Inventory {
                     }
                     continue;
                 }
-                part.backups.push(load_entry(sink, &db, id, objects).await?);
+                part.backups.push(load_entry(&fetched, &db, id, objects)?);
             }
             inventory.databases.insert(db, part);
         }
@@ -263,15 +267,68 @@ impl Inventory {
     }
 }
 
-async fn load_entry(
+/// The small catalog objects `load` reads (tombstones, manifests, verification records,
+/// leases, pins), fetched many at a time: on an object store each read is a round
+/// trip, and a catalog of a thousand backups must still list in seconds. `None`: gone
+/// since the listing.
+async fn prefetch(
     sink: &dyn Sink,
+    grouped: &BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>>,
+) -> Result<HashMap<String, Option<Vec<u8>>>> {
+    let keys: Vec<String> = grouped
+        .iter()
+        .flat_map(|(db, ids)| {
+            ids.iter().flat_map(move |(id, objects)| {
+                objects.iter().filter_map(move |o| {
+                    let rest = &o.key[db.len() + id.len() + 2..];
+                    let kind = rest.split('/').next().unwrap_or("");
+                    let wanted = rest == MANIFEST_NAME
+                        || rest == TOMBSTONE_NAME
+                        || matches!(kind, "verify" | LEASES | PINS) && rest.ends_with(".json");
+                    wanted.then(|| o.key.clone())
+                })
+            })
+        })
+        .collect();
+    let fetched: Vec<(String, Result<Vec<u8>>)> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let got = sink.get_bytes(&key, MANIFEST_LIMIT).await;
+            (key, got)
+        })
+        .buffer_unordered(CATALOG_READS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut out = HashMap::with_capacity(fetched.len());
+    for (key, got) in fetched {
+        match got {
+            Ok(bytes) => {
+                out.insert(key, Some(bytes));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                out.insert(key, None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Catalog reads in flight at once.
+const CATALOG_READS_IN_FLIGHT: usize = 16;
+
+fn load_entry(
+    fetched: &HashMap<String, Option<Vec<u8>>>,
     db: &str,
     id: String,
     objects: Vec<ObjectMeta>,
 ) -> Result<CatalogEntry> {
     let manifest_key = format!("{db}/{id}/{MANIFEST_NAME}");
-    let bytes = sink.get_bytes(&manifest_key, MANIFEST_LIMIT).await?;
-    let manifest = match serde_json::from_slice::<Manifest>(&bytes) {
+    let bytes = fetched.get(&manifest_key).and_then(Option::as_deref).ok_or_else(|| {
+        Error::not_found(format!(
+            "manifest {manifest_key} disappeared while the catalog was read; run the command again"
+        ))
+    })?;
+    let manifest = match serde_json::from_slice::<Manifest>(bytes) {
         Ok(m) if m.backup_id == id && m.database == db => Ok(m),
         Ok(m) => Err(format!(
             "manifest {manifest_key} describes backup {}/{}: it was moved or edited",
@@ -290,25 +347,23 @@ async fn load_entry(
         if !matches!(kind, "verify" | LEASES | PINS) || !rest.ends_with(".json") {
             continue;
         }
-        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
-            Ok(body) => body,
-            // Released or pruned since the listing.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        // Released or pruned since the listing: gone.
+        let Some(body) = fetched.get(&object.key).and_then(Option::as_deref) else {
+            continue;
         };
         match kind {
-            "verify" => match serde_json::from_slice::<Verification>(&body) {
+            "verify" => match serde_json::from_slice::<Verification>(body) {
                 Ok(v) => verifications.push(v),
                 Err(e) => {
                     tracing::warn!(key = %object.key, error = %e, "unreadable verification record")
                 }
             },
-            PINS => match serde_json::from_slice::<Pin>(&body) {
+            PINS => match serde_json::from_slice::<Pin>(body) {
                 Ok(p) => pins.push(p),
                 Err(e) => tracing::warn!(key = %object.key, error = %e, "unreadable pin"),
             },
             _ => {
-                if let Ok(lease) = serde_json::from_slice::<Lease>(&body) {
+                if let Ok(lease) = serde_json::from_slice::<Lease>(body) {
                     leases.push(lease);
                 }
             }
@@ -318,7 +373,7 @@ async fn load_entry(
     Ok(CatalogEntry {
         backup_id: id,
         manifest,
-        manifest_sha256: sha256_hex(&bytes),
+        manifest_sha256: sha256_hex(bytes),
         objects,
         verifications,
         leases,
