@@ -135,17 +135,6 @@ impl Restore {
         }
         catalog::unseal(&mut self.manifest, &*self.sink, self.identities.as_ref()).await?;
         let m = &self.manifest;
-        if m.encryption.is_some() && self.identities.is_none() {
-            return Err(Error::config(format!(
-                "backup {} is encrypted: give the age identity for {}",
-                m.backup_id,
-                m.encryption
-                    .as_ref()
-                    .map(|e| e.recipients.join(", "))
-                    .unwrap_or_default()
-            ))
-            .with_setting(Setting::Identity));
-        }
         let dumper = match &self.dumper {
             Some(d) => d.clone(),
             None => dump::builtin(&m.format).ok_or_else(|| {
