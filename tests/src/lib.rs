@@ -78,6 +78,16 @@ pub async fn connect(cluster: &EphemeralCluster, database: &str) -> Client {
         .expect("connect to the ephemeral cluster")
 }
 
+/// Creates `database` on the cluster and connects to it.
+pub async fn create_database(cluster: &EphemeralCluster, database: &str) -> Client {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {database}: {e}"));
+    connect(cluster, database).await
+}
+
 /// The `pgproof` binary built alongside this test.
 pub fn pgproof_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

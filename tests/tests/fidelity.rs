@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use pgproof_core::evidence::Fingerprint;
-use pgproof_tests::{Workspace, connect, database_exists, start_cluster, stderr};
+use pgproof_tests::{Workspace, connect, create_database, database_exists, start_cluster, stderr};
 use serde_json::Value;
 
 #[tokio::test]
@@ -13,12 +13,7 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE fid")
-        .await
-        .unwrap();
-    let client = connect(&cluster, "fid").await;
+    let client = create_database(&cluster, "fid").await;
     client
         .batch_execute(
             "CREATE TABLE floats (id int PRIMARY KEY, f8 float8, f4 float4, arr float8[]);
@@ -437,11 +432,7 @@ async fn stale_materialized_views_are_reported() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE mv")
-        .await
-        .unwrap();
+    create_database(&cluster, "mv").await;
     connect(&cluster, "mv")
         .await
         .batch_execute(
@@ -481,12 +472,7 @@ async fn large_object_contents_are_fingerprinted() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE los")
-        .await
-        .unwrap();
-    let client = connect(&cluster, "los").await;
+    let client = create_database(&cluster, "los").await;
     client
         .batch_execute("SELECT lo_from_bytea(0, 'first'), lo_from_bytea(0, 'second')")
         .await
@@ -577,12 +563,7 @@ async fn application_invariants_are_checked() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE inv")
-        .await
-        .unwrap();
-    let client = connect(&cluster, "inv").await;
+    let client = create_database(&cluster, "inv").await;
     client
         .batch_execute(
             "CREATE SCHEMA app; CREATE TABLE app.ledger (id int, amount numeric);

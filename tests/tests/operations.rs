@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use pgproof_tests::{Workspace, connect, start_cluster, stderr};
+use pgproof_tests::{Workspace, connect, create_database, start_cluster, stderr};
 use serde_json::Value;
 
 /// `databases = "all"` backs up every connectable database but the excluded ones; a
@@ -96,11 +96,7 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE app")
-        .await
-        .unwrap();
+    create_database(&cluster, "app").await;
     connect(&cluster, "app")
         .await
         .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
@@ -408,11 +404,7 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE hooked")
-        .await
-        .unwrap();
+    create_database(&cluster, "hooked").await;
     let ws = Workspace::new(&cluster, "hooked", "custom");
     let config = std::fs::read_to_string(&ws.config).unwrap();
     let seen = ws.dir.path().join("seen.env");
@@ -516,11 +508,7 @@ async fn file_sets_travel_with_the_backup() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE withfiles")
-        .await
-        .unwrap();
+    create_database(&cluster, "withfiles").await;
     let ws = Workspace::new(&cluster, "withfiles", "plain");
     ws.verify_on(&cluster);
     let pki = ws.dir.path().join("pki");

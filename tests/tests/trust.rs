@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use pgproof_tests::{Workspace, connect, start_cluster, stderr};
+use pgproof_tests::{Workspace, create_database, start_cluster, stderr};
 use serde_json::Value;
 
 fn json(out: &std::process::Output) -> Value {
@@ -13,12 +13,7 @@ fn json(out: &std::process::Output) -> Value {
 }
 
 async fn small_database(cluster: &pgproof_core::scratch::EphemeralCluster, name: &str) {
-    connect(cluster, "postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    connect(cluster, name)
+    create_database(cluster, name)
         .await
         .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
         .await
@@ -172,12 +167,7 @@ async fn anomalies_against_the_previous_backup_are_alerts() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
-    let client = connect(&cluster, "shop").await;
+    let client = create_database(&cluster, "shop").await;
     client
         .batch_execute(
             "CREATE TABLE orders (id int, note text); INSERT INTO orders SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g;
@@ -259,12 +249,7 @@ async fn amcheck_finds_a_corrupt_index() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    connect(&cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE indexed")
-        .await
-        .unwrap();
-    let client = connect(&cluster, "indexed").await;
+    let client = create_database(&cluster, "indexed").await;
     client
         .batch_execute(
             "CREATE FUNCTION shift(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 1';

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_tests::azurite::{self, Azurite};
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY};
-use pgproof_tests::{Workspace, connect, start_cluster, stderr};
+use pgproof_tests::{Workspace, connect, create_database, start_cluster, stderr};
 use serde_json::Value;
 
 fn json(out: &std::process::Output) -> Value {
@@ -100,11 +100,7 @@ async fn upkeep_on(ws: &Workspace, store: &str) {
 }
 
 async fn shop(cluster: &EphemeralCluster) {
-    connect(cluster, "postgres")
-        .await
-        .batch_execute("CREATE DATABASE shop")
-        .await
-        .unwrap();
+    create_database(cluster, "shop").await;
     connect(cluster, "shop")
         .await
         .batch_execute("CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 100)")
