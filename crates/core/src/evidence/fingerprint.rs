@@ -204,10 +204,11 @@ impl Fingerprint {
         result
     }
 
-    /// [`compute_with`](Self::compute_with) on `connections` connections to a
-    /// database nothing writes to (a restore being verified), hashing tables in
-    /// parallel.
-    pub async fn compute_parallel(
+    /// The tables, materialized views and sequences of
+    /// [`compute_with`](Self::compute_with) (not the large objects or the audit chain,
+    /// which their own verifiers read) on `connections` connections to a database
+    /// nothing writes to (a restore being verified), hashing tables in parallel.
+    pub async fn tables_parallel(
         params: &ConnParams,
         method: Method,
         connections: usize,
@@ -227,7 +228,7 @@ impl Fingerprint {
             .await
             .map_err(db_err("starting the fingerprint transaction"))?;
         let result = match Plan::prepare_with(&client, method).await {
-            Ok(plan) => plan.compute_on(&client, &helpers).await,
+            Ok(plan) => plan.tables_on(&client, &helpers).await,
             Err(e) => Err(e),
         };
         for c in helpers.iter().chain([&client]) {
@@ -355,6 +356,19 @@ impl Plan {
     /// snapshot imported with `SET TRANSACTION SNAPSHOT`). Sums do not depend on which
     /// connection hashed which table, so the result is the same.
     pub async fn compute_on(self, client: &Client, helpers: &[Client]) -> Result<Fingerprint> {
+        let method = self.method;
+        let mut fingerprint = self.tables_on(client, helpers).await?;
+        fingerprint.large_objects = large_objects(client).await?;
+        if method >= Method::V3 {
+            fingerprint.large_object_hash = Some(large_object_hash(client).await?);
+        }
+        fingerprint.audit_chain = audit::chain_state(client).await?;
+        Ok(fingerprint)
+    }
+
+    /// Tables, materialized views and sequences only (what the table verifiers judge;
+    /// large objects and the audit chain have verifiers of their own).
+    async fn tables_on(self, client: &Client, helpers: &[Client]) -> Result<Fingerprint> {
         let mut fingerprint = Fingerprint {
             method: self.method.name().to_owned(),
             sequences: self.sequences,
@@ -397,11 +411,6 @@ impl Plan {
                 }
             }
         }
-        fingerprint.large_objects = large_objects(client).await?;
-        if self.method >= Method::V3 {
-            fingerprint.large_object_hash = Some(large_object_hash(client).await?);
-        }
-        fingerprint.audit_chain = audit::chain_state(client).await?;
         Ok(fingerprint)
     }
 }

@@ -59,7 +59,7 @@ impl Verifier for TableFingerprints {
             Some(target) => {
                 let connections =
                     std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                Fingerprint::compute_parallel(target, method, connections).await?
+                Fingerprint::tables_parallel(target, method, connections).await?
             }
             None => Fingerprint::compute_with(r.client, method).await?,
         };
