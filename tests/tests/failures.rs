@@ -382,6 +382,41 @@ async fn encryption_must_be_disabled_explicitly() {
     assert!(database_exists(&cluster, "plain_copy").await);
 }
 
+/// A directory dump whose pg_dump fails after every file was stored leaves no object:
+/// the files are committed one by one, and the failed backup deletes them.
+#[tokio::test]
+async fn a_failed_directory_dump_leaves_no_object() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let real = cluster.tools().dir().to_owned();
+    let bin = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&real).unwrap().flatten() {
+        std::os::unix::fs::symlink(entry.path(), bin.path().join(entry.file_name())).unwrap();
+    }
+    let pg_dump = bin.path().join("pg_dump");
+    std::fs::remove_file(&pg_dump).unwrap();
+    std::fs::write(
+        &pg_dump,
+        format!(
+            "#!/bin/sh\n{}/pg_dump \"$@\" || exit\ncase \"$*\" in *--file=*) echo 'pg_dump: error: disk on fire' >&2; exit 1;; esac\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pg_dump, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = Workspace::new(&cluster, "app", "directory");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace(
+        &format!("pg_bin_dir = \"{}\"", real.display()),
+        &format!("pg_bin_dir = \"{}\"", bin.path().display()),
+    ));
+    let out = ws.pgproof(&["backup"]);
+    assert_one_line_error(&out, 1, &["disk on fire"]);
+    assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
+}
+
 /// A table lock the backup cannot get within dump.lock_wait_timeout_secs fails it
 /// instead of holding the snapshot open forever.
 #[tokio::test]

@@ -9,7 +9,7 @@ use pgproof_tests::{Workspace, connect, create_database, database_exists, start_
 use serde_json::Value;
 
 #[tokio::test]
-async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
+async fn nan_bit_patterns_and_partitioned_tables_verify_in_every_format() {
     let Some(cluster) = start_cluster() else {
         return;
     };
@@ -54,7 +54,7 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
         "this server makes canonical NaNs; the test proves nothing here"
     );
 
-    for format in ["custom", "plain"] {
+    for format in ["custom", "plain", "directory"] {
         let ws = Workspace::new(&cluster, "fid", format);
         ws.verify_on(&cluster);
         ws.backup();
@@ -77,6 +77,13 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_both_formats() {
         assert!(failed.is_empty(), "{format}: false alarms: {failed:#?}");
         assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
         assert!(names.contains(&"fingerprint:public.floats"), "{names:?}");
+        if format == "directory" {
+            // One object per file of the archive: the table of contents and the tables.
+            let show = ws.pgproof(&["show", "latest"]);
+            let shown = String::from_utf8_lossy(&show.stdout);
+            assert!(shown.contains("/dump/toc.dat"), "{shown}");
+            assert!(shown.contains("more files of the archive"), "{shown}");
+        }
         assert!(names.contains(&"fingerprint:public.shapes"), "{names:?}");
         let leaves = report["checks"]
             .as_array()
@@ -414,7 +421,7 @@ async fn sql_ascii_databases_with_latin1_bytes_verify() {
         )
         .await
         .unwrap();
-    for format in ["custom", "plain"] {
+    for format in ["custom", "plain", "directory"] {
         let ws = Workspace::new(&cluster, "latin", format);
         ws.verify_on(&cluster);
         ws.backup();

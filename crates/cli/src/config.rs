@@ -260,11 +260,15 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DumpConfig {
-    /// `custom` or `plain`.
+    /// `custom`, `plain` or `directory` (`pg_dump -Fd --jobs`, one object per file,
+    /// restored with `pg_restore --jobs` into a database pgproof creates: for databases
+    /// too big for one core).
     pub format: Format,
+    /// Tables a directory dump dumps at once; default one per core.
+    pub jobs: Option<u32>,
     /// gzip level for plain dumps, 0–9.
     pub gzip_level: u32,
-    /// Custom dumps: `zstd` (the default: `--compress=0`, then zstd by pgproof on the
+    /// Custom and directory dumps: `zstd` (the default: `--compress=0`, then zstd by pgproof on the
     /// other cores; recorded as a codec, so restore and verify invert it and
     /// `age -d | zstd -d | pg_restore` works by hand) or `pg-dump` (its own zlib, one
     /// core). Plain dumps are gzipped either way.
@@ -284,6 +288,7 @@ impl Default for DumpConfig {
     fn default() -> Self {
         Self {
             format: Format::Custom,
+            jobs: None,
             gzip_level: 6,
             compression: DumpCompression::Zstd,
             zstd_level: 3,
@@ -310,7 +315,7 @@ impl DumpConfig {
     /// Plain dumps are always gzipped (`dump.gzip_level`).
     pub fn dumper(&self) -> std::sync::Arc<dyn pgproof_core::dump::Dumper> {
         let zstd = (self.compression == DumpCompression::Zstd).then_some(self.zstd_level);
-        self.format.dumper_with(self.gzip_level, zstd)
+        self.format.dumper_with(self.gzip_level, zstd, self.jobs)
     }
 }
 
@@ -342,6 +347,11 @@ impl Default for EncryptionConfig {
 impl Config {
     /// Checks values serde cannot: ranges and required combinations.
     pub fn validate(&self) -> Result<()> {
+        if self.dump.jobs == Some(0) {
+            return Err(Error::config(
+                "dump.jobs = 0 dumps nothing; use 1 or more, or leave it out for one per core",
+            ));
+        }
         if !(1..=19).contains(&self.dump.zstd_level) {
             return Err(Error::config(format!(
                 "dump.zstd_level = {} is out of range; use 1 (fastest) to 19 (smallest)",

@@ -78,8 +78,8 @@ pub async fn backup(
                         m.backup_id,
                         m.database,
                         m.format,
-                        human_bytes(m.object.raw_bytes),
-                        human_bytes(m.object.stored_bytes),
+                        human_bytes(m.dump_raw_bytes()),
+                        human_bytes(m.dump_stored_bytes()),
                         m.duration_ms as f64 / 1000.0
                     );
                     for alert in &m.alerts {
@@ -89,7 +89,7 @@ pub async fn backup(
                 log.backups.push(BackupSummary {
                     database: m.database.clone(),
                     backup_id: m.backup_id.clone(),
-                    stored_bytes: m.object.stored_bytes,
+                    stored_bytes: m.dump_stored_bytes(),
                 });
                 committed.push(m);
             }

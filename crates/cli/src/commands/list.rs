@@ -91,8 +91,8 @@ pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result
             m.backup_id,
             m.database,
             m.format,
-            human_bytes(m.object.raw_bytes),
-            human_bytes(m.object.stored_bytes),
+            human_bytes(m.dump_raw_bytes()),
+            human_bytes(m.dump_stored_bytes()),
             m.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             verified,
             entry.pinned(now).map(|p| p.describe()).unwrap_or_default()
@@ -193,6 +193,13 @@ pub async fn show(config: &Config, which: &str, database: Option<&str>, json: bo
         m.object.stored_bytes,
         m.object.stored_sha256
     );
+    if !m.parts.is_empty() {
+        outln!(
+            "  and       {} more files of the archive, {} bytes stored",
+            m.parts.len(),
+            m.dump_stored_bytes() - m.object.stored_bytes
+        );
+    }
     outln!("started     {}", m.started_at);
     outln!("took        {:.1}s", m.duration_ms as f64 / 1000.0);
     outln!("previous    {previous}");

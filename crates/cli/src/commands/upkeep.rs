@@ -332,8 +332,8 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             newest_backup: newest.map(|(b, _)| b.backup_id.clone()),
             newest_backup_at: newest.map(|(_, m)| m.started_at),
             newest_backup_age_secs: newest.map(|(_, m)| age(m.started_at).as_secs()),
-            newest_backup_stored_bytes: newest.map(|(_, m)| m.object.stored_bytes),
-            total_stored_bytes: readable.iter().map(|(_, m)| m.object.stored_bytes).sum(),
+            newest_backup_stored_bytes: newest.map(|(_, m)| m.dump_stored_bytes()),
+            total_stored_bytes: readable.iter().map(|(_, m)| m.dump_stored_bytes()).sum(),
             newest_verified_backup: newest_verified.map(|(b, _)| b.backup_id.clone()),
             newest_verified_backup_at: newest_verified.map(|(_, m)| m.started_at),
             newest_verified_backup_age_secs: newest_verified

@@ -51,8 +51,11 @@ pub struct Manifest {
     pub codecs: Vec<String>,
     /// Encryption, if any; public keys only.
     pub encryption: Option<EncryptionInfo>,
-    /// The stored dump object.
+    /// The stored dump object; of a directory archive, its table of contents.
     pub object: ObjectInfo,
+    /// The other files of a directory archive, each its own object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ObjectInfo>,
     /// The exported snapshot the dump was taken in.
     pub snapshot_id: String,
     /// When the backup started (UTC).
@@ -160,6 +163,29 @@ pub struct PreviousManifest {
 }
 
 impl Manifest {
+    /// The objects of the dump: the dump object, then a directory archive's files.
+    pub fn dump_objects(&self) -> impl Iterator<Item = &ObjectInfo> {
+        std::iter::once(&self.object).chain(&self.parts)
+    }
+
+    /// Every object the backup stored: the dump's, the file sets', the sealed
+    /// settings'.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectInfo> {
+        self.dump_objects()
+            .chain(self.files.iter().map(|f| &f.object))
+            .chain(self.sealed.iter())
+    }
+
+    /// The dump's size as pg_dump wrote it, all files together.
+    pub fn dump_raw_bytes(&self) -> u64 {
+        self.dump_objects().map(|o| o.raw_bytes).sum()
+    }
+
+    /// The dump's size as stored, all files together.
+    pub fn dump_stored_bytes(&self) -> u64 {
+        self.dump_objects().map(|o| o.stored_bytes).sum()
+    }
+
     /// The manifest's key in the sink.
     pub fn key(&self) -> String {
         manifest_key(&self.database, &self.backup_id)

@@ -2,7 +2,9 @@
 //!
 //! A [`Dumper`] names the programs and their arguments; pgproof runs them, feeds them
 //! and watches them ([`run`]). The built-in ones are [`CustomDumper`] (`pg_dump -Fc`,
-//! `pg_restore`) and [`PlainDumper`] (`pg_dump -Fp`, gzipped by pgproof, `psql`). A
+//! `pg_restore`), [`ZstdCustomDumper`] (the same, compressed by pgproof),
+//! [`PlainDumper`] (`pg_dump -Fp`, gzipped by pgproof, `psql`) and [`DirectoryDumper`]
+//! (`pg_dump -Fd --jobs`, one object per file, `pg_restore --jobs`). A
 //! library user adds a format by implementing the trait and passing it to
 //! [`Backup::dumper`](crate::ops::Backup::dumper) and
 //! [`Restore::dumper`](crate::ops::Restore::dumper); the conformance suite
@@ -10,6 +12,7 @@
 //! server.
 
 mod builtin;
+pub(crate) mod directory;
 pub(crate) mod run;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -22,6 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use builtin::{CustomDumper, PlainDumper, ZstdCustomDumper};
+pub use directory::DirectoryDumper;
 
 use crate::codec::Compress;
 use crate::pg::process::client_command;
@@ -46,6 +50,16 @@ use crate::pg::{ConnParams, PgTools};
 ///   every manifest and is how a restore finds the dumper again;
 /// - SHOULD return from [`compression`](Dumper::compression) the stage pgproof must
 ///   add, or `None` when the archive compresses itself.
+///
+/// A dumper whose [`layout`](Dumper::layout) is [`Layout::Directory`] instead:
+/// - MUST make the dump command write the archive as files into the directory
+///   pgproof appends as `--file=DIR`, each file written front to back and closed
+///   when complete (pgproof stores each as it is written, then deletes it);
+/// - MUST make the restore command read the directory pgproof appends as its last
+///   argument, where the files that [`Layout::Directory`] lists as read whole are
+///   plain files and every other file is a named pipe;
+/// - MAY restore in several transactions: pgproof then restores only into a
+///   database it created, and drops it when the restore fails.
 ///
 /// pgproof sets stdin, stdout and stderr of both commands itself.
 pub trait Dumper: Send + Sync + fmt::Debug {
@@ -73,6 +87,24 @@ pub trait Dumper: Send + Sync + fmt::Debug {
 
     /// The command that restores into `target`.
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command;
+
+    /// How the archive travels; [`Layout::Stream`] unless said otherwise.
+    fn layout(&self) -> Layout {
+        Layout::Stream
+    }
+}
+
+/// How an archive travels between the dump program, the sink and the restore program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One stream: the dump program's stdout is one object, which becomes the
+    /// restore program's stdin.
+    Stream,
+    /// A directory of files, each its own object (`<backup>/<file_name>/<file>`). The
+    /// tables of contents (`toc.dat`, `*.toc`) are written to the restore directory
+    /// whole; every other file reaches the restore program through a named pipe.
+    Directory,
 }
 
 /// `pg_dump --format=<format> --snapshot=<snapshot>` with a lock timeout: the dump
@@ -107,25 +139,42 @@ pub enum Format {
     Custom,
     /// [`PlainDumper`].
     Plain,
+    /// [`DirectoryDumper`].
+    Directory,
 }
 
 impl Format {
-    /// The dumper for this format; `gzip_level` applies to plain dumps.
+    /// The dumper for this format; `gzip_level` applies to plain dumps, and a
+    /// directory dump runs one job per core with pg_dump's own compression.
     pub fn dumper(self, gzip_level: u32) -> Arc<dyn Dumper> {
         match self {
             Format::Custom => Arc::new(CustomDumper),
             Format::Plain => Arc::new(PlainDumper { gzip_level }),
+            Format::Directory => Arc::new(DirectoryDumper {
+                jobs: cores(),
+                compression: None,
+            }),
         }
     }
 
-    /// [`dumper`](Self::dumper), with custom dumps compressed by pgproof with zstd at
-    /// `zstd_level` when given (on every core but the one pg_dump uses).
-    pub fn dumper_with(self, gzip_level: u32, zstd_level: Option<i32>) -> Arc<dyn Dumper> {
+    /// [`dumper`](Self::dumper), with custom and directory dumps compressed by pgproof
+    /// with zstd at `zstd_level` when given: a custom dump's on every core but the one
+    /// pg_dump uses, each file of a directory dump's on the thread that stores it.
+    /// `jobs` sets a directory dump's parallelism (default: one per core).
+    pub fn dumper_with(
+        self,
+        gzip_level: u32,
+        zstd_level: Option<i32>,
+        jobs: Option<u32>,
+    ) -> Arc<dyn Dumper> {
         match (self, zstd_level) {
             (Format::Custom, Some(level)) => Arc::new(ZstdCustomDumper {
                 level,
-                workers: std::thread::available_parallelism()
-                    .map_or(1, |n| n.get().saturating_sub(1).max(1) as u32),
+                workers: cores().saturating_sub(1).max(1),
+            }),
+            (Format::Directory, level) => Arc::new(DirectoryDumper {
+                jobs: jobs.unwrap_or_else(cores).max(1),
+                compression: level.map(|level| Compress::Zstd { level, workers: 0 }),
             }),
             _ => self.dumper(gzip_level),
         }
@@ -137,6 +186,7 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Custom => "custom",
             Format::Plain => "plain",
+            Format::Directory => "directory",
         })
     }
 }
@@ -146,8 +196,13 @@ pub fn builtin(format: &str) -> Option<Arc<dyn Dumper>> {
     match format {
         "custom" => Some(Format::Custom.dumper(6)),
         "plain" => Some(Format::Plain.dumper(6)),
+        "directory" => Some(Format::Directory.dumper(6)),
         _ => None,
     }
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 #[cfg(test)]
@@ -156,12 +211,12 @@ mod tests {
 
     #[test]
     fn builtins_are_found_by_their_recorded_names() {
-        for format in [Format::Custom, Format::Plain] {
+        for format in [Format::Custom, Format::Plain, Format::Directory] {
             let dumper = format.dumper(6);
             assert_eq!(dumper.format(), format.to_string());
             let again = builtin(dumper.format()).unwrap();
             assert_eq!(again.file_name(), dumper.file_name());
         }
-        assert!(builtin("directory").is_none());
+        assert!(builtin("tar").is_none());
     }
 }

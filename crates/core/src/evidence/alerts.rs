@@ -99,7 +99,7 @@ pub fn compare(
             Some(_) => {}
         }
     }
-    let was_bytes = previous.object.raw_bytes;
+    let was_bytes = previous.dump_raw_bytes();
     if was_bytes > 0
         && now_bytes < was_bytes
         && (was_bytes - now_bytes) as f64 / was_bytes as f64 > policy.max_size_drop

@@ -2,8 +2,8 @@
 //! last.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -12,7 +12,8 @@ use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
-use crate::dump::{self, CustomDumper, Dumper};
+use crate::dump::directory::{self, StoredPart};
+use crate::dump::{self, CustomDumper, Dumper, Layout};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
@@ -205,23 +206,15 @@ impl Backup {
             "backup started"
         );
 
-        let (writer, upload) = Upload::start(self.sink.clone(), object_key.clone());
         let cmd =
             self.dumper
                 .dump_command(&tools, &self.source, session.snapshot_id(), self.lock_wait);
-        let mut dump_job = {
-            let chain = chain.clone();
-            let recipients = self.recipients.clone();
-            let progress = self.progress.clone();
-            tokio::task::spawn_blocking(move || {
-                dump::run::dump(cmd, &chain, recipients.as_ref(), writer, progress.as_ref())
-            })
-        };
+        let (pending, mut dump_job) = self.start_dump(cmd, &chain, &object_key);
         // The fingerprint runs on the snapshot's own connection while pg_dump streams
         // on another core: same snapshot, no table data sent to the client. Its own
         // duration is recorded, not the wait for pg_dump: that is its cost.
         let fingerprint_ms = AtomicU64::new(0);
-        let outcome: Result<(Tallies, Evidence)> = {
+        let outcome: Result<(Dumped, Evidence)> = {
             let fingerprint = async {
                 let clock = Instant::now();
                 let result = plan.compute(session.client()).await;
@@ -255,7 +248,7 @@ impl Backup {
                     // A failed fingerprint ends the backup: stop pg_dump at its next chunk
                     // rather than upload a dump that will be thrown away.
                     if fingerprinted.is_err() {
-                        upload.stop_writer();
+                        pending.stop();
                     }
                     let dumped = flatten_join(dump_job.await);
                     fingerprinted.and_then(|fp| dumped.map(|t| (t, fp)))
@@ -268,19 +261,11 @@ impl Backup {
         let encoding = session.encoding().to_owned();
         let snapshot_id = session.snapshot_id().to_owned();
         let closed = session.close().await;
-        let (tallies, evidence) = match outcome.and_then(|done| closed.map(|()| done)) {
+        let (dumped, evidence) = match outcome.and_then(|done| closed.map(|()| done)) {
             Ok(done) => done,
-            Err(e) => return Err(upload.abort(e).await),
+            Err(e) => return Err(pending.abort(&*self.sink, e).await),
         };
-        let stored_bytes = upload.commit().await?;
-        if stored_bytes != tallies.stored.bytes {
-            return Err(Error::integrity(format!(
-                "sink {} stored {stored_bytes} bytes for {object_key} but {} were sent",
-                self.sink.describe(),
-                tallies.stored.bytes
-            ))
-            .with_object(object_key));
-        }
+        let (object, parts) = pending.finish(&*self.sink, dumped, object_key).await?;
 
         // File sets beside the dump, before the manifest commits them all.
         let mut files = Vec::new();
@@ -296,12 +281,9 @@ impl Backup {
                 Ok(info) => files.push(info),
                 Err(e) => {
                     // Nothing commits them: remove what this run stored.
-                    for key in files
-                        .iter()
-                        .map(|f: &FileSetInfo| f.object.key.clone())
-                        .chain([object_key])
-                    {
-                        let _ = self.sink.delete(&key).await;
+                    let stored = files.iter().map(|f: &FileSetInfo| &f.object);
+                    for o in stored.chain([&object]).chain(&parts) {
+                        let _ = self.sink.delete(&o.key).await;
                     }
                     return Err(e);
                 }
@@ -322,8 +304,8 @@ impl Backup {
                     snapshot_id,
                     pg_dump_version: tools.version().to_owned(),
                     chain: &chain,
-                    object_key,
-                    tallies,
+                    object,
+                    parts,
                     evidence,
                     properties,
                     roles,
@@ -361,8 +343,8 @@ struct Committing<'a> {
     snapshot_id: String,
     pg_dump_version: String,
     chain: &'a CodecChain,
-    object_key: String,
-    tallies: Tallies,
+    object: ObjectInfo,
+    parts: Vec<ObjectInfo>,
     evidence: Evidence,
     properties: DatabaseProperties,
     roles: Vec<RoleInfo>,
@@ -394,7 +376,7 @@ impl Backup {
                     Ok((before, _)) => alerts::compare(
                         &before,
                         &c.evidence.fingerprint,
-                        c.tallies.raw.bytes,
+                        c.object.raw_bytes + c.parts.iter().map(|p| p.raw_bytes).sum::<u64>(),
                         self.alert_policy,
                     ),
                     // A damaged predecessor is check's and verify's to report.
@@ -423,13 +405,8 @@ impl Backup {
                 scheme: "age-x25519".into(),
                 recipients: r.public_keys(),
             }),
-            object: ObjectInfo {
-                key: c.object_key,
-                raw_bytes: c.tallies.raw.bytes,
-                raw_sha256: c.tallies.raw.sha256,
-                stored_bytes: c.tallies.stored.bytes,
-                stored_sha256: c.tallies.stored.sha256,
-            },
+            object: c.object,
+            parts: c.parts,
             snapshot_id: c.snapshot_id,
             started_at: c.started_at,
             finished_at: c.finished_at,
@@ -484,6 +461,166 @@ impl Backup {
             shown.join("; ")
         )))
     }
+}
+
+/// What a finished dump program left.
+enum Dumped {
+    /// One stream, in the upload of [`Pending::Stream`].
+    Stream(Tallies),
+    /// A directory archive, every file stored (listed in [`Pending::Directory`]).
+    Directory,
+}
+
+/// A dump on its way into the sink.
+enum Pending {
+    /// The one object's upload, committed by [`finish`](Pending::finish).
+    Stream(Upload),
+    /// A directory archive's files are committed as they are complete: the stop
+    /// flag, and the files stored so far.
+    Directory(Arc<AtomicBool>, Arc<Mutex<Vec<StoredPart>>>),
+}
+
+impl Backup {
+    /// Starts the dump program on a blocking thread: its archive goes through
+    /// `chain` into the sink as one object (`object_key`) or, for a directory
+    /// archive, as one object per file under `object_key/`.
+    fn start_dump(
+        &self,
+        cmd: std::process::Command,
+        chain: &CodecChain,
+        object_key: &str,
+    ) -> (Pending, tokio::task::JoinHandle<Result<Dumped>>) {
+        let chain = chain.clone();
+        let recipients = self.recipients.clone();
+        let progress = self.progress.clone();
+        match self.dumper.layout() {
+            Layout::Directory => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let suffix = chain.suffix();
+                let store = directory::PartStore {
+                    sink: self.sink.clone(),
+                    prefix: format!(
+                        "{}/",
+                        object_key.strip_suffix(&suffix).unwrap_or(object_key)
+                    ),
+                    suffix,
+                    runtime: tokio::runtime::Handle::current(),
+                    stored: Arc::default(),
+                };
+                let stored = store.stored.clone();
+                let parallel = self.dumper_parallelism();
+                let job = {
+                    let stop = stop.clone();
+                    tokio::task::spawn_blocking(move || {
+                        directory::dump(
+                            cmd,
+                            &store,
+                            &chain,
+                            recipients.as_ref(),
+                            progress.as_ref(),
+                            stop,
+                            parallel,
+                        )
+                        .map(|()| Dumped::Directory)
+                    })
+                };
+                (Pending::Directory(stop, stored), job)
+            }
+            _ => {
+                let (writer, upload) = Upload::start(self.sink.clone(), object_key.to_owned());
+                let job = tokio::task::spawn_blocking(move || {
+                    dump::run::dump(cmd, &chain, recipients.as_ref(), writer, progress.as_ref())
+                        .map(Dumped::Stream)
+                });
+                (Pending::Stream(upload), job)
+            }
+        }
+    }
+
+    /// Files of a directory archive stored at once: one per pg_dump job, and one
+    /// more for the table of contents and the files that finish.
+    fn dumper_parallelism(&self) -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get() + 1)
+    }
+}
+
+impl Pending {
+    /// Makes the dump stop soon.
+    fn stop(&self) {
+        match self {
+            Pending::Stream(upload) => upload.stop_writer(),
+            Pending::Directory(stop, _) => stop.store(true, Ordering::SeqCst),
+        }
+    }
+
+    /// Aborts the upload, or deletes what the directory dump stored; returns the
+    /// error to report.
+    async fn abort(self, sink: &dyn Sink, cause: Error) -> Error {
+        match self {
+            Pending::Stream(upload) => upload.abort(cause).await,
+            Pending::Directory(stop, stored) => {
+                stop.store(true, Ordering::SeqCst);
+                for part in take(&stored) {
+                    let _ = sink.delete(&part.object.key).await;
+                }
+                cause
+            }
+        }
+    }
+
+    /// Commits what the dump wrote: the dump object and a directory archive's other
+    /// files (its table of contents is the dump object).
+    async fn finish(
+        self,
+        sink: &dyn Sink,
+        dumped: Dumped,
+        object_key: String,
+    ) -> Result<(ObjectInfo, Vec<ObjectInfo>)> {
+        match (self, dumped) {
+            (Pending::Stream(upload), Dumped::Stream(tallies)) => {
+                let stored_bytes = upload.commit().await?;
+                if stored_bytes != tallies.stored.bytes {
+                    return Err(Error::integrity(format!(
+                        "sink {} stored {stored_bytes} bytes for {object_key} but {} were sent",
+                        sink.describe(),
+                        tallies.stored.bytes
+                    ))
+                    .with_object(object_key));
+                }
+                Ok((
+                    ObjectInfo {
+                        key: object_key,
+                        raw_bytes: tallies.raw.bytes,
+                        raw_sha256: tallies.raw.sha256,
+                        stored_bytes: tallies.stored.bytes,
+                        stored_sha256: tallies.stored.sha256,
+                    },
+                    Vec::new(),
+                ))
+            }
+            (Pending::Directory(_, stored), Dumped::Directory) => {
+                let mut stored = take(&stored);
+                stored.sort_by(|a, b| a.name.cmp(&b.name));
+                let Some(toc) = stored.iter().position(|p| p.name == "toc.dat") else {
+                    for part in &stored {
+                        let _ = sink.delete(&part.object.key).await;
+                    }
+                    return Err(Error::tool(
+                        "pg_dump finished without writing the archive's toc.dat",
+                    ));
+                };
+                let toc = stored.remove(toc).object;
+                Ok((toc, stored.into_iter().map(|p| p.object).collect()))
+            }
+            _ => Err(Error::tool(
+                "the dump ended in another layout than it started",
+            )),
+        }
+    }
+}
+
+fn take(stored: &Mutex<Vec<StoredPart>>) -> Vec<StoredPart> {
+    std::mem::take(&mut *stored.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 fn flatten_join<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {

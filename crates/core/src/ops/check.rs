@@ -79,10 +79,7 @@ impl CatalogCheck {
                 let Ok(manifest) = &entry.manifest else {
                     continue;
                 };
-                let objects = std::iter::once(&manifest.object)
-                    .chain(manifest.files.iter().map(|f| &f.object))
-                    .chain(manifest.sealed.iter());
-                for object in objects {
+                for object in manifest.objects() {
                     let found = entry.objects.iter().find(|o| o.key == object.key);
                     let problem = match found {
                         None => Some(format!("object {} is missing", object.key)),

@@ -163,10 +163,7 @@ impl Copy {
             ))
         })?;
         let mut bytes = 0;
-        let objects = std::iter::once(&manifest.object)
-            .chain(manifest.files.iter().map(|f| &f.object))
-            .chain(manifest.sealed.iter());
-        for object in objects {
+        for object in manifest.objects() {
             bytes += self
                 .copy_checked(&object.key, object.stored_bytes, &object.stored_sha256)
                 .await?;

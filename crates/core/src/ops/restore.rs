@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::{self, Manifest};
+use crate::catalog::{self, Manifest, ObjectInfo};
 use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
-use crate::dump::{self, Dumper};
+use crate::dump::directory;
+use crate::dump::{self, Dumper, Layout};
 use crate::error::{Error, ErrorKind, Result, Setting};
 use crate::evidence::database;
 use crate::ops::interrupt::CreatedDatabase;
@@ -209,8 +210,11 @@ impl Restore {
             admin.create_roles(&missing).await?;
         }
         // Replacing restores beside the old database: a damaged backup or a wrong key
-        // must not cost the database it was meant to replace.
-        let replace = exists && self.clean;
+        // must not cost the database it was meant to replace. A restore in several
+        // transactions (pg_restore --jobs) goes into a database pgproof creates even
+        // when the (empty) target exists, so that a failure drops it whole.
+        let atomic = dumper.layout() == Layout::Stream;
+        let replace = exists && (self.clean || !atomic);
         let load = if replace {
             self.target.with_dbname(&format!(
                 "pgproof_restore_{}",
@@ -235,8 +239,8 @@ impl Restore {
             cmd.envs(properties.restore_env());
         }
         let program = dumper.restore_program();
-        let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
-        let fed = {
+        let fed = if atomic {
+            let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
             let manifest = self.manifest.clone();
             let identities = self.identities.clone();
             let progress = self.progress.clone();
@@ -253,6 +257,19 @@ impl Restore {
             })
             .await
             .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
+        } else {
+            drop(body); // it was opened only to learn that it exists
+            let objects: Vec<ObjectInfo> = m.dump_objects().cloned().collect();
+            directory::restore(
+                cmd,
+                program,
+                self.sink.clone(),
+                &chain,
+                self.identities.as_ref(),
+                &objects,
+                self.progress.as_ref(),
+            )
+            .await
         };
         let comment = m.properties.as_ref().and_then(|p| p.comment.as_deref());
         let result = match (fed, &m.properties) {

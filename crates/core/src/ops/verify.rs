@@ -263,10 +263,19 @@ impl Proof<'_> {
         let o = &self.manifest.object;
         let archive_ok = Check::pass(
             "archive",
-            format!(
-                "{} stored bytes (sha256 {}) and {} dump bytes (sha256 {}) as recorded",
-                o.stored_bytes, o.stored_sha256, o.raw_bytes, o.raw_sha256
-            ),
+            if self.manifest.parts.is_empty() {
+                format!(
+                    "{} stored bytes (sha256 {}) and {} dump bytes (sha256 {}) as recorded",
+                    o.stored_bytes, o.stored_sha256, o.raw_bytes, o.raw_sha256
+                )
+            } else {
+                format!(
+                    "{} objects, {} stored bytes and {} dump bytes, each object's sha256 as recorded",
+                    self.manifest.parts.len() + 1,
+                    self.manifest.dump_stored_bytes(),
+                    self.manifest.dump_raw_bytes()
+                )
+            },
         );
         let outcome = match restore.run().await {
             Ok(outcome) => outcome,

@@ -3,6 +3,7 @@
 //! one line.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -57,8 +58,7 @@ fn kill_where(pick: impl Fn(&str) -> bool) -> Vec<String> {
             .child
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if matches!(child.try_wait(), Ok(None)) && child.kill().is_ok() {
-            let _ = child.wait();
+        if matches!(child.try_wait(), Ok(None)) && kill_group(&mut child) {
             killed.push(format!("{} (pid {})", r.program, child.id()));
         }
     }
@@ -73,8 +73,12 @@ pub struct ChildProgram {
 }
 
 impl ChildProgram {
-    /// Starts `cmd`, naming it `program` in errors.
+    /// Starts `cmd`, naming it `program` in errors, as the leader of a process
+    /// group of its own: killing it kills the workers it forked too (pg_dump and
+    /// pg_restore `--jobs`), which would otherwise outlive it, holding its stderr
+    /// open or waiting on a pipe.
     pub fn spawn(mut cmd: Command, program: &str) -> Result<Self> {
+        cmd.process_group(0);
         let mut child = cmd.spawn().map_err(|e| {
             Error::tool(format!(
                 "cannot start {program} ({}): {e}; check the PostgreSQL bin directory",
@@ -133,15 +137,20 @@ impl ChildProgram {
             .ok_or_else(|| Error::tool(format!("{}'s input was not piped", self.program)))
     }
 
-    /// Kills it (it never commits what it had not finished) and reaps it.
+    /// Kills it and the workers it forked (it never commits what it had not
+    /// finished) and reaps it.
     pub fn kill(mut self) {
-        {
-            let mut child = self.child();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_group(&mut self.child());
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
+        }
+    }
+
+    /// Whether it has exited (it is reaped by [`wait`](Self::wait) still).
+    pub fn has_exited(&self) -> Result<bool> {
+        match self.child().try_wait() {
+            Ok(status) => Ok(status.is_some()),
+            Err(e) => Err(Error::io(format!("waiting for {}", self.program), e)),
         }
     }
 
@@ -173,6 +182,16 @@ impl Drop for ChildProgram {
     fn drop(&mut self) {
         running().retain(|r| !Arc::ptr_eq(&r.child, &self.child));
     }
+}
+
+/// Kills `child`'s process group (it leads one: [`ChildProgram::spawn`]) and reaps
+/// `child`; whether the signal was sent.
+fn kill_group(child: &mut Child) -> bool {
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let sent = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
+        || child.kill().is_ok();
+    let _ = child.wait();
+    sent
 }
 
 fn failure(program: &str, status: ExitStatus, stderr: &str, kind: ErrorKind) -> Error {

@@ -1,0 +1,632 @@
+//! pg_dump's directory format with parallel jobs, for databases too big for one core.
+//!
+//! pg_dump writes the archive as files in a directory, several tables at once. Each
+//! file becomes an object of its own: pgproof reads it while pg_dump is still writing
+//! it (inotify says when a file appears, grows and is closed), pushes it through the
+//! codec chain into the sink and frees the disk blocks behind what it has read, so the
+//! archive never lies whole on local disk. A restore gives pg_restore a directory of
+//! named pipes, one per data file, and streams each object into its pipe when
+//! pg_restore opens it.
+//!
+//! The trade-off: pg_restore with several jobs cannot restore in one transaction, so
+//! pgproof restores such an archive only into a database it creates, and drops it if
+//! the restore fails.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::catalog::ObjectInfo;
+use crate::codec::{CodecChain, Compress, Identities, Progress, Recipients, Tallies};
+use crate::dump::{Dumper, Layout, pg_dump_command};
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::process::{ChildProgram, client_command, one_line};
+use crate::pg::{ConnParams, PgTools};
+use crate::sink::Sink;
+use crate::sink::stream::Upload;
+
+/// `pg_dump -Fd --jobs=N`, each file stored as its own object (compressed by pgproof
+/// when `compression` is set, by pg_dump's zlib otherwise), restored with
+/// `pg_restore --jobs=N` into a database pgproof creates.
+#[derive(Clone, Copy, Debug)]
+pub struct DirectoryDumper {
+    /// Tables dumped (and restored) at once.
+    pub jobs: u32,
+    /// pgproof's compression of each file; `None` leaves it to pg_dump.
+    pub compression: Option<Compress>,
+}
+
+impl Dumper for DirectoryDumper {
+    fn format(&self) -> &str {
+        "directory"
+    }
+
+    fn file_name(&self) -> &str {
+        "dump"
+    }
+
+    fn compression(&self) -> Option<Compress> {
+        self.compression
+    }
+
+    fn restore_program(&self) -> &'static str {
+        "pg_restore"
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::Directory
+    }
+
+    fn dump_command(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Command {
+        let mut cmd = pg_dump_command(tools, source, "directory", snapshot, lock_wait);
+        // Each file is read and deleted as it is written: syncing it would only cost.
+        cmd.arg(format!("--jobs={}", self.jobs.max(1)))
+            .arg("--no-sync");
+        if self.compression.is_some() {
+            cmd.arg("--compress=0");
+        }
+        cmd.stdout(Stdio::null());
+        cmd
+    }
+
+    fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        let mut cmd = client_command(tools, "pg_restore", target);
+        cmd.args(["--exit-on-error", "--no-password"])
+            .arg(format!("--jobs={}", self.jobs.max(1)))
+            .args(["--dbname", target.dbname()])
+            .stdout(Stdio::null());
+        cmd
+    }
+}
+
+/// Whether pg_restore reads this archive file whole before anything else (the tables
+/// of contents) rather than as one table's data.
+fn is_table_of_contents(name: &str) -> bool {
+    name == "toc.dat" || name.ends_with(".toc")
+}
+
+/// The archive file an object of a directory backup holds: its key without the
+/// backup's prefix and the codec suffix.
+pub(crate) fn part_name<'k>(key: &'k str, suffix: &str) -> &'k str {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.strip_suffix(suffix).unwrap_or(name)
+}
+
+/// Where the objects of one directory archive go.
+pub(crate) struct PartStore {
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// Keys are `<prefix><file name><suffix>`.
+    pub prefix: String,
+    /// The codec chain's suffix.
+    pub suffix: String,
+    /// The runtime the uploads run on.
+    pub runtime: tokio::runtime::Handle,
+    /// The files stored so far; whoever abandons the dump deletes them.
+    pub stored: Arc<Mutex<Vec<StoredPart>>>,
+}
+
+/// One file of the archive, stored.
+#[derive(Debug)]
+pub(crate) struct StoredPart {
+    /// The file's name in the archive directory.
+    pub name: String,
+    /// The object.
+    pub object: ObjectInfo,
+}
+
+/// A file some program is writing: whether it has closed it, and a bell rung at every
+/// change.
+#[derive(Default)]
+struct Growing {
+    closed: AtomicBool,
+    changed: (Mutex<u64>, Condvar),
+}
+
+impl Growing {
+    fn ring(&self) {
+        let (count, bell) = &self.changed;
+        *count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        bell.notify_all();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Waits for the next change, or a short while: a missed bell costs a poll.
+    fn wait(&self, seen: &mut u64) {
+        let (count, bell) = &self.changed;
+        let guard = count.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = bell
+            .wait_timeout_while(guard, Duration::from_millis(50), |c| *c == *seen)
+            .unwrap_or_else(PoisonError::into_inner);
+        *seen = *guard;
+    }
+}
+
+/// Reads a file while another program appends to it, to its end once that program
+/// has closed it; punches out the blocks already read so the disk holds only what
+/// has not been read yet.
+struct FollowReader {
+    file: File,
+    growing: Arc<Growing>,
+    seen: u64,
+    read: u64,
+    freed: u64,
+    stop: Arc<AtomicBool>,
+}
+
+/// Blocks are given back to the file system in steps of this many bytes.
+const FREE_STEP: u64 = 8 << 20;
+
+impl Read for FollowReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Err(io::Error::other("the dump was stopped"));
+            }
+            // Closed before this read: what the read finds is all there is.
+            let closed = self.growing.closed.load(Ordering::SeqCst);
+            let n = self.file.read(buf)?;
+            if n > 0 {
+                self.read += n as u64;
+                if self.read - self.freed >= FREE_STEP {
+                    // Best effort: a file system without hole punching keeps the
+                    // blocks until the file is deleted.
+                    let _ = nix::fcntl::fallocate(
+                        &self.file,
+                        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                        0,
+                        self.read as i64,
+                    );
+                    self.freed = self.read;
+                }
+                return Ok(n);
+            }
+            if closed {
+                return Ok(0);
+            }
+            self.growing.wait(&mut self.seen);
+        }
+    }
+}
+
+/// Runs `cmd` (a directory-format dump program; `--file=<stage>` is appended) and
+/// stores every file it writes as an object through `chain`, at most `parallel` at
+/// once, each listed in `store.stored` once committed. On any failure, or when `stop`
+/// is raised, the program is killed and the error returned; the objects stored so far
+/// are the caller's to delete.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dump(
+    mut cmd: Command,
+    store: &PartStore,
+    chain: &CodecChain,
+    recipients: Option<&Recipients>,
+    progress: Option<&Progress>,
+    stop: Arc<AtomicBool>,
+    parallel: usize,
+) -> Result<()> {
+    let stage = tempfile::Builder::new()
+        .prefix("pgproof-dump-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a directory for pg_dump's files", e))?;
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(|e| Error::io("watching pg_dump's files", e.into()))?;
+    watch
+        .add_watch(
+            stage.path(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+        )
+        .map_err(|e| Error::io("watching pg_dump's files", e.into()))?;
+    let mut file_arg = OsString::from("--file=");
+    file_arg.push(stage.path());
+    cmd.arg(file_arg);
+    let program = "pg_dump";
+    let child = ChildProgram::spawn(cmd, program)?;
+    let total = Arc::new(AtomicU64::new(0));
+
+    let stored = &*store.stored;
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        let mut files: HashMap<String, Arc<Growing>> = HashMap::new();
+        let mut waiting: VecDeque<String> = VecDeque::new();
+        let mut running = Vec::new();
+        let mut failure: Option<Error> = None;
+        let mut exited = false;
+        loop {
+            let mut quiet = true;
+            match watch.read_events() {
+                Ok(events) => {
+                    for event in events {
+                        quiet = false;
+                        let Some(name) = event.name.and_then(|n| n.into_string().ok()) else {
+                            continue;
+                        };
+                        let growing = files.entry(name.clone()).or_insert_with(|| {
+                            waiting.push_back(name.clone());
+                            Arc::default()
+                        });
+                        if event.mask.contains(AddWatchFlags::IN_CLOSE_WRITE) {
+                            growing.close();
+                        } else {
+                            growing.ring();
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => {
+                    failure.get_or_insert(Error::io("watching pg_dump's files", e.into()));
+                }
+            }
+            if exited {
+                // pg_dump is gone: every file it wrote is complete, including any
+                // whose events were not read.
+                if let Ok(entries) = std::fs::read_dir(stage.path()) {
+                    for entry in entries.flatten() {
+                        if let Ok(name) = entry.file_name().into_string() {
+                            files.entry(name.clone()).or_insert_with(|| {
+                                waiting.push_back(name);
+                                Arc::default()
+                            });
+                        }
+                    }
+                }
+                files.values().for_each(|g| g.close());
+            }
+            running.retain(|h: &std::thread::ScopedJoinHandle<'_, Result<()>>| !h.is_finished());
+            if failure.is_none() {
+                while running.len() < parallel.max(1)
+                    && let Some(name) = waiting.pop_front()
+                {
+                    let growing = files[&name].clone();
+                    let path = stage.path().join(&name);
+                    let (stop, total) = (stop.clone(), total.clone());
+                    running.push(scope.spawn(move || {
+                        let part = store_part(
+                            store, &name, &path, growing, chain, recipients, progress, stop, &total,
+                        )?;
+                        stored
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(part);
+                        Ok(())
+                    }));
+                }
+            }
+            if stop.load(Ordering::SeqCst) && failure.is_none() {
+                failure = Some(Error::tool("the backup was stopped"));
+            }
+            if failure.is_some() {
+                stop.store(true, Ordering::SeqCst);
+                break;
+            }
+            if exited && waiting.is_empty() && running.is_empty() {
+                break;
+            }
+            if !exited {
+                exited = child.has_exited()?;
+                continue; // one more look at the directory before reading files as whole
+            }
+            if quiet {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Finished threads report their failures here.
+        for handle in running {
+            if let Ok(Err(e)) = handle.join() {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    });
+    match outcome {
+        Ok(()) => match child.wait(ErrorKind::Tool) {
+            Ok(said) => {
+                if !said.trim().is_empty() {
+                    tracing::warn!(program, stderr = %one_line(&said), "the dump program succeeded with messages");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => {
+            child.kill();
+            Err(e)
+        }
+    }
+}
+
+/// Streams one file of the archive into its object and deletes the file.
+#[allow(clippy::too_many_arguments)]
+fn store_part(
+    store: &PartStore,
+    name: &str,
+    path: &Path,
+    growing: Arc<Growing>,
+    chain: &CodecChain,
+    recipients: Option<&Recipients>,
+    progress: Option<&Progress>,
+    stop: Arc<AtomicBool>,
+    total: &Arc<AtomicU64>,
+) -> Result<StoredPart> {
+    let file = File::open(path).map_err(|e| Error::io(format!("reading {name} of the dump"), e))?;
+    let reader = FollowReader {
+        file,
+        growing,
+        seen: 0,
+        read: 0,
+        freed: 0,
+        stop,
+    };
+    let key = format!("{}{name}{}", store.prefix, store.suffix);
+    let (writer, upload) = {
+        let _entered = store.runtime.enter();
+        Upload::start(store.sink.clone(), key.clone())
+    };
+    let part_progress: Option<Progress> = progress.map(|p| {
+        let (p, total) = (p.clone(), total.clone());
+        let last = AtomicU64::new(0);
+        Arc::new(move |bytes: u64| {
+            let delta = bytes - last.swap(bytes, Ordering::Relaxed);
+            p(total.fetch_add(delta, Ordering::Relaxed) + delta);
+        }) as Progress
+    });
+    let encoded = chain.encode(reader, writer, recipients, part_progress.as_ref());
+    let tallies: Tallies = match encoded {
+        Ok((writer, tallies)) => {
+            drop(writer);
+            tallies
+        }
+        Err(e) => {
+            let e = e.into_error();
+            return Err(store.runtime.block_on(upload.abort(e)));
+        }
+    };
+    let stored_bytes = store.runtime.block_on(upload.commit())?;
+    if stored_bytes != tallies.stored.bytes {
+        return Err(Error::integrity(format!(
+            "the sink stored {stored_bytes} bytes for {key} but {} were sent",
+            tallies.stored.bytes
+        ))
+        .with_object(key));
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(StoredPart {
+        name: name.to_owned(),
+        object: ObjectInfo {
+            key,
+            raw_bytes: tallies.raw.bytes,
+            raw_sha256: tallies.raw.sha256,
+            stored_bytes: tallies.stored.bytes,
+            stored_sha256: tallies.stored.sha256,
+        },
+    })
+}
+
+/// Runs `cmd` (a directory-format restore program; the archive directory is appended)
+/// on a directory holding the tables of contents as files and every other file of
+/// the archive as a named pipe, and streams each object into its pipe once the
+/// program opens it. Each object's tallies are checked before its pipe closes; a
+/// damaged object kills the program before it sees the end of that file. A program
+/// that fails on sound objects, or succeeds without reading one, has rejected the
+/// backup ([`ErrorKind::Rejected`]).
+pub(crate) async fn restore(
+    mut cmd: Command,
+    program: &str,
+    sink: Arc<dyn Sink>,
+    chain: &CodecChain,
+    identities: Option<&Identities>,
+    objects: &[ObjectInfo],
+    progress: Option<&Progress>,
+) -> Result<u64> {
+    let stage = tempfile::Builder::new()
+        .prefix("pgproof-restore-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a directory for pg_restore", e))?;
+    let suffix = chain.suffix();
+    let mut pipes = Vec::new();
+    let mut raw_bytes = 0;
+    for object in objects {
+        let name = part_name(&object.key, &suffix);
+        if name.is_empty()
+            || name.starts_with('.')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return Err(Error::integrity(format!(
+                "the manifest lists {}, which is no file of a directory archive",
+                object.key
+            )));
+        }
+        let path = stage.path().join(name);
+        if is_table_of_contents(name) {
+            let file = File::create(&path)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            raw_bytes += fetch_into(&*sink, chain, identities, object, file, None)
+                .await
+                .map_err(|(e, _)| e)?;
+        } else {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).map_err(|e| {
+                Error::io(format!("creating the pipe {}", path.display()), e.into())
+            })?;
+            pipes.push((name.to_owned(), path, object.clone()));
+        }
+    }
+
+    cmd.arg(stage.path());
+    let child = ChildProgram::spawn(cmd, program)?;
+    let finished = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut feeders = futures::stream::FuturesUnordered::new();
+    for (name, path, object) in pipes {
+        let (sink, chain, identities) = (sink.clone(), chain.clone(), identities.cloned());
+        let finished = finished.clone();
+        let progress: Option<Progress> = progress.map(|p| {
+            let (p, total) = (p.clone(), total.clone());
+            let last = AtomicU64::new(0);
+            Arc::new(move |bytes: u64| {
+                let delta = bytes - last.swap(bytes, Ordering::Relaxed);
+                p(total.fetch_add(delta, Ordering::Relaxed) + delta);
+            }) as Progress
+        });
+        feeders.push(tokio::spawn(async move {
+            let Some(pipe) = open_when_read(&path, &finished).await? else {
+                return Ok(Fed::Unread(name));
+            };
+            fetch_into(
+                &*sink,
+                &chain,
+                identities.as_ref(),
+                &object,
+                pipe,
+                progress.as_ref(),
+            )
+            .await
+            .map(Fed::Bytes)
+        }));
+    }
+
+    let mut unread = Vec::new();
+    let mut broken_pipe = None;
+    let mut exited = false;
+    let outcome: Result<()> = loop {
+        tokio::select! {
+            joined = futures::StreamExt::next(&mut feeders), if !feeders.is_empty() => {
+                match joined.map(|j| j.unwrap_or_else(|e| Err((Error::tool(format!("a restore feeder failed: {e}")), None)))) {
+                    Some(Ok(Fed::Bytes(n))) => raw_bytes += n,
+                    Some(Ok(Fed::Unread(name))) => unread.push(name),
+                    // The program went away while reading: its own failure says why.
+                    Some(Err((e, _))) if e.kind() == ErrorKind::Io => { broken_pipe.get_or_insert(e); }
+                    // A damaged object: the program must not see the end of its pipe.
+                    Some(Err((e, _pipe_still_open))) => break Err(e),
+                    None => {}
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(10)), if !exited => {
+                exited = child.has_exited()?;
+                finished.store(exited, Ordering::SeqCst);
+            }
+        }
+        if exited && feeders.is_empty() {
+            break Ok(());
+        }
+    };
+    if let Err(e) = outcome {
+        finished.store(true, Ordering::SeqCst);
+        child.kill();
+        return Err(e);
+    }
+    tokio::task::spawn_blocking(move || child.wait(ErrorKind::Rejected))
+        .await
+        .unwrap_or_else(|e| Err(Error::tool(format!("waiting for the restore failed: {e}"))))?;
+    if let Some(e) = broken_pipe {
+        return Err(e);
+    }
+    if !unread.is_empty() {
+        unread.sort();
+        return Err(Error::rejected(format!(
+            "{program} exited without reading {} of the archive",
+            unread.join(", ")
+        )));
+    }
+    Ok(raw_bytes)
+}
+
+enum Fed {
+    Bytes(u64),
+    Unread(String),
+}
+
+/// Opens the pipe for writing as soon as a reader has opened it; `None` once
+/// `finished` says no reader will come.
+async fn open_when_read(
+    path: &Path,
+    finished: &AtomicBool,
+) -> std::result::Result<Option<File>, (Error, Option<File>)> {
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)
+        {
+            Ok(pipe) => {
+                // Writes block from here on: the reader's pace is the stream's pace.
+                nix::fcntl::fcntl(
+                    &pipe,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+                )
+                .map_err(|e| (Error::io("opening a pipe to pg_restore", e.into()), None))?;
+                return Ok(Some(pipe));
+            }
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
+                if finished.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err((Error::io(format!("opening {}", path.display()), e), None)),
+        }
+    }
+}
+
+/// Decodes `object` into `output` and checks its tallies against the manifest; on a
+/// mismatch the error comes back with `output` still open.
+async fn fetch_into(
+    sink: &dyn Sink,
+    chain: &CodecChain,
+    identities: Option<&Identities>,
+    object: &ObjectInfo,
+    output: File,
+    progress: Option<&Progress>,
+) -> std::result::Result<u64, (Error, Option<File>)> {
+    let body = sink.get(&object.key).await.map_err(|e| {
+        let e = if e.kind() == ErrorKind::NotFound {
+            Error::integrity(format!(
+                "the dump object {} that the manifest lists is missing; the backup cannot be restored",
+                object.key
+            ))
+            .with_object(object.key.clone())
+        } else {
+            e
+        };
+        (e, None)
+    })?;
+    let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
+    let (chain, identities, object, progress) = (
+        chain.clone(),
+        identities.cloned(),
+        object.clone(),
+        progress.cloned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let (output, tallies) = chain
+            .decode(reader, output, identities.as_ref(), progress.as_ref())
+            .map_err(|e| (e.into_error(), None))?;
+        match object.check(&tallies) {
+            Ok(()) => Ok(tallies.raw.bytes),
+            Err(e) => Err((e, Some(output))),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err((Error::tool(format!("the restore thread failed: {e}")), None)))
+}
