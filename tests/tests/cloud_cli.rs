@@ -280,6 +280,110 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     );
 }
 
+/// A directory dump on S3: one object per file, each read while pg_dump writes it,
+/// the blocks already read given back at once, so local disk holds a small window of
+/// the archive, never the whole; memory stays bounded; it verifies and restores.
+#[tokio::test]
+async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket(BUCKET);
+    create_big_database(&cluster, "bigdir", 40).await;
+    let (part_mib, in_flight) = (5u64, 2usize);
+    let mut ws = Workspace::with_sink(
+        &cluster,
+        "bigdir",
+        "directory",
+        Some(&s3_section(&moto.endpoint(), part_mib, in_flight)),
+    );
+    ws.env.push(("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()));
+    ws.env
+        .push(("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()));
+    ws.verify_on(&cluster);
+    let scratch = tempfile::tempdir().unwrap();
+    let child = ws
+        .command(&["backup", "--json"])
+        .env("TMPDIR", scratch.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let watched = scratch.path().to_owned();
+    let sampler = std::thread::spawn(move || {
+        let (mut peak_rss, mut peak_disk) = (0, 0);
+        let mut targets = BTreeSet::new();
+        while let Some(hwm) = sample(pid, &mut targets) {
+            peak_rss = peak_rss.max(hwm);
+            peak_disk = peak_disk.max(allocated_bytes(&watched));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (peak_rss, peak_disk)
+    });
+    let out = child.wait_with_output().unwrap();
+    let (peak_rss, peak_disk) = sampler.join().unwrap();
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+    let parts = manifest["parts"].as_array().unwrap();
+    let raw: u64 = std::iter::once(&manifest["object"])
+        .chain(parts)
+        .map(|o| o["raw_bytes"].as_u64().unwrap())
+        .sum();
+    let largest = parts
+        .iter()
+        .map(|o| o["raw_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    eprintln!(
+        "S3 directory backup: {} objects, {raw} dump bytes (largest file {largest}); peak RSS {:.1} MiB, peak local disk {:.1} MiB",
+        parts.len() + 1,
+        peak_rss as f64 / MIB as f64,
+        peak_disk as f64 / MIB as f64
+    );
+    // pg_dump is paused while it is 32 MiB ahead of the upload, and blocks are given
+    // back every 4 MiB read: the disk holds a window, not the file.
+    let window = 48 * MIB;
+    assert!(
+        largest > window + 16 * MIB,
+        "the test needs a large table file: {largest}"
+    );
+    assert!(
+        peak_disk < window,
+        "local disk held {peak_disk} bytes of a {largest}-byte file"
+    );
+    let bound = 64 * MIB + 2 * in_flight as u64 * part_mib * MIB;
+    assert!(peak_rss < bound, "peak RSS {peak_rss} exceeds {bound}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+    let out = ws.pgproof(&["verify", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ws.pgproof_ok(&["check", "--read-data"]);
+    ws.pgproof_ok(&["restore", "latest", "--target", &cluster.url("bigdir_back")]);
+    assert_eq!(
+        blob_digest(&cluster, "bigdir_back").await,
+        blob_digest(&cluster, "bigdir").await
+    );
+}
+
+/// Bytes the file system has allocated to the files under `dir` (holes not counted).
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => pending.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// Starts a backup of the big database, waits until moto holds at least one part of
 /// it (so the multipart upload is certainly under way), then runs `kill`; returns the
 /// backup's output.

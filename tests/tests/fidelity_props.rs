@@ -3,8 +3,8 @@
 //! specials and huge scales, text with delimiters and non-BMP characters, jsonb with
 //! duplicate keys, arrays and composites, a partitioned table, a TimeZone-dependent
 //! generated column, the audit chain) are written under per-row writer settings,
-//! pushed through the real CLI pipeline — `pgproof backup` (custom, then plain; gzip,
-//! age, a directory sink), `pgproof verify --keep --json`, `pgproof restore` — each
+//! pushed through the real CLI pipeline — `pgproof backup` (custom, plain, then
+//! directory with its parallel jobs; zstd or gzip, age, a directory sink), `pgproof verify --keep --json`, `pgproof restore` — each
 //! step under its own drawn session settings, and judged by [`pgproof_tests::oracle`],
 //! which shares no code with pgproof's fingerprint.
 //!
@@ -19,7 +19,7 @@
 //! are replayed first in every run.
 //!
 //! `PROPTEST_CASES` sets the number of generated cases (default 2400: twelve batches
-//! of 200, each through both formats); `PROPTEST_RNG_SEED` replays a run;
+//! of 200, each through every format); `PROPTEST_RNG_SEED` replays a run;
 //! `scripts/fidelity --cases N` runs a larger one.
 
 #![allow(clippy::unwrap_used)]
@@ -38,6 +38,9 @@ use proptest::test_runner::{Config, RngSeed, TestRunner};
 use serde_json::Value;
 
 const DEFAULT_CASES: usize = 2400;
+
+/// Every built-in archive format; each batch goes through all of them.
+const FORMATS: [&str; 3] = ["custom", "plain", "directory"];
 /// Pipeline runs one shrink may spend on simplifying the last row.
 const MAX_SIMPLIFY_STEPS: usize = 24;
 
@@ -674,7 +677,7 @@ fn on_big_stack<F: std::future::Future<Output = ()>>(make: impl FnOnce() -> F + 
 }
 
 #[test]
-fn generated_rows_survive_both_formats_and_pgproof_agrees_with_the_oracle() {
+fn generated_rows_survive_every_format_and_pgproof_agrees_with_the_oracle() {
     on_big_stack(run);
 }
 
@@ -788,7 +791,7 @@ async fn run() {
             *per_table.entry(t.clone()).or_default() += 1;
         }
         let source = oracle::read(&connect(&cluster, &db).await).await;
-        for (f, format) in ["custom", "plain"].into_iter().enumerate() {
+        for (f, format) in FORMATS.into_iter().enumerate() {
             let settings = deck.settings(f, &mut runner);
             let e = per_format.entry(format.to_owned()).or_default();
             e.0 += stats.written.len();
@@ -866,7 +869,7 @@ async fn run() {
     );
 
     // The run covered what it claims.
-    for format in ["custom", "plain"] {
+    for format in FORMATS {
         let (written, _) = per_format[format];
         assert!(
             written >= total * 9 / 10,

@@ -3,8 +3,10 @@
 //! pg_dump writes the archive as files in a directory, several tables at once. Each
 //! file becomes an object of its own: pgproof reads it while pg_dump is still writing
 //! it (inotify says when a file appears, grows and is closed), pushes it through the
-//! codec chain into the sink and frees the disk blocks behind what it has read, so the
-//! archive never lies whole on local disk. A restore gives pg_restore a directory of
+//! codec chain into the sink and frees the disk blocks behind what it has read. A file
+//! cannot make pg_dump wait the way a pipe does, so pgproof pauses pg_dump (SIGSTOP to
+//! its process group) while it is more than [`DISK_WINDOW`] ahead of the sink: local
+//! disk holds that window of the archive, never the whole. A restore gives pg_restore a directory of
 //! named pipes, one per data file, and streams each object into its pipe when
 //! pg_restore opens it.
 //!
@@ -12,7 +14,7 @@
 //! pgproof restores such an archive only into a database it creates, and drops it if
 //! the restore fails.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read};
@@ -25,6 +27,8 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::Signal;
+use std::thread::ScopedJoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::ObjectInfo;
@@ -138,6 +142,10 @@ pub(crate) struct StoredPart {
 struct Growing {
     closed: AtomicBool,
     changed: (Mutex<u64>, Condvar),
+    /// Bytes read from it so far.
+    read: AtomicU64,
+    /// Whether it is stored whole.
+    stored: AtomicBool,
 }
 
 impl Growing {
@@ -163,12 +171,38 @@ impl Growing {
     }
 }
 
+/// The files of the stage: those not yet stored whole, by name, the names ever seen,
+/// and those waiting for a thread to store them.
+#[derive(Default)]
+struct Found {
+    files: HashMap<String, Arc<Growing>>,
+    seen: HashSet<String>,
+    waiting: VecDeque<String>,
+}
+
+impl Found {
+    /// The file named `name`, queued if it is new; `None` once it is stored.
+    fn discover(&mut self, name: String) -> Option<Arc<Growing>> {
+        if self.seen.insert(name.clone()) {
+            self.waiting.push_back(name.clone());
+            self.files.insert(name.clone(), Arc::default());
+        }
+        self.files.get(&name).cloned()
+    }
+
+    fn next_waiting(&mut self) -> Option<(String, Arc<Growing>)> {
+        let name = self.waiting.pop_front()?;
+        let growing = self.files.get(&name)?.clone();
+        Some((name, growing))
+    }
+}
+
 /// Reads a file while another program appends to it, to its end once that program
 /// has closed it; punches out the blocks already read so the disk holds only what
 /// has not been read yet.
-struct FollowReader {
+struct FollowReader<'g> {
     file: File,
-    growing: Arc<Growing>,
+    growing: &'g Growing,
     seen: u64,
     read: u64,
     freed: u64,
@@ -176,9 +210,13 @@ struct FollowReader {
 }
 
 /// Blocks are given back to the file system in steps of this many bytes.
-const FREE_STEP: u64 = 8 << 20;
+const FREE_STEP: u64 = 4 << 20;
 
-impl Read for FollowReader {
+/// How far pg_dump may write ahead of the sink (all files together) before it is
+/// paused; it resumes at half of it.
+const DISK_WINDOW: u64 = 32 << 20;
+
+impl Read for FollowReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -189,6 +227,7 @@ impl Read for FollowReader {
             let n = self.file.read(buf)?;
             if n > 0 {
                 self.read += n as u64;
+                self.growing.read.store(self.read, Ordering::SeqCst);
                 if self.read - self.freed >= FREE_STEP {
                     // Best effort: a file system without hole punching keeps the
                     // blocks until the file is deleted.
@@ -247,11 +286,11 @@ pub(crate) fn dump(
 
     let stored = &*store.stored;
     let outcome = std::thread::scope(|scope| -> Result<()> {
-        let mut files: HashMap<String, Arc<Growing>> = HashMap::new();
-        let mut waiting: VecDeque<String> = VecDeque::new();
-        let mut running = Vec::new();
+        let mut found = Found::default();
+        let mut running: Vec<ScopedJoinHandle<'_, Result<()>>> = Vec::new();
         let mut failure: Option<Error> = None;
         let mut exited = false;
+        let mut paused = false;
         loop {
             let mut quiet = true;
             match watch.read_events() {
@@ -261,10 +300,9 @@ pub(crate) fn dump(
                         let Some(name) = event.name.and_then(|n| n.into_string().ok()) else {
                             continue;
                         };
-                        let growing = files.entry(name.clone()).or_insert_with(|| {
-                            waiting.push_back(name.clone());
-                            Arc::default()
-                        });
+                        let Some(growing) = found.discover(name) else {
+                            continue;
+                        };
                         if event.mask.contains(AddWatchFlags::IN_CLOSE_WRITE) {
                             growing.close();
                         } else {
@@ -283,31 +321,43 @@ pub(crate) fn dump(
                 if let Ok(entries) = std::fs::read_dir(stage.path()) {
                     for entry in entries.flatten() {
                         if let Ok(name) = entry.file_name().into_string() {
-                            files.entry(name.clone()).or_insert_with(|| {
-                                waiting.push_back(name);
-                                Arc::default()
-                            });
+                            found.discover(name);
                         }
                     }
                 }
-                files.values().for_each(|g| g.close());
+                found.files.values().for_each(|g| g.close());
             }
-            running.retain(|h: &std::thread::ScopedJoinHandle<'_, Result<()>>| !h.is_finished());
+            let (finished, still): (Vec<_>, Vec<_>) =
+                running.drain(..).partition(|h| h.is_finished());
+            running = still;
+            for handle in finished {
+                match handle.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        failure.get_or_insert(Error::tool("a thread storing the dump panicked"));
+                    }
+                }
+            }
+            found.files.retain(|_, g| !g.stored.load(Ordering::SeqCst));
             if failure.is_none() {
                 while running.len() < parallel.max(1)
-                    && let Some(name) = waiting.pop_front()
+                    && let Some((name, growing)) = found.next_waiting()
                 {
-                    let growing = files[&name].clone();
                     let path = stage.path().join(&name);
                     let (stop, total) = (stop.clone(), total.clone());
                     running.push(scope.spawn(move || {
                         let part = store_part(
-                            store, &name, &path, growing, chain, recipients, progress, stop, &total,
+                            store, &name, &path, &growing, chain, recipients, progress, stop,
+                            &total,
                         )?;
                         stored
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
                             .push(part);
+                        growing.stored.store(true, Ordering::SeqCst);
                         Ok(())
                     }));
                 }
@@ -319,21 +369,48 @@ pub(crate) fn dump(
                 stop.store(true, Ordering::SeqCst);
                 break;
             }
-            if exited && waiting.is_empty() && running.is_empty() {
+            if exited && found.waiting.is_empty() && running.is_empty() {
                 break;
             }
             if !exited {
+                // Back-pressure: pg_dump writes files, which cannot block it, so it is
+                // paused while the sink is more than a window behind.
+                let behind: u64 = found
+                    .files
+                    .iter()
+                    .map(|(name, g)| {
+                        std::fs::metadata(stage.path().join(name))
+                            .map_or(0, |m| m.len().saturating_sub(g.read.load(Ordering::SeqCst)))
+                    })
+                    .sum();
+                tracing::trace!(behind, paused, "pg_dump ahead of the sink");
+                if !paused && behind > DISK_WINDOW {
+                    paused = child.signal_group(Signal::SIGSTOP);
+                } else if paused && behind < DISK_WINDOW / 2 {
+                    child.signal_group(Signal::SIGCONT);
+                    paused = false;
+                }
                 exited = child.has_exited()?;
-                continue; // one more look at the directory before reading files as whole
+                if exited {
+                    continue; // one more look at the directory before reading files as whole
+                }
             }
             if quiet {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        // Finished threads report their failures here.
+        if paused {
+            child.signal_group(Signal::SIGCONT);
+        }
         for handle in running {
-            if let Ok(Err(e)) = handle.join() {
-                failure.get_or_insert(e);
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(Error::tool("a thread storing the dump panicked"));
+                }
             }
         }
         failure.map_or(Ok(()), Err)
@@ -361,14 +438,19 @@ fn store_part(
     store: &PartStore,
     name: &str,
     path: &Path,
-    growing: Arc<Growing>,
+    growing: &Growing,
     chain: &CodecChain,
     recipients: Option<&Recipients>,
     progress: Option<&Progress>,
     stop: Arc<AtomicBool>,
     total: &Arc<AtomicU64>,
 ) -> Result<StoredPart> {
-    let file = File::open(path).map_err(|e| Error::io(format!("reading {name} of the dump"), e))?;
+    // Writable too: punching out the blocks already read needs it.
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("reading {name} of the dump"), e))?;
     let reader = FollowReader {
         file,
         growing,

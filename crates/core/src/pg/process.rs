@@ -146,6 +146,13 @@ impl ChildProgram {
         }
     }
 
+    /// Sends `signal` to it and the workers it forked (pausing and resuming a
+    /// pg_dump the sink cannot keep up with); whether it was sent.
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) -> bool {
+        let group = nix::unistd::Pid::from_raw(self.child().id() as i32);
+        nix::sys::signal::killpg(group, signal).is_ok()
+    }
+
     /// Whether it has exited (it is reaped by [`wait`](Self::wait) still).
     pub fn has_exited(&self) -> Result<bool> {
         match self.child().try_wait() {
