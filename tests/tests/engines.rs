@@ -99,7 +99,12 @@ async fn built_in_dumpers_conform() {
         return;
     };
     let server = cluster.params("postgres").unwrap();
-    for dumper in [Format::Custom.dumper(6), Format::Plain.dumper(1)] {
+    for dumper in [
+        Format::Custom.dumper(6),
+        Format::Plain.dumper(1),
+        Format::Directory.dumper(6),
+        Format::Directory.dumper_with(6, Some(3), Some(2)),
+    ] {
         dump::testkit::run_all(&*dumper, &server, None).await;
     }
 }

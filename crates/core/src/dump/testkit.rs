@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::dump::Dumper;
+use crate::dump::{Dumper, Layout};
 use crate::evidence::fingerprint::{Fingerprint, Plan, table_differences};
 use crate::pg::admin::{Admin, user_objects};
 use crate::pg::{ConnParams, PgTools, SnapshotSession};
@@ -41,8 +41,18 @@ pub async fn run_all(dumper: &dyn Dumper, server: &ConnParams, pg_bin_dir: Optio
         .unwrap();
 
     secrets_stay_out_of_argv(dumper, &tools, &source);
-    let archive = dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source).await;
-    interrupted_restore_leaves_nothing(dumper, &tools, &admin, server, &archive).await;
+    match dumper.layout() {
+        Layout::Directory => {
+            let archive = tempfile::tempdir().unwrap();
+            let dir = archive.path().join("archive");
+            directory_dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source, &dir).await;
+            incomplete_directory_fails_the_restore(dumper, &tools, &admin, server, &dir).await;
+        }
+        _ => {
+            let archive = dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source).await;
+            interrupted_restore_leaves_nothing(dumper, &tools, &admin, server, &archive).await;
+        }
+    }
     failed_dump_exits_non_zero(dumper, &tools, server);
     admin.drop(SOURCE).await.unwrap();
 }
@@ -148,6 +158,121 @@ async fn dump_is_exactly_the_snapshot(
     out.stdout
 }
 
+/// The directory archive holds the database exactly as of the exported snapshot, and
+/// the restore command given the directory reproduces every table.
+async fn directory_dump_is_exactly_the_snapshot(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    admin: &Admin,
+    source: &ConnParams,
+    dir: &Path,
+) {
+    let session = SnapshotSession::open(source, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    let plan = Plan::prepare(session.client()).await.unwrap();
+    source
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO kinds (t) VALUES ('after the snapshot'); SELECT nextval('counter')",
+        )
+        .await
+        .unwrap();
+    let expected = plan.compute(session.client()).await.unwrap();
+    let mut cmd = dumper.dump_command(
+        tools,
+        source,
+        session.snapshot_id(),
+        Duration::from_secs(30),
+    );
+    let mut file_arg = std::ffi::OsString::from("--file=");
+    file_arg.push(dir);
+    cmd.arg(file_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    session.close().await.unwrap();
+    assert!(
+        out.status.success(),
+        "the dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("toc.dat").is_file(), "the dump wrote no toc.dat");
+
+    let copy = source.with_dbname("pgproof_testkit_copy");
+    admin.drop(copy.dbname()).await.unwrap();
+    admin.create(copy.dbname(), "UTF8", None).await.unwrap();
+    assert!(
+        restore_directory(dumper, tools, &copy, dir).await,
+        "the restore of a whole archive failed"
+    );
+    let found = Fingerprint::compute(&copy.connect().await.unwrap())
+        .await
+        .unwrap();
+    let differences = table_differences(&expected.tables, &found.tables);
+    assert!(
+        differences.is_empty(),
+        "the restore differs from the snapshot: {differences:?}"
+    );
+    assert_eq!(expected.tables["public.kinds"].rows, 502);
+    admin.drop(copy.dbname()).await.unwrap();
+}
+
+/// A directory archive missing a table's file makes the restore command exit
+/// non-zero: pgproof then drops the database (it may restore in several
+/// transactions, so it restores only into one it created).
+async fn incomplete_directory_fails_the_restore(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    admin: &Admin,
+    server: &ConnParams,
+    dir: &Path,
+) {
+    let largest = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with("toc.dat"))
+        .max_by_key(|e| e.metadata().map_or(0, |m| m.len()))
+        .unwrap();
+    std::fs::remove_file(largest.path()).unwrap();
+    let target = server.with_dbname("pgproof_testkit_half");
+    admin.drop(target.dbname()).await.unwrap();
+    admin.create(target.dbname(), "UTF8", None).await.unwrap();
+    assert!(
+        !restore_directory(dumper, tools, &target, dir).await,
+        "a restore without {} succeeded",
+        largest.file_name().to_string_lossy()
+    );
+    admin.drop(target.dbname()).await.unwrap();
+}
+
+/// Runs the restore command on `dir`; whether it exited successfully.
+async fn restore_directory(
+    dumper: &dyn Dumper,
+    tools: &PgTools,
+    target: &ConnParams,
+    dir: &Path,
+) -> bool {
+    let mut cmd = dumper.restore_command(tools, target);
+    cmd.arg(dir).stdin(Stdio::null()).stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "restore program said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
+
 /// A restore killed before its input ended leaves the target as it was (one
 /// transaction, never committed).
 async fn interrupted_restore_leaves_nothing(
@@ -179,6 +304,12 @@ async fn interrupted_restore_leaves_nothing(
 fn failed_dump_exits_non_zero(dumper: &dyn Dumper, tools: &PgTools, server: &ConnParams) {
     let missing = server.with_dbname("pgproof_testkit_no_such_database");
     let mut cmd = dumper.dump_command(tools, &missing, "00000003-1", Duration::from_secs(1));
+    let scratch = tempfile::tempdir().unwrap();
+    if dumper.layout() == Layout::Directory {
+        let mut file_arg = std::ffi::OsString::from("--file=");
+        file_arg.push(scratch.path().join("archive"));
+        cmd.arg(file_arg);
+    }
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let status = cmd.status().unwrap();
     assert!(!status.success(), "a dump of a missing database succeeded");
