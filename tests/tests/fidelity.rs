@@ -723,3 +723,40 @@ async fn the_v4_row_hash_sees_every_change_of_every_exactly_hashed_type() {
         .get(0);
     assert_ne!(floats, record_sum);
 }
+
+/// Verification hashes a table bigger than its share in block ranges on several
+/// connections: the sum is the table's, the same as one connection's whole scan.
+#[tokio::test]
+async fn a_table_hashed_in_block_ranges_sums_to_the_whole() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let client = create_database(&cluster, "ranges").await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int8, note text);
+             INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 120000) g;
+             CREATE TABLE small (id int4); INSERT INTO small VALUES (1), (2);",
+        )
+        .await
+        .unwrap();
+    let pages: i64 = client
+        .query_one("SELECT pg_relation_size('big') / 8192", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        pages > 1024,
+        "big must exceed the split threshold: {pages} pages"
+    );
+    let whole = Fingerprint::compute(&client).await.unwrap();
+    let params = cluster.params("ranges").unwrap();
+    let method = pgproof_core::evidence::fingerprint::Method::V4;
+    for connections in [2, 3, 4] {
+        let split = Fingerprint::tables_parallel(&params, method, connections)
+            .await
+            .unwrap();
+        assert_eq!(split.tables, whole.tables, "{connections} connections");
+    }
+    assert_eq!(whole.tables["public.big"].rows, 120_000);
+}
