@@ -284,7 +284,6 @@ pub struct Plan {
     sequences: BTreeMap<String, SequenceState>,
 }
 
-#[derive(Debug)]
 struct TableToHash {
     oid: u32,
     name: String,
@@ -330,10 +329,8 @@ impl Plan {
                     "SELECT c.oid, format('%I.%I', n.nspname, c.relname), \
                             EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), \
                             c.relkind = 'p', c.relkind = 'm', \
-                            CASE WHEN c.relkind = 'p' \
-                                 THEN coalesce((SELECT sum(p.relpages) FROM pg_partition_tree(c.oid) t \
-                                                JOIN pg_class p ON p.oid = t.relid), 0)::int8 \
-                                 ELSE pg_relation_size(c.oid) / current_setting('block_size')::int8 END \
+                            coalesce((SELECT sum(p.relpages) FROM pg_partition_tree(c.oid) t \
+                                      JOIN pg_class p ON p.oid = t.relid), c.relpages)::int8 \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE {relations} AND {USER_RELATION} ORDER BY 2"
                 ),
@@ -418,24 +415,24 @@ impl Plan {
             pin_settings(helper).await?;
             workers.push(helper);
         }
-        // Largest first onto the least loaded connection; a table bigger than its
-        // share is hashed in block ranges on every connection.
-        let units = work_units(&self.tables, workers.len(), self.method);
-        let mut shares: Vec<(i64, Vec<Unit<'_>>)> =
+        // Largest first onto the least loaded connection.
+        let mut tables = self.tables;
+        tables.sort_by_key(|t| std::cmp::Reverse(t.pages));
+        let mut shares: Vec<(i64, Vec<TableToHash>)> =
             workers.iter().map(|_| (0, Vec::new())).collect();
-        for (table, range, pages) in units {
+        for table in tables {
             if let Some(share) = shares.iter_mut().min_by_key(|(load, _)| *load) {
-                share.0 += pages.max(1);
-                share.1.push((table, range));
+                share.0 += table.pages.max(1);
+                share.1.push(table);
             }
         }
         let (method, encoding) = (self.method, self.text_encoding);
         let results = futures::future::join_all(workers.iter().zip(shares).map(
             |(worker, (_, share))| async move {
                 let mut hashed = Vec::with_capacity(share.len());
-                for (table, range) in share {
-                    let fp = hash_table(worker, table, range, method, encoding).await?;
-                    hashed.push((table.name.clone(), table.materialized, fp));
+                for table in share {
+                    let fp = hash_table(worker, &table, method, encoding).await?;
+                    hashed.push((table.name, table.materialized, fp));
                 }
                 Ok::<_, Error>(hashed)
             },
@@ -443,100 +440,21 @@ impl Plan {
         .await;
         for result in results {
             for (name, materialized, hashed) in result? {
-                let into = if materialized {
-                    &mut fingerprint.materialized_views
+                if materialized {
+                    fingerprint.materialized_views.insert(name, hashed);
                 } else {
-                    &mut fingerprint.tables
-                };
-                let merged = match into.remove(&name) {
-                    Some(part) => add(part, hashed).map_err(|e| e.with_object(name.clone()))?,
-                    None => hashed,
-                };
-                into.insert(name, merged);
+                    fingerprint.tables.insert(name, hashed);
+                }
             }
         }
         Ok(fingerprint)
     }
 }
 
-/// Pages `[start, end)` of a table; `end` open for the last range, so pages added
-/// after the table was measured are hashed too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct BlockRange {
-    start: i64,
-    end: Option<i64>,
-}
-
-/// A table, or the pages of it in a range, to hash on one connection.
-type Unit<'t> = (&'t TableToHash, Option<BlockRange>);
-
-/// Tables below this many pages (8 MiB) are never split.
-const MIN_SPLIT_PAGES: i64 = 1024;
-
-/// The tables as units of work for `workers` connections, each with its pages: a
-/// plain table larger than an even share of all pages is split into one block range
-/// per connection (TID range scans: PostgreSQL 14, so method v4 only). Every row lies
-/// in exactly one range, and sums add up, so the fingerprint is the same.
-fn work_units(
-    tables: &[TableToHash],
-    workers: usize,
-    method: Method,
-) -> Vec<(&TableToHash, Option<BlockRange>, i64)> {
-    let total: i64 = tables.iter().map(|t| t.pages.max(1)).sum();
-    let workers = workers.max(1) as i64;
-    let mut units = Vec::new();
-    for table in tables {
-        let splittable = method >= Method::V4
-            && workers > 1
-            && !table.partitioned
-            && !table.materialized
-            && table.pages >= MIN_SPLIT_PAGES
-            && table.pages * workers > total;
-        if !splittable {
-            units.push((table, None, table.pages));
-            continue;
-        }
-        let step = table.pages / workers;
-        for i in 0..workers {
-            let end = (i + 1 < workers).then(|| (i + 1) * step);
-            units.push((
-                table,
-                Some(BlockRange {
-                    start: i * step,
-                    end,
-                }),
-                step,
-            ));
-        }
-    }
-    units.sort_by_key(|(_, _, pages)| std::cmp::Reverse(*pages));
-    units
-}
-
-/// The fingerprint of a table from those of two disjoint parts of it.
-fn add(a: TableFingerprint, b: TableFingerprint) -> Result<TableFingerprint> {
-    let parse = |h: &str| {
-        h.parse::<i128>().map_err(|e| {
-            Error::database(format!("a table's hash sum {h:?} is not an integer: {e}"))
-        })
-    };
-    let mut partitions = a.partitions;
-    for (leaf, rows) in b.partitions {
-        *partitions.entry(leaf).or_default() += rows;
-    }
-    Ok(TableFingerprint {
-        rows: a.rows + b.rows,
-        hash: (parse(&a.hash)? + parse(&b.hash)?).to_string(),
-        partitions,
-    })
-}
-
-/// One table's count and hash sum (or of the pages in `range`), on `client`
-/// (settings pinned).
+/// One table's count and hash sum, on `client` (settings pinned).
 async fn hash_table(
     client: &Client,
     table: &TableToHash,
-    range: Option<BlockRange>,
     method: Method,
     encoding: &str,
 ) -> Result<TableFingerprint> {
@@ -551,17 +469,9 @@ async fn hash_table(
         ("NULL::text", "")
     };
     let name = &table.name;
-    let pages = match range {
-        None => String::new(),
-        Some(BlockRange { start, end: None }) => format!(" WHERE t.ctid >= '({start},0)'::tid"),
-        Some(BlockRange {
-            start,
-            end: Some(end),
-        }) => format!(" WHERE t.ctid >= '({start},0)'::tid AND t.ctid < '({end},0)'::tid"),
-    };
     let sql = format!(
         "SELECT {leaf}, count(*), coalesce(sum({row_hash}), 0)::text \
-         FROM {only}{name} t{pages}{group}"
+         FROM {only}{name} t{group}"
     );
     let rows = client
         .query(&sql, &[])
@@ -944,77 +854,6 @@ mod tests {
         assert!(sequence_differences(&expected, &ahead).is_empty());
         assert_eq!(sequence_differences(&expected, &behind).len(), 1);
         assert_eq!(sequence_differences(&expected, &BTreeMap::new()).len(), 1);
-    }
-
-    fn to_hash(name: &str, pages: i64, partitioned: bool) -> TableToHash {
-        TableToHash {
-            oid: 0,
-            name: name.into(),
-            inherits: false,
-            partitioned,
-            materialized: false,
-            pages,
-        }
-    }
-
-    #[test]
-    fn only_a_table_bigger_than_its_share_is_split_into_ranges_covering_it() {
-        let tables = [
-            to_hash("big", 10_000, false),
-            to_hash("small", 2_000, false),
-            to_hash("parted", 9_000, true),
-        ];
-        let units = work_units(&tables, 3, Method::V4);
-        let ranges: Vec<BlockRange> = units
-            .iter()
-            .filter(|(t, _, _)| t.name == "big")
-            .filter_map(|(_, r, _)| *r)
-            .collect();
-        assert_eq!(ranges.len(), 3, "{units:?}");
-        let mut sorted = ranges.clone();
-        sorted.sort_by_key(|r| r.start);
-        assert_eq!(sorted[0].start, 0);
-        for pair in sorted.windows(2) {
-            assert_eq!(
-                pair[0].end,
-                Some(pair[1].start),
-                "ranges must be contiguous"
-            );
-        }
-        assert_eq!(sorted[2].end, None, "the last range is open");
-        for name in ["small", "parted"] {
-            let of: Vec<_> = units.iter().filter(|(t, _, _)| t.name == name).collect();
-            assert_eq!(of.len(), 1);
-            assert!(of[0].1.is_none());
-        }
-        // One connection, or a method before TID range scans: nothing is split.
-        assert!(
-            work_units(&tables, 1, Method::V4)
-                .iter()
-                .all(|u| u.1.is_none())
-        );
-        assert!(
-            work_units(&tables, 3, Method::V3)
-                .iter()
-                .all(|u| u.1.is_none())
-        );
-    }
-
-    #[test]
-    fn parts_of_a_table_add_up() {
-        let part = |rows, hash: &str| TableFingerprint {
-            rows,
-            hash: hash.into(),
-            partitions: BTreeMap::new(),
-        };
-        let whole = add(
-            part(2, "-170141183460469231731687303715884105"),
-            part(3, "5"),
-        )
-        .unwrap();
-        assert_eq!(whole.rows, 5);
-        assert_eq!(whole.hash, "-170141183460469231731687303715884100");
-        assert!(add(part(1, "x"), part(1, "1")).is_err());
     }
 
     #[test]
