@@ -160,13 +160,7 @@ async fn directory_archives_are_one_object_per_file() {
     std::fs::create_dir(&by_hand).unwrap();
     for object in std::iter::once(&manifest["object"]).chain(parts) {
         let key = object["key"].as_str().unwrap();
-        let decrypted = Command::new("age")
-            .args(["-d", "-i", ws.key.to_str().unwrap()])
-            .arg(ws.sink.join(key))
-            .output()
-            .unwrap();
-        assert!(decrypted.status.success(), "{}", stderr(&decrypted));
-        let file = system_filter("zstd", &["-dc"], &decrypted.stdout);
+        let file = open_by_hand(&ws, key);
         assert_eq!(file.len() as u64, object["raw_bytes"].as_u64().unwrap());
         let name = key.rsplit('/').next().unwrap().trim_end_matches(".zst.age");
         std::fs::write(by_hand.join(name), file).unwrap();
@@ -321,6 +315,17 @@ fn system_gunzip(data: &[u8]) -> std::io::Cursor<Vec<u8>> {
     std::io::Cursor::new(out.stdout)
 }
 
+/// A stored zstd object opened with the standard tools: `age -d`, then `zstd -dc`.
+fn open_by_hand(ws: &Workspace, key: &str) -> Vec<u8> {
+    let decrypted = Command::new("age")
+        .args(["-d", "-i", ws.key.to_str().unwrap()])
+        .arg(ws.sink.join(key))
+        .output()
+        .unwrap();
+    assert!(decrypted.status.success(), "{}", stderr(&decrypted));
+    system_filter("zstd", &["-dc"], &decrypted.stdout)
+}
+
 /// dump.compression = "zstd" (the default): pg_dump writes an uncompressed custom archive, pgproof
 /// compresses it with zstd; the codec is recorded, restore and verify invert it, and
 /// the stored object opens with standard tools (age, then any zstd decoder, then
@@ -355,13 +360,7 @@ async fn zstd_compressed_custom_dumps_round_trip() {
     assert_eq!(before, after);
 
     // By hand: age -d, a zstd decoder, pg_restore --list.
-    let decrypted = Command::new("age")
-        .args(["-d", "-i", ws.key.to_str().unwrap()])
-        .arg(ws.sink.join(key))
-        .output()
-        .unwrap();
-    assert!(decrypted.status.success(), "{}", stderr(&decrypted));
-    let archive = system_filter("zstd", &["-dc"], &decrypted.stdout);
+    let archive = open_by_hand(&ws, key);
     assert_eq!(archive.len() as u64, raw);
     let file = ws.dir.path().join("dump.pgc");
     std::fs::write(&file, &archive).unwrap();

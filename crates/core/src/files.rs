@@ -121,13 +121,7 @@ impl FileSet {
             name: self.name.clone(),
             secret: self.secret,
             codecs: chain.names(),
-            object: ObjectInfo {
-                key,
-                raw_bytes: tallies.raw.bytes,
-                raw_sha256: tallies.raw.sha256,
-                stored_bytes: tallies.stored.bytes,
-                stored_sha256: tallies.stored.sha256,
-            },
+            object: ObjectInfo::new(key, tallies),
             entries,
         })
     }

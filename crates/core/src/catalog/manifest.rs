@@ -201,6 +201,17 @@ impl Manifest {
 }
 
 impl ObjectInfo {
+    /// The object stored under `key`, with the tallies the codec chain took of it.
+    pub fn new(key: String, tallies: Tallies) -> Self {
+        Self {
+            key,
+            raw_bytes: tallies.raw.bytes,
+            raw_sha256: tallies.raw.sha256,
+            stored_bytes: tallies.stored.bytes,
+            stored_sha256: tallies.stored.sha256,
+        }
+    }
+
     /// Checks what a restore read and produced against what the manifest recorded.
     pub fn check(&self, found: &Tallies) -> Result<()> {
         check_tally(

@@ -178,13 +178,7 @@ pub async fn seal(
         .map_err(|e| e.into_error())?;
     let key = format!("{dir}/settings.json.age");
     sink.put_bytes(&key, stored.into()).await?;
-    manifest.sealed = Some(ObjectInfo {
-        key,
-        raw_bytes: tallies.raw.bytes,
-        raw_sha256: tallies.raw.sha256,
-        stored_bytes: tallies.stored.bytes,
-        stored_sha256: tallies.stored.sha256,
-    });
+    manifest.sealed = Some(ObjectInfo::new(key, tallies));
     Ok(())
 }
 

@@ -331,15 +331,7 @@ pub(crate) fn dump(
                 running.drain(..).partition(|h| h.is_finished());
             running = still;
             for handle in finished {
-                match handle.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        failure.get_or_insert(e);
-                    }
-                    Err(_) => {
-                        failure.get_or_insert(Error::tool("a thread storing the dump panicked"));
-                    }
-                }
+                join_storing(handle, &mut failure);
             }
             found.files.retain(|_, g| !g.stored.load(Ordering::SeqCst));
             if failure.is_none() {
@@ -403,15 +395,7 @@ pub(crate) fn dump(
             child.signal_group(Signal::SIGCONT);
         }
         for handle in running {
-            match handle.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
-                }
-                Err(_) => {
-                    failure.get_or_insert(Error::tool("a thread storing the dump panicked"));
-                }
-            }
+            join_storing(handle, &mut failure);
         }
         failure.map_or(Ok(()), Err)
     });
@@ -429,6 +413,17 @@ pub(crate) fn dump(
             child.kill();
             Err(e)
         }
+    }
+}
+
+/// Waits for a thread storing a file; its failure (or panic) becomes `failure`
+/// unless one came first.
+fn join_storing(handle: ScopedJoinHandle<'_, Result<()>>, failure: &mut Option<Error>) {
+    let outcome = handle
+        .join()
+        .unwrap_or_else(|_| Err(Error::tool("a thread storing the dump panicked")));
+    if let Err(e) = outcome {
+        failure.get_or_insert(e);
     }
 }
 
@@ -494,13 +489,7 @@ fn store_part(
     let _ = std::fs::remove_file(path);
     Ok(StoredPart {
         name: name.to_owned(),
-        object: ObjectInfo {
-            key,
-            raw_bytes: tallies.raw.bytes,
-            raw_sha256: tallies.raw.sha256,
-            stored_bytes: tallies.stored.bytes,
-            stored_sha256: tallies.stored.sha256,
-        },
+        object: ObjectInfo::new(key, tallies),
     })
 }
 

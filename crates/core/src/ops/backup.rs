@@ -587,16 +587,7 @@ impl Pending {
                     ))
                     .with_object(object_key));
                 }
-                Ok((
-                    ObjectInfo {
-                        key: object_key,
-                        raw_bytes: tallies.raw.bytes,
-                        raw_sha256: tallies.raw.sha256,
-                        stored_bytes: tallies.stored.bytes,
-                        stored_sha256: tallies.stored.sha256,
-                    },
-                    Vec::new(),
-                ))
+                Ok((ObjectInfo::new(object_key, tallies), Vec::new()))
             }
             (Pending::Directory(_, stored), Dumped::Directory) => {
                 let mut stored = take(&stored);
