@@ -416,6 +416,17 @@ pub(crate) fn dump(
     }
 }
 
+/// A progress callback for one file of several: reports to `progress` the bytes of
+/// all of them, counted in `total`.
+fn share_of(progress: &Progress, total: &Arc<AtomicU64>) -> Progress {
+    let (progress, total) = (progress.clone(), total.clone());
+    let last = AtomicU64::new(0);
+    Arc::new(move |bytes: u64| {
+        let delta = bytes - last.swap(bytes, Ordering::Relaxed);
+        progress(total.fetch_add(delta, Ordering::Relaxed) + delta);
+    })
+}
+
 /// Waits for a thread storing a file; its failure (or panic) becomes `failure`
 /// unless one came first.
 fn join_storing(handle: ScopedJoinHandle<'_, Result<()>>, failure: &mut Option<Error>) {
@@ -459,14 +470,7 @@ fn store_part(
         let _entered = store.runtime.enter();
         Upload::start(store.sink.clone(), key.clone())
     };
-    let part_progress: Option<Progress> = progress.map(|p| {
-        let (p, total) = (p.clone(), total.clone());
-        let last = AtomicU64::new(0);
-        Arc::new(move |bytes: u64| {
-            let delta = bytes - last.swap(bytes, Ordering::Relaxed);
-            p(total.fetch_add(delta, Ordering::Relaxed) + delta);
-        }) as Progress
-    });
+    let part_progress = progress.map(|p| share_of(p, total));
     let encoded = chain.encode(reader, writer, recipients, part_progress.as_ref());
     let tallies: Tallies = match encoded {
         Ok((writer, tallies)) => {
@@ -552,14 +556,7 @@ pub(crate) async fn restore(
     for (name, path, object) in pipes {
         let (sink, chain, identities) = (sink.clone(), chain.clone(), identities.cloned());
         let finished = finished.clone();
-        let progress: Option<Progress> = progress.map(|p| {
-            let (p, total) = (p.clone(), total.clone());
-            let last = AtomicU64::new(0);
-            Arc::new(move |bytes: u64| {
-                let delta = bytes - last.swap(bytes, Ordering::Relaxed);
-                p(total.fetch_add(delta, Ordering::Relaxed) + delta);
-            }) as Progress
-        });
+        let progress = progress.map(|p| share_of(p, &total));
         feeders.push(tokio::spawn(async move {
             let Some(pipe) = open_when_read(&path, &finished).await? else {
                 return Ok(Fed::Unread(name));
