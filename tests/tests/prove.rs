@@ -127,13 +127,28 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     ] {
         assert_eq!(check(&report, name)["passed"], true, "{name}");
     }
+    // The record's name carries its verdict and restore time, so listing the catalog
+    // tells them without reading the record; a record named the old way is read.
+    let record = ws
+        .sink_files()
+        .into_iter()
+        .find(|f| f.starts_with(&format!("app/{first_id}/verify/")))
+        .unwrap_or_else(|| panic!("no verification record: {:?}", ws.sink_files()));
+    let restore_ms = report["restore_ms"].as_u64().unwrap();
     assert!(
-        ws.sink_files()
-            .iter()
-            .any(|f| f.starts_with(&format!("app/{first_id}/verify/"))),
-        "{:?}",
-        ws.sink_files()
+        record.ends_with(&format!("_passed_r{restore_ms}.json")),
+        "{record}"
     );
+    let last = |ws: &Workspace| {
+        let listed: Value = serde_json::from_str(&ws.pgproof_ok(&["list", "--json"])).unwrap();
+        listed[0]["last_verification"].clone()
+    };
+    let from_name = last(&ws);
+    assert_eq!(from_name["passed"], true, "{from_name}");
+    let old_style = record.split('_').next().unwrap().to_owned() + ".json";
+    std::fs::rename(ws.sink.join(&record), ws.sink.join(&old_style)).unwrap();
+    assert_eq!(last(&ws), from_name);
+    std::fs::rename(ws.sink.join(&old_style), ws.sink.join(&record)).unwrap();
     let scratch_db = pgproof_core::ops::scratch_database(&first_id);
     assert!(!database_exists(&cluster, &scratch_db).await);
 

@@ -145,6 +145,58 @@ pub struct Verification {
     pub restore_ms: Option<u64>,
 }
 
+impl Verification {
+    /// The record's file name under `<db>/<id>/verify/`: the time, the verdict and the
+    /// restore time, so a catalog read learns them from the listing alone and reads
+    /// no record (`20261201T205301.958123456Z_passed_r2412.json`).
+    pub fn record_name(&self) -> String {
+        let verdict = if self.passed { "passed" } else { "failed" };
+        let restore = self
+            .restore_ms
+            .map_or_else(String::new, |ms| format!("_r{ms}"));
+        format!(
+            "{}_{verdict}{restore}.json",
+            self.verified_at.strftime("%Y%m%dT%H%M%S%.fZ")
+        )
+    }
+
+    /// The summary a [`record_name`](Self::record_name) carries; `None` for another
+    /// name (records written before names carried it are read instead).
+    pub fn from_record_name(name: &str) -> Option<Self> {
+        let mut fields = name.strip_suffix(".json")?.split('_');
+        let at = fields.next()?;
+        let verified_at = jiff::fmt::strtime::parse("%Y%m%dT%H%M%S%.fZ", at)
+            .ok()?
+            .to_datetime()
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        let passed = match fields.next()? {
+            "passed" => true,
+            "failed" => false,
+            _ => return None,
+        };
+        let restore_ms = match fields.next() {
+            Some(r) => Some(r.strip_prefix('r')?.parse().ok()?),
+            None => None,
+        };
+        fields.next().is_none().then_some(Self {
+            verified_at,
+            passed,
+            restore_ms,
+        })
+    }
+}
+
+/// The summary in a verification record's key, if its name carries one.
+fn summary_in_key(key: &str) -> Option<Verification> {
+    key.contains("/verify/")
+        .then(|| key.rsplit('/').next())
+        .flatten()
+        .and_then(Verification::from_record_name)
+}
+
 /// A committed backup.
 #[derive(Clone, Debug)]
 pub struct CatalogEntry {
@@ -284,7 +336,9 @@ async fn prefetch(
                     let kind = rest.split('/').next().unwrap_or("");
                     let wanted = rest == MANIFEST_NAME
                         || rest == TOMBSTONE_NAME
-                        || matches!(kind, "verify" | LEASES | PINS) && rest.ends_with(".json");
+                        || matches!(kind, "verify" | LEASES | PINS)
+                            && rest.ends_with(".json")
+                            && summary_in_key(&o.key).is_none();
                     wanted.then(|| o.key.clone())
                 })
             })
@@ -345,6 +399,10 @@ fn load_entry(
         let rest = &object.key[db.len() + id.len() + 2..];
         let kind = rest.split('/').next().unwrap_or("");
         if !matches!(kind, "verify" | LEASES | PINS) || !rest.ends_with(".json") {
+            continue;
+        }
+        if let Some(summary) = summary_in_key(&object.key) {
+            verifications.push(summary);
             continue;
         }
         // Released or pruned since the listing: gone.
@@ -504,6 +562,45 @@ pub fn id_started_at(backup_id: &str) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verification_record_name_carries_its_summary() {
+        let at: Timestamp = "2026-12-01T20:53:01.958123456Z".parse().unwrap();
+        for summary in [
+            Verification {
+                verified_at: at,
+                passed: true,
+                restore_ms: Some(2412),
+            },
+            Verification {
+                verified_at: at,
+                passed: false,
+                restore_ms: None,
+            },
+        ] {
+            let name = summary.record_name();
+            assert_eq!(
+                Verification::from_record_name(&name),
+                Some(summary),
+                "{name}"
+            );
+        }
+        let whole_second = Verification::from_record_name("20250101T000000Z_passed_r100.json");
+        assert_eq!(
+            whole_second.map(|v| v.verified_at),
+            Some("2025-01-01T00:00:00Z".parse().unwrap())
+        );
+        // Names of records written before, and anything else: read the record.
+        for other in [
+            "20261201T205301.958123Z.json",
+            "20261201T205301Z_maybe.json",
+            "20261201T205301Z_passed_x5.json",
+            "20261201T205301Z_passed_r5_more.json",
+            "lease.json",
+        ] {
+            assert_eq!(Verification::from_record_name(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn backup_ids_say_when_their_run_started() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use jiff::Timestamp;
 
-use crate::catalog::{self, BackupLease, BackupRef, Manifest, ToolInfo};
+use crate::catalog::{self, BackupLease, BackupRef, Manifest, ToolInfo, Verification};
 use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::error::{Error, ErrorKind, Result};
@@ -25,7 +25,7 @@ const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600)
 ///
 /// The backup is restored into a database pgproof creates on the scratch server
 /// (`pgproof_verify_<id>`), the verifiers run against it, the report is written next
-/// to the manifest (`<db>/<id>/verify/<time>.json`, append-only) and the scratch
+/// to the manifest (`<db>/<id>/verify/<time>_<verdict>_r<restore ms>.json`, append-only) and the scratch
 /// database is dropped unless [`keep`](Self::keep) says otherwise.
 ///
 /// Failed checks are in the report, not an `Err`. An `Err` means verification could
@@ -354,11 +354,16 @@ pub(crate) fn new_report(
 }
 
 pub(crate) async fn write_report(sink: &dyn Sink, report: &Report) -> Result<()> {
+    let summary = Verification {
+        verified_at: report.verified_at,
+        passed: report.passed,
+        restore_ms: report.restore_ms,
+    };
     let key = format!(
-        "{}/{}/verify/{}.json",
+        "{}/{}/verify/{}",
         report.database,
         report.backup_id,
-        report.verified_at.strftime("%Y%m%dT%H%M%S%.6fZ")
+        summary.record_name()
     );
     let mut body = serde_json::to_vec_pretty(report)
         .map_err(|e| Error::tool(format!("cannot serialize the verification record: {e}")))?;
