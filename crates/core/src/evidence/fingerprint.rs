@@ -652,19 +652,40 @@ fn row_hash(columns: &[Column], inherits: bool, method: Method, encoding: &str) 
     }
     if !columns.is_empty() && columns.iter().all(is_hashed_exactly) {
         // Columns by name, as row_expression's fallback: the same order on both sides
-        // whatever the physical order. NULL hashes as 0 at its position.
+        // whatever the physical order. NULL hashes as 0 at its position. 64-bit values
+        // go in as their 8 send bytes: their own hash folds them to 32 bits first (0
+        // and 4294967297 would hash alike).
         let fields: Vec<String> = columns
             .iter()
-            .map(|c| format!("t.{}", quote_ident(&c.name)))
+            .map(|c| {
+                let col = format!("t.{}", quote_ident(&c.name));
+                if is_64_bit(c) {
+                    format!("{}({col})", c.base_send)
+                } else {
+                    col
+                }
+            })
             .collect();
-        return format!("hash_record_extended(ROW({}), 0)", fields.join(", "));
+        // hash_record_extended combines column hashes linearly (31 * h + next), so a
+        // sum of its results over rows would be a sum per column, blind to values
+        // moved between rows: each row's result is hashed once more.
+        return format!(
+            "hashtextextended(hash_record_extended(ROW({}), 0)::text, 0)",
+            fields.join(", ")
+        );
     }
     let row_bytes = row_expression(columns, inherits, method, encoding);
     format!("hash_array_extended(ARRAY[{row_bytes}], 0)")
 }
 
-/// Whether the column's type's hash function reads exactly the value's stored bytes,
-/// so that equal hashes mean equal send forms but for collisions: integers, bool,
+/// int8, time, timestamp and timestamptz: 64 bits whose hash functions fold to 32.
+fn is_64_bit(c: &Column) -> bool {
+    matches!(c.type_oid, 20 | 1083 | 1114 | 1184)
+}
+
+/// Whether the column's value, as [`row_hash`] passes it, is hashed by exactly its
+/// stored bytes, so that equal hashes mean equal send forms but for collisions:
+/// integers, bool,
 /// "char", oid, bytea, uuid, date, time, timestamp(tz), and text, varchar and
 /// fixed-length char under a collation that compares bytes. Not floats (−0 and 0,
 /// NaNs hash alike), numeric (scale ignored), intervals (normalized), enums (hashed
