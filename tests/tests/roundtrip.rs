@@ -180,6 +180,12 @@ async fn directory_archives_are_one_object_per_file() {
         table_summary(&connect(&cluster, "dapp_back").await).await,
         before
     );
+    // Several transactions: never into a database pgproof did not create, even empty.
+    pgproof_tests::create_database(&cluster, "dapp_empty").await;
+    let refused = ws.pgproof(&["restore", "latest", "--target", &cluster.url("dapp_empty")]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("--clean"), "{}", stderr(&refused));
+    assert!(database_exists(&cluster, "dapp_empty").await);
 
     // One byte of the largest table's file flipped.
     let largest = parts

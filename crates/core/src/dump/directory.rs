@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -32,7 +32,7 @@ use std::thread::ScopedJoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::catalog::ObjectInfo;
-use crate::codec::{CodecChain, Compress, Identities, Progress, Recipients, Tallies};
+use crate::codec::{CodecChain, Compress, Identities, Progress, PumpError, Recipients, Tallies};
 use crate::dump::{Dumper, Layout, pg_dump_command};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::process::{ChildProgram, client_command, one_line};
@@ -69,7 +69,7 @@ impl Dumper for DirectoryDumper {
     }
 
     fn layout(&self) -> Layout {
-        Layout::Directory
+        Layout::Directory { jobs: self.jobs }
     }
 
     fn dump_command(
@@ -160,12 +160,12 @@ impl Growing {
         self.ring();
     }
 
-    /// Waits for the next change, or a short while: a missed bell costs a poll.
+    /// Waits for the file to close, or a short while for it to grow.
     fn wait(&self, seen: &mut u64) {
         let (count, bell) = &self.changed;
         let guard = count.lock().unwrap_or_else(PoisonError::into_inner);
         let (guard, _) = bell
-            .wait_timeout_while(guard, Duration::from_millis(50), |c| *c == *seen)
+            .wait_timeout_while(guard, Duration::from_millis(10), |c| *c == *seen)
             .unwrap_or_else(PoisonError::into_inner);
         *seen = *guard;
     }
@@ -215,6 +215,9 @@ const FREE_STEP: u64 = 4 << 20;
 /// How far pg_dump may write ahead of the sink (all files together) before it is
 /// paused; it resumes at half of it.
 const DISK_WINDOW: u64 = 32 << 20;
+
+/// How long a paused pg_dump waits for its files to be read before it resumes anyway.
+const STALL: Duration = Duration::from_secs(10);
 
 impl Read for FollowReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -274,7 +277,9 @@ pub(crate) fn dump(
     watch
         .add_watch(
             stage.path(),
-            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE,
+            // No IN_MODIFY: a flood of them could overflow the queue and lose a close;
+            // readers at the end of a file look again every few milliseconds instead.
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_CLOSE_WRITE,
         )
         .map_err(|e| Error::io("watching pg_dump's files", e.into()))?;
     let mut file_arg = OsString::from("--file=");
@@ -290,7 +295,8 @@ pub(crate) fn dump(
         let mut running: Vec<ScopedJoinHandle<'_, Result<()>>> = Vec::new();
         let mut failure: Option<Error> = None;
         let mut exited = false;
-        let mut paused = false;
+        let (mut paused, mut windowed) = (false, true);
+        let (mut last_read, mut progress_at) = (0u64, Instant::now());
         loop {
             let mut quiet = true;
             match watch.read_events() {
@@ -318,11 +324,16 @@ pub(crate) fn dump(
             if exited {
                 // pg_dump is gone: every file it wrote is complete, including any
                 // whose events were not read.
-                if let Ok(entries) = std::fs::read_dir(stage.path()) {
-                    for entry in entries.flatten() {
-                        if let Ok(name) = entry.file_name().into_string() {
-                            found.discover(name);
+                match std::fs::read_dir(stage.path()) {
+                    Ok(entries) => {
+                        for entry in entries.flatten() {
+                            if let Ok(name) = entry.file_name().into_string() {
+                                found.discover(name);
+                            }
                         }
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(Error::io("listing pg_dump's files", e));
                     }
                 }
                 found.files.values().for_each(|g| g.close());
@@ -375,16 +386,41 @@ pub(crate) fn dump(
                             .map_or(0, |m| m.len().saturating_sub(g.read.load(Ordering::SeqCst)))
                     })
                     .sum();
+                let read: u64 = found
+                    .files
+                    .values()
+                    .map(|g| g.read.load(Ordering::SeqCst))
+                    .sum::<u64>()
+                    + found.seen.len() as u64;
+                if read != last_read {
+                    (last_read, progress_at) = (read, Instant::now());
+                }
                 tracing::trace!(behind, paused, "pg_dump ahead of the sink");
-                if !paused && behind > DISK_WINDOW {
+                if paused && progress_at.elapsed() > STALL {
+                    // Whatever holds the readers up, a paused pg_dump must not wait
+                    // for them forever: the window gives way, the dump goes on.
+                    tracing::warn!(
+                        behind,
+                        "no file of the dump was read for {STALL:?}; pg_dump resumes without a disk window"
+                    );
+                    child.signal_group(Signal::SIGCONT);
+                    (paused, windowed) = (false, false);
+                } else if windowed && !paused && behind > DISK_WINDOW {
                     paused = child.signal_group(Signal::SIGSTOP);
+                    progress_at = Instant::now();
                 } else if paused && behind < DISK_WINDOW / 2 {
                     child.signal_group(Signal::SIGCONT);
                     paused = false;
                 }
-                exited = child.has_exited()?;
-                if exited {
-                    continue; // one more look at the directory before reading files as whole
+                match child.has_exited() {
+                    Ok(true) => {
+                        exited = true;
+                        continue; // one more look at the directory before reading files as whole
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
             if quiet {
@@ -484,6 +520,8 @@ fn store_part(
     };
     let stored_bytes = store.runtime.block_on(upload.commit())?;
     if stored_bytes != tallies.stored.bytes {
+        // Committed, yet listed nowhere: it goes now.
+        let _ = store.runtime.block_on(store.sink.delete(&key));
         return Err(Error::integrity(format!(
             "the sink stored {stored_bytes} bytes for {key} but {} were sent",
             tallies.stored.bytes
@@ -539,7 +577,7 @@ pub(crate) async fn restore(
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
             raw_bytes += fetch_into(&*sink, chain, identities, object, file, None)
                 .await
-                .map_err(|(e, _)| e)?;
+                .map_err(|e| e.error)?;
         } else {
             nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).map_err(|e| {
                 Error::io(format!("creating the pipe {}", path.display()), e.into())
@@ -576,22 +614,27 @@ pub(crate) async fn restore(
 
     let mut unread = Vec::new();
     let mut broken_pipe = None;
+    let mut held_open: Option<File> = None;
     let mut exited = false;
     let outcome: Result<()> = loop {
         tokio::select! {
             joined = futures::StreamExt::next(&mut feeders), if !feeders.is_empty() => {
-                match joined.map(|j| j.unwrap_or_else(|e| Err((Error::tool(format!("a restore feeder failed: {e}")), None)))) {
+                match joined.map(|j| j.unwrap_or_else(|e| Err(FeedError::input(Error::tool(format!("a restore feeder failed: {e}")))))) {
                     Some(Ok(Fed::Bytes(n))) => raw_bytes += n,
                     Some(Ok(Fed::Unread(name))) => unread.push(name),
                     // The program went away while reading: its own failure says why.
-                    Some(Err((e, _))) if e.kind() == ErrorKind::Io => { broken_pipe.get_or_insert(e); }
-                    // A damaged object: the program must not see the end of its pipe.
-                    Some(Err((e, _pipe_still_open))) => break Err(e),
+                    Some(Err(FeedError { error, output_side: true, .. })) => { broken_pipe.get_or_insert(error); }
+                    // A damaged object or a failed read of it: the program must not see
+                    // the end of that pipe, which stays open until it is killed.
+                    Some(Err(FeedError { error, pipe, .. })) => { held_open = pipe; break Err(error) }
                     None => {}
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(10)), if !exited => {
-                exited = child.has_exited()?;
+                match child.has_exited() {
+                    Ok(done) => exited = done,
+                    Err(e) => break Err(e),
+                }
                 finished.store(exited, Ordering::SeqCst);
             }
         }
@@ -602,6 +645,7 @@ pub(crate) async fn restore(
     if let Err(e) = outcome {
         finished.store(true, Ordering::SeqCst);
         child.kill();
+        drop(held_open);
         return Err(e);
     }
     tokio::task::spawn_blocking(move || child.wait(ErrorKind::Rejected))
@@ -625,12 +669,32 @@ enum Fed {
     Unread(String),
 }
 
+/// Why an object did not reach its pipe whole.
+struct FeedError {
+    error: Error,
+    /// Writing to the pipe failed (the restore program went away), not reading or
+    /// decoding the object.
+    output_side: bool,
+    /// The pipe, still open, so the program sees no end of file before it is killed.
+    pipe: Option<File>,
+}
+
+impl FeedError {
+    fn input(error: Error) -> Self {
+        Self {
+            error,
+            output_side: false,
+            pipe: None,
+        }
+    }
+}
+
 /// Opens the pipe for writing as soon as a reader has opened it; `None` once
 /// `finished` says no reader will come.
 async fn open_when_read(
     path: &Path,
     finished: &AtomicBool,
-) -> std::result::Result<Option<File>, (Error, Option<File>)> {
+) -> std::result::Result<Option<File>, FeedError> {
     loop {
         match std::fs::OpenOptions::new()
             .write(true)
@@ -643,7 +707,9 @@ async fn open_when_read(
                     &pipe,
                     nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
                 )
-                .map_err(|e| (Error::io("opening a pipe to pg_restore", e.into()), None))?;
+                .map_err(|e| {
+                    FeedError::input(Error::io("opening a pipe to pg_restore", e.into()))
+                })?;
                 return Ok(Some(pipe));
             }
             Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
@@ -652,13 +718,18 @@ async fn open_when_read(
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => return Err((Error::io(format!("opening {}", path.display()), e), None)),
+            Err(e) => {
+                return Err(FeedError::input(Error::io(
+                    format!("opening {}", path.display()),
+                    e,
+                )));
+            }
         }
     }
 }
 
-/// Decodes `object` into `output` and checks its tallies against the manifest; on a
-/// mismatch the error comes back with `output` still open.
+/// Decodes `object` into `output` and checks its tallies against the manifest; on
+/// any failure the error comes back with a handle that keeps `output` open.
 async fn fetch_into(
     sink: &dyn Sink,
     chain: &CodecChain,
@@ -666,19 +737,27 @@ async fn fetch_into(
     object: &ObjectInfo,
     output: File,
     progress: Option<&Progress>,
-) -> std::result::Result<u64, (Error, Option<File>)> {
-    let body = sink.get(&object.key).await.map_err(|e| {
-        let e = if e.kind() == ErrorKind::NotFound {
-            Error::integrity(format!(
-                "the dump object {} that the manifest lists is missing; the backup cannot be restored",
-                object.key
-            ))
-            .with_object(object.key.clone())
-        } else {
-            e
-        };
-        (e, None)
-    })?;
+) -> std::result::Result<u64, FeedError> {
+    let kept = output.try_clone().ok();
+    let body = match sink.get(&object.key).await {
+        Ok(body) => body,
+        Err(e) => {
+            let error = if e.kind() == ErrorKind::NotFound {
+                Error::integrity(format!(
+                    "the dump object {} that the manifest lists is missing; the backup cannot be restored",
+                    object.key
+                ))
+                .with_object(object.key.clone())
+            } else {
+                e
+            };
+            return Err(FeedError {
+                error,
+                output_side: false,
+                pipe: kept,
+            });
+        }
+    };
     let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
     let (chain, identities, object, progress) = (
         chain.clone(),
@@ -687,14 +766,24 @@ async fn fetch_into(
         progress.cloned(),
     );
     tokio::task::spawn_blocking(move || {
-        let (output, tallies) = chain
-            .decode(reader, output, identities.as_ref(), progress.as_ref())
-            .map_err(|e| (e.into_error(), None))?;
-        match object.check(&tallies) {
-            Ok(()) => Ok(tallies.raw.bytes),
-            Err(e) => Err((e, Some(output))),
+        let failed = |error, output_side| FeedError {
+            error,
+            output_side,
+            pipe: kept,
+        };
+        match chain.decode(reader, output, identities.as_ref(), progress.as_ref()) {
+            Ok((_output, tallies)) => match object.check(&tallies) {
+                Ok(()) => Ok(tallies.raw.bytes),
+                Err(e) => Err(failed(e, false)),
+            },
+            Err(e @ PumpError::Output(_)) => Err(failed(e.into_error(), true)),
+            Err(e) => Err(failed(e.into_error(), false)),
         }
     })
     .await
-    .unwrap_or_else(|e| Err((Error::tool(format!("the restore thread failed: {e}")), None)))
+    .unwrap_or_else(|e| {
+        Err(FeedError::input(Error::tool(format!(
+            "the restore thread failed: {e}"
+        ))))
+    })
 }

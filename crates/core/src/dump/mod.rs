@@ -52,6 +52,7 @@ use crate::pg::{ConnParams, PgTools};
 ///   add, or `None` when the archive compresses itself.
 ///
 /// A dumper whose [`layout`](Dumper::layout) is [`Layout::Directory`] instead:
+/// - MUST keep at most two files open per job it declares;
 /// - MUST make the dump command write the archive as files into the directory
 ///   pgproof appends as `--file=DIR`, each file written front to back and closed
 ///   when complete (pgproof stores each as it is written, then deletes it);
@@ -104,7 +105,13 @@ pub enum Layout {
     /// A directory of files, each its own object (`<backup>/<file_name>/<file>`). The
     /// tables of contents (`toc.dat`, `*.toc`) are written to the restore directory
     /// whole; every other file reaches the restore program through a named pipe.
-    Directory,
+    Directory {
+        /// The dump program's parallel jobs: each keeps at most two files open at
+        /// once (a table's data, or a large object's and its table of contents), and
+        /// pgproof reads every open file at once, or a paused dump could wait on a
+        /// file nobody reads.
+        jobs: u32,
+    },
 }
 
 /// `pg_dump --format=<format> --snapshot=<snapshot>` with a lock timeout: the dump

@@ -42,7 +42,7 @@ pub async fn run_all(dumper: &dyn Dumper, server: &ConnParams, pg_bin_dir: Optio
 
     secrets_stay_out_of_argv(dumper, &tools, &source);
     match dumper.layout() {
-        Layout::Directory => {
+        Layout::Directory { .. } => {
             let archive = tempfile::tempdir().unwrap();
             let dir = archive.path().join("archive");
             directory_dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source, &dir).await;
@@ -296,7 +296,7 @@ fn failed_dump_exits_non_zero(dumper: &dyn Dumper, tools: &PgTools, server: &Con
     let missing = server.with_dbname("pgproof_testkit_no_such_database");
     let mut cmd = dumper.dump_command(tools, &missing, "00000003-1", Duration::from_secs(1));
     let scratch = tempfile::tempdir().unwrap();
-    if dumper.layout() == Layout::Directory {
+    if matches!(dumper.layout(), Layout::Directory { .. }) {
         let mut file_arg = std::ffi::OsString::from("--file=");
         file_arg.push(scratch.path().join("archive"));
         cmd.arg(file_arg);

@@ -494,7 +494,7 @@ impl Backup {
         let recipients = self.recipients.clone();
         let progress = self.progress.clone();
         match self.dumper.layout() {
-            Layout::Directory => {
+            Layout::Directory { jobs } => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let suffix = chain.suffix();
                 let store = directory::PartStore {
@@ -508,7 +508,9 @@ impl Backup {
                     stored: Arc::default(),
                 };
                 let stored = store.stored.clone();
-                let parallel = self.dumper_parallelism();
+                // Every file the dump may hold open has a reader, and the table of
+                // contents one more.
+                let parallel = 2 * jobs.max(1) as usize + 2;
                 let job = {
                     let stop = stop.clone();
                     tokio::task::spawn_blocking(move || {
@@ -535,12 +537,6 @@ impl Backup {
                 (Pending::Stream(upload), job)
             }
         }
-    }
-
-    /// Files of a directory archive stored at once: one per pg_dump job, and one
-    /// more for the table of contents and the files that finish.
-    fn dumper_parallelism(&self) -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get() + 1)
     }
 }
 

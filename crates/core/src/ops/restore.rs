@@ -206,15 +206,22 @@ impl Restore {
                 }
             }
         }
+        // A restore in several transactions (pg_restore --jobs) goes only into a
+        // database pgproof creates, so that a failure drops it whole.
+        let atomic = dumper.layout() == Layout::Stream;
+        if exists && !self.clean && !atomic {
+            return Err(Error::already_exists(format!(
+                "target database {database} exists; backup {} is a directory archive, restored with pg_restore --jobs in several transactions, so pgproof restores it only into a database it creates: name a new database, or replace this one",
+                m.backup_id
+            ))
+            .with_setting(Setting::Clean));
+        }
         if !missing.is_empty() {
             admin.create_roles(&missing).await?;
         }
         // Replacing restores beside the old database: a damaged backup or a wrong key
-        // must not cost the database it was meant to replace. A restore in several
-        // transactions (pg_restore --jobs) goes into a database pgproof creates even
-        // when the (empty) target exists, so that a failure drops it whole.
-        let atomic = dumper.layout() == Layout::Stream;
-        let replace = exists && (self.clean || !atomic);
+        // must not cost the database it was meant to replace.
+        let replace = exists && self.clean;
         let load = if replace {
             self.target.with_dbname(&format!(
                 "pgproof_restore_{}",

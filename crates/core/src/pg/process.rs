@@ -70,6 +70,8 @@ pub struct ChildProgram {
     child: Arc<Mutex<Child>>,
     program: String,
     stderr: Option<JoinHandle<String>>,
+    /// Waited for or killed: dropping it then leaves the process alone.
+    settled: bool,
 }
 
 impl ChildProgram {
@@ -112,6 +114,7 @@ impl ChildProgram {
             child,
             program: program.to_owned(),
             stderr,
+            settled: false,
         })
     }
 
@@ -141,6 +144,7 @@ impl ChildProgram {
     /// finished) and reaps it.
     pub fn kill(mut self) {
         kill_group(&mut self.child());
+        self.settled = true;
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
         }
@@ -149,7 +153,11 @@ impl ChildProgram {
     /// Sends `signal` to it and the workers it forked (pausing and resuming a
     /// pg_dump the sink cannot keep up with); whether it was sent.
     pub fn signal_group(&self, signal: nix::sys::signal::Signal) -> bool {
-        let group = nix::unistd::Pid::from_raw(self.child().id() as i32);
+        let mut child = self.child();
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        let group = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::killpg(group, signal).is_ok()
     }
 
@@ -172,6 +180,7 @@ impl ChildProgram {
                 Err(e) => return Err(Error::io(format!("waiting for {}", self.program), e)),
             }
         };
+        self.settled = true;
         let said = self
             .stderr
             .take()
@@ -187,6 +196,11 @@ impl ChildProgram {
 
 impl Drop for ChildProgram {
     fn drop(&mut self) {
+        // Dropped unsettled (a cancelled restore's future): it must not go on to read
+        // the end of its input and commit.
+        if !self.settled {
+            kill_group(&mut self.child());
+        }
         running().retain(|r| !Arc::ptr_eq(&r.child, &self.child));
     }
 }
@@ -194,6 +208,10 @@ impl Drop for ChildProgram {
 /// Kills `child`'s process group (it leads one: [`ChildProgram::spawn`]) and reaps
 /// `child`; whether the signal was sent.
 fn kill_group(child: &mut Child) -> bool {
+    // Reaped already: its pid, and so its group's id, may belong to someone else now.
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return false;
+    }
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
     let sent = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
         || child.kill().is_ok();
