@@ -286,7 +286,7 @@ pub(crate) fn dump(
     file_arg.push(stage.path());
     cmd.arg(file_arg);
     let program = "pg_dump";
-    let child = ChildProgram::spawn(cmd, program)?;
+    let child = ChildProgram::spawn_group(cmd, program)?;
     let total = Arc::new(AtomicU64::new(0));
 
     let stored = &*store.stored;
@@ -587,7 +587,7 @@ pub(crate) async fn restore(
     }
 
     cmd.arg(stage.path());
-    let child = ChildProgram::spawn(cmd, program)?;
+    let child = ChildProgram::spawn_group(cmd, program)?;
     let finished = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let mut feeders = futures::stream::FuturesUnordered::new();

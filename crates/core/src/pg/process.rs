@@ -75,12 +75,22 @@ pub struct ChildProgram {
 }
 
 impl ChildProgram {
-    /// Starts `cmd`, naming it `program` in errors, as the leader of a process
-    /// group of its own: killing it kills the workers it forked too (pg_dump and
-    /// pg_restore `--jobs`), which would otherwise outlive it, holding its stderr
-    /// open or waiting on a pipe.
-    pub fn spawn(mut cmd: Command, program: &str) -> Result<Self> {
+    /// Starts `cmd`, naming it `program` in errors. It stays in pgproof's process
+    /// group, so a terminal's Ctrl-C reaches it too.
+    pub fn spawn(cmd: Command, program: &str) -> Result<Self> {
+        Self::start(cmd, program)
+    }
+
+    /// [`spawn`](Self::spawn), as the leader of a process group of its own: killing
+    /// it kills the workers it forked too (pg_dump and pg_restore `--jobs`), which
+    /// would otherwise outlive it, holding its stderr open or waiting on a pipe, and
+    /// [`signal_group`](Self::signal_group) pauses and resumes them all.
+    pub fn spawn_group(mut cmd: Command, program: &str) -> Result<Self> {
         cmd.process_group(0);
+        Self::start(cmd, program)
+    }
+
+    fn start(mut cmd: Command, program: &str) -> Result<Self> {
         let mut child = cmd.spawn().map_err(|e| {
             Error::tool(format!(
                 "cannot start {program} ({}): {e}; check the PostgreSQL bin directory",
@@ -205,8 +215,8 @@ impl Drop for ChildProgram {
     }
 }
 
-/// Kills `child`'s process group (it leads one: [`ChildProgram::spawn`]) and reaps
-/// `child`; whether the signal was sent.
+/// Kills `child` and, when it leads one ([`ChildProgram::spawn_group`]), its process
+/// group, and reaps `child`; whether a signal was sent.
 fn kill_group(child: &mut Child) -> bool {
     // Reaped already: its pid, and so its group's id, may belong to someone else now.
     if matches!(child.try_wait(), Ok(Some(_))) {
