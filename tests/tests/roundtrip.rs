@@ -378,3 +378,44 @@ async fn zstd_compressed_custom_dumps_round_trip() {
     assert!(listing.status.success());
     assert!(String::from_utf8_lossy(&listing.stdout).contains("TABLE DATA public kinds"));
 }
+
+/// A directory dump of many tables and large objects with more jobs than cores: every
+/// file pg_dump holds open at once has a reader, nothing waits on a paused dump, and
+/// the backup verifies and restores whole.
+#[tokio::test]
+async fn directory_dumps_of_many_tables_with_more_jobs_than_cores() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let source = pgproof_tests::create_database(&cluster, "many").await;
+    source
+        .batch_execute(
+            "DO $$ BEGIN
+               FOR i IN 1..150 LOOP
+                 EXECUTE format('CREATE TABLE t%s AS SELECT g AS id, md5((g * %s)::text) AS note
+                                 FROM generate_series(1, %s) g', i, i, 50 + i * 20);
+               END LOOP;
+               FOR i IN 1..40 LOOP
+                 PERFORM lo_from_bytea(0, convert_to(repeat(md5(i::text), 100 * i), 'UTF8'));
+               END LOOP;
+             END $$;",
+        )
+        .await
+        .unwrap();
+    let before = table_summary(&source).await;
+    let ws = Workspace::new(&cluster, "many", "directory");
+    ws.verify_on(&cluster);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("[dump]\n", "[dump]\njobs = 6\n"));
+    let manifest = ws.backup();
+    let parts = manifest["parts"].as_array().unwrap();
+    assert!(parts.len() >= 150, "{} files", parts.len());
+    let out = ws.pgproof(&["verify", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ws.pgproof_ok(&["restore", "latest", "--target", &cluster.url("many_back")]);
+    assert_eq!(
+        table_summary(&connect(&cluster, "many_back").await).await,
+        before
+    );
+    assert_eq!(before["<large objects>"].0, 40);
+}
