@@ -88,6 +88,61 @@ pub async fn create_database(cluster: &EphemeralCluster, database: &str) -> Clie
     connect(cluster, database).await
 }
 
+/// A signed catalog object's payload and signature (the signature is empty for an
+/// unsigned one).
+pub fn split_signed(stored: &str) -> (&str, &str) {
+    match stored.find("\n-----BEGIN SSH SIGNATURE-----\n") {
+        Some(at) => stored.split_at(at + 1),
+        None => (stored, ""),
+    }
+}
+
+/// `ssh-keygen -Y sign -f key -n namespace` over `payload`: the armored signature.
+pub fn ssh_keygen_sign(key: &Path, namespace: &str, payload: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f"])
+        .arg(key)
+        .args(["-n", namespace])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh-keygen (openssh-client) runs");
+    child.stdin.take().unwrap().write_all(payload).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "ssh-keygen -Y sign: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// How many processes' command lines contain `pattern` (`pgrep -f`).
+pub fn processes_matching(pattern: &str) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep (procps) runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// `input` through `program args` (stdin to stdout), fed from a thread so neither
+/// side can block the other.
+pub fn pipe_through(program: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{program} failed");
+    out.stdout
+}
+
 /// The `pgproof` binary built alongside this test.
 pub fn pgproof_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -114,6 +169,10 @@ pub struct Workspace {
     pub key: PathBuf,
     /// Its public key.
     pub public_key: String,
+    /// The signing key (OpenSSH Ed25519) the config names.
+    pub signing_key: PathBuf,
+    /// Its public key line.
+    pub signing_public: String,
     /// Sink directory.
     pub sink: PathBuf,
     /// Config file.
@@ -145,12 +204,30 @@ impl Workspace {
         );
         assert!(out.status.success(), "keygen failed: {}", stderr(&out));
         let public_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let signing_key = dir.path().join("signing.key");
+        let out = run(
+            &pgproof_bin(),
+            &[
+                "keygen",
+                "--signing",
+                "--output",
+                signing_key.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "keygen --signing failed: {}",
+            stderr(&out)
+        );
+        let signing_public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let sink = dir.path().join("sink");
         let config = dir.path().join("pgproof.toml");
         let ws = Self {
             dir,
             key,
             public_key,
+            signing_key,
+            signing_public,
             sink,
             config,
             env: Vec::new(),
@@ -171,12 +248,16 @@ format = "{format}"
 recipients = ["{public}"]
 identity_file = "{key}"
 
+[signing]
+key_file = "{signing}"
+
 [sink]
 {sink_section}"#,
             url = cluster.url(database),
             bin = cluster.tools().dir().display(),
             public = ws.public_key,
             key = ws.key.display(),
+            signing = ws.signing_key.display(),
         ));
         ws
     }
@@ -236,6 +317,21 @@ identity_file = "{key}"
         let mut list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("backup --json");
         assert_eq!(list.len(), 1, "one database, one manifest: {out}");
         list.remove(0)
+    }
+
+    /// Rewrites the catalog object `key` of the local sink through `edit` and signs
+    /// the result with the workspace's signing key — by `ssh-keygen -Y sign`, the
+    /// reference tool, not by pgproof: what an operator holding the key could write.
+    pub fn edit_signed(&self, key: &str, edit: impl FnOnce(String) -> String) {
+        let path = self.sink.join(key);
+        let stored = std::fs::read_to_string(&path).expect("read the catalog object");
+        let (payload, _) = split_signed(&stored);
+        let mut payload = edit(payload.to_owned());
+        if !payload.ends_with('\n') {
+            payload.push('\n');
+        }
+        let signature = ssh_keygen_sign(&self.signing_key, key, payload.as_bytes());
+        std::fs::write(&path, format!("{payload}{signature}")).expect("write it back");
     }
 
     /// Every regular file under the sink directory, relative paths.

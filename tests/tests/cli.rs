@@ -22,17 +22,31 @@ fn config_check(
     (out.status.code().unwrap_or(-1), json, stderr(&out))
 }
 
+/// A new signing key's public line (the key itself is thrown away: a reader's
+/// config holds public keys only).
+fn signing_public(dir: &std::path::Path) -> String {
+    let path = dir.join(format!("signing-{}.key", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let out = run(
+        &pgproof_bin(),
+        &["keygen", "--signing", "-o", path.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 #[test]
 fn layers_apply_in_order_file_env_flags() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k");
     let out = run(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()]);
     let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let trusted = signing_public(dir.path());
     let config = dir.path().join("pgproof.toml");
     std::fs::write(
         &config,
         format!(
-            "[source]\nurl = \"postgres://app:s3cret@db.example/app\"\n[dump]\nformat = \"custom\"\ngzip_level = 3\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"file:///from/file\"\n[verify]\nscratch_url = \"postgres://postgres:scratchpw@scratch/postgres\"\n"
+            "[source]\nurl = \"postgres://app:s3cret@db.example/app\"\n[dump]\nformat = \"custom\"\ngzip_level = 3\n[encryption]\nrecipients = [\"{public}\"]\n[trust]\nkeys = [\"{trusted}\"]\n[sink]\nurl = \"file:///from/file\"\n[verify]\nscratch_url = \"postgres://postgres:scratchpw@scratch/postgres\"\n"
         ),
     )
     .unwrap();
@@ -40,6 +54,12 @@ fn layers_apply_in_order_file_env_flags() {
     let (code, json, err) = config_check(&config, &[], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json["config"]["sink"]["url"], "file:///from/file");
+    // Trusted keys are shown by fingerprint, as ssh-keygen -l shows them.
+    let fingerprint = json["trusted_keys"][0]["fingerprint"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(fingerprint.starts_with("SHA256:"), "{json}");
+    assert_eq!(json["signing_key"], serde_json::Value::Null, "{json}");
     assert_eq!(json["config"]["dump"]["gzip_level"], 3);
     assert_eq!(
         json["config"]["source"]["url"],
@@ -175,10 +195,11 @@ fn cloud_sink_urls_are_checked_without_echoing_credentials() {
     let key = dir.path().join("k");
     let out = run(&pgproof_bin(), &["keygen", "-o", key.to_str().unwrap()]);
     let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let trusted = signing_public(dir.path());
     std::fs::write(
         &config,
         format!(
-            "[source]\nurl = \"postgres://app@db.example/app\"\n[encryption]\nrecipients = [\"{public}\"]\n[sink]\nurl = \"s3://bucket/backups\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"
+            "[source]\nurl = \"postgres://app@db.example/app\"\n[encryption]\nrecipients = [\"{public}\"]\n[trust]\nkeys = [\"{trusted}\"]\n[sink]\nurl = \"s3://bucket/backups\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n"
         ),
     )
     .unwrap();
@@ -211,4 +232,61 @@ fn cloud_sink_urls_are_checked_without_echoing_credentials() {
     let (code, _, err) = config_check(&config, &[("PGPROOF_SINK__PART_SIZE_MIB", "1")], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("part_size_mib"), "{err}");
+}
+
+/// Values that used to pass `config check` and fail or panic later are refused by it,
+/// naming the key (exit 2); a name with control characters reaches the terminal
+/// escaped.
+#[test]
+fn limits_and_rules_are_checked_with_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = signing_public(dir.path());
+    let config = dir.path().join("pgproof.toml");
+    let base = format!(
+        "[source]\nurl = \"postgres://app@db.example/app\"\n[encryption]\nenabled = false\n[trust]\nkeys = [\"{trusted}\"]\n[sink]\nurl = \"file://{}/sink\"\n",
+        dir.path().display()
+    );
+    for (extra, key) in [
+        ("[retention]\nkeep_last = 0\n", "retention.keep_last"),
+        (
+            "[retention]\nkeep_within = \"0s\"\n",
+            "retention.keep_within",
+        ),
+        (
+            "[retention]\norphan_grace = \"99999999999w\"\n",
+            "retention.orphan_grace",
+        ),
+        ("[status]\nmax_age = \"36700d\"\n", "status.max_age"),
+        (
+            "[hooks]\ntimeout_secs = 9223372036854775807\n",
+            "hooks.timeout_secs",
+        ),
+        (
+            "[dump]\nlock_wait_timeout_secs = 9223372036854775807\n",
+            "dump.lock_wait_timeout_secs",
+        ),
+        ("[notify]\ntimeout_secs = 3000000\n", "notify.timeout_secs"),
+    ] {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let (code, _, err) = config_check(&config, &[], &[]);
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+
+    std::fs::write(&config, &base).unwrap();
+    let out = run(
+        &pgproof_bin(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "show",
+            "latest",
+            "--database",
+            "app\u{1b}[2J\u{7}",
+        ],
+    );
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("app\\u{1b}[2J"), "{err}");
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
 }

@@ -311,6 +311,16 @@ fn cronjob_script() -> String {
     block_scalar(&read(&deploy("kubernetes/cronjob.yaml")), "- |")
 }
 
+/// `pgproof keygen --signing` to `path`.
+fn signing_keygen(path: &Path) {
+    let out = Command::new(pgproof_bin())
+        .args(["keygen", "--signing", "--output"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen --signing: {}", text(&out));
+}
+
 /// `pgproof keygen` into `dir`: (identity file, public key).
 fn keygen(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("age.key");
@@ -353,6 +363,9 @@ fn systemd_example_config_passes_config_check() {
         let (id, source) = credential.split_once(':').unwrap();
         if source == "/etc/pgproof/age.key" {
             std::fs::copy(&key, creds.join(id)).unwrap();
+        }
+        if source == "/etc/pgproof/signing.key" {
+            signing_keygen(&creds.join(id));
         }
     }
     // The unit's Environment= as pgproof would see it, the config file aside (the
@@ -413,9 +426,14 @@ fn kubernetes_example_config_passes_config_check() {
     let cronjob = read(&deploy("kubernetes/cronjob.yaml"));
     let identity_in_pod = "/etc/pgproof/secret/age.key";
     assert!(toml.contains(identity_in_pod) && cronjob.contains("/etc/pgproof/secret"));
+    let signing_in_pod = "/etc/pgproof/secret/signing.key";
+    assert!(toml.contains(signing_in_pod) && cronjob.contains("path: signing.key"));
+    let signing = dir.path().join("signing.key");
+    signing_keygen(&signing);
     let edited = toml
         .replace(RECIPIENT_PLACEHOLDER, &public)
-        .replace(identity_in_pod, key.to_str().unwrap());
+        .replace(identity_in_pod, key.to_str().unwrap())
+        .replace(signing_in_pod, signing.to_str().unwrap());
     std::fs::write(&file, &edited).unwrap();
     let out = config_check(&file, &[]);
     assert!(

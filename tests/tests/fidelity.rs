@@ -380,17 +380,14 @@ async fn database_properties_are_carried_and_checked() {
 
     // A locale the target host lacks: one line naming it, nothing left behind. (The
     // manifest is edited to name one; no host has every locale to test this with.)
-    let manifest_file = ws
-        .sink
-        .join("props")
-        .join(manifest["backup_id"].as_str().unwrap())
-        .join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_file).unwrap();
-    std::fs::write(
-        &manifest_file,
-        text.replace("\"C.UTF-8\"", "\"xx_XX.UTF-8\""),
-    )
-    .unwrap();
+    // Signed again with the backup host's key: an unsigned edit is refused as such.
+    ws.edit_signed(
+        &format!(
+            "props/{}/manifest.json",
+            manifest["backup_id"].as_str().unwrap()
+        ),
+        |text| text.replace("\"C.UTF-8\"", "\"xx_XX.UTF-8\""),
+    );
     let out = ws.pgproof(&["restore", "latest", "--target", &cluster.url("nowhere")]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -623,6 +620,44 @@ async fn application_invariants_are_checked() {
             .contains("already broke it"),
         "{balanced}"
     );
+
+    // An invariant is exactly one read-only query: one that ends the snapshot's
+    // transaction and writes, or writes through a function, fails the backup and
+    // leaves the source untouched.
+    client
+        .batch_execute(
+            "CREATE FUNCTION app.writes() RETURNS int LANGUAGE sql
+               AS 'INSERT INTO app.ledger VALUES (99, 0) RETURNING 1'",
+        )
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT 1; COMMIT; CREATE TABLE app.pwned ()",
+        "COMMIT",
+        "SELECT app.writes()",
+    ] {
+        ws.write_config(&format!(
+            "{config}\n[[verify.invariants]]\nname = \"escape\"\nsql = \"{sql}\"\n"
+        ));
+        let out = ws.pgproof(&["backup"]);
+        assert_ne!(out.status.code(), Some(0), "{sql}: {}", stderr(&out));
+        assert!(stderr(&out).contains("escape"), "{sql}: {}", stderr(&out));
+        let written: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 0, "{sql} wrote to the source");
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM app.ledger WHERE id = 99", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0, "{sql} wrote to the source");
+    }
 }
 
 /// Method v4 hashes a row whose every column is hashed exactly by its type with

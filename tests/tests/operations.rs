@@ -138,11 +138,14 @@ async fn retention_check_and_status_over_a_simulated_calendar() {
     // Day 7's backup is being verified by another run: it holds a lease.
     let lease = ws.sink.join("app").join(&ids[6]).join("lease");
     std::fs::create_dir_all(&lease).unwrap();
+    // Signed by a verifying host (the same key here), valid for the next hour.
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
     std::fs::write(
         lease.join("other-run.json"),
-        r#"{"holder": "verify, pid 1", "expires_at": "2099-01-01T00:00:00Z"}"#,
+        format!(r#"{{"holder": "verify, pid 1", "expires_at": "{expires}"}}"#),
     )
     .unwrap();
+    ws.edit_signed(&format!("app/{}/lease/other-run.json", ids[6]), |t| t);
 
     let now = "2026-01-20T03:00:00Z";
     ws.write_config(&format!(
@@ -412,7 +415,7 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$PGPROOF_HOOK $PGPROOF_OUTCOME $PGPROOF_EXIT_CODE [$PGPROOF_BACKUPS] [$PGPROOF_FAILED]\" >> {}\necho hook says hi\nexit ${{HOOK_EXIT:-0}}\n",
+            "#!/bin/sh\necho \"$PGPROOF_HOOK $PGPROOF_OUTCOME $PGPROOF_EXIT_CODE [$PGPROOF_BACKUPS] [$PGPROOF_FAILED] [$AWS_SECRET_ACCESS_KEY]\" >> {}\necho hook says hi\nexit ${{HOOK_EXIT:-0}}\n",
             seen.display()
         ),
     )
@@ -420,13 +423,18 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (url, bodies) = webhook_server(2);
     let hooked = format!(
-        "{config}\n[hooks]\nbefore = [\"{s}\"]\nafter = [\"{s}\", \"ignored-arg\"]\n\n[notify]\nurl = \"{url}\"\non = [\"failure\", \"success\"]\n",
+        "{config}\n[hooks]\nbefore = [\"{s}\"]\nafter = [\"{s}\", \"ignored-arg\"]\nenv = [\"HOOK_EXIT\"]\n\n[notify]\nurl = \"{url}\"\non = [\"failure\", \"success\"]\n",
         s = script.display()
     );
     ws.write_config(&hooked);
 
-    // Success: both hooks ran, the webhook got the summary on its third attempt.
-    let out = ws.pgproof(&["backup", "--json"]);
+    // Success: both hooks ran, the webhook got the summary on its third attempt. A
+    // secret in pgproof's environment does not reach them.
+    let out = ws
+        .command(&["backup", "--json"])
+        .env("AWS_SECRET_ACCESS_KEY", "hunter2-in-env")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(log.contains("hook says hi"), "hook output is logged: {log}");
@@ -442,9 +450,9 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     assert_eq!(body["backups"][0]["database"], "hooked");
     let lines = std::fs::read_to_string(&seen).unwrap();
     let lines: Vec<&str> = lines.lines().collect();
-    assert_eq!(lines[0], "before   [] []");
+    assert_eq!(lines[0], "before   [] [] []");
     assert!(
-        lines[1].starts_with("after success 0 [hooked/"),
+        lines[1].starts_with("after success 0 [hooked/") && lines[1].ends_with("[] []"),
         "{lines:?}"
     );
 

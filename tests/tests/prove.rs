@@ -145,26 +145,61 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     };
     let from_name = last(&ws);
     assert_eq!(from_name["passed"], true, "{from_name}");
-    let old_style = record.split('_').next().unwrap().to_owned() + ".json";
-    std::fs::rename(ws.sink.join(&record), ws.sink.join(&old_style)).unwrap();
+    // A name is not believed, only signed content: a record renamed (here to the name
+    // a failed verification would have had) is not trusted. list names it, exits 3,
+    // and no longer shows the backup as verified by it.
+    let renamed = record.replace("_passed_", "_failed_");
+    std::fs::rename(ws.sink.join(&record), ws.sink.join(&renamed)).unwrap();
+    let out = ws.pgproof(&["list", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&renamed), "{}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["last_verification"], Value::Null, "{listed}");
+    std::fs::rename(ws.sink.join(&renamed), ws.sink.join(&record)).unwrap();
     assert_eq!(last(&ws), from_name);
-    std::fs::rename(ws.sink.join(&old_style), ws.sink.join(&record)).unwrap();
     let scratch_db = pgproof_core::ops::scratch_database(&first_id);
     assert!(!database_exists(&cluster, &scratch_db).await);
 
-    // A second backup, then the first backup's manifest is edited: the second's link
-    // exposes it.
+    // A second backup, then the first backup's manifest is edited. Without the
+    // signing key the edit is refused outright: nothing is restored, no record is
+    // written, and the second backup's link names the predecessor as untrusted.
     let second = ws.backup();
     let second_id = second["backup_id"].as_str().unwrap().to_owned();
-    let first_manifest = ws.sink.join(format!("app/{first_id}/manifest.json"));
+    let first_key = format!("app/{first_id}/manifest.json");
+    let first_manifest = ws.sink.join(&first_key);
     let original = std::fs::read_to_string(&first_manifest).unwrap();
-    let mut edited: Value = serde_json::from_str(&original).unwrap();
-    edited["duration_ms"] = Value::from(1);
+    let records_before = ws.sink_files().len();
     std::fs::write(
         &first_manifest,
-        serde_json::to_string_pretty(&edited).unwrap(),
+        original.replacen("\"duration_ms\": ", "\"duration_ms\": 1", 1),
     )
     .unwrap();
+    let out = ws.pgproof(&["verify", &first_id, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match its signature"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ws.sink_files().len(), records_before, "nothing recorded");
+    let (code, report) = verify(&ws, &second_id);
+    assert_eq!(code, 3);
+    assert!(
+        check(&report, "manifest:previous")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not trusted"),
+        "{report:#}"
+    );
+    std::fs::write(&first_manifest, &original).unwrap();
+
+    // Edited and signed again (a holder of the signing key, or a leaked one): the
+    // chain still exposes it from both neighbours.
+    ws.edit_signed(&first_key, |text| {
+        let mut edited: Value = serde_json::from_str(&text).unwrap();
+        edited["duration_ms"] = Value::from(1);
+        serde_json::to_string_pretty(&edited).unwrap()
+    });
     let (code, report) = verify(&ws, &first_id);
     assert_eq!(code, 3);
     assert_eq!(
@@ -177,16 +212,16 @@ async fn verify_passes_untouched_and_names_every_tamper() {
     assert_eq!(check(&report, "manifest:previous")["passed"], false);
     std::fs::write(&first_manifest, &original).unwrap();
 
-    // The latest manifest's fingerprint edited: the comparison names the table.
-    let second_manifest = ws.sink.join(format!("app/{second_id}/manifest.json"));
+    // The latest manifest's fingerprint edited (and signed again): the comparison
+    // names the table.
+    let second_key = format!("app/{second_id}/manifest.json");
+    let second_manifest = ws.sink.join(&second_key);
     let original = std::fs::read_to_string(&second_manifest).unwrap();
-    let mut edited: Value = serde_json::from_str(&original).unwrap();
-    edited["fingerprint"]["tables"]["public.kinds"]["rows"] = Value::from(1);
-    std::fs::write(
-        &second_manifest,
-        serde_json::to_string_pretty(&edited).unwrap(),
-    )
-    .unwrap();
+    ws.edit_signed(&second_key, |text| {
+        let mut edited: Value = serde_json::from_str(&text).unwrap();
+        edited["fingerprint"]["tables"]["public.kinds"]["rows"] = Value::from(1);
+        serde_json::to_string_pretty(&edited).unwrap()
+    });
     let (code, report) = verify(&ws, &second_id);
     assert_eq!(code, 3);
     let kinds = check(&report, "fingerprint:public.kinds");
@@ -220,7 +255,7 @@ async fn verify_passes_untouched_and_names_every_tamper() {
         .into_iter()
         .filter(|f| f.starts_with(&format!("app/{second_id}/verify/")))
         .count();
-    assert_eq!(records, 3, "one record per verification, none overwritten");
+    assert_eq!(records, 4, "one record per verification, none overwritten");
 
     // Tampered audit chains in the source are carried into the backup and caught.
     source

@@ -81,15 +81,21 @@ async fn round_trip(format: &str) {
 
     // A second backup links to the first by id and manifest hash.
     let second = ws.backup();
-    let first_manifest = std::fs::read(ws.sink.join(format!(
+    let first_manifest = std::fs::read_to_string(ws.sink.join(format!(
         "app/{}/manifest.json",
         manifest["backup_id"].as_str().unwrap()
     )))
     .unwrap();
     assert_eq!(second["previous"]["backup_id"], manifest["backup_id"]);
+    // The link hashes the signed content, the signature aside.
+    let (payload, signature) = pgproof_tests::split_signed(&first_manifest);
+    assert!(
+        signature.starts_with("-----BEGIN SSH SIGNATURE-----"),
+        "{first_manifest}"
+    );
     assert_eq!(
         second["previous"]["manifest_sha256"],
-        hex::encode(Sha256::digest(&first_manifest))
+        hex::encode(Sha256::digest(payload.as_bytes()))
     );
 
     // Restoring over the now non-empty database needs --clean.

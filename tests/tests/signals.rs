@@ -10,6 +10,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
+use pgproof_tests::processes_matching as running;
 use pgproof_tests::{
     Workspace, connect, create_big_database, database_exists, start_cluster, stderr,
 };
@@ -52,14 +53,6 @@ fn interrupted(child: Child, code: i32, name: &str) -> String {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains(name), "{err}");
     lines[0].to_owned()
-}
-
-fn running(pattern: &str) -> usize {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", pattern])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 #[tokio::test]

@@ -148,6 +148,13 @@ pub enum Command {
         /// Keep the scratch database for inspection (needs verify.scratch_url).
         #[arg(long)]
         keep: bool,
+        /// Adopt backups taken before pgproof signed its catalog: verify each one whose
+        /// manifest is unsigned despite that, and if every check passes, sign an
+        /// adoption of exactly that manifest, so it is trusted from then on. Only for
+        /// backups you know this host's pgproof took: an unsigned manifest could have
+        /// been written by anyone with access to the sink. With --all, oldest first.
+        #[arg(long, conflicts_with = "stale")]
+        adopt: bool,
         /// age identity file, overriding encryption.identity_file.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
@@ -211,6 +218,10 @@ pub enum Command {
         /// target server lacks them (as recorded, without passwords).
         #[arg(long)]
         create_roles: bool,
+        /// With --create-roles, also create roles with SUPERUSER, REPLICATION or
+        /// BYPASSRLS (never created otherwise).
+        #[arg(long, requires = "create_roles")]
+        create_privileged_roles: bool,
         /// age identity file, overriding encryption.identity_file.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
@@ -295,17 +306,64 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Generate an age identity: writes the private key (mode 0600, never
-    /// overwriting) and prints the public key for encryption.recipients.
+    /// Generate a key: an age identity (default: encrypts and decrypts dumps) or, with
+    /// --signing, an Ed25519 signing key (signs every catalog object this host
+    /// writes). Writes the private key (mode 0600, never overwriting) and prints the
+    /// public key: for encryption.recipients, or for trust.keys on every reader.
     Keygen {
-        /// Where to write the identity file.
+        /// Where to write the private key.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Make a signing key (OpenSSH Ed25519) instead of an age identity.
+        #[arg(long)]
+        signing: bool,
+        /// The signing key's comment: who holds it (default: pgproof@HOSTNAME).
+        #[arg(long, requires = "signing")]
+        comment: Option<String>,
+    },
+    /// Export a proof certificate: the backup's signed manifest (versions, sizes,
+    /// sha256s, per-table fingerprints) and its newest signed verification record
+    /// (every check, the measured restore time, the verifier), signed again by this
+    /// host. Nothing secret; an auditor checks it offline with `pgproof certificate
+    /// verify`, or each signature with ssh-keygen -Y verify (docs/security.md).
+    #[command(args_conflicts_with_subcommands = true)]
+    Certificate {
+        #[command(subcommand)]
+        command: Option<CertificateCommand>,
+        /// Backup id, or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Database, where the id alone is ambiguous (needed with --since).
+        #[arg(long)]
+        database: Option<String>,
+        /// A period bundle: every backup of the database that started at or after
+        /// this date or time (2026-10-01, or RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Write it here (created, never overwritten) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertificateCommand {
+    /// Check a certificate offline: its signature and every signature inside it,
+    /// against the keys given; prints what it proves. Exit 3 if anything fails.
+    Verify {
+        /// The certificate file.
+        file: PathBuf,
+        /// A trusted public key (OpenSSH line) or a file of them; repeatable.
+        #[arg(long = "key", value_name = "KEY", required = true)]
+        keys: Vec<String>,
+        /// Print what it proves as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -43,6 +43,31 @@ pub struct Config {
     /// File material stored with every backup (`[[files]]` with `name`, `paths`,
     /// `secret`).
     pub files: Vec<FileSet>,
+    /// The key this host signs what it writes to a sink with.
+    pub signing: SigningConfig,
+    /// The public keys whose signatures this host believes.
+    pub trust: TrustConfig,
+}
+
+/// `[signing]`: every manifest, verification record, pin, lease, tombstone and lock
+/// pgproof writes is signed with this key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// An OpenSSH Ed25519 private key, unencrypted (`pgproof keygen --signing`).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[trust]`: nothing read from a sink is believed unless one of these keys (or this
+/// host's own signing key) signed it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// OpenSSH public key lines (`ssh-ed25519 AAAA… backup@db1`).
+    pub keys: Vec<String>,
+    /// A file of such lines (`#` comments and blank lines skipped), like
+    /// `authorized_keys`.
+    pub keys_file: Option<PathBuf>,
 }
 
 /// `[retention]`: restic-style rules per database; a backup kept by any rule stays.
@@ -101,6 +126,32 @@ pub struct StatusConfig {
     pub max_unproven_age: Option<String>,
 }
 
+/// A date (midnight UTC, `2027-01-31`) or an RFC 3339 time, as a flag gives it.
+pub fn parse_time(flag: &str, text: &str) -> Result<jiff::Timestamp> {
+    text.parse::<jiff::Timestamp>()
+        .or_else(|_| {
+            text.parse::<jiff::civil::Date>()
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    d.to_zoned(jiff::tz::TimeZone::UTC)
+                        .map(|z| z.timestamp())
+                        .map_err(|e| e.to_string())
+                })
+        })
+        .map_err(|e| {
+            Error::config(format!(
+                "{flag} {text:?} is neither an RFC 3339 time nor a date like 2027-01-31 ({e})"
+            ))
+        })
+}
+
+/// The longest duration a setting may name: 100 years.
+const MAX_DURATION_SECS: i64 = 100 * 366 * 86_400;
+
+/// The longest timeout a setting may name, in seconds: 30 days (a dump that takes
+/// longer needs no timeout at all, which 0 says where a setting allows it).
+const MAX_TIMEOUT_SECS: u64 = 30 * 86_400;
+
 /// Parses `90s`, `15m`, `36h`, `14d`, `2w` or sums like `1d12h`; `key` names the
 /// setting in the error.
 pub fn parse_duration(key: &str, text: &str) -> Result<jiff::SignedDuration> {
@@ -136,6 +187,13 @@ pub fn parse_duration(key: &str, text: &str) -> Result<jiff::SignedDuration> {
     }
     if !number.is_empty() || !any {
         return Err(bad());
+    }
+    // Far enough for any retention or threshold, near enough that a time plus it
+    // stays a time.
+    if total > MAX_DURATION_SECS {
+        return Err(Error::config(format!(
+            "{key} = {text:?} is longer than 100 years; write a shorter duration"
+        )));
     }
     Ok(jiff::SignedDuration::from_secs(total))
 }
@@ -282,6 +340,9 @@ pub struct DumpConfig {
     /// query, one table's fingerprint) may run, in seconds; 0 = no limit. The dump
     /// itself is bounded by the lock wait only.
     pub statement_timeout_secs: u64,
+    /// Directory format: where pg_dump's private stage goes (default: the temporary
+    /// directory). It holds at most a window of plaintext table data at a time.
+    pub stage_dir: Option<PathBuf>,
 }
 
 impl Default for DumpConfig {
@@ -294,6 +355,7 @@ impl Default for DumpConfig {
             zstd_level: 3,
             lock_wait_timeout_secs: 300,
             statement_timeout_secs: 6 * 3600,
+            stage_dir: None,
         }
     }
 }
@@ -417,6 +479,60 @@ impl Config {
                 parse_duration(key, text)?;
             }
         }
+        for (key, value) in [
+            ("retention.keep_last", self.retention.keep_last),
+            ("retention.keep_daily", self.retention.keep_daily),
+            ("retention.keep_weekly", self.retention.keep_weekly),
+            ("retention.keep_monthly", self.retention.keep_monthly),
+        ] {
+            if value == Some(0) {
+                return Err(Error::config(format!(
+                    "{key} = 0 keeps nothing; use 1 or more, or leave the rule out"
+                )));
+            }
+        }
+        if let Some(within) = &self.retention.keep_within
+            && parse_duration("retention.keep_within", within)?.is_zero()
+        {
+            return Err(Error::config(
+                "retention.keep_within = 0 keeps nothing; use a positive duration, or leave the rule out",
+            ));
+        }
+        for (key, secs) in [
+            ("hooks.timeout_secs", Some(self.hooks.timeout_secs)),
+            ("notify.timeout_secs", Some(self.notify.timeout_secs)),
+            (
+                "dump.lock_wait_timeout_secs",
+                Some(self.dump.lock_wait_timeout_secs),
+            ),
+            (
+                "dump.statement_timeout_secs",
+                Some(self.dump.statement_timeout_secs),
+            ),
+            (
+                "source.connect_timeout_secs",
+                self.source.connect_timeout_secs,
+            ),
+            (
+                "sink.retry_timeout_secs",
+                Some(self.sink.retry_timeout_secs),
+            ),
+            (
+                "sink.request_timeout_secs",
+                Some(self.sink.request_timeout_secs),
+            ),
+            (
+                "sink.connect_timeout_secs",
+                Some(self.sink.connect_timeout_secs),
+            ),
+        ] {
+            if secs.is_some_and(|s| s > MAX_TIMEOUT_SECS) {
+                return Err(Error::config(format!(
+                    "{key} = {} is more than 30 days ({MAX_TIMEOUT_SECS}); use a smaller number of seconds",
+                    secs.unwrap_or_default()
+                )));
+            }
+        }
         if !self.source.exclude.is_empty() && !matches!(self.source.databases, Databases::All(_)) {
             return Err(Error::config(
                 "source.exclude applies only to source.databases = \"all\"; list the databases you want instead",
@@ -458,7 +574,7 @@ mod tests {
         assert_eq!(secs("36h").unwrap(), 36 * 3600);
         assert_eq!(secs("1d12h").unwrap(), 36 * 3600);
         assert_eq!(secs("2w").unwrap(), 14 * 86_400);
-        for bad in ["", "12", "h", "3 days", "1.5h"] {
+        for bad in ["", "12", "h", "3 days", "1.5h", "99999999999w", "36700d"] {
             let e = parse_duration("status.max_age", bad)
                 .unwrap_err()
                 .to_string();

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use pgproof_core::catalog::{Keyring, SignedSink, SigningKey, TrustedKey};
 use pgproof_core::codec::{Identities, Recipients};
 use pgproof_core::pg::{ConnParams, admin};
 use pgproof_core::scratch::EphemeralCluster;
@@ -12,13 +13,76 @@ use pgproof_sink_object_store::SinkConfig;
 
 use crate::config::{Config, Databases, wildcard_match};
 
-/// The sink `sink.url`'s scheme names. Builds the client only; no request is sent.
+/// The sink `sink.url`'s scheme names, behind the catalog's signature gate. Builds the
+/// client only; no request is sent.
 pub fn open_sink(config: &Config) -> Result<Arc<dyn Sink>> {
-    open_sink_with(&config.sink)
+    Ok(open_signed(config)?)
 }
 
-/// The sink a `[sink]`-shaped section describes (the primary, or a replica).
-pub fn open_sink_with(sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
+/// [`open_sink`] as the gate itself, for what needs its keys or the store beneath.
+pub fn open_signed(config: &Config) -> Result<Arc<SignedSink>> {
+    Ok(Arc::new(SignedSink::new(
+        open_store(&config.sink)?,
+        keyring(config)?,
+    )))
+}
+
+/// `store` behind the signature gate: what this host writes is signed with
+/// `signing.key_file`, what it reads must be signed by a key in `[trust]` (or its own).
+fn signed(config: &Config, store: Arc<dyn Sink>) -> Result<Arc<dyn Sink>> {
+    Ok(Arc::new(SignedSink::new(store, keyring(config)?)))
+}
+
+/// The signing key and the trusted keys the config names.
+pub fn keyring(config: &Config) -> Result<Keyring> {
+    let signer = config
+        .signing
+        .key_file
+        .as_deref()
+        .map(SigningKey::load)
+        .transpose()?;
+    let mut trusted = Vec::new();
+    for line in &config.trust.keys {
+        trusted.push(
+            TrustedKey::parse(line)
+                .map_err(|e| Error::config(format!("trust.keys: {}", e.message())))?,
+        );
+    }
+    if let Some(path) = &config.trust.keys_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("cannot read trust.keys_file {}", path.display()), e))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            trusted.push(TrustedKey::parse(line).map_err(|e| {
+                Error::config(format!(
+                    "trust.keys_file {} line {}: {}",
+                    path.display(),
+                    n + 1,
+                    e.message()
+                ))
+            })?);
+        }
+    }
+    if signer.is_none() && trusted.is_empty() {
+        return Err(Error::config(
+            "no signing key and no trusted key: pgproof believes nothing in a sink that a trusted key did not sign; on a host that takes backups set signing.key_file (pgproof keygen --signing --output FILE), on one that only reads them set trust.keys to the backup hosts' public keys",
+        ));
+    }
+    Ok(Keyring::new(signer, trusted))
+}
+
+/// The sink a `[sink]`-shaped section describes (the primary, or a replica), behind
+/// the signature gate.
+pub fn open_sink_with(config: &Config, sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
+    signed(config, open_store(sink)?)
+}
+
+/// The storage a `[sink]`-shaped section describes, as it is: only what copies stored
+/// bytes unchanged or checks them itself may use it.
+fn open_store(sink: &SinkConfig) -> Result<Arc<dyn Sink>> {
     let Some(url) = sink.url.as_deref() else {
         return Err(Error::config(
             "sink.url is not set; set it in the config file, PGPROOF_SINK__URL or --sink (e.g. file:///var/backups/pgproof, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix)",
@@ -75,11 +139,14 @@ pub fn replica_sink(config: &Config, to: &str) -> Result<Arc<dyn Sink>> {
         .iter()
         .find(|r| r.url.as_deref() == Some(to))
     {
-        Some(replica) => open_sink_with(replica),
-        None => open_sink_with(&SinkConfig {
-            url: Some(to.to_owned()),
-            ..SinkConfig::default()
-        }),
+        Some(replica) => open_sink_with(config, replica),
+        None => open_sink_with(
+            config,
+            &SinkConfig {
+                url: Some(to.to_owned()),
+                ..SinkConfig::default()
+            },
+        ),
     }
 }
 

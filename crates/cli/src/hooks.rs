@@ -25,6 +25,10 @@ pub struct HooksConfig {
     pub after: Vec<String>,
     /// How long a hook may run before it is killed, in seconds.
     pub timeout_secs: u64,
+    /// Environment variables a hook gets from pgproof's own environment besides
+    /// `PATH`, `HOME` and the `PGPROOF_*` outcome: nothing else reaches it (pgproof's
+    /// environment holds database passwords and cloud credentials).
+    pub env: Vec<String>,
 }
 
 impl Default for HooksConfig {
@@ -33,6 +37,7 @@ impl Default for HooksConfig {
             before: Vec::new(),
             after: Vec::new(),
             timeout_secs: 300,
+            env: Vec::new(),
         }
     }
 }
@@ -122,7 +127,7 @@ pub async fn before(hooks: &HooksConfig) -> Result<()> {
     if hooks.before.is_empty() {
         return Ok(());
     }
-    run_hook("before", &hooks.before, hooks.timeout_secs, &[]).await
+    run_hook("before", hooks, &hooks.before, &[]).await
 }
 
 /// Runs the after hook, if any; a failure is logged, never returned.
@@ -131,7 +136,7 @@ pub async fn after(hooks: &HooksConfig, summary: &RunSummary) {
         return;
     }
     let env = summary_env(summary);
-    if let Err(e) = run_hook("after", &hooks.after, hooks.timeout_secs, &env).await {
+    if let Err(e) = run_hook("after", hooks, &hooks.after, &env).await {
         tracing::error!(error = %error_line(&e), "the after hook failed; the run's own result stands");
     }
 }
@@ -162,12 +167,29 @@ fn summary_env(s: &RunSummary) -> Vec<(&'static str, String)> {
 
 async fn run_hook(
     which: &'static str,
+    hooks: &HooksConfig,
     argv: &[String],
-    timeout_secs: u64,
     env: &[(&'static str, String)],
 ) -> Result<()> {
+    let timeout_secs = hooks.timeout_secs;
     let program = &argv[0];
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    // A clean environment: pgproof's holds PGPASSWORD, AWS_SECRET_ACCESS_KEY and the
+    // like, which a hook (and the log of its output) must not see.
+    command.env_clear();
+    for name in ["PATH", "HOME"]
+        .iter()
+        .copied()
+        .chain(hooks.env.iter().map(String::as_str))
+    {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
+    let mut child = command
         .args(&argv[1..])
         .env("PGPROOF_HOOK", which)
         .envs(env.iter().map(|(k, v)| (*k, v)))

@@ -13,11 +13,22 @@ use pgproof_core::{Error, Result, Setting};
 
 use crate::args::{Annotations, Cli, LogFormat};
 
-/// Writes one line to stdout; a closed pipe is not an error worth dying for.
+/// Writes one line to stdout; a closed pipe is not an error worth dying for. Names in
+/// it came from sinks, servers and configs: control characters are escaped (a table
+/// keeps its newlines and tabs), so none reaches the terminal raw.
 pub fn out_line(args: std::fmt::Arguments<'_>) {
+    let text = args.to_string();
+    let shown: String = text
+        .chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect();
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = stdout
-        .write_fmt(args)
+        .write_all(shown.as_bytes())
         .and_then(|()| stdout.write_all(b"\n"))
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
@@ -44,6 +55,9 @@ fn setting_key(setting: Setting) -> &'static str {
         Setting::Clean => "--clean",
         Setting::Force => "--force",
         Setting::CreateRoles => "--create-roles",
+        Setting::CreatePrivilegedRoles => {
+            "--create-privileged-roles on restore; verify creates them only in its ephemeral cluster"
+        }
         _ => "see pgproof --help",
     }
 }

@@ -102,6 +102,8 @@ pub enum Setting {
     Force,
     /// Whether a restore may create the roles the backup needs.
     CreateRoles,
+    /// Whether a restore may create roles with SUPERUSER, REPLICATION or BYPASSRLS.
+    CreatePrivilegedRoles,
 }
 
 /// A pgproof error: see the [module documentation](self) for the policy.
@@ -244,8 +246,30 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        // Messages name objects, databases and paths that came from a sink or a
+        // server: a control character in one must not reach a terminal raw.
+        f.write_str(&printable(&self.message))
     }
+}
+
+/// `text` with every control character escaped (`\u{1b}`), so a name read from a
+/// sink, a server or a config cannot move a terminal's cursor, hide text or end a
+/// log line. Newlines are escaped too: a message is one line.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 impl fmt::Debug for Error {
@@ -282,6 +306,15 @@ impl From<Error> for io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_reach_a_terminal_without_control_characters() {
+        let e = Error::not_found("no backup of app\u{1b}[2J\u{9b}31m\nX");
+        let shown = e.to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("app\\u{1b}[2J"), "{shown}");
+        assert_eq!(printable("plain ünï"), "plain ünï");
+    }
 
     #[test]
     fn an_error_survives_a_trip_through_io() {

@@ -51,6 +51,16 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// Whether `name` can name a set: one path segment of letters, digits, `-` and `_`,
+/// on backup and (from a manifest, which names the directory a restore writes) on
+/// restore alike.
+pub fn is_set_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// A set as stored, in the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSetInfo {
@@ -69,12 +79,7 @@ pub struct FileSetInfo {
 impl FileSet {
     /// Checks the set can be stored as configured.
     pub fn validate(&self, encrypted: bool) -> Result<()> {
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !is_set_name(&self.name) {
             return Err(Error::config(format!(
                 "file set name {:?} must be letters, digits, '-' or '_'",
                 self.name
@@ -270,13 +275,22 @@ impl FileSetInfo {
         Ok(out)
     }
 
-    /// Writes the set under `dir/<name>/`, paths as backed up, with their modes.
+    /// Writes the set under `dir/<name>/`, paths as backed up, with their permission
+    /// bits. Set-user-ID, set-group-ID and sticky bits are dropped: ownership is not
+    /// restored, so a setuid file would run as whoever restores.
     pub fn unpack(&self, tar: &[u8], dir: &Path) -> Result<PathBuf> {
+        if !is_set_name(&self.name) {
+            return Err(Error::integrity(format!(
+                "the manifest names a file set {:?}, which is not a set name pgproof writes; refusing to restore it",
+                self.name
+            )));
+        }
         let into = dir.join(&self.name);
         std::fs::create_dir_all(&into)
             .map_err(|e| Error::io(format!("cannot create {}", into.display()), e))?;
         let mut archive = tar::Archive::new(tar);
-        archive.set_preserve_permissions(true);
+        archive.set_preserve_permissions(false);
+        archive.set_preserve_ownerships(false);
         archive.set_overwrite(false);
         // unpack refuses entries that would land outside `into`.
         archive.unpack(&into).map_err(|e| {
@@ -290,5 +304,57 @@ impl FileSetInfo {
             )
         })?;
         Ok(into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str) -> FileSetInfo {
+        FileSetInfo {
+            name: name.into(),
+            secret: false,
+            codecs: Vec::new(),
+            object: ObjectInfo {
+                key: "app/x/files.tar".into(),
+                raw_bytes: 0,
+                raw_sha256: String::new(),
+                stored_bytes: 0,
+                stored_sha256: String::new(),
+            },
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn hostile_set_names_and_setuid_bits() {
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(2);
+        header.set_mode(0o6755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, "bin/sh", &b"#!"[..])
+            .unwrap();
+        let tar = archive.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for hostile in ["../../escape", "/abs", "a/b", "", ".."] {
+            let e = set(hostile).unpack(&tar, dir.path()).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                crate::error::ErrorKind::Integrity,
+                "{hostile:?}: {e}"
+            );
+        }
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+        let into = set("pki").unpack(&tar, dir.path()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(into.join("bin/sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "set-id bits restored: {mode:o}");
     }
 }

@@ -5,14 +5,22 @@
 //! with a hard link — which, unlike rename, refuses to replace an existing file, so
 //! create-only holds even against a concurrent writer — then fsyncs the directory.
 //! Directories are created 0700. Temporary files start with `.` and are never listed.
+//!
+//! Every path is resolved from the root's descriptor with openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS) (Linux 5.6 and later): a symbolic link planted in the sink is
+//! an integrity error, never followed, so no read, write or delete reaches outside.
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 use pgproof_core::error::{Error, Result};
 use pgproof_core::sink::{ByteStream, ObjectMeta, Sink, validate_key};
 use tokio::io::AsyncWriteExt;
@@ -69,37 +77,89 @@ impl FsSink {
         &self.root
     }
 
-    fn path_of(&self, key: &str) -> Result<PathBuf> {
-        validate_key(key)?;
-        Ok(self.root.join(key))
+    fn io_error(&self, doing: &str, path: &str, e: io::Error) -> Error {
+        let shown = self.root.join(path);
+        match e.raw_os_error().map(Errno::from_raw) {
+            // RESOLVE_NO_SYMLINKS and RESOLVE_BENEATH: something in the sink that
+            // pgproof never writes.
+            Some(Errno::ELOOP | Errno::EXDEV) => Error::integrity(format!(
+                "{doing} {}: a symbolic link is on the way; pgproof writes none and follows none in a sink (remove it, and find out who put it there)",
+                shown.display()
+            ))
+            .with_object(path),
+            _ => match e.kind() {
+                io::ErrorKind::NotFound => Error::not_found(format!(
+                    "{doing} {}: no such file or directory",
+                    shown.display()
+                )),
+                io::ErrorKind::PermissionDenied => Error::io(
+                    format!(
+                        "{doing} {} (check the owner and mode of the sink directory {})",
+                        shown.display(),
+                        self.root.display()
+                    ),
+                    e,
+                ),
+                _ => Error::io(format!("{doing} {}", shown.display()), e),
+            },
+        }
     }
 
-    fn io_error(&self, doing: &str, path: &Path, e: io::Error) -> Error {
-        match e.kind() {
-            io::ErrorKind::NotFound => Error::not_found(format!(
-                "{doing} {}: no such file or directory",
-                path.display()
-            )),
-            io::ErrorKind::PermissionDenied => Error::io(
-                format!(
-                    "{doing} {} (check the owner and mode of the sink directory {})",
-                    path.display(),
-                    self.root.display()
-                ),
-                e,
-            ),
-            _ => Error::io(format!("{doing} {}", path.display()), e),
-        }
+    /// The root, opened: every path below is resolved from it.
+    fn open_root(&self) -> io::Result<OwnedFd> {
+        std::fs::File::open(&self.root).map(OwnedFd::from)
     }
 }
 
+/// Opens `rel` beneath `dir` the only way pgproof resolves a path in a sink: never
+/// through a symbolic link, never out of the root (openat2 with RESOLVE_BENEATH and
+/// RESOLVE_NO_SYMLINKS), so a link an attacker planted cannot turn a read, a write or
+/// a delete on a file elsewhere.
+fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(dir, rel, how).map_err(io::Error::from)
+}
+
+/// The directory `rel` beneath `root` (`""`: the root itself).
+fn open_dir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    open_beneath(
+        root,
+        if rel.is_empty() { "." } else { rel },
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY,
+        0,
+    )
+}
+
+/// The directory `rel` beneath `root`, created (0700) with every missing parent, each
+/// parent fsynced after a directory appeared in it.
+fn make_dirs(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    let mut at = open_dir(root, "")?;
+    for component in rel.split('/').filter(|c| !c.is_empty()) {
+        match mkdirat(&at, component, Mode::from_bits_truncate(0o700)) {
+            Ok(()) => nix::unistd::fsync(&at).map_err(io::Error::from)?,
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        at = open_beneath(&at, component, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0)?;
+    }
+    Ok(at)
+}
+
+/// A key's directory and file name.
+fn split_key(key: &str) -> (&str, &str) {
+    key.rsplit_once('/').unwrap_or(("", key))
+}
+
 /// Removes a temporary file unless it was published.
-struct TempFile(Option<PathBuf>);
+struct TempFile(Option<(OwnedFd, String)>);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some((dir, name)) = self.0.take() {
+            let _ = unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -117,11 +177,10 @@ fn temp_name(file_name: &str) -> String {
 /// as abandoned (its writer could be alive on another host sharing the directory).
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Removes `path` if it is one of this sink's temporary files whose writer is gone:
-/// its pid is not running here and it has not been written for [`ABANDONED_AFTER`].
-/// A run killed with SIGKILL leaves such files; the next listing (every backup
-/// lists) tidies them.
-fn reap_if_abandoned(path: &Path, name: &str) {
+/// Removes the temporary file `name` in `dir` if its writer is gone: its pid is not
+/// running here and it has not been written for [`ABANDONED_AFTER`]. A run killed
+/// with SIGKILL leaves such files; the next listing (every backup lists) tidies them.
+fn reap_if_abandoned(dir: &OwnedFd, name: &str, shown: &Path) {
     let Some((_, tail)) = name.rsplit_once(".tmp-") else {
         return;
     };
@@ -131,17 +190,26 @@ fn reap_if_abandoned(path: &Path, name: &str) {
     if pgproof_core::pg::process::is_running(pid) {
         return;
     }
-    let idle = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok());
-    if idle.is_some_and(|idle| idle >= ABANDONED_AFTER) && std::fs::remove_file(path).is_ok() {
-        tracing::info!(file = %path.display(), pid, "removed a temporary file a dead run left");
+    let Ok(stat) = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        return;
+    };
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(stat.st_mtime).unwrap_or(0));
+    let idle = modified.elapsed().ok();
+    if idle.is_some_and(|idle| idle >= ABANDONED_AFTER)
+        && unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).is_ok()
+    {
+        tracing::info!(file = %shown.display(), pid, "removed a temporary file a dead run left");
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Runs blocking file-system calls off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> Result<io::Result<T>> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::tool(format!("a file-system task failed: {e}")))
 }
 
 #[async_trait]
@@ -151,162 +219,198 @@ impl Sink for FsSink {
     }
 
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {
-        let path = self.path_of(key)?;
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(Error::config(format!("invalid object key {key:?}")));
-        };
-        if tokio::fs::symlink_metadata(&path).await.is_ok() {
-            return Err(Error::already_exists(format!(
-                "{} already exists; sinks never overwrite",
-                path.display()
-            )));
+        validate_key(key)?;
+        let (dir_rel, name) = split_key(key);
+        let (dir_rel, name) = (dir_rel.to_owned(), name.to_owned());
+        // The root itself is the operator's to place (a link there is theirs).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(|e| self.io_error("cannot create", "", e))?;
         }
-        let dir = dir.to_path_buf();
-        let root = self.root.clone();
-        tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || -> io::Result<()> {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)?;
-                // Make every directory on the way durable, not only the file.
-                let mut at = dir.as_path();
-                while let Some(parent) = at.parent() {
-                    sync_dir(parent)?;
-                    if at == root || !at.starts_with(&root) {
-                        break;
-                    }
-                    at = parent;
+        let root = self
+            .open_root()
+            .map_err(|e| self.io_error("cannot open", "", e))?;
+        let dir = {
+            let (dir_rel, name) = (dir_rel.clone(), name.clone());
+            blocking(move || {
+                let dir = make_dirs(&root, &dir_rel)?;
+                match fstatat(&dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(_) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+                    Err(Errno::ENOENT) => Ok(dir),
+                    Err(e) => Err(e.into()),
                 }
-                Ok(())
-            }
-        })
-        .await
-        .map_err(|e| Error::tool(format!("directory creation task failed: {e}")))?
-        .map_err(|e| self.io_error("cannot create directory", &dir, e))?;
+            })
+            .await?
+        };
+        let dir = dir.map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Error::already_exists(format!(
+                "{} already exists; sinks never overwrite",
+                self.root.join(key).display()
+            )),
+            _ => self.io_error("cannot create directory for", key, e),
+        })?;
 
-        let tmp_path = dir.join(temp_name(&name.to_string_lossy()));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp_path)
-            .await
-            .map_err(|e| self.io_error("cannot create", &tmp_path, e))?;
-        let mut tmp = TempFile(Some(tmp_path.clone()));
+        let tmp_name = temp_name(&name);
+        let tmp_key = format!("{dir_rel}/{tmp_name}");
+        let file = open_beneath(
+            &dir,
+            &tmp_name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            0o600,
+        )
+        .map_err(|e| self.io_error("cannot create", &tmp_key, e))?;
+        let tmp = TempFile(Some((
+            dir.try_clone()
+                .map_err(|e| self.io_error("cannot open", &dir_rel, e))?,
+            tmp_name.clone(),
+        )));
+        let mut file = tokio::fs::File::from_std(std::fs::File::from(file));
         let mut written = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
             file.write_all(&chunk)
                 .await
-                .map_err(|e| self.io_error("cannot write", &tmp_path, e))?;
+                .map_err(|e| self.io_error("cannot write", &tmp_key, e))?;
             written += chunk.len() as u64;
         }
         file.sync_all()
             .await
-            .map_err(|e| self.io_error("cannot fsync", &tmp_path, e))?;
+            .map_err(|e| self.io_error("cannot fsync", &tmp_key, e))?;
         drop(file);
-        tokio::fs::hard_link(&tmp_path, &path)
-            .await
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Error::already_exists(format!(
+        // Published by a hard link, which (unlike rename) never replaces a file.
+        let published = blocking(move || {
+            linkat(
+                &dir,
+                tmp_name.as_str(),
+                &dir,
+                name.as_str(),
+                AtFlags::empty(),
+            )?;
+            drop(tmp);
+            nix::unistd::fsync(&dir)?;
+            Ok(())
+        })
+        .await?;
+        match published {
+            Ok(()) => Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(Error::already_exists(format!(
                     "{} already exists; sinks never overwrite",
-                    path.display()
-                )),
-                _ => self.io_error("cannot publish", &path, e),
-            })?;
-        if let Some(published) = tmp.0.take() {
-            let _ = tokio::fs::remove_file(published).await;
+                    self.root.join(key).display()
+                )))
+            }
+            Err(e) => Err(self.io_error("cannot publish", key, e)),
         }
-        let dir_for_sync = dir.clone();
-        tokio::task::spawn_blocking(move || sync_dir(&dir_for_sync))
-            .await
-            .map_err(|e| Error::tool(format!("fsync task failed: {e}")))?
-            .map_err(|e| self.io_error("cannot fsync directory", &dir, e))?;
-        Ok(written)
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let path = self.path_of(key)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| self.io_error("cannot open", &path, e))?;
-        let shown = path.display().to_string();
+        validate_key(key)?;
+        let file = self
+            .open_root()
+            .and_then(|root| open_beneath(&root, key, OFlag::O_RDONLY, 0))
+            .map_err(|e| self.io_error("cannot open", key, e))?;
+        let file = tokio::fs::File::from_std(std::fs::File::from(file));
+        let shown = self.root.join(key).display().to_string();
         Ok(ReaderStream::with_capacity(file, READ_CHUNK)
             .map_err(move |e| Error::io(format!("cannot read {shown}"), e))
             .boxed())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let root = self.root.clone();
-        let prefix = prefix.to_owned();
         let start = match prefix.rfind('/') {
             Some(i) => {
                 validate_key(&prefix[..i])?;
-                root.join(&prefix[..i])
+                prefix[..i].to_owned()
             }
-            None => root.clone(),
+            None => String::new(),
         };
-        let found = tokio::task::spawn_blocking(move || walk(&root, &start, &prefix))
-            .await
-            .map_err(|e| Error::tool(format!("listing task failed: {e}")))?
-            .map_err(|e| self.io_error("cannot list", &self.root, e))?;
+        let root = match self.open_root() {
+            Ok(root) => root,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_error("cannot open", "", e)),
+        };
+        let shown = self.root.clone();
+        let prefix = prefix.to_owned();
+        let found = blocking(move || walk(&root, &start, &prefix, &shown))
+            .await?
+            .map_err(|e| self.io_error("cannot list", "", e))?;
         Ok(found)
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path_of(key)?;
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(|e| self.io_error("cannot delete", &path, e))?;
-        // Tidy now-empty directories up to the root; a non-empty one stops the walk.
-        let mut at = path.parent();
-        while let Some(dir) = at {
-            if dir == self.root || !dir.starts_with(&self.root) {
-                break;
+        validate_key(key)?;
+        let (dir_rel, name) = split_key(key);
+        let (dir_rel, name) = (dir_rel.to_owned(), name.to_owned());
+        let root = self
+            .open_root()
+            .map_err(|e| self.io_error("cannot open", "", e))?;
+        let removed = blocking(move || {
+            let dir = open_dir(&root, &dir_rel)?;
+            // unlinkat removes a link itself, never what it points to.
+            unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir)?;
+            // Tidy now-empty directories up to the root; a non-empty one stops it.
+            let mut rel = dir_rel.as_str();
+            while !rel.is_empty() {
+                let (parent, child) = split_key(rel);
+                let Ok(parent_fd) = open_dir(&root, parent) else {
+                    break;
+                };
+                if unlinkat(&parent_fd, child, UnlinkatFlags::RemoveDir).is_err() {
+                    break;
+                }
+                rel = parent;
             }
-            if tokio::fs::remove_dir(dir).await.is_err() {
-                break;
-            }
-            at = dir.parent();
-        }
-        Ok(())
+            Ok(())
+        })
+        .await?;
+        removed.map_err(|e| self.io_error("cannot delete", key, e))
     }
 }
 
-fn walk(root: &Path, start: &Path, prefix: &str) -> io::Result<Vec<ObjectMeta>> {
+/// Every file under `start` (a directory beneath `root`) whose key starts with
+/// `prefix`. Directories are opened beneath their parents without following links;
+/// a link or anything else that is not a file or a directory is not listed.
+fn walk(root: &OwnedFd, start: &str, prefix: &str, shown: &Path) -> io::Result<Vec<ObjectMeta>> {
     let mut found = Vec::new();
-    let mut pending = vec![start.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
+    let first = match open_dir(root, start) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    let mut pending = vec![(first, start.to_owned())];
+    while let Some((dir, rel)) = pending.pop() {
+        // The directory as opened, by its descriptor: what it is now, wherever a
+        // path to it may lead by the time it is read.
+        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            let key = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
             if name.starts_with('.') {
-                reap_if_abandoned(&entry.path(), name);
+                reap_if_abandoned(&dir, name, &shown.join(&key));
                 continue;
             }
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() {
-                let path = entry.path();
-                let Ok(rel) = path.strip_prefix(root) else {
-                    continue;
-                };
-                let Some(key) = rel.to_str() else { continue };
-                if key.starts_with(prefix) {
-                    found.push(ObjectMeta {
-                        key: key.to_owned(),
-                        size: entry.metadata()?.len(),
-                    });
+                match open_beneath(&dir, name, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) {
+                    Ok(fd) => pending.push((fd, key)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
                 }
+            } else if kind.is_file() && key.starts_with(prefix) {
+                found.push(ObjectMeta {
+                    key,
+                    size: entry.metadata()?.len(),
+                });
             }
         }
     }
@@ -345,6 +449,68 @@ mod tests {
         assert!(!dead.exists(), "a dead writer's old temp file survived");
         assert!(fresh.exists(), "a recent temp file was removed");
         assert!(live.exists(), "a live writer's temp file was removed");
+    }
+
+    /// A link planted in the sink (a pin directory made a link to elsewhere, a
+    /// manifest made a link to a file elsewhere) is never followed: reads, writes,
+    /// listings and deletes refuse it, and nothing outside the root is touched.
+    #[tokio::test]
+    async fn planted_links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sink");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim.json"), b"precious").unwrap();
+        let sink = FsSink::new(&root);
+        sink.put("db/id/manifest.json", bytes_of(b"m"))
+            .await
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("db/id/pin")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("victim.json"),
+            root.join("db/id/tombstone.json"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("other")).unwrap();
+
+        let listed = sink.list("db/").await.unwrap();
+        assert_eq!(
+            listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["db/id/manifest.json"]
+        );
+        assert!(sink.list("db/id/pin/").await.is_err());
+        for key in ["db/id/pin/victim.json", "other/victim.json"] {
+            let e = sink.get(key).await.err().unwrap();
+            assert_eq!(e.kind(), pgproof_core::ErrorKind::Integrity, "{key}: {e}");
+            assert!(
+                sink.delete(key).await.is_err(),
+                "{key} deleted through a link"
+            );
+            assert!(
+                sink.put(&format!("{key}.new"), bytes_of(b"x"))
+                    .await
+                    .is_err(),
+                "{key}.new written through a link"
+            );
+        }
+        let e = sink.get("db/id/tombstone.json").await.err().unwrap();
+        assert_eq!(e.kind(), pgproof_core::ErrorKind::Integrity, "{e}");
+        sink.delete("db/id/tombstone.json").await.unwrap();
+        // Deleting the planted file link removes the link, not its target.
+        assert!(std::fs::symlink_metadata(root.join("db/id/tombstone.json")).is_err());
+        assert_eq!(
+            std::fs::read(outside.join("victim.json")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            1,
+            "something was written outside"
+        );
+    }
+
+    fn bytes_of(data: &'static [u8]) -> ByteStream {
+        futures::stream::once(async move { Ok(bytes::Bytes::from_static(data)) }).boxed()
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub async fn backup(
             .invariants(config.verify.invariants.clone())
             .files(config.files.clone())
             .amcheck(amcheck)
+            .stage_dir(config.dump.stage_dir.clone())
             .alert_policy(AlertPolicy {
                 max_row_drop: config.alerts.max_row_drop,
                 max_size_drop: config.alerts.max_size_drop,

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use pgproof_core::catalog::{Keyring, SignedSink, SigningKey};
 use pgproof_core::codec::KeyPair;
 use pgproof_core::ops::Drill;
 use pgproof_core::pg::ConnParams;
@@ -10,7 +11,7 @@ use pgproof_sink_fs::FsSink;
 
 use crate::args::Annotations;
 use crate::config::Config;
-use crate::engines::{identities, open_sink, recipients, start_ephemeral};
+use crate::engines::{identities, keyring, open_sink, recipients, start_ephemeral};
 use crate::render::{human_bytes, outln, print_json, print_report};
 
 pub async fn drill(
@@ -34,7 +35,16 @@ pub async fn drill(
         open_sink(config)?
     } else {
         scratch_dir = tempfile_dir()?;
-        Arc::new(FsSink::new(scratch_dir.path().join("sink")))
+        // Signed like every catalog: with the configured key, or one made for this
+        // run (the drill's sink lives as long as the drill).
+        let keys = match &config.signing.key_file {
+            Some(_) => keyring(config)?,
+            None => Keyring::new(Some(SigningKey::generate("pgproof drill")?), Vec::new()),
+        };
+        Arc::new(SignedSink::new(
+            Arc::new(FsSink::new(scratch_dir.path().join("sink"))),
+            keys,
+        ))
     };
     let enc = &config.encryption;
     let configured = !enc.recipients.is_empty() || enc.recipients_file.is_some();

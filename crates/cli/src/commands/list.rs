@@ -46,11 +46,12 @@ pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result
                 }),
             });
         }
-        return print_json(&out);
+        print_json(&out)?;
+        return untrusted(&inventory);
     }
     if entries.is_empty() {
         eprintln!("no backups in {}", sink.describe());
-        return Ok(());
+        return untrusted(&inventory);
     }
     outln!(
         "{:<25}  {:<16}  {:<6}  {:>10}  {:>10}  {:<19}  {:<24}  PIN",
@@ -98,7 +99,32 @@ pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result
             entry.pinned(now).map(|p| p.describe()).unwrap_or_default()
         );
     }
-    Ok(())
+    untrusted(&inventory)
+}
+
+/// Names every catalog object no trusted key signed, one line each on stderr, and
+/// makes the command exit 3: they were left out, and someone wrote them.
+pub fn untrusted(inventory: &Inventory) -> Result<()> {
+    let findings: Vec<_> = inventory
+        .databases
+        .values()
+        .flat_map(|part| &part.findings)
+        .collect();
+    for f in &findings {
+        eprintln!(
+            "pgproof: not trusted: {}",
+            pgproof_core::error::printable(&f.problem)
+        );
+    }
+    match findings.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::integrity(format!(
+            "{} catalog object(s) not trusted and left out, first {}; a key in [trust] did not sign them: find who wrote them (bucket access logs) before deleting them",
+            findings.len(),
+            first.key
+        ))
+        .with_object(first.key.clone())),
+    }
 }
 
 pub async fn pin(
@@ -109,23 +135,7 @@ pub async fn pin(
     note: Option<String>,
 ) -> Result<()> {
     let until = until
-        .map(|text| {
-            text.parse::<jiff::Timestamp>()
-                .or_else(|_| {
-                    text.parse::<jiff::civil::Date>()
-                        .map_err(|e| e.to_string())
-                        .and_then(|d| {
-                            d.to_zoned(jiff::tz::TimeZone::UTC)
-                                .map(|z| z.timestamp())
-                                .map_err(|e| e.to_string())
-                        })
-                })
-                .map_err(|e| {
-                    Error::config(format!(
-                        "--until {text:?} is neither an RFC 3339 time nor a date like 2027-01-31 ({e})"
-                    ))
-                })
-        })
+        .map(|text| crate::config::parse_time("--until", text))
         .transpose()?;
     let sink = open_sink(config)?;
     let found = catalog::resolve(&*sink, which, database).await?;

@@ -1,6 +1,7 @@
 //! One file per subcommand; [`run`] dispatches.
 
 mod backup;
+mod certificate;
 mod drill;
 mod list;
 mod restore;
@@ -11,7 +12,7 @@ mod verify;
 use pgproof_core::Result;
 use pgproof_core::catalog;
 
-use crate::args::{Cli, Command, ConfigCommand};
+use crate::args::{CertificateCommand, Cli, Command, ConfigCommand};
 use crate::engines;
 use crate::hooks;
 use crate::render::{ProgressOutput, print_json};
@@ -31,8 +32,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             flags.identity_file = identity.clone();
         }
         Command::Drill { format, .. } => flags.format = format.clone(),
-        Command::Keygen { output } => return setup::keygen(output),
+        Command::Keygen {
+            output,
+            signing,
+            comment,
+        } => return setup::keygen(output, *signing, comment.as_deref()),
         Command::Migrate { url } => return setup::migrate(url).await,
+        // Offline: no config, no sink.
+        Command::Certificate {
+            command: Some(CertificateCommand::Verify { file, keys, json }),
+            ..
+        } => return certificate::verify(file, keys, *json),
         _ => {}
     }
     let (config, file) = settings::load(cli.config.as_deref(), &flags)?;
@@ -110,12 +120,33 @@ pub async fn run(cli: Cli) -> Result<()> {
             limit,
             database,
             keep,
+            adopt,
             json,
             ..
         } => {
-            let sink = engines::open_sink(&config)?;
+            let signed = engines::open_signed(&config)?;
+            let sink: std::sync::Arc<dyn pgproof_core::Sink> = signed.clone();
+            let mut untrusted = None;
             let targets = if all {
-                catalog::list_backups(&*sink, database.as_deref()).await?
+                // The trusted backups only; the rest are named at the end.
+                let inventory = catalog::Inventory::load(&*sink, database.as_deref()).await?;
+                untrusted = list::untrusted(&inventory).err();
+                if adopt {
+                    catalog::list_backups(&*sink, database.as_deref()).await?
+                } else {
+                    inventory
+                        .databases
+                        .iter()
+                        .flat_map(|(db, part)| {
+                            part.backups.iter().filter(|b| b.manifest.is_ok()).map(|b| {
+                                catalog::BackupRef {
+                                    database: db.clone(),
+                                    backup_id: b.backup_id.clone(),
+                                }
+                            })
+                        })
+                        .collect()
+                }
             } else if let Some(age) = &stale {
                 let targets =
                     verify::stale_backups(&*sink, database.as_deref(), age, limit).await?;
@@ -131,12 +162,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 vec![catalog::resolve(&*sink, &backup, database.as_deref()).await?]
             };
-            let reports =
-                verify::verify_all(&config, sink, &targets, keep, json, &progress).await?;
+            let reports = if adopt {
+                verify::adopt_all(&config, &signed, &targets, keep, json, &progress).await?
+            } else {
+                verify::verify_all(&config, sink, &targets, keep, json, &progress).await?
+            };
             if json {
                 print_json(&reports)?;
             }
-            verify::verification_outcome(&reports)
+            verify::verification_outcome(&reports)?;
+            untrusted.map_or(Ok(()), Err)
         }
         Command::Drill {
             rows,
@@ -152,6 +187,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             clean,
             force,
             create_roles,
+            create_privileged_roles,
             files,
             json,
             ..
@@ -160,6 +196,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 clean,
                 force,
                 create_roles,
+                create_privileged_roles,
             };
             restore::restore(
                 &config,
@@ -219,6 +256,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Config {
             command: ConfigCommand::Check { json },
         } => setup::config_check(&config, file.as_deref(), json).await,
+        Command::Certificate {
+            backup,
+            database,
+            since,
+            out,
+            ..
+        } => {
+            certificate::issue(
+                &config,
+                &backup,
+                database.as_deref(),
+                since.as_deref(),
+                out.as_deref(),
+            )
+            .await
+        }
         Command::Keygen { .. } | Command::Migrate { .. } => Ok(()),
     }
 }

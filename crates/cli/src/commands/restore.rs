@@ -19,6 +19,8 @@ pub struct Allow {
     pub force: bool,
     /// Create missing roles.
     pub create_roles: bool,
+    /// Create missing roles with SUPERUSER, REPLICATION or BYPASSRLS too.
+    pub create_privileged_roles: bool,
 }
 
 /// Where a restore goes: a database, a directory for the file sets, or both.
@@ -67,6 +69,7 @@ pub async fn restore(
         .clean(allow.clean)
         .force(allow.force)
         .create_roles(allow.create_roles)
+        .create_privileged_roles(allow.create_privileged_roles)
         .pg_bin_dir(config.source.pg_bin_dir.clone())
         .progress(callback)
         .run()

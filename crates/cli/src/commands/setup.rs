@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use pgproof_core::catalog::SigningKey;
 use pgproof_core::codec::{Identities, KeyPair, Recipients};
 use pgproof_core::pg::ConnParams;
 use pgproof_core::{Error, Result};
@@ -23,7 +24,20 @@ pub async fn migrate(url: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn keygen(output: &Path) -> Result<()> {
+pub fn keygen(output: &Path, signing: bool, comment: Option<&str>) -> Result<()> {
+    if signing {
+        let comment = comment.map_or_else(|| format!("pgproof@{}", hostname()), str::to_owned);
+        let key = SigningKey::generate(&comment)?;
+        key.write_file(output)?;
+        let public = key.public_key();
+        eprintln!(
+            "wrote the signing key {} to {} (keep it secret, on this host only); its public key, for trust.keys on every host that reads this sink:",
+            public.fingerprint(),
+            output.display()
+        );
+        outln!("{}", public.to_openssh());
+        return Ok(());
+    }
     let pair = KeyPair::generate();
     pair.write_identity_file(output)?;
     eprintln!(
@@ -32,6 +46,15 @@ pub fn keygen(output: &Path) -> Result<()> {
     );
     outln!("{}", pair.public_key());
     Ok(())
+}
+
+/// This host's name, for a signing key's comment.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
@@ -62,6 +85,22 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
     if let Err(e) = open_sink(config) {
         problems.push(error_line(&e));
     }
+    // Keys by fingerprint, as `ssh-keygen -l` shows them: enough to compare with
+    // the hosts that hold them, nothing secret.
+    let keyring = crate::engines::keyring(config).ok();
+    let signing_key = keyring.as_ref().and_then(|k| k.signer());
+    let trusted_keys: Vec<pgproof_core::catalog::trust::Signer> = keyring
+        .as_ref()
+        .map(|k| {
+            k.trusted()
+                .iter()
+                .map(|t| pgproof_core::catalog::trust::Signer {
+                    fingerprint: t.fingerprint(),
+                    comment: t.comment().to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     if config.encryption.enabled
         && let Err(e) = Recipients::load(
             &config.encryption.recipients,
@@ -113,6 +152,8 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
                 "object_lock": s.object_lock,
                 "default_retention": s.default_retention,
             })),
+            "signing_key": signing_key,
+            "trusted_keys": trusted_keys,
             "problems": problems,
         }))?;
     } else {
@@ -130,6 +171,12 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
                 if s.object_lock { "on" } else { "off" },
                 s.default_retention.as_deref().unwrap_or("none")
             );
+        }
+        if let Some(s) = &signing_key {
+            outln!("# signs as: {} {}", s.fingerprint, s.comment);
+        }
+        for t in &trusted_keys {
+            outln!("# trusts: {} {}", t.fingerprint, t.comment);
         }
         for p in &problems {
             outln!("# problem: {p}");

@@ -172,7 +172,7 @@ pub async fn replicate(config: &Config) -> Result<()> {
     let mut first: Option<Error> = None;
     for replica in &config.replicas {
         let result = async {
-            let dest = open_sink_with(replica)?;
+            let dest = open_sink_with(config, replica)?;
             let outcome = Copy::new(open_sink(config)?, dest.clone())
                 .run()
                 .await?
@@ -261,6 +261,8 @@ struct DatabaseStatus {
     oldest_unproven_backup_at: Option<Timestamp>,
     /// The newest backup's anomalies against the one before it.
     alerts: Vec<String>,
+    /// Catalog objects no trusted key signed (each left out of every figure here).
+    untrusted_objects: Vec<String>,
     /// Each `[[replicas]]` entry's newest copy of this database.
     replicas: Vec<ReplicaStatus>,
     breaches: Vec<String>,
@@ -297,7 +299,7 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             .unwrap_or_default();
         replicas.push((
             url,
-            Inventory::load(&*open_sink_with(replica)?, None).await?,
+            Inventory::load(&*open_sink_with(config, replica)?, None).await?,
         ));
     }
     let mut names: Vec<String> = inventory.databases.keys().cloned().collect();
@@ -348,6 +350,7 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
             alerts: newest
                 .map(|(_, m)| m.alerts.iter().map(|a| a.detail.clone()).collect())
                 .unwrap_or_default(),
+            untrusted_objects: part.findings.iter().map(|f| f.key.clone()).collect(),
             replicas: replicas
                 .iter()
                 .map(|(url, inv)| {
@@ -366,6 +369,18 @@ pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> R
                 .collect(),
             breaches: Vec::new(),
         };
+        if let Some(first) = part.findings.first() {
+            s.breaches.push(format!(
+                "{} catalog objects are not trusted and were left out: {}{}",
+                part.findings.len(),
+                first.problem,
+                if part.findings.len() > 1 {
+                    " (and more: pgproof check lists them)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if config.alerts.fail_status && !s.alerts.is_empty() {
             s.breaches.push(format!(
                 "the newest backup carries {} alerts (alerts.fail_status)",
@@ -586,6 +601,12 @@ fn write_textfile(file: &Path, statuses: &[DatabaseStatus]) -> Result<()> {
             "Anomalies of the newest backup against the previous one.",
             db,
             Some(s.alerts.len() as f64),
+        );
+        add(
+            "pgproof_untrusted_objects",
+            "Catalog objects (manifests, records, pins, leases, tombstones) no trusted key signed.",
+            db,
+            Some(s.untrusted_objects.len() as f64),
         );
         add(
             "pgproof_status_breached",

@@ -2,15 +2,19 @@
 
 use std::sync::Arc;
 
-use pgproof_core::catalog::{BackupRef, Inventory};
+use pgproof_core::catalog::{
+    BackupRef, Inventory, MANIFEST_LIMIT, SignedSink, Verification, trust,
+};
+use pgproof_core::codec::sha256_hex;
 use pgproof_core::ops::Verify;
+use pgproof_core::sink::SinkExt;
 use pgproof_core::verify::{Amcheck, ManifestChain, Report, standard_verifiers_sharing};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
 use crate::config::{Config, parse_duration};
 use crate::engines::{identities, scratch_server};
-use crate::render::{ProgressOutput, print_report};
+use crate::render::{ProgressOutput, outln, print_report};
 
 pub async fn verify_all(
     config: &Config,
@@ -27,7 +31,8 @@ pub async fn verify_all(
         )));
     }
     let identities = identities(config)?;
-    let (scratch, _cluster) = scratch_server(config, keep)?;
+    let (scratch, cluster) = scratch_server(config, keep)?;
+    let ephemeral = cluster.is_some();
     let mut reports: Vec<Report> = Vec::new();
     // One chain checker for the run: each manifest is read once, however many backups.
     let chain = ManifestChain::default();
@@ -36,6 +41,7 @@ pub async fn verify_all(
         let report = Verify::new(sink.clone(), target.clone(), scratch.clone())
             .identities(identities.clone())
             .pg_bin_dir(config.source.pg_bin_dir.clone())
+            .ephemeral_scratch(ephemeral)
             .verifiers({
                 let mut verifiers =
                     standard_verifiers_sharing(&chain, config.verify.invariants.clone());
@@ -52,6 +58,77 @@ pub async fn verify_all(
         let report = report?;
         if !json {
             print_report(&report, Annotations::None);
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// `verify --adopt`: each target whose manifest is unsigned is verified as it is and,
+/// if every check passed, adopted (a signed record of its manifest's sha256); a
+/// signed one is verified as usual. Oldest first, so each adoption's predecessor is
+/// trusted by the time `manifest:previous` reads it.
+pub async fn adopt_all(
+    config: &Config,
+    signed: &Arc<SignedSink>,
+    targets: &[BackupRef],
+    keep: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for target in targets {
+        let key = target.manifest_key();
+        let stored = signed.inner().get_bytes(&key, MANIFEST_LIMIT).await?;
+        let trusted = signed.get_signed(&key).await.is_ok();
+        let sink: Arc<dyn Sink> = if trusted {
+            signed.clone()
+        } else {
+            Arc::new(signed.adopting(&target.database, &target.backup_id))
+        };
+        let mut report = verify_all(
+            config,
+            sink,
+            std::slice::from_ref(target),
+            keep,
+            json,
+            progress,
+        )
+        .await?;
+        let Some(report) = report.pop() else {
+            continue;
+        };
+        if !trusted && report.passed {
+            // The manifest the verification read must be the one adopted.
+            let now = signed.inner().get_bytes(&key, MANIFEST_LIMIT).await?;
+            if now != stored {
+                return Err(Error::integrity(format!(
+                    "manifest {key} changed while it was verified; not adopted"
+                ))
+                .with_object(key));
+            }
+            let record = Verification {
+                verified_at: report.verified_at,
+                passed: report.passed,
+                restore_ms: report.restore_ms,
+            }
+            .record_name();
+            trust::adopt(
+                &**signed,
+                &target.database,
+                &target.backup_id,
+                &sha256_hex(&stored),
+                &record,
+            )
+            .await?;
+            if !json {
+                outln!(
+                    "adopted {} ({}): its unsigned manifest (sha256 {}) is trusted from now on",
+                    target.backup_id,
+                    target.database,
+                    sha256_hex(&stored)
+                );
+            }
         }
         reports.push(report);
     }

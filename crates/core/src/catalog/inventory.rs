@@ -25,6 +25,27 @@ pub const TOMBSTONE_NAME: &str = "tombstone.json";
 /// The directory of a backup's leases.
 const LEASES: &str = "lease";
 
+/// The longest a lease may protect a backup; a lease that claims longer is refused.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How far ahead of this host's clock a signed time may lie before it is refused:
+/// a host whose clock runs that far ahead, or a forger, would otherwise win every
+/// "newest" decision.
+pub const CLOCK_SKEW: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
+
+/// A finding for `key`: `what` is wrong with it.
+fn refuse(key: &str, what: String) -> Error {
+    Error::integrity(format!("{key} {what}; not trusted")).with_object(key)
+}
+
+/// Refuses a signed time later than `now` plus [`CLOCK_SKEW`].
+fn not_future(key: &str, field: &str, at: Timestamp, now: Timestamp) -> Result<()> {
+    if at > now + CLOCK_SKEW {
+        return Err(refuse(key, format!("says {field} {at}, in the future")));
+    }
+    Ok(())
+}
+
 /// The directory of a backup's pins.
 const PINS: &str = "pin";
 
@@ -46,6 +67,11 @@ impl Pin {
     /// Whether it still holds at `now`.
     pub fn holds(&self, now: Timestamp) -> bool {
         self.until.is_none_or(|until| until > now)
+    }
+
+    /// Refuses a pin made in the future.
+    pub fn check(&self, now: Timestamp, key: &str) -> Result<()> {
+        not_future(key, "pinned_at", self.pinned_at, now)
     }
 
     /// How it reads in a list: `pinned until …: note`.
@@ -123,6 +149,20 @@ pub struct Tombstone {
     pub previous: Option<PreviousManifest>,
 }
 
+impl Tombstone {
+    /// Refuses a tombstone that names another backup than the one it lies in, or was
+    /// made in the future.
+    pub fn check(&self, database: &str, backup_id: &str, key: &str) -> Result<()> {
+        if self.database != database || self.backup_id != backup_id {
+            return Err(refuse(
+                key,
+                format!("describes {}/{}", self.database, self.backup_id),
+            ));
+        }
+        not_future(key, "pruned_at", self.pruned_at, Timestamp::now())
+    }
+}
+
 /// A run working on a backup (a verification restoring it): prune leaves a backup
 /// with a live lease alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +171,15 @@ pub struct Lease {
     pub holder: String,
     /// When it stops protecting the backup if never released.
     pub expires_at: Timestamp,
+}
+
+impl Lease {
+    /// Refuses a lease longer than [`MAX_LEASE_TTL`]: one that would protect a backup
+    /// from prune for ever.
+    pub fn check(&self, now: Timestamp, key: &str) -> Result<()> {
+        let limit = jiff::SignedDuration::try_from(MAX_LEASE_TTL).unwrap_or_default();
+        not_future(key, "expires_at", self.expires_at, now + limit)
+    }
 }
 
 /// One verification of a backup, as its record says.
@@ -158,6 +207,27 @@ impl Verification {
             "{}_{verdict}{restore}.json",
             self.verified_at.strftime("%Y%m%dT%H%M%S%.fZ")
         )
+    }
+
+    /// Refuses a record made in the future, or whose name says another verdict than
+    /// its signed content.
+    pub fn check(&self, now: Timestamp, key: &str) -> Result<()> {
+        not_future(key, "verified_at", self.verified_at, now)?;
+        if let Some(named) = summary_in_key(key)
+            && named != *self
+        {
+            return Err(refuse(
+                key,
+                format!(
+                    "is named for a verification that {} at {}, and its content says it {} at {}",
+                    if named.passed { "passed" } else { "failed" },
+                    named.verified_at,
+                    if self.passed { "passed" } else { "failed" },
+                    self.verified_at
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The summary a [`record_name`](Self::record_name) carries; `None` for another
@@ -249,6 +319,18 @@ pub struct DatabaseInventory {
     /// Objects of backup ids with neither manifest nor tombstone (runs that never
     /// committed, or are still running), and leftovers beside tombstones.
     pub uncommitted: BTreeMap<String, Vec<ObjectMeta>>,
+    /// Catalog objects that are not trusted (unsigned, signed by an unknown key, for
+    /// another object, edited) or not readable: each was left out of every decision.
+    pub findings: Vec<Finding>,
+}
+
+/// A catalog object that was not believed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Its key.
+    pub key: String,
+    /// Why it was not believed.
+    pub problem: String,
 }
 
 /// The catalog, per database.
@@ -257,6 +339,10 @@ pub struct Inventory {
     /// By database name.
     pub databases: BTreeMap<String, DatabaseInventory>,
 }
+
+/// What a catalog read got for one key: its bytes, gone since the listing, or the
+/// reason it is not believed.
+type Fetched = HashMap<String, std::result::Result<Vec<u8>, Error>>;
 
 impl Inventory {
     /// Reads the catalog of one database, or of all.
@@ -283,7 +369,7 @@ impl Inventory {
                 .or_default()
                 .push(meta);
         }
-        let fetched = prefetch(sink, &grouped).await?;
+        let mut fetched = prefetch(sink, &grouped).await?;
         let mut inventory = Inventory::default();
         for (db, ids) in grouped {
             let mut part = DatabaseInventory::default();
@@ -291,14 +377,17 @@ impl Inventory {
                 let has = |name: &str| objects.iter().any(|o| o.key == format!("{db}/{id}/{name}"));
                 if has(TOMBSTONE_NAME) {
                     let key = format!("{db}/{id}/{TOMBSTONE_NAME}");
-                    let Some(bytes) = fetched.get(&key).and_then(Option::as_deref) else {
-                        continue;
-                    };
-                    match serde_json::from_slice::<Tombstone>(bytes) {
-                        Ok(t) => {
-                            part.tombstones.insert(id.clone(), t);
-                        }
-                        Err(e) => tracing::warn!(key = %key, error = %e, "unreadable tombstone"),
+                    match fetched.get(&key) {
+                        Some(Ok(bytes)) => match parse::<Tombstone>(&key, bytes)
+                            .and_then(|t| t.check(&db, &id, &key).map(|()| t))
+                        {
+                            Ok(t) => {
+                                part.tombstones.insert(id.clone(), t);
+                            }
+                            Err(e) => part.find(&key, &e),
+                        },
+                        Some(Err(e)) if e.kind() != ErrorKind::NotFound => part.find(&key, e),
+                        _ => {}
                     }
                 }
                 if !has(MANIFEST_NAME) {
@@ -311,7 +400,8 @@ impl Inventory {
                     }
                     continue;
                 }
-                part.backups.push(load_entry(&fetched, &db, id, objects)?);
+                let entry = load_entry(sink, &mut fetched, &mut part, &db, id, objects).await?;
+                part.backups.push(entry);
             }
             inventory.databases.insert(db, part);
         }
@@ -319,28 +409,31 @@ impl Inventory {
     }
 }
 
-/// The small catalog objects `load` reads (tombstones, manifests, verification records,
-/// leases, pins), fetched many at a time: on an object store each read is a round
-/// trip, and a catalog of a thousand backups must still list in seconds. `None`: gone
-/// since the listing.
+/// The small catalog objects `load` reads (tombstones, manifests, the newest
+/// verification record of each backup, leases, pins), fetched many at a time: on an
+/// object store each read is a round trip, and a catalog of a thousand backups must
+/// still list in seconds. Failures are kept per key: one object that is not trusted
+/// must not hide the rest of the catalog.
 async fn prefetch(
     sink: &dyn Sink,
     grouped: &BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>>,
-) -> Result<HashMap<String, Option<Vec<u8>>>> {
+) -> Result<Fetched> {
     let keys: Vec<String> = grouped
         .iter()
         .flat_map(|(db, ids)| {
             ids.iter().flat_map(move |(id, objects)| {
-                objects.iter().filter_map(move |o| {
-                    let rest = &o.key[db.len() + id.len() + 2..];
-                    let kind = rest.split('/').next().unwrap_or("");
-                    let wanted = rest == MANIFEST_NAME
-                        || rest == TOMBSTONE_NAME
-                        || matches!(kind, "verify" | LEASES | PINS)
-                            && rest.ends_with(".json")
-                            && summary_in_key(&o.key).is_none();
-                    wanted.then(|| o.key.clone())
-                })
+                let newest_record = records_newest_first(objects).next().map(str::to_owned);
+                objects
+                    .iter()
+                    .filter_map(move |o| {
+                        let rest = &o.key[db.len() + id.len() + 2..];
+                        let kind = rest.split('/').next().unwrap_or("");
+                        let wanted = rest == MANIFEST_NAME
+                            || rest == TOMBSTONE_NAME
+                            || matches!(kind, LEASES | PINS) && rest.ends_with(".json");
+                        wanted.then(|| o.key.clone())
+                    })
+                    .chain(newest_record)
             })
         })
         .collect();
@@ -355,83 +448,132 @@ async fn prefetch(
     let mut out = HashMap::with_capacity(fetched.len());
     for (key, got) in fetched {
         match got {
-            Ok(bytes) => {
-                out.insert(key, Some(bytes));
+            Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Integrity) => {
+                return Err(e);
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                out.insert(key, None);
+            got => {
+                out.insert(key, got);
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
+/// The keys of a backup's verification records, newest first (names begin with the
+/// time of the verification).
+fn records_newest_first(objects: &[ObjectMeta]) -> impl Iterator<Item = &str> {
+    let mut records: Vec<&str> = objects
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| {
+            let mut parts = k.rsplit('/');
+            matches!((parts.next(), parts.next()), (Some(name), Some("verify")) if name.ends_with(".json"))
+        })
+        .collect();
+    records.sort_unstable_by(|a, b| b.cmp(a));
+    records.into_iter()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::integrity(format!("{key} is signed but not readable ({e})")).with_object(key)
+    })
+}
+
 /// Catalog reads in flight at once.
 const CATALOG_READS_IN_FLIGHT: usize = 16;
 
-fn load_entry(
-    fetched: &HashMap<String, Option<Vec<u8>>>,
+async fn load_entry(
+    sink: &dyn Sink,
+    fetched: &mut Fetched,
+    part: &mut DatabaseInventory,
     db: &str,
     id: String,
     objects: Vec<ObjectMeta>,
 ) -> Result<CatalogEntry> {
     let manifest_key = format!("{db}/{id}/{MANIFEST_NAME}");
-    let bytes = fetched.get(&manifest_key).and_then(Option::as_deref).ok_or_else(|| {
-        Error::not_found(format!(
-            "manifest {manifest_key} disappeared while the catalog was read; run the command again"
-        ))
-    })?;
-    let manifest = match serde_json::from_slice::<Manifest>(bytes) {
-        Ok(m) if m.backup_id == id && m.database == db => Ok(m),
-        Ok(m) => Err(format!(
-            "manifest {manifest_key} describes backup {}/{}: it was moved or edited",
-            m.database, m.backup_id
-        )),
-        Err(e) => Err(format!(
-            "manifest {manifest_key} is not a valid pgproof manifest ({e}); it was damaged or edited"
-        )),
+    let (manifest, manifest_sha256) = match fetched.get(&manifest_key) {
+        Some(Ok(bytes)) => (
+            match serde_json::from_slice::<Manifest>(bytes) {
+                Ok(m) => m
+                    .check_identity(db, &id)
+                    .map(|()| m)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!(
+                    "manifest {manifest_key} is not a valid pgproof manifest ({e}); it was damaged or edited"
+                )),
+            },
+            sha256_hex(bytes),
+        ),
+        Some(Err(e)) if e.kind() == ErrorKind::Integrity => {
+            part.find(&manifest_key, e);
+            (Err(e.to_string()), String::new())
+        }
+        _ => {
+            return Err(Error::not_found(format!(
+                "manifest {manifest_key} disappeared while the catalog was read; run the command again"
+            )));
+        }
     };
-    let mut verifications = Vec::new();
+    let now = Timestamp::now();
     let mut leases = Vec::new();
     let mut pins = Vec::new();
     for object in &objects {
         let rest = &object.key[db.len() + id.len() + 2..];
         let kind = rest.split('/').next().unwrap_or("");
-        if !matches!(kind, "verify" | LEASES | PINS) || !rest.ends_with(".json") {
+        if !matches!(kind, LEASES | PINS) || !rest.ends_with(".json") {
             continue;
         }
-        if let Some(summary) = summary_in_key(&object.key) {
-            verifications.push(summary);
-            continue;
-        }
-        // Released or pruned since the listing: gone.
-        let Some(body) = fetched.get(&object.key).and_then(Option::as_deref) else {
-            continue;
-        };
-        match kind {
-            "verify" => match serde_json::from_slice::<Verification>(body) {
-                Ok(v) => verifications.push(v),
-                Err(e) => {
-                    tracing::warn!(key = %object.key, error = %e, "unreadable verification record")
-                }
-            },
-            PINS => match serde_json::from_slice::<Pin>(body) {
-                Ok(p) => pins.push(p),
-                Err(e) => tracing::warn!(key = %object.key, error = %e, "unreadable pin"),
-            },
-            _ => {
-                if let Ok(lease) = serde_json::from_slice::<Lease>(body) {
-                    leases.push(lease);
+        match fetched.get(&object.key) {
+            Some(Ok(body)) if kind == PINS => {
+                match parse::<Pin>(&object.key, body)
+                    .and_then(|p| p.check(now, &object.key).map(|()| p))
+                {
+                    Ok(p) => pins.push(p),
+                    Err(e) => part.find(&object.key, &e),
                 }
             }
+            Some(Ok(body)) => {
+                match parse::<Lease>(&object.key, body)
+                    .and_then(|l| l.check(now, &object.key).map(|()| l))
+                {
+                    Ok(l) => leases.push(l),
+                    Err(e) => part.find(&object.key, &e),
+                }
+            }
+            Some(Err(e)) if e.kind() == ErrorKind::Integrity => part.find(&object.key, e),
+            // Released or pruned since the listing: gone.
+            _ => {}
         }
     }
-    verifications.sort_by_key(|v| v.verified_at);
+    // The newest record that is trusted says whether the backup is proven; a name
+    // says nothing (anyone can name an object `…_passed.json`). Older records are
+    // read only when a newer one is not believed.
+    let mut verifications = Vec::new();
+    for key in records_newest_first(&objects) {
+        let got = match fetched.remove(key) {
+            Some(got) => got,
+            None => sink.get_bytes(key, MANIFEST_LIMIT).await,
+        };
+        let record = got.and_then(|body| {
+            let v = parse::<Verification>(key, &body)?;
+            v.check(now, key)?;
+            Ok(v)
+        });
+        match record {
+            Ok(v) => {
+                verifications.push(v);
+                break;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::Integrity => part.find(key, &e),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(CatalogEntry {
         backup_id: id,
         manifest,
-        manifest_sha256: sha256_hex(bytes),
+        manifest_sha256,
         objects,
         verifications,
         leases,
@@ -440,6 +582,14 @@ fn load_entry(
 }
 
 impl DatabaseInventory {
+    fn find(&mut self, key: &str, e: &Error) {
+        tracing::warn!(key, problem = %e, "catalog object not trusted");
+        self.findings.push(Finding {
+            key: key.to_owned(),
+            problem: e.to_string(),
+        });
+    }
+
     /// Every backup id some manifest or tombstone links to as its predecessor.
     pub fn linked(&self) -> BTreeSet<&str> {
         self.backups
@@ -494,7 +644,7 @@ pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Res
     any_record(
         sink,
         &format!("{database}/{backup_id}/{LEASES}/"),
-        |l: &Lease| l.expires_at > now,
+        |l: &Lease, key| l.check(now, key).map(|()| l.expires_at > now),
     )
     .await
 }
@@ -505,46 +655,56 @@ pub async fn pinned_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Res
     any_record(
         sink,
         &format!("{database}/{backup_id}/{PINS}/"),
-        |p: &Pin| p.holds(now),
+        |p: &Pin, key| p.check(now, key).map(|()| p.holds(now)),
     )
     .await
 }
 
-/// Whether any readable record under `prefix` satisfies `holds`.
+/// Whether any trusted record under `prefix` satisfies `holds`. One that is not
+/// trusted holds nothing (and is logged).
 async fn any_record<T: serde::de::DeserializeOwned>(
     sink: &dyn Sink,
     prefix: &str,
-    holds: impl Fn(&T) -> bool,
+    holds: impl Fn(&T, &str) -> Result<bool>,
 ) -> Result<bool> {
     for object in sink.list(prefix).await? {
-        let body = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
-            Ok(body) => body,
-            // Released or removed since the listing.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let held = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
+            Ok(body) => parse::<T>(&object.key, &body).and_then(|r| holds(&r, &object.key)),
+            Err(e) => Err(e),
         };
-        if serde_json::from_slice::<T>(&body).is_ok_and(|r| holds(&r)) {
-            return Ok(true);
+        match held {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            // Released or removed since the listing.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                tracing::warn!(key = %object.key, problem = %e, "catalog object not trusted");
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(false)
 }
 
-/// The tombstone of a pruned backup, if there is one.
+/// The trusted tombstone of a pruned backup, if there is one.
 pub async fn tombstone(
     sink: &dyn Sink,
     database: &str,
     backup_id: &str,
 ) -> Result<Option<Tombstone>> {
-    match sink
-        .get_bytes(
-            &format!("{database}/{backup_id}/{TOMBSTONE_NAME}"),
-            MANIFEST_LIMIT,
-        )
-        .await
-    {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+    let key = format!("{database}/{backup_id}/{TOMBSTONE_NAME}");
+    let found = match sink.get_bytes(&key, MANIFEST_LIMIT).await {
+        Ok(bytes) => parse::<Tombstone>(&key, &bytes)
+            .and_then(|t| t.check(database, backup_id, &key).map(|()| t)),
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == ErrorKind::Integrity => {
+            tracing::warn!(key = %key, problem = %e, "catalog object not trusted");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

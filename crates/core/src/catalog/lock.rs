@@ -66,10 +66,26 @@ impl CommitLock {
             let held_by = match sink.put_bytes(&key, Bytes::from(body)).await {
                 Ok(_) => return Ok(Self { key }),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    match sink.get_bytes(&key, 64 << 10).await {
+                    let read = sink.get_bytes(&key, 64 << 10).await;
+                    let now = Timestamp::now();
+                    let longest = now
+                        + jiff::SignedDuration::try_from(LOCK_TTL).unwrap_or_default()
+                        + crate::catalog::CLOCK_SKEW;
+                    match read {
+                        Err(e) if e.kind() == ErrorKind::Integrity => {
+                            tracing::warn!(lock = %key, problem = %e, "taking over a commit lock no trusted key signed");
+                            match sink.delete(&key).await {
+                                Ok(()) => continue,
+                                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                                Err(e) => return Err(e),
+                            }
+                        }
                         Ok(bytes) => match serde_json::from_slice::<LockRecord>(&bytes) {
-                            Ok(held) if held.expires_at > Timestamp::now() => held.owner,
-                            // Expired, or not a lock pgproof wrote: take it over.
+                            Ok(held) if held.expires_at > now && held.expires_at <= longest => {
+                                held.owner
+                            }
+                            // Expired, valid for longer than a lock is, or not a lock
+                            // pgproof wrote: take it over.
                             _ => {
                                 tracing::warn!(lock = %key, "taking over an expired commit lock");
                                 match sink.delete(&key).await {

@@ -186,6 +186,43 @@ impl Manifest {
         self.dump_objects().map(|o| o.stored_bytes).sum()
     }
 
+    /// Checks that the manifest read from `database`/`backup_id` describes that backup
+    /// and names only objects under that backup's own prefix: a manifest must never
+    /// lead a restore, a copy or a prune to another backup's objects.
+    pub fn check_identity(&self, database: &str, backup_id: &str) -> Result<()> {
+        let key = manifest_key(database, backup_id);
+        if self.database != database || self.backup_id != backup_id {
+            return Err(Error::integrity(format!(
+                "manifest {key} describes backup {}/{}: it was moved or edited",
+                self.database, self.backup_id
+            ))
+            .with_object(key));
+        }
+        let dir = format!("{database}/{backup_id}/");
+        if let Some(stray) = self
+            .objects()
+            .find(|o| !o.key.starts_with(&dir) || crate::sink::validate_key(&o.key).is_err())
+        {
+            return Err(Error::integrity(format!(
+                "manifest {key} names the object {:?}, outside its own backup's {dir}; not trusted",
+                stray.key
+            ))
+            .with_object(key));
+        }
+        if let Some(set) = self
+            .files
+            .iter()
+            .find(|f| !crate::files::is_set_name(&f.name))
+        {
+            return Err(Error::integrity(format!(
+                "manifest {key} names a file set {:?}, which is not a name pgproof writes; not trusted",
+                set.name
+            ))
+            .with_object(key));
+        }
+        Ok(())
+    }
+
     /// The manifest's key in the sink.
     pub fn key(&self) -> String {
         manifest_key(&self.database, &self.backup_id)

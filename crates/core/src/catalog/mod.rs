@@ -1,19 +1,23 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+pub mod certificate;
 mod inventory;
 mod lock;
 mod manifest;
+pub mod trust;
 
 pub use inventory::{
-    BackupLease, CatalogEntry, DatabaseInventory, Inventory, Lease, Pin, TOMBSTONE_NAME, Tombstone,
-    Verification, id_started_at, leased_now, pin, pinned_now, tombstone, unpin,
+    BackupLease, CLOCK_SKEW, CatalogEntry, DatabaseInventory, Finding, Inventory, Lease,
+    MAX_LEASE_TTL, Pin, TOMBSTONE_NAME, Tombstone, Verification, id_started_at, leased_now, pin,
+    pinned_now, tombstone, unpin,
 };
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{
     EncryptionInfo, MANIFEST_LIMIT, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ObjectInfo,
     PreviousManifest, SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
 };
+pub use trust::{Keyring, SignedSink, SigningKey, TrustedKey};
 
 use crate::codec::sha256_hex;
 use crate::error::{Error, Result};
@@ -80,12 +84,7 @@ pub async fn load_manifest(sink: &dyn Sink, backup: &BackupRef) -> Result<(Manif
             "manifest {key} is not a valid pgproof manifest ({e}); it was damaged or edited"
         ))
     })?;
-    if manifest.backup_id != backup.backup_id || manifest.database != backup.database {
-        return Err(Error::integrity(format!(
-            "manifest {key} describes backup {}/{}: it was moved or edited",
-            manifest.database, manifest.backup_id
-        )));
-    }
+    manifest.check_identity(&backup.database, &backup.backup_id)?;
     Ok((manifest, sha256_hex(&bytes)))
 }
 
@@ -227,15 +226,14 @@ pub async fn unseal(
     Ok(())
 }
 
-/// Every readable tombstone of `database`.
+/// Every trusted tombstone of `database`.
 pub async fn tombstones(sink: &dyn Sink, database: &str) -> Result<Vec<Tombstone>> {
     let mut found = Vec::new();
     for meta in sink.list(&format!("{database}/")).await? {
-        if !meta.key.ends_with(&format!("/{TOMBSTONE_NAME}")) {
-            continue;
-        }
-        if let Ok(bytes) = sink.get_bytes(&meta.key, MANIFEST_LIMIT).await
-            && let Ok(t) = serde_json::from_slice::<Tombstone>(&bytes)
+        let mut parts = meta.key.split('/');
+        if let (Some(_), Some(id), Some(TOMBSTONE_NAME), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+            && let Some(t) = tombstone(sink, database, id).await?
         {
             found.push(t);
         }
@@ -258,9 +256,16 @@ pub async fn previous_link(sink: &dyn Sink, database: &str) -> Result<Option<Pre
     let mut linked: std::collections::BTreeSet<String> =
         tombstone_links(sink, database).await?.into_iter().collect();
     for backup in all {
-        let bytes = sink
-            .get_bytes(&backup.manifest_key(), MANIFEST_LIMIT)
-            .await?;
+        // A manifest no trusted key signed is no backup: a forger must not become the
+        // head the next backup links to.
+        let bytes = match sink.get_bytes(&backup.manifest_key(), MANIFEST_LIMIT).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == crate::error::ErrorKind::Integrity => {
+                tracing::warn!(manifest = %backup.manifest_key(), problem = %e, "not trusted; not linked to");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes)
             && let Some(previous) = manifest.previous
         {

@@ -212,19 +212,6 @@ impl KeyPair {
     /// Writes the identity file to `path`, create-only, mode 0600, in the format
     /// `age-keygen` writes.
     pub fn write_identity_file(&self, path: &Path) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Error::already_exists(format!(
-                    "{} already exists; pgproof never overwrites a key (move it away first)",
-                    path.display()
-                )),
-                _ => Error::io(format!("cannot create {}", path.display()), e),
-            })?;
         let created = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
         let secret = self.identity.to_string();
         let body = format!(
@@ -232,10 +219,28 @@ impl KeyPair {
             self.public_key(),
             secret.expose_secret()
         );
-        file.write_all(body.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+        write_key_file(path, body.as_bytes())
     }
+}
+
+/// Writes a secret key to `path`: create-only, mode 0600, synced.
+pub(crate) fn write_key_file(path: &Path, body: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Error::already_exists(format!(
+                "{} already exists; pgproof never overwrites a key (move it away first)",
+                path.display()
+            )),
+            _ => Error::io(format!("cannot create {}", path.display()), e),
+        })?;
+    file.write_all(body)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
 }
 
 #[cfg(test)]

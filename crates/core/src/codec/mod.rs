@@ -20,6 +20,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
+pub(crate) use self::age::write_key_file;
 pub use self::age::{Identities, KeyPair, Recipients};
 pub use self::tally::{HashingReader, HashingWriter, Tally, sha256_hex};
 use crate::error::{Error, Result};

@@ -125,6 +125,73 @@ pub(crate) struct PartStore {
     pub runtime: tokio::runtime::Handle,
     /// The files stored so far; whoever abandons the dump deletes them.
     pub stored: Arc<Mutex<Vec<StoredPart>>>,
+    /// Where pg_dump's stage directory goes (default: the temporary directory).
+    pub stage_dir: Option<std::path::PathBuf>,
+}
+
+/// A private directory for pg_dump's or pg_restore's files (0700, and the programs
+/// run with umask 077), named with this process's id, in `parent` or the temporary
+/// directory. Stages that a dead pgproof left there (SIGKILL gives no chance to clean
+/// up) are removed first: a dump's stage holds plaintext of the database.
+fn private_stage(parent: Option<&std::path::Path>, kind: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = parent.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    reap_stages(&parent);
+    tempfile::Builder::new()
+        .prefix(&format!("{STAGE_PREFIX}{kind}-{}-", std::process::id()))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&parent)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "creating a directory for pg_{kind}'s files in {}",
+                    parent.display()
+                ),
+                e,
+            )
+        })
+}
+
+/// The names of stage directories begin with this, then `dump-` or `restore-`, the
+/// owner's pid and `-`.
+const STAGE_PREFIX: &str = "pgproof-";
+
+/// Removes the stages in `parent` of pgproof processes that are gone (only this
+/// user's, only directories, never through a link).
+fn reap_stages(parent: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(STAGE_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .strip_prefix("dump-")
+            .or_else(|| rest.strip_prefix("restore-"))
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me || crate::pg::process::is_running(pid) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                tracing::warn!(stage = %entry.path().display(), pid, "removed the stage a killed pgproof left")
+            }
+            Err(e) => {
+                tracing::warn!(stage = %entry.path().display(), error = %e, "cannot remove the stage a killed pgproof left")
+            }
+        }
+    }
 }
 
 /// One file of the archive, stored.
@@ -268,10 +335,7 @@ pub(crate) fn dump(
     stop: Arc<AtomicBool>,
     parallel: usize,
 ) -> Result<()> {
-    let stage = tempfile::Builder::new()
-        .prefix("pgproof-dump-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a directory for pg_dump's files", e))?;
+    let stage = private_stage(store.stage_dir.as_deref(), "dump")?;
     let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| Error::io("watching pg_dump's files", e.into()))?;
     watch
@@ -551,10 +615,7 @@ pub(crate) async fn restore(
     objects: &[ObjectInfo],
     progress: Option<&Progress>,
 ) -> Result<u64> {
-    let stage = tempfile::Builder::new()
-        .prefix("pgproof-restore-")
-        .tempdir()
-        .map_err(|e| Error::io("creating a directory for pg_restore", e))?;
+    let stage = private_stage(None, "restore")?;
     let suffix = chain.suffix();
     let mut pipes = Vec::new();
     let mut raw_bytes = 0;

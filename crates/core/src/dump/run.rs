@@ -61,8 +61,21 @@ pub(crate) fn restore(
     let stdin = FeedOrDiscard {
         stdin: Some(child.take_stdin()?),
     };
+    // psql runs meta-commands (`\!` runs a shell): an archive reaches it only under
+    // `\restrict` with a key the archive cannot know.
+    let stdin = if program == "psql" {
+        Input::Psql(Box::new(RestrictedPsql::new(stdin)))
+    } else {
+        Input::Plain(stdin)
+    };
     let (stdin, tallies) = match chain.decode(object, stdin, identities, progress) {
-        Ok(done) => done,
+        Ok((input, tallies)) => match input.finish() {
+            Ok(stdin) => (stdin, tallies),
+            Err(e) => {
+                child.kill();
+                return Err(crate::Error::io(format!("feeding {program}"), e));
+            }
+        },
         Err(e @ PumpError::Input(_)) | Err(e @ PumpError::Output(_)) => {
             child.kill();
             return Err(e.into_error());
@@ -82,6 +95,171 @@ pub(crate) fn restore(
         )));
     }
     Ok(tallies.raw.bytes)
+}
+
+/// What the decoded archive is written to: the restore program's stdin, or psql's
+/// through [`RestrictedPsql`].
+enum Input {
+    Plain(FeedOrDiscard),
+    Psql(Box<RestrictedPsql<FeedOrDiscard>>),
+}
+
+impl Input {
+    fn finish(self) -> io::Result<FeedOrDiscard> {
+        match self {
+            Self::Plain(stdin) => Ok(stdin),
+            Self::Psql(guard) => guard.finish(),
+        }
+    }
+}
+
+impl Write for Input {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(w) => w.write(data),
+            Self::Psql(w) => w.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(w) => w.flush(),
+            Self::Psql(w) => w.flush(),
+        }
+    }
+}
+
+/// Puts psql in restricted mode (`\restrict KEY`, psql 15.14/16.10/17.6/18 and later)
+/// before the first byte of the archive, with a key made for this restore alone, so a
+/// meta-command in the archive (`\!`, `\copy … program`, `\o |…`, `\connect`) fails
+/// the restore instead of running. The archive's own `\restrict` line (pg_dump puts
+/// one in the header of every plain dump) and the `\unrestrict` that ends it are
+/// taken out, since psql refuses a second `\restrict`; any other `\unrestrict` is
+/// passed on and, with the wrong key, fails the restore. The defence of the day a
+/// signing key leaks: a signed archive is already trusted content.
+struct RestrictedPsql<W: Write> {
+    inner: W,
+    key: String,
+    started: bool,
+    /// Still in the archive's leading comments and blank lines.
+    header: bool,
+    at_line_start: bool,
+    /// The current line, held because it starts with a backslash.
+    held: Option<Vec<u8>>,
+    /// The key of the archive's own `\restrict` line.
+    archive_key: Option<Vec<u8>>,
+}
+
+/// A meta-command line longer than this is passed on as it is (psql rejects it
+/// in restricted mode).
+const HELD_LINE_LIMIT: usize = 4096;
+
+impl<W: Write> RestrictedPsql<W> {
+    fn new(inner: W) -> Self {
+        use ssh_key::rand_core::RngCore;
+        let mut bytes = [0u8; 24];
+        ssh_key::rand_core::OsRng.fill_bytes(&mut bytes);
+        Self {
+            inner,
+            key: hex::encode(bytes),
+            started: false,
+            header: true,
+            at_line_start: true,
+            held: None,
+            archive_key: None,
+        }
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.start()?;
+        if let Some(line) = self.held.take() {
+            self.inner.write_all(&line)?;
+        }
+        Ok(self.inner)
+    }
+
+    fn start(&mut self) -> io::Result<()> {
+        if !self.started {
+            self.started = true;
+            let line = format!("\\restrict {}\n", self.key);
+            self.inner.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// A whole held line (with its newline): dropped if it is the archive's own
+    /// restriction, passed on otherwise.
+    fn end_held(&mut self, line: Vec<u8>) -> io::Result<()> {
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if self.header
+            && self.archive_key.is_none()
+            && let Some(key) = text.strip_prefix(b"\\restrict ")
+        {
+            self.archive_key = Some(key.trim_ascii().to_vec());
+            return Ok(());
+        }
+        if let (Some(own), Some(key)) = (&self.archive_key, text.strip_prefix(b"\\unrestrict "))
+            && key.trim_ascii() == own.as_slice()
+        {
+            return Ok(());
+        }
+        self.header = false;
+        self.inner.write_all(&line)
+    }
+}
+
+impl<W: Write> Write for RestrictedPsql<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.start()?;
+        let mut rest = data;
+        while !rest.is_empty() {
+            if let Some(held) = &mut self.held {
+                match rest.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        held.extend_from_slice(&rest[..=i]);
+                        rest = &rest[i + 1..];
+                        let line = self.held.take().unwrap_or_default();
+                        self.at_line_start = true;
+                        self.end_held(line)?;
+                    }
+                    None => {
+                        held.extend_from_slice(rest);
+                        rest = &[];
+                        if held.len() > HELD_LINE_LIMIT {
+                            let line = self.held.take().unwrap_or_default();
+                            self.header = false;
+                            self.at_line_start = false;
+                            self.inner.write_all(&line)?;
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.at_line_start {
+                match rest[0] {
+                    b'\\' => {
+                        self.held = Some(Vec::new());
+                        continue;
+                    }
+                    b'-' | b'\n' | b'\r' => {}
+                    _ => self.header = false,
+                }
+            }
+            let end = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |i| i + 1);
+            self.inner.write_all(&rest[..end])?;
+            self.at_line_start = rest[end - 1] == b'\n';
+            rest = &rest[end..];
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The restore program's stdin; once the program has gone away, the rest of the input
@@ -196,6 +374,49 @@ mod tests {
         .unwrap();
         assert_eq!(n, raw.len() as u64);
         assert_eq!(std::fs::read(&out).unwrap(), raw);
+    }
+
+    fn restricted(chunks: &[&[u8]]) -> (String, String) {
+        let mut guard = RestrictedPsql::new(Vec::new());
+        for chunk in chunks {
+            guard.write_all(chunk).unwrap();
+        }
+        let key = guard.key.clone();
+        (String::from_utf8(guard.finish().unwrap()).unwrap(), key)
+    }
+
+    #[test]
+    fn psql_gets_the_archive_under_a_restriction_of_its_own() {
+        let dump = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc123\n\nSET x = 1;\nCOPY t (v) FROM stdin;\n\\restrict-not\n\\.\n\n\\unrestrict abc123\n\n-- done\n";
+        // Whole, and cut into every pair of pieces: the same output.
+        let (whole, key) = restricted(&[dump.as_bytes()]);
+        assert!(
+            whole.starts_with(&format!("\\restrict {key}\n--\n")),
+            "{whole}"
+        );
+        assert!(!whole.contains("abc123"), "{whole}");
+        assert!(whole.contains("\\restrict-not\n\\.\n"), "{whole}");
+        let expected = whole.replace(&key, "K");
+        for cut in 1..dump.len() {
+            let (a, b) = dump.as_bytes().split_at(cut);
+            let (out, key) = restricted(&[a, b]);
+            assert_eq!(out.replace(&key, "K"), expected, "cut at {cut}");
+        }
+        // Meta-commands elsewhere reach psql, which refuses them while restricted.
+        for attack in [
+            "\\! id\n",
+            "SELECT 1;\n\\restrict late\n\\unrestrict late\n\\! id\n",
+            "\\unrestrict guess\n\\! id\n",
+        ] {
+            let (out, _) = restricted(&[attack.as_bytes()]);
+            assert!(out.contains("\\! id"), "{out}");
+            assert!(out.starts_with("\\restrict "), "{out}");
+        }
+        let (out, _) = restricted(&[b"SELECT 1;\n\\restrict late\n"]);
+        assert!(
+            out.contains("\\restrict late"),
+            "only the header's is taken out: {out}"
+        );
     }
 
     #[test]

@@ -85,10 +85,31 @@ const PINNED: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YM
 impl Invariant {
     /// Runs the query inside the transaction `client` has open (the dump's snapshot).
     pub async fn run_in_transaction(&self, client: &Client) -> Result<Outcome> {
+        // Read-only for the rest of the transaction: it runs in the source's snapshot,
+        // and nothing may write there. (A transaction can be made read-only at any
+        // point, never read-write again.)
         client
-            .batch_execute(PINNED)
+            .batch_execute(&format!("{PINNED}; SET LOCAL transaction_read_only = on"))
             .await
             .map_err(db_err("pinning settings for an invariant"))?;
+        // Exactly one statement, and one that returns rows: the server refuses to
+        // prepare several (`SELECT 1; COMMIT; CREATE TABLE …`), and transaction
+        // control, SET or COPY return none.
+        let statement = client.prepare(&self.sql).await.map_err(|e| {
+            let detail = e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            Error::config(format!(
+                "invariant {:?} is not one query pgproof can run ({detail}); write exactly one read-only query that returns rows",
+                self.name
+            ))
+        })?;
+        if statement.columns().is_empty() {
+            return Err(Error::config(format!(
+                "invariant {:?} returns no rows: write one read-only query (SELECT …) that returns its result",
+                self.name
+            )));
+        }
         let messages = client.simple_query(&self.sql).await.map_err(|e| {
             let detail = e
                 .as_db_error()

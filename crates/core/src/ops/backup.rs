@@ -55,6 +55,7 @@ pub struct Backup {
     files: Vec<FileSet>,
     alert_policy: AlertPolicy,
     amcheck: bool,
+    stage_dir: Option<PathBuf>,
 }
 
 impl Backup {
@@ -77,6 +78,7 @@ impl Backup {
             files: Vec::new(),
             alert_policy: AlertPolicy::default(),
             amcheck: false,
+            stage_dir: None,
         }
     }
 
@@ -144,6 +146,15 @@ impl Backup {
     /// index fails the backup instead of being backed up as if sound.
     pub fn amcheck(mut self, check: bool) -> Self {
         self.amcheck = check;
+        self
+    }
+
+    /// Where a directory-format dump's stage goes (default: the temporary directory):
+    /// pg_dump writes each table's file there, in plaintext, until pgproof has
+    /// streamed it to the sink. The stage is private (0700, files 0600) and removed by
+    /// the next run if a killed one left it.
+    pub fn stage_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.stage_dir = dir;
         self
     }
 
@@ -506,6 +517,7 @@ impl Backup {
                     suffix,
                     runtime: tokio::runtime::Handle::current(),
                     stored: Arc::default(),
+                    stage_dir: self.stage_dir.clone(),
                 };
                 let stored = store.stored.clone();
                 // Every file the dump may hold open has a reader, and the table of

@@ -75,6 +75,18 @@ impl CatalogCheck {
             outcome.backups += part.backups.len();
             outcome.pruned += part.tombstones.len();
             let mut findings = chain_findings(database, part);
+            // Objects other than manifests that no trusted key signed (an untrusted
+            // manifest is already its backup's finding).
+            findings.extend(
+                part.findings
+                    .iter()
+                    .filter(|f| !f.key.ends_with("/manifest.json"))
+                    .map(|f| Finding {
+                        database: database.clone(),
+                        backup_id: f.key.split('/').nth(1).unwrap_or_default().to_owned(),
+                        problem: f.problem.clone(),
+                    }),
+            );
             for entry in &part.backups {
                 let Ok(manifest) = &entry.manifest else {
                     continue;
@@ -150,6 +162,8 @@ fn chain_findings(database: &str, part: &DatabaseInventory) -> Vec<Finding> {
             .iter()
             .find(|b| b.backup_id == previous.backup_id);
         match (there, part.tombstones.get(&previous.backup_id)) {
+            // An untrusted predecessor is its own finding.
+            (Some(prev), _) if prev.manifest.is_err() => {}
             (Some(prev), _) if prev.manifest_sha256 != previous.manifest_sha256 => {
                 out.push(finding(
                     &previous.backup_id,
@@ -189,6 +203,7 @@ fn chain_findings(database: &str, part: &DatabaseInventory) -> Vec<Finding> {
             .backups
             .iter()
             .find(|b| b.backup_id == previous.backup_id)
+            && prev.manifest.is_ok()
             && prev.manifest_sha256 != previous.manifest_sha256
         {
             out.push(finding(
@@ -204,6 +219,7 @@ fn chain_findings(database: &str, part: &DatabaseInventory) -> Vec<Finding> {
     let heads: Vec<&str> = part
         .backups
         .iter()
+        .filter(|b| b.manifest.is_ok())
         .map(|b| b.backup_id.as_str())
         .filter(|id| !linked.contains(id))
         .collect();

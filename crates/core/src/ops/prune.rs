@@ -43,13 +43,18 @@ pub struct RetentionPolicy {
 }
 
 impl RetentionPolicy {
-    /// Whether any rule is set (with none, nothing may be pruned).
+    /// Whether any rule keeps something (with none, nothing may be pruned): a rule of
+    /// 0 keeps nothing and counts for nothing.
     pub fn is_set(&self) -> bool {
-        self.keep_last.is_some()
-            || self.keep_daily.is_some()
-            || self.keep_weekly.is_some()
-            || self.keep_monthly.is_some()
-            || self.keep_within.is_some()
+        [
+            self.keep_last,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+        ]
+        .iter()
+        .any(|n| n.is_some_and(|n| n > 0))
+            || self.keep_within.is_some_and(|d| d.is_positive())
     }
 }
 
@@ -262,8 +267,15 @@ pub fn decide(
         .iter()
         .find(|(b, _)| b.proven().is_some())
         .map(|(b, _)| b.backup_id.as_str());
+    // Rules count trusted backups only: forged manifests dated in the future must
+    // not push real backups out of keep_last.
+    let mut rank = 0u64;
     for (i, (b, at)) in backups.iter().enumerate() {
         let reasons = &mut keep[i];
+        let trusted_rank = b.manifest.is_ok().then(|| {
+            rank += 1;
+            rank - 1
+        });
         if b.manifest.is_err() {
             reasons.push("its manifest cannot be read (see check)".into());
         }
@@ -289,7 +301,7 @@ pub fn decide(
             reasons.push("a run holds a lease on it (being verified)".into());
         }
         if let Some(n) = policy.keep_last
-            && (i as u64) < u64::from(n)
+            && trusted_rank.is_some_and(|r| r < u64::from(n))
         {
             reasons.push(format!("keep_last {n}"));
         }
@@ -376,9 +388,13 @@ fn bucket_keep(
 ) {
     let Some(n) = n else { return };
     let mut seen = BTreeSet::new();
-    for (i, (_, at)) in backups.iter().enumerate() {
+    for (i, (b, at)) in backups.iter().enumerate() {
         if seen.len() >= n as usize {
             break;
+        }
+        // A manifest that cannot be trusted fills no bucket (it is kept anyway).
+        if b.manifest.is_err() {
+            continue;
         }
         let key = bucket(*at);
         if seen.insert(key.clone()) {

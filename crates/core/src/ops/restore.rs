@@ -39,6 +39,7 @@ pub struct Restore {
     clean: bool,
     force: bool,
     create_roles: bool,
+    create_privileged_roles: bool,
     pg_bin_dir: Option<PathBuf>,
     progress: Option<Progress>,
 }
@@ -68,6 +69,7 @@ impl Restore {
             clean: false,
             force: false,
             create_roles: false,
+            create_privileged_roles: false,
             pg_bin_dir: None,
             progress: None,
         }
@@ -103,6 +105,15 @@ impl Restore {
     /// without passwords); without it such a restore is refused before it starts.
     pub fn create_roles(mut self, create: bool) -> Self {
         self.create_roles = create;
+        self
+    }
+
+    /// Also creates roles with SUPERUSER, REPLICATION or BYPASSRLS. Without it a
+    /// backup that needs one is refused before anything is restored: a manifest
+    /// names such roles, and a server pgproof does not own (a shared scratch server,
+    /// production) must never gain one because a backup said so.
+    pub fn create_privileged_roles(mut self, create: bool) -> Self {
+        self.create_privileged_roles = create;
         self
     }
 
@@ -183,6 +194,19 @@ impl Restore {
                 names.join(", ")
             ))
             .with_setting(Setting::CreateRoles));
+        }
+        let privileged: Vec<&str> = missing
+            .iter()
+            .filter(|r| r.superuser || r.replication || r.bypassrls)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !privileged.is_empty() && !self.create_privileged_roles {
+            return Err(Error::config(format!(
+                "the backup needs roles with SUPERUSER, REPLICATION or BYPASSRLS that {} lacks: {}; pgproof creates such roles only when told to: create them yourself, or allow it",
+                self.target.describe(),
+                privileged.join(", ")
+            ))
+            .with_setting(Setting::CreatePrivilegedRoles));
         }
         let exists = admin.exists(&database).await?;
         if exists && !self.clean {

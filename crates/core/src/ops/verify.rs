@@ -42,6 +42,7 @@ pub struct Verify {
     pg_bin_dir: Option<PathBuf>,
     keep: bool,
     progress: Option<Progress>,
+    ephemeral_scratch: bool,
 }
 
 impl Verify {
@@ -58,6 +59,7 @@ impl Verify {
             pg_bin_dir: None,
             keep: false,
             progress: None,
+            ephemeral_scratch: false,
         }
     }
 
@@ -92,6 +94,15 @@ impl Verify {
         self
     }
 
+    /// Says the scratch server is an ephemeral cluster that lives for this run alone:
+    /// only there are roles with SUPERUSER, REPLICATION or BYPASSRLS created when a
+    /// backup needs them (on a shared scratch server such a backup is refused, as an
+    /// error of the environment, not a verdict).
+    pub fn ephemeral_scratch(mut self, ephemeral: bool) -> Self {
+        self.ephemeral_scratch = ephemeral;
+        self
+    }
+
     /// Keeps the scratch database for inspection.
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
@@ -106,27 +117,10 @@ impl Verify {
 
     /// Verifies and records the report.
     pub async fn run(self) -> Result<Report> {
-        let (manifest, manifest_sha256) =
-            match catalog::load_manifest(&*self.sink, &self.backup).await {
-                Ok(loaded) => loaded,
-                // A manifest that is not what pgproof wrote is a verdict on this backup:
-                // recorded as such, so `verify --all` goes on with the others.
-                Err(e) if e.kind() == ErrorKind::Integrity => {
-                    let report = Report {
-                        backup_id: self.backup.backup_id.clone(),
-                        database: self.backup.database.clone(),
-                        verified_at: Timestamp::now(),
-                        passed: false,
-                        restore_ms: None,
-                        restored_into: String::new(),
-                        tool: ToolInfo::current(),
-                        checks: vec![Check::fail("manifest", e.to_string())],
-                    };
-                    write_report(&*self.sink, &report).await?;
-                    return Ok(report);
-                }
-                Err(e) => return Err(e),
-            };
+        // A manifest no trusted key signed (or one that names another backup's
+        // objects) is refused before anything is restored, and nothing is recorded
+        // beside it: it was not written by pgproof, so there is no backup to judge.
+        let (manifest, manifest_sha256) = catalog::load_manifest(&*self.sink, &self.backup).await?;
         // The verifiers judge the settings too: they come out of their sealed object.
         let mut manifest = manifest;
         catalog::unseal(&mut manifest, &*self.sink, self.identities.as_ref()).await?;
@@ -146,8 +140,10 @@ impl Verify {
         let mut restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
             .identities(self.identities)
             .clean(true)
-            // A scratch server is pgproof's own: it gets the roles the backup needs.
+            // A scratch server is pgproof's own: it gets the roles the backup needs;
+            // privileged ones only in a cluster that lives for this run alone.
             .create_roles(true)
+            .create_privileged_roles(self.ephemeral_scratch)
             .pg_bin_dir(self.pg_bin_dir)
             .progress(self.progress);
         if let Some(dumper) = self.dumper {

@@ -65,6 +65,34 @@ fn kill_where(pick: impl Fn(&str) -> bool) -> Vec<String> {
     killed
 }
 
+/// Makes the child die with pgproof however pgproof dies (SIGKILL, the OOM killer
+/// included: a parent-death signal), and create what it creates readable by its
+/// owner only (umask 077). Without the first, a killed pgproof leaves pg_dump writing
+/// a directory archive's plaintext to disk, and psql committing a plain restore cut
+/// short at the end of its input.
+///
+/// The signal follows the thread that spawned the child: every caller spawns on a
+/// thread that lives as long as the child (it waits for it, or is a runtime worker).
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec; it calls prctl(2),
+    // getppid(2) and umask(2) only, which are async-signal-safe, and allocates
+    // nothing on its success path. std provides no safe way to set either.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The parent may have died before the signal was armed.
+            if nix::unistd::getppid().as_raw().unsigned_abs() != parent {
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+            }
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            Ok(())
+        });
+    }
+}
+
 /// A running child program whose stderr tail is being kept.
 pub struct ChildProgram {
     child: Arc<Mutex<Child>>,
@@ -91,6 +119,7 @@ impl ChildProgram {
     }
 
     fn start(mut cmd: Command, program: &str) -> Result<Self> {
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             Error::tool(format!(
                 "cannot start {program} ({}): {e}; check the PostgreSQL bin directory",

@@ -24,20 +24,31 @@ use crate::verify::{Check, Restored, Verifier};
 /// the next run.)
 #[derive(Clone, Debug, Default)]
 pub struct ManifestChain {
-    links: Arc<Mutex<HashMap<String, Option<PreviousManifest>>>>,
+    links: Arc<Mutex<HashMap<String, Option<Option<PreviousManifest>>>>>,
 }
 
 impl ManifestChain {
-    /// The link a manifest records (`None`: none, or unreadable), read once.
-    async fn link_of(&self, r: &Restored<'_>, key: &str) -> Result<Option<PreviousManifest>> {
+    /// The link a manifest records (`Some(None)`: none, or unreadable; `None`: the
+    /// manifest is not trusted, so it is no part of the chain), read once.
+    async fn link_of(
+        &self,
+        r: &Restored<'_>,
+        key: &str,
+    ) -> Result<Option<Option<PreviousManifest>>> {
         if let Some(known) = self.links.lock().ok().and_then(|m| m.get(key).cloned()) {
             return Ok(known);
         }
-        let bytes = r.sink.get_bytes(key, MANIFEST_LIMIT).await?;
-        // A damaged manifest gets its own failed check when it is verified.
-        let link = serde_json::from_slice::<Manifest>(&bytes)
-            .ok()
-            .and_then(|m| m.previous);
+        // A damaged manifest gets its own failed check when it is verified; one no
+        // trusted key signed is not a backup, and neither a successor nor a head.
+        let link = match r.sink.get_bytes(key, MANIFEST_LIMIT).await {
+            Ok(bytes) => Some(
+                serde_json::from_slice::<Manifest>(&bytes)
+                    .ok()
+                    .and_then(|m| m.previous),
+            ),
+            Err(e) if e.kind() == ErrorKind::Integrity => None,
+            Err(e) => return Err(e),
+        };
         if let Ok(mut m) = self.links.lock() {
             m.insert(key.to_owned(), link.clone());
         }
@@ -75,8 +86,11 @@ impl Verifier for ManifestChain {
         }
         let mut others = Vec::new();
         for other in all.iter().filter(|b| b.backup_id != manifest.backup_id) {
+            let Some(link) = self.link_of(r, &other.manifest_key()).await? else {
+                continue;
+            };
             others.push(other.backup_id.clone());
-            if let Some(p) = self.link_of(r, &other.manifest_key()).await? {
+            if let Some(p) = link {
                 if p.backup_id == manifest.backup_id {
                     successor = Some((other.backup_id.clone(), p.manifest_sha256.clone()));
                 }
@@ -134,6 +148,10 @@ async fn previous_check(r: &Restored<'_>) -> Result<Option<Check>> {
                 prev.manifest_sha256,
                 sha256_hex(&bytes)
             ),
+        ),
+        Err(e) if e.kind() == ErrorKind::Integrity => Check::fail(
+            "manifest:previous",
+            format!("the previous backup's manifest is not trusted: {e}"),
         ),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             match catalog::tombstone(r.sink, &manifest.database, &prev.backup_id).await? {
