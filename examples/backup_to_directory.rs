@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use pgproof_core::catalog::{Keyring, SignedSink, SigningKey};
 use pgproof_core::codec::KeyPair;
 use pgproof_core::pg::ConnParams;
 use pgproof_core::scratch::EphemeralCluster;
@@ -69,11 +70,18 @@ async fn main() -> Result<()> {
     };
     let dir =
         tempfile::tempdir().map_err(|e| pgproof_core::Error::io("creating a directory", e))?;
-    let sink = Arc::new(Counted {
+    let counted = Arc::new(Counted {
         inner: FsSink::new(dir.path()),
         objects: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     });
+    // The catalog's gate outermost: it signs what pgproof writes and believes only
+    // what a trusted key signed (here the key made for this run).
+    let signing = SigningKey::generate("example")?;
+    let sink: Arc<dyn Sink> = Arc::new(SignedSink::new(
+        counted.clone(),
+        Keyring::new(Some(signing), Vec::new()),
+    ));
     let keys = KeyPair::generate();
     let manifest = ops::Backup::new(source, sink.clone())
         .recipients(keys.recipients())
@@ -87,14 +95,14 @@ async fn main() -> Result<()> {
         manifest.database,
         manifest.object.raw_bytes,
         manifest.object.stored_bytes,
-        sink.objects.load(Ordering::Relaxed),
-        sink.bytes.load(Ordering::Relaxed),
+        counted.objects.load(Ordering::Relaxed),
+        counted.bytes.load(Ordering::Relaxed),
         stored.len(),
         listed.len()
     );
     assert_eq!(listed.len(), 1, "the committed backup is listed");
     assert_eq!(
-        sink.objects.load(Ordering::Relaxed),
+        counted.objects.load(Ordering::Relaxed),
         3,
         "dump, commit lock, manifest"
     );

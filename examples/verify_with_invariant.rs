@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pgproof_core::catalog::BackupRef;
+use pgproof_core::catalog::{BackupRef, Keyring, SignedSink, SigningKey};
 use pgproof_core::codec::KeyPair;
 use pgproof_core::pg::db_err;
 use pgproof_core::scratch::EphemeralCluster;
@@ -58,7 +58,11 @@ async fn main() -> Result<()> {
         .await
         .map_err(db_err("creating the example tables"))?;
     let dir = tempfile::tempdir().map_err(|e| Error::io("creating a directory", e))?;
-    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path()));
+    // Signed with a key made for this run; only what it signed is believed.
+    let sink: Arc<dyn Sink> = Arc::new(SignedSink::new(
+        Arc::new(FsSink::new(dir.path())),
+        Keyring::new(Some(SigningKey::generate("example")?), Vec::new()),
+    ));
     let keys = KeyPair::generate();
     let manifest = ops::Backup::new(source.clone(), sink.clone())
         .recipients(keys.recipients())

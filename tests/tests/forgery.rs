@@ -757,6 +757,16 @@ async fn certificates_verify_offline_and_reveal_any_change() {
         "{shown:#}"
     );
     assert_eq!(shown["backups"][0]["tables"], 1, "{shown:#}");
+    // Who proved it: the verifying host's key, in the signature and in the record.
+    let verifier = shown["backups"][0]["verified_by"]["fingerprint"].clone();
+    assert!(
+        verifier.as_str().unwrap_or("").starts_with("SHA256:"),
+        "{shown:#}"
+    );
+    assert_eq!(
+        shown["backups"][0]["verified"]["verified_by"], verifier,
+        "{shown:#}"
+    );
 
     let out = check(&bundle, &ws.signing_public);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -21,6 +21,9 @@
 //!
 //! [`ops`] composes them: [`Backup`](ops::Backup), [`Restore`](ops::Restore),
 //! [`Verify`](ops::Verify), [`Drill`](ops::Drill); [`catalog`] lists what a sink holds.
+//! Hand operations a sink wrapped in [`catalog::SignedSink`]: it signs every catalog
+//! object they write and refuses every one they read that a trusted key did not sign
+//! (the sink is untrusted storage; `docs/security.md`).
 //! Errors are one [`Error`] type with an [`ErrorKind`] and
 //! [`about_backup`](Error::about_backup), which separates a verdict on a backup from a
 //! problem of the environment.
@@ -30,7 +33,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use async_trait::async_trait;
-//! use pgproof_core::{catalog::BackupRef, codec::KeyPair, dump::Format, ops, pg::ConnParams};
+//! use pgproof_core::{catalog::{BackupRef, Keyring, SignedSink, SigningKey}, codec::KeyPair, dump::Format, ops, pg::ConnParams};
 //! use pgproof_core::{Result, Sink, verify::{Check, Restored, Verifier}};
 //!
 //! struct NoOrphanOrders;
@@ -44,7 +47,9 @@
 //!     }
 //! }
 //!
-//! async fn nightly(sink: Arc<dyn Sink>) -> Result<bool> {
+//! async fn nightly(store: Arc<dyn Sink>, signing: SigningKey) -> Result<bool> {
+//!     // Every catalog object signed; nothing read back believed unless signed.
+//!     let sink: Arc<dyn Sink> = Arc::new(SignedSink::new(store, Keyring::new(Some(signing), vec![])));
 //!     let keys = KeyPair::generate();
 //!     let source = ConnParams::parse("postgres://backup@db.internal/app")?;
 //!     let manifest = ops::Backup::new(source, sink.clone())

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use pgproof_core::catalog::certificate::{self, Checked};
 use pgproof_core::catalog::{self, Keyring, TrustedKey};
+use pgproof_core::ops::certificate::{self, Checked};
 use pgproof_core::{Error, Result};
 
 use crate::config::Config;
@@ -100,6 +100,7 @@ pub fn verify(file: &Path, keys: &[String], json: bool) -> Result<()> {
                     "checks": r.checks.len(),
                     "failed": r.failures().map(|c| c.name.clone()).collect::<Vec<_>>(),
                     "tool": r.tool,
+                    "verified_by": r.verified_by.as_ref().map(|s| &s.fingerprint),
                 })),
                 "verified_by": b.verification.as_ref().map(|v| &v.signer),
             })

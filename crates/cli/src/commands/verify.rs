@@ -33,6 +33,7 @@ pub async fn verify_all(
     let identities = identities(config)?;
     let (scratch, cluster) = scratch_server(config, keep)?;
     let ephemeral = cluster.is_some();
+    let verifier = crate::engines::keyring(config)?.signer();
     let mut reports: Vec<Report> = Vec::new();
     // One chain checker for the run: each manifest is read once, however many backups.
     let chain = ManifestChain::default();
@@ -42,6 +43,7 @@ pub async fn verify_all(
             .identities(identities.clone())
             .pg_bin_dir(config.source.pg_bin_dir.clone())
             .ephemeral_scratch(ephemeral)
+            .verified_by(verifier.clone())
             .verifiers({
                 let mut verifiers =
                     standard_verifiers_sharing(&chain, config.verify.invariants.clone());

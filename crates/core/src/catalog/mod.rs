@@ -1,7 +1,6 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
-pub mod certificate;
 mod inventory;
 mod lock;
 mod manifest;

@@ -11,12 +11,14 @@
 //! | [`Drill`] | a [`DrillOutcome`] |
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
+//! | [`certificate::issue`] / [`certificate::verify`] | a signed proof certificate / what one proves |
 //!
 //! Listing is [`catalog::list_backups`](crate::catalog::list_backups) and
 //! [`catalog::load_manifest`](crate::catalog::load_manifest); the whole catalog in one
 //! pass is [`catalog::Inventory`](crate::catalog::Inventory).
 
 mod backup;
+pub mod certificate;
 mod check;
 mod copy;
 mod drill;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use jiff::Timestamp;
 
+use crate::catalog::trust::Signer;
 use crate::catalog::{self, BackupLease, BackupRef, Manifest, ToolInfo, Verification};
 use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
@@ -43,6 +44,7 @@ pub struct Verify {
     keep: bool,
     progress: Option<Progress>,
     ephemeral_scratch: bool,
+    verified_by: Option<Signer>,
 }
 
 impl Verify {
@@ -60,6 +62,7 @@ impl Verify {
             keep: false,
             progress: None,
             ephemeral_scratch: false,
+            verified_by: None,
         }
     }
 
@@ -100,6 +103,12 @@ impl Verify {
     /// error of the environment, not a verdict).
     pub fn ephemeral_scratch(mut self, ephemeral: bool) -> Self {
         self.ephemeral_scratch = ephemeral;
+        self
+    }
+
+    /// Who verifies: the signing key the record will be signed with, named in it.
+    pub fn verified_by(mut self, signer: Option<Signer>) -> Self {
+        self.verified_by = signer;
         self
     }
 
@@ -178,7 +187,8 @@ impl Verify {
         }
         let mut checks = checks;
         checks.extend(file_checks(&*self.sink, &manifest, identities.as_ref()).await?);
-        let report = new_report(&manifest, &target, checks, restore_ms);
+        let mut report = new_report(&manifest, &target, checks, restore_ms);
+        report.verified_by = self.verified_by;
         write_report(&*self.sink, &report).await?;
         Ok(report)
     }
@@ -346,6 +356,7 @@ pub(crate) fn new_report(
         restored_into: target.describe(),
         tool: ToolInfo::current(),
         checks,
+        verified_by: None,
     }
 }
 

@@ -162,6 +162,10 @@ pub struct Report {
     pub tool: ToolInfo,
     /// Every check, passed or failed.
     pub checks: Vec<Check>,
+    /// The key the verifying host signs its records with (the record's signature is
+    /// the proof; this says it in the content too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<crate::catalog::trust::Signer>,
 }
 
 impl Report {

@@ -6,7 +6,7 @@
 //! snapshot) with its signature, and the newest trusted verification record exactly
 //! as signed (every check with its figures, the measured restore time, the verifier's
 //! tool version and time) with the verifier's signature. The whole is signed again by
-//! the host that issued it, in the catalog's format (see [`trust`](super::trust)) with
+//! the host that issued it, in the catalog's format (see [`trust`](crate::catalog::trust)) with
 //! the namespace [`CERTIFICATE_NAMESPACE`]. Nothing in it is secret: manifests hold
 //! public keys only, and setting values stay sealed in the sink.
 //!
