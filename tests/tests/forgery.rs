@@ -370,6 +370,37 @@ async fn forged_catalog_objects_are_flagged_and_never_believed() {
     assert_eq!(last_verification(&list, &a), Value::Null, "{list:#}");
     std::fs::remove_file(ws.sink.join(&future)).unwrap();
 
+    // Objects the gate does not know as catalog objects are read by nothing: a
+    // record one folder deeper, a pin without .json, a lease in a subfolder.
+    for key in [
+        format!("app/{a}/verify/verify/29990101T000000Z_passed_r1.json"),
+        format!("app/{a}/pin/forever"),
+        format!("app/{a}/lease/x/forever.json"),
+    ] {
+        std::fs::create_dir_all(ws.sink.join(&key).parent().unwrap()).unwrap();
+        std::fs::write(
+            ws.sink.join(&key),
+            format!(
+                r#"{{"verified_at": "{}", "passed": true, "restore_ms": 1, "pinned_at": "2026-01-01T00:00:00Z", "holder": "m", "expires_at": "2999-01-01T00:00:00Z"}}"#,
+                jiff::Timestamp::now()
+            ),
+        )
+        .unwrap();
+    }
+    let (_, list, err) = listed(&ws);
+    assert_eq!(last_verification(&list, &a), Value::Null, "{list:#} {err}");
+    let a_entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["backup_id"] == a.as_str())
+        .unwrap();
+    assert_eq!(a_entry["pins"], serde_json::json!([]), "{a_entry:#}");
+    for key in ["verify/verify", "lease/x"] {
+        std::fs::remove_dir_all(ws.sink.join(format!("app/{a}/{key}"))).unwrap();
+    }
+    std::fs::remove_file(ws.sink.join(format!("app/{a}/pin/forever"))).unwrap();
+
     // A forged tombstone for the live B, a pin and a far-future lease on A.
     let forged = [
         (
@@ -843,4 +874,55 @@ async fn certificates_verify_offline_and_reveal_any_change() {
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The dump object of a genuine, signed backup replaced by SQL the attacker encrypted
+/// to the public recipient: the object is checked, chunk by chunk against the signed
+/// manifest, before any byte reaches psql, so its `COPY … TO PROGRAM` never runs
+/// (the control shows it would have, fed to psql as it was before the check).
+#[tokio::test]
+async fn a_swapped_dump_object_never_reaches_the_restore_program() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    sample(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "plain");
+    ws.verify_on(&cluster);
+    let manifest = ws.backup();
+    let marker = std::env::temp_dir().join(format!("pgproof-swapped-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    // The program first, then enough more that psql runs it while the rest still
+    // streams in (checked only at the end, the swap would have run).
+    let script = format!(
+        "COPY (SELECT 1) TO PROGRAM 'touch {}';\n{}SELECT 1/0;\n",
+        marker.display(),
+        "-- padding that keeps psql reading\n".repeat(300_000)
+    );
+    let key = manifest["object"]["key"].as_str().unwrap();
+    std::fs::write(
+        ws.sink.join(key),
+        age_encrypt(&ws.public_key, &gzip(script.as_bytes())),
+    )
+    .unwrap();
+
+    // Control: the same script through psql does run the program.
+    let out = Command::new(cluster.tools().dir().join("psql"))
+        .args(["-X", "-q", "-d", &cluster.url("app"), "-c"])
+        .arg(script.lines().next().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(marker.exists(), "the control did not run the program");
+    std::fs::remove_file(&marker).unwrap();
+
+    let out = ws.pgproof(&["restore", "latest", "--target", &cluster.url("victim")]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(key), "{}", stderr(&out));
+    let out = ws.pgproof(&["verify", "latest"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        !marker.exists(),
+        "a byte of the swapped object reached psql"
+    );
+    assert!(!database_exists(&cluster, "victim").await);
 }

@@ -148,12 +148,13 @@ pub enum Command {
         /// Keep the scratch database for inspection (needs verify.scratch_url).
         #[arg(long)]
         keep: bool,
-        /// Adopt backups taken before pgproof signed its catalog: verify each one whose
-        /// manifest is unsigned despite that, and if every check passes, sign an
-        /// adoption of exactly that manifest, so it is trusted from then on. Only for
-        /// backups you know this host's pgproof took: an unsigned manifest could have
-        /// been written by anyone with access to the sink. With --all, oldest first.
-        #[arg(long, conflicts_with = "stale")]
+        /// Adopt a backup taken before pgproof signed its catalog: verify it although its
+        /// manifest is unsigned and, if every check passes, sign an adoption of exactly
+        /// the manifest that was verified, so it is trusted from then on. One named
+        /// backup at a time, oldest first: an unsigned manifest could have been written
+        /// by anyone with access to the sink, so adopt only ids your own backup logs
+        /// show this host took.
+        #[arg(long, conflicts_with_all = ["stale", "all"])]
         adopt: bool,
         /// age identity file, overriding encryption.identity_file.
         #[arg(long, value_name = "FILE")]

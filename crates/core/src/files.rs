@@ -322,6 +322,7 @@ mod tests {
                 raw_sha256: String::new(),
                 stored_bytes: 0,
                 stored_sha256: String::new(),
+                stored_chunks: Vec::new(),
             },
             entries: Vec::new(),
         }

@@ -309,11 +309,25 @@ impl Sink for FsSink {
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
         validate_key(key)?;
+        // O_NONBLOCK: a named pipe planted under a key must not hang the read (it has
+        // no effect on a regular file); anything but a regular file is refused.
         let file = self
             .open_root()
-            .and_then(|root| open_beneath(&root, key, OFlag::O_RDONLY, 0))
+            .and_then(|root| open_beneath(&root, key, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0))
+            .map(std::fs::File::from)
             .map_err(|e| self.io_error("cannot open", key, e))?;
-        let file = tokio::fs::File::from_std(std::fs::File::from(file));
+        let regular = file
+            .metadata()
+            .map_err(|e| self.io_error("cannot open", key, e))?
+            .is_file();
+        if !regular {
+            return Err(Error::integrity(format!(
+                "{} is not a regular file; pgproof writes none other in a sink (remove it, and find out who put it there)",
+                self.root.join(key).display()
+            ))
+            .with_object(key));
+        }
+        let file = tokio::fs::File::from_std(file);
         let shown = self.root.join(key).display().to_string();
         Ok(ReaderStream::with_capacity(file, READ_CHUNK)
             .map_err(move |e| Error::io(format!("cannot read {shown}"), e))
@@ -494,6 +508,10 @@ mod tests {
             );
         }
         let e = sink.get("db/id/tombstone.json").await.err().unwrap();
+        assert_eq!(e.kind(), pgproof_core::ErrorKind::Integrity, "{e}");
+        // A named pipe where a lock should be: refused at once, not read for ever.
+        nix::unistd::mkfifo(&root.join("db/_commit.lock"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = sink.get("db/_commit.lock").await.err().unwrap();
         assert_eq!(e.kind(), pgproof_core::ErrorKind::Integrity, "{e}");
         sink.delete("db/id/tombstone.json").await.unwrap();
         // Deleting the planted file link removes the link, not its target.

@@ -148,15 +148,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                         .collect()
                 }
             } else if let Some(age) = &stale {
-                let targets =
+                let (targets, flagged) =
                     verify::stale_backups(&*sink, database.as_deref(), age, limit).await?;
+                untrusted = flagged;
                 if targets.is_empty() {
                     if json {
                         print_json(&Vec::<()>::new())?;
                     } else {
                         crate::render::outln!("every backup was proven within {age}");
                     }
-                    return Ok(());
+                    return untrusted.map_or(Ok(()), Err);
                 }
                 targets
             } else {

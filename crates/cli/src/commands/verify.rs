@@ -101,9 +101,10 @@ pub async fn adopt_all(
             continue;
         };
         if !trusted && report.passed {
-            // The manifest the verification read must be the one adopted.
+            // Adopted: exactly the manifest the verification read, which must also be
+            // the one stored before and after it.
             let now = signed.inner().get_bytes(&key, MANIFEST_LIMIT).await?;
-            if now != stored {
+            if now != stored || report.manifest_sha256 != sha256_hex(&stored) {
                 return Err(Error::integrity(format!(
                     "manifest {key} changed while it was verified; not adopted"
                 ))
@@ -169,7 +170,7 @@ pub async fn stale_backups(
     database: Option<&str>,
     age: &str,
     limit: Option<usize>,
-) -> Result<Vec<BackupRef>> {
+) -> Result<(Vec<BackupRef>, Option<Error>)> {
     let age = parse_duration("--stale", age)?;
     let now = crate::commands::upkeep::now()?;
     let inventory = Inventory::load(sink, database).await?;
@@ -194,9 +195,10 @@ pub async fn stale_backups(
     // Never attempted first (None sorts first), then the oldest attempt, then the
     // oldest backup.
     stale.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
-    Ok(stale
+    let targets = stale
         .into_iter()
         .map(|(_, b)| b)
         .take(limit.unwrap_or(usize::MAX))
-        .collect())
+        .collect();
+    Ok((targets, crate::commands::list::untrusted(&inventory).err()))
 }

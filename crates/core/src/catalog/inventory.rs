@@ -12,6 +12,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::trust::Kind;
 use crate::catalog::{
     MANIFEST_LIMIT, MANIFEST_NAME, Manifest, PreviousManifest, check_database_name,
 };
@@ -259,6 +260,13 @@ impl Verification {
     }
 }
 
+/// Which manifest a record is about.
+#[derive(Deserialize)]
+struct RecordBinding {
+    #[serde(default)]
+    manifest_sha256: Option<String>,
+}
+
 /// The summary in a verification record's key, if its name carries one.
 fn summary_in_key(key: &str) -> Option<Verification> {
     key.contains("/verify/")
@@ -419,18 +427,19 @@ async fn prefetch(
     grouped: &BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>>,
 ) -> Result<Fetched> {
     let keys: Vec<String> = grouped
-        .iter()
-        .flat_map(|(db, ids)| {
-            ids.iter().flat_map(move |(id, objects)| {
+        .values()
+        .flat_map(|ids| {
+            ids.values().flat_map(|objects| {
                 let newest_record = records_newest_first(objects).next().map(str::to_owned);
                 objects
                     .iter()
-                    .filter_map(move |o| {
-                        let rest = &o.key[db.len() + id.len() + 2..];
-                        let kind = rest.split('/').next().unwrap_or("");
-                        let wanted = rest == MANIFEST_NAME
-                            || rest == TOMBSTONE_NAME
-                            || matches!(kind, LEASES | PINS) && rest.ends_with(".json");
+                    .filter_map(|o| {
+                        // Classified by the gate's own rule, so nothing it would pass
+                        // through unchecked is read as a catalog object.
+                        let wanted = matches!(
+                            Kind::of(&o.key),
+                            Some(Kind::Manifest | Kind::Tombstone | Kind::Lease | Kind::Pin)
+                        );
                         wanted.then(|| o.key.clone())
                     })
                     .chain(newest_record)
@@ -465,10 +474,7 @@ fn records_newest_first(objects: &[ObjectMeta]) -> impl Iterator<Item = &str> {
     let mut records: Vec<&str> = objects
         .iter()
         .map(|o| o.key.as_str())
-        .filter(|k| {
-            let mut parts = k.rsplit('/');
-            matches!((parts.next(), parts.next()), (Some(name), Some("verify")) if name.ends_with(".json"))
-        })
+        .filter(|k| Kind::of(k) == Some(Kind::Record))
         .collect();
     records.sort_unstable_by(|a, b| b.cmp(a));
     records.into_iter()
@@ -519,13 +525,12 @@ async fn load_entry(
     let mut leases = Vec::new();
     let mut pins = Vec::new();
     for object in &objects {
-        let rest = &object.key[db.len() + id.len() + 2..];
-        let kind = rest.split('/').next().unwrap_or("");
-        if !matches!(kind, LEASES | PINS) || !rest.ends_with(".json") {
+        let kind = Kind::of(&object.key);
+        if !matches!(kind, Some(Kind::Lease | Kind::Pin)) {
             continue;
         }
         match fetched.get(&object.key) {
-            Some(Ok(body)) if kind == PINS => {
+            Some(Ok(body)) if kind == Some(Kind::Pin) => {
                 match parse::<Pin>(&object.key, body)
                     .and_then(|p| p.check(now, &object.key).map(|()| p))
                 {
@@ -550,7 +555,9 @@ async fn load_entry(
     // says nothing (anyone can name an object `…_passed.json`). Older records are
     // read only when a newer one is not believed.
     let mut verifications = Vec::new();
-    for key in records_newest_first(&objects) {
+    // A manifest that is not trusted has nothing a record could prove.
+    let records = records_newest_first(&objects).filter(|_| manifest.is_ok());
+    for key in records {
         let got = match fetched.remove(key) {
             Some(got) => got,
             None => sink.get_bytes(key, MANIFEST_LIMIT).await,
@@ -558,6 +565,14 @@ async fn load_entry(
         let record = got.and_then(|body| {
             let v = parse::<Verification>(key, &body)?;
             v.check(now, key)?;
+            // A record proves the manifest it read, not whatever now bears the name.
+            let about: RecordBinding = parse(key, &body)?;
+            if about.manifest_sha256.as_deref() != Some(manifest_sha256.as_str()) {
+                return Err(refuse(
+                    key,
+                    "is about another manifest than the one now stored (it was replaced or edited since)".into(),
+                ));
+            }
             Ok(v)
         });
         match record {
@@ -668,6 +683,10 @@ async fn any_record<T: serde::de::DeserializeOwned>(
     holds: impl Fn(&T, &str) -> Result<bool>,
 ) -> Result<bool> {
     for object in sink.list(prefix).await? {
+        // Only what the gate checks: a nested or oddly named object holds nothing.
+        if !matches!(Kind::of(&object.key), Some(Kind::Lease | Kind::Pin)) {
+            continue;
+        }
         let held = match sink.get_bytes(&object.key, MANIFEST_LIMIT).await {
             Ok(body) => parse::<T>(&object.key, &body).and_then(|r| holds(&r, &object.key)),
             Err(e) => Err(e),

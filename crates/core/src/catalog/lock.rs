@@ -37,6 +37,29 @@ pub struct CommitLock {
     key: String,
 }
 
+/// How many stale or untrusted locks one commit takes over before it stops: a lock
+/// that reappears as fast as it is removed is someone's doing, not a dead run's.
+const MAX_TAKEOVERS: u32 = 5;
+
+/// Removes a lock that is expired, too long, or not trusted, pausing a little after.
+async fn take_over(sink: &dyn Sink, key: &str, takeovers: &mut u32) -> Result<()> {
+    *takeovers += 1;
+    if *takeovers > MAX_TAKEOVERS {
+        return Err(Error::integrity(format!(
+            "the commit lock {key} in {} was replaced by an expired or untrusted one {MAX_TAKEOVERS} times while this backup tried to commit; something writes it on purpose: find out what (bucket access logs), then back up again",
+            sink.describe()
+        ))
+        .with_object(key));
+    }
+    match sink.delete(key).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
 impl CommitLock {
     /// Takes the commit lock of `database`, waiting while another run holds it and
     /// taking over a lock whose holder let it expire. `owner` says who holds it (for
@@ -55,6 +78,7 @@ impl CommitLock {
         let key = format!("{database}/{LOCK_NAME}");
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
+        let mut takeovers = 0u32;
         loop {
             let record = LockRecord {
                 owner: owner.to_owned(),
@@ -74,11 +98,8 @@ impl CommitLock {
                     match read {
                         Err(e) if e.kind() == ErrorKind::Integrity => {
                             tracing::warn!(lock = %key, problem = %e, "taking over a commit lock no trusted key signed");
-                            match sink.delete(&key).await {
-                                Ok(()) => continue,
-                                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                                Err(e) => return Err(e),
-                            }
+                            take_over(sink, &key, &mut takeovers).await?;
+                            continue;
                         }
                         Ok(bytes) => match serde_json::from_slice::<LockRecord>(&bytes) {
                             Ok(held) if held.expires_at > now && held.expires_at <= longest => {
@@ -88,11 +109,8 @@ impl CommitLock {
                             // pgproof wrote: take it over.
                             _ => {
                                 tracing::warn!(lock = %key, "taking over an expired commit lock");
-                                match sink.delete(&key).await {
-                                    Ok(()) => continue,
-                                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                                    Err(e) => return Err(e),
-                                }
+                                take_over(sink, &key, &mut takeovers).await?;
+                                continue;
                             }
                         },
                         // Released between the two requests.

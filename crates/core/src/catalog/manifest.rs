@@ -151,6 +151,11 @@ pub struct ObjectInfo {
     pub stored_bytes: u64,
     /// sha256 of the stored object (hex).
     pub stored_sha256: String,
+    /// sha256 of each [`CHUNK_BYTES`](crate::codec::CHUNK_BYTES) of the stored object,
+    /// for an object of more than one chunk: a restore checks each before it passes a
+    /// byte of it on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored_chunks: Vec<String>,
 }
 
 /// Link to the previous manifest of the same database.
@@ -246,7 +251,37 @@ impl ObjectInfo {
             raw_sha256: tallies.raw.sha256,
             stored_bytes: tallies.stored.bytes,
             stored_sha256: tallies.stored.sha256,
+            // One chunk is the object: its own sha256 says it.
+            stored_chunks: if tallies.stored.chunks.len() > 1 {
+                tallies.stored.chunks
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// `stored` (this object, as read from the sink) behind a check of every chunk
+    /// before any byte of it is handed on. An object larger than one chunk whose
+    /// manifest lists no chunks (one adopted from before signing) is only checked at
+    /// its end, as it always was, and the log says so.
+    pub fn checked_reader<'a, R: std::io::Read + 'a>(
+        &self,
+        stored: R,
+    ) -> Box<dyn std::io::Read + 'a> {
+        if self.stored_chunks.is_empty() && self.stored_bytes > crate::codec::CHUNK_BYTES {
+            tracing::warn!(
+                object = %self.key,
+                "the manifest lists no chunk hashes for this object (a backup from before signing): checked only at its end"
+            );
+            return Box::new(stored);
+        }
+        Box::new(crate::codec::CheckedChunks::new(
+            stored,
+            &self.key,
+            self.stored_bytes,
+            &self.stored_sha256,
+            &self.stored_chunks,
+        ))
     }
 
     /// Checks what a restore read and produced against what the manifest recorded.

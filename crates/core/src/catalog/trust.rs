@@ -310,7 +310,7 @@ impl Keyring {
             |why: String| Error::integrity(format!("{what} {key} {why}")).with_object(key);
         let Some((payload, armored)) = split(stored) else {
             return Err(finding(
-                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted (a backup taken before signing: adopt it with pgproof verify --adopt)".into(),
+                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted (if your backup logs show this host took it before pgproof signed its catalog: pgproof verify ID --adopt)".into(),
             ));
         };
         let signature = SshSig::from_pem(armored).map_err(|e| {

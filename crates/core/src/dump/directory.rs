@@ -832,6 +832,8 @@ async fn fetch_into(
             output_side,
             pipe: kept,
         };
+        // No byte of the file reaches its pipe before its chunk is checked.
+        let reader = object.checked_reader(reader);
         match chain.decode(reader, output, identities.as_ref(), progress.as_ref()) {
             Ok((_output, tallies)) => match object.check(&tallies) {
                 Ok(()) => Ok(tallies.raw.bytes),

@@ -68,6 +68,9 @@ pub(crate) fn restore(
     } else {
         Input::Plain(stdin)
     };
+    // No byte reaches the program before its chunk hashed as the signed manifest
+    // recorded; the tallies at the end stay the last word on the whole.
+    let object = expected.checked_reader(object);
     let (stdin, tallies) = match chain.decode(object, stdin, identities, progress) {
         Ok((input, tallies)) => match input.finish() {
             Ok(stdin) => (stdin, tallies),
@@ -301,13 +304,7 @@ mod tests {
 
     fn object(chain: &CodecChain, raw: &[u8]) -> (Vec<u8>, ObjectInfo) {
         let (stored, t) = chain.encode(raw, Vec::new(), None, None).unwrap();
-        let info = ObjectInfo {
-            key: "db/id/dump".into(),
-            raw_bytes: t.raw.bytes,
-            raw_sha256: t.raw.sha256,
-            stored_bytes: t.stored.bytes,
-            stored_sha256: t.stored.sha256,
-        };
+        let info = ObjectInfo::new("db/id/dump".into(), t);
         (stored, info)
     }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::trust::{ADOPTION_NAME, Adoption, Keyring, SignedSink, Signer};
+use crate::catalog::trust::{ADOPTION_NAME, Adoption, Keyring, Kind, SignedSink, Signer};
 use crate::catalog::{Inventory, MANIFEST_LIMIT, Manifest, manifest_key};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
@@ -103,6 +103,20 @@ pub async fn issue(
             sink.describe()
         )));
     };
+    // A bundle vouches for a period: a manifest it would leave out because it is not
+    // trusted (a failing backup made unreadable, say) must stop it, not shrink it.
+    if since.is_some()
+        && let Some(f) = part
+            .findings
+            .iter()
+            .find(|f| f.key.ends_with("/manifest.json"))
+    {
+        return Err(Error::integrity(format!(
+            "{} is not trusted ({}); a certificate of the period would leave it out: find out who wrote it, remove it, then issue again",
+            f.key, f.problem
+        ))
+        .with_object(f.key.clone()));
+    }
     let mut backups = Vec::new();
     for entry in &part.backups {
         let Ok(manifest) = &entry.manifest else {
@@ -133,23 +147,29 @@ pub async fn issue(
             .objects
             .iter()
             .map(|o| o.key.as_str())
-            .filter(|k| k.contains("/verify/") && k.ends_with(".json"))
+            .filter(|k| Kind::of(k) == Some(Kind::Record))
             .collect();
         records.sort_unstable_by(|a, b| b.cmp(a));
         let mut verification = None;
+        let manifest_sha256 = sha256_hex(manifest.payload.as_bytes());
         for record in records {
             match signed_object(sink, record).await {
-                Ok(found) => {
+                // Only a record about this very manifest.
+                Ok(found)
+                    if serde_json::from_str::<Report>(&found.payload)
+                        .is_ok_and(|r| r.manifest_sha256 == manifest_sha256) =>
+                {
                     verification = Some(found);
                     break;
                 }
+                Ok(_) => {}
                 Err(e) if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::NotFound) => {}
                 Err(e) => return Err(e),
             }
         }
         backups.push(CertifiedBackup {
             backup_id: entry.backup_id.clone(),
-            manifest_sha256: sha256_hex(manifest.payload.as_bytes()),
+            manifest_sha256,
             manifest,
             adoption,
             verification,
@@ -252,6 +272,7 @@ pub fn verify(stored: &[u8], keys: &Keyring) -> Result<Checked> {
                     .starts_with(&format!("{db}/{}/verify/", b.backup_id))
                     || report.backup_id != b.backup_id
                     || report.database != *db
+                    || report.manifest_sha256 != b.manifest_sha256
                 {
                     return Err(Error::integrity(format!(
                         "the verification record {} is not about backup {}",

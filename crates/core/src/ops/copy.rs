@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::catalog::trust::Kind;
 use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT, MANIFEST_NAME, TOMBSTONE_NAME};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
@@ -122,6 +123,17 @@ impl Copy {
                 let at_destination =
                     present.and_then(|p| p.backups.iter().find(|b| b.backup_id == entry.backup_id));
                 match at_destination {
+                    // A manifest planted at the destination is not the backup: it is
+                    // no reason to skip the copy, and it cannot be overwritten.
+                    Some(dest)
+                        if dest.manifest.is_err()
+                            || dest.manifest_sha256 != entry.manifest_sha256 =>
+                    {
+                        outcome.integrity_failure = true;
+                        outcome.failed.push(format!(
+                            "{name}: the destination holds another manifest under this backup's key (not trusted, or not this backup's); remove it there, then copy again"
+                        ));
+                    }
                     Some(dest) => {
                         self.copy_records(entry, dest.objects.iter().map(|o| o.key.as_str()))
                             .await?;
@@ -190,10 +202,19 @@ impl Copy {
     ) -> Result<()> {
         let present: Vec<&str> = present.collect();
         for object in &entry.objects {
-            if !object.key.contains("/verify/") || present.contains(&object.key.as_str()) {
+            if Kind::of(&object.key) != Some(Kind::Record) || present.contains(&object.key.as_str())
+            {
                 continue;
             }
-            let body = self.from.get_bytes(&object.key, MANIFEST_LIMIT).await?;
+            // A record no trusted key signed is not copied, and stops nothing.
+            let body = match self.from.get_bytes(&object.key, MANIFEST_LIMIT).await {
+                Ok(body) => body,
+                Err(e) if matches!(e.kind(), ErrorKind::Integrity | ErrorKind::NotFound) => {
+                    tracing::warn!(record = %object.key, problem = %e, "not copied");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             put_new(&*self.to, &object.key, body).await?;
         }
         Ok(())

@@ -212,7 +212,7 @@ impl Drill {
         // The caller drops the drill database once the drill is over.
         let (proven, restore_ms) = proof.restore_and_verify(restore, target, false).await?;
         checks.extend(proven);
-        let report = new_report(&manifest, target, checks, restore_ms);
+        let report = new_report(&manifest, &manifest_sha256, target, checks, restore_ms);
         write_report(&*self.sink, &report).await?;
         Ok(DrillOutcome {
             manifest,

@@ -187,7 +187,7 @@ impl Verify {
         }
         let mut checks = checks;
         checks.extend(file_checks(&*self.sink, &manifest, identities.as_ref()).await?);
-        let mut report = new_report(&manifest, &target, checks, restore_ms);
+        let mut report = new_report(&manifest, &manifest_sha256, &target, checks, restore_ms);
         report.verified_by = self.verified_by;
         write_report(&*self.sink, &report).await?;
         Ok(report)
@@ -343,6 +343,7 @@ impl Proof<'_> {
 
 pub(crate) fn new_report(
     manifest: &Manifest,
+    manifest_sha256: &str,
     target: &ConnParams,
     checks: Vec<Check>,
     restore_ms: Option<u64>,
@@ -350,6 +351,7 @@ pub(crate) fn new_report(
     Report {
         backup_id: manifest.backup_id.clone(),
         database: manifest.database.clone(),
+        manifest_sha256: manifest_sha256.to_owned(),
         verified_at: Timestamp::now(),
         passed: checks.iter().all(|c| c.passed),
         restore_ms,

@@ -150,6 +150,11 @@ pub struct Report {
     pub backup_id: String,
     /// Its database.
     pub database: String,
+    /// sha256 of the manifest's signed content this verification read: the record
+    /// is about that manifest and no other (an edited or replaced one is not proven
+    /// by it).
+    #[serde(default)]
+    pub manifest_sha256: String,
     /// When verification finished.
     pub verified_at: Timestamp,
     /// Every check passed.
