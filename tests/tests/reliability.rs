@@ -376,7 +376,7 @@ async fn a_slow_fingerprint_query_stops_at_the_statement_timeout_and_commits_not
     client
         .batch_execute(
             "CREATE TABLE wide AS SELECT g, md5(g::text) AS h, repeat('x', 200) AS pad \
-             FROM generate_series(1, 400000) g",
+             FROM generate_series(1, 1200000) g",
         )
         .await
         .unwrap();

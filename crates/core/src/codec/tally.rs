@@ -194,26 +194,32 @@ impl<R: Read> CheckedChunks<R> {
             // Past the recorded end: anything more was appended.
             let mut extra = [0u8; 1];
             if self.inner.read(&mut extra)? > 0 {
-                return Err(
-                    self.refuse(format!("is longer than the {} bytes recorded", self.total))
-                );
+                return Err(self.refuse(format!(
+                    "is corrupted: longer than the {} bytes its manifest records",
+                    self.total
+                )));
             }
             if self.next < self.expected.len() && self.total > 0 {
-                return Err(self.refuse("has fewer chunks than recorded".into()));
+                return Err(
+                    self.refuse("is truncated: fewer chunks than its manifest records".into())
+                );
             }
             return Ok(false);
         }
         (&mut self.inner).take(want).read_to_end(&mut self.buf)?;
         if (self.buf.len() as u64) < want {
-            return Err(self.refuse(format!("is shorter than the {} bytes recorded", self.total)));
+            return Err(self.refuse(format!(
+                "is truncated: shorter than the {} bytes its manifest records",
+                self.total
+            )));
         }
         self.read += want;
         let Some(expected) = self.expected.get(self.next) else {
-            return Err(self.refuse("has more chunks than recorded".into()));
+            return Err(self.refuse("is corrupted: more chunks than its manifest records".into()));
         };
         if sha256_hex(&self.buf) != *expected {
             return Err(self.refuse(format!(
-                "does not match its manifest at bytes {}..{}",
+                "is corrupted or was replaced: bytes {}..{} do not hash as its manifest records",
                 self.read - want,
                 self.read
             )));
