@@ -120,7 +120,7 @@ impl FileSet {
         let (stored, tallies) = chain
             .encode(&tar[..], Vec::new(), recipients, None)
             .map_err(|e| e.into_error())?;
-        let key = format!("{dir}/files-{}.tar{}", self.name, chain.suffix());
+        let key = crate::catalog::layout::file_set(dir, &self.name, &chain.suffix());
         sink.put_bytes(&key, stored.into()).await?;
         Ok(FileSetInfo {
             name: self.name.clone(),

@@ -248,15 +248,16 @@ pub async fn hidden(config: &Config, database: Option<&str>, json: bool) -> Resu
     };
     let scope = format!(
         "{root}{}",
-        database.map(|d| format!("{d}/")).unwrap_or_default()
+        database.map(catalog::layout::database).unwrap_or_default()
     );
     let mut found = Vec::new();
     for h in bucket.hidden(&scope).await? {
         let Some(rest) = h.key.strip_prefix(&root) else {
             continue;
         };
-        let parts: Vec<&str> = rest.split('/').collect();
-        if let [db, id, catalog::MANIFEST_NAME] = parts[..] {
+        if catalog::layout::Kind::of(rest) == Some(catalog::layout::Kind::Manifest) {
+            let parts: Vec<&str> = rest.split('/').collect();
+            let (db, id) = (parts[0], parts[1]);
             found.push(serde_json::json!({ "database": db, "backup_id": id }));
         }
     }
@@ -287,7 +288,10 @@ pub async fn undelete(config: &Config, backup_id: &str, database: &str) -> Resul
         format!("{prefix}/")
     };
     let markers = bucket
-        .hidden(&format!("{root}{database}/{backup_id}/"))
+        .hidden(&format!(
+            "{root}{}/",
+            catalog::layout::backup_dir(database, backup_id)
+        ))
         .await?;
     if markers.is_empty() {
         return Err(Error::not_found(format!(

@@ -12,19 +12,11 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::trust::Kind;
-use crate::catalog::{
-    MANIFEST_LIMIT, MANIFEST_NAME, Manifest, PreviousManifest, check_database_name,
-};
+use crate::catalog::layout::{self, Kind};
+use crate::catalog::{MANIFEST_LIMIT, Manifest, PreviousManifest, check_database_name};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{ObjectMeta, Sink, SinkExt};
-
-/// The file name of a pruned backup's tombstone.
-pub const TOMBSTONE_NAME: &str = "tombstone.json";
-
-/// The directory of a backup's leases.
-const LEASES: &str = "lease";
 
 /// The longest a lease may protect a backup; a lease that claims longer is refused.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -46,9 +38,6 @@ fn not_future(key: &str, field: &str, at: Timestamp, now: Timestamp) -> Result<(
     }
     Ok(())
 }
-
-/// The directory of a backup's pins.
-const PINS: &str = "pin";
 
 /// A pin: retention never deletes the backup while it holds (until its date, or for
 /// good). Each pin is a create-only object of its own.
@@ -102,9 +91,13 @@ pub async fn pin(
     };
     let unique =
         &sha256_hex(format!("{}{backup_id}", pin.pinned_at.as_nanosecond()).as_bytes())[..8];
-    let key = format!(
-        "{database}/{backup_id}/{PINS}/{}-{unique}.json",
-        pin.pinned_at.strftime("%Y%m%dT%H%M%S%.6fZ")
+    let key = layout::pin(
+        database,
+        backup_id,
+        &format!(
+            "{}-{unique}.json",
+            pin.pinned_at.strftime("%Y%m%dT%H%M%S%.6fZ")
+        ),
     );
     let body = serde_json::to_vec_pretty(&pin)
         .map_err(|e| Error::tool(format!("cannot serialize a pin: {e}")))?;
@@ -114,9 +107,7 @@ pub async fn pin(
 
 /// Removes every pin of `database`/`backup_id`; returns how many there were.
 pub async fn unpin(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<usize> {
-    let pins = sink
-        .list(&format!("{database}/{backup_id}/{PINS}/"))
-        .await?;
+    let pins = sink.list(&layout::pins(database, backup_id)).await?;
     for p in &pins {
         match sink.delete(&p.key).await {
             Ok(()) => {}
@@ -358,7 +349,7 @@ impl Inventory {
         let prefix = match database {
             Some(db) => {
                 check_database_name(db)?;
-                format!("{db}/")
+                layout::database(db)
             }
             None => String::new(),
         };
@@ -382,9 +373,9 @@ impl Inventory {
         for (db, ids) in grouped {
             let mut part = DatabaseInventory::default();
             for (id, objects) in ids {
-                let has = |name: &str| objects.iter().any(|o| o.key == format!("{db}/{id}/{name}"));
-                if has(TOMBSTONE_NAME) {
-                    let key = format!("{db}/{id}/{TOMBSTONE_NAME}");
+                let has = |kind: Kind| objects.iter().any(|o| Kind::of(&o.key) == Some(kind));
+                if has(Kind::Tombstone) {
+                    let key = layout::tombstone(&db, &id);
                     match fetched.get(&key) {
                         Some(Ok(bytes)) => match parse::<Tombstone>(&key, bytes)
                             .and_then(|t| t.check(&db, &id, &key).map(|()| t))
@@ -398,10 +389,10 @@ impl Inventory {
                         _ => {}
                     }
                 }
-                if !has(MANIFEST_NAME) {
+                if !has(Kind::Manifest) {
                     let leftovers: Vec<ObjectMeta> = objects
                         .into_iter()
-                        .filter(|o| !o.key.ends_with(&format!("/{TOMBSTONE_NAME}")))
+                        .filter(|o| Kind::of(&o.key) != Some(Kind::Tombstone))
                         .collect();
                     if !leftovers.is_empty() {
                         part.uncommitted.insert(id, leftovers);
@@ -497,7 +488,7 @@ async fn load_entry(
     id: String,
     objects: Vec<ObjectMeta>,
 ) -> Result<CatalogEntry> {
-    let manifest_key = format!("{db}/{id}/{MANIFEST_NAME}");
+    let manifest_key = layout::manifest(db, &id);
     let (manifest, manifest_sha256) = match fetched.get(&manifest_key) {
         Some(Ok(bytes)) => (
             match serde_json::from_slice::<Manifest>(bytes) {
@@ -634,7 +625,7 @@ impl BackupLease {
     ) -> Result<Self> {
         let now = Timestamp::now();
         let unique = &sha256_hex(format!("{holder}{}", now.as_nanosecond()).as_bytes())[..12];
-        let key = format!("{database}/{backup_id}/{LEASES}/{unique}.json");
+        let key = layout::lease(database, backup_id, &format!("{unique}.json"));
         let lease = Lease {
             holder: holder.to_owned(),
             expires_at: now + jiff::SignedDuration::try_from(ttl).unwrap_or_default(),
@@ -658,7 +649,7 @@ pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Res
     let now = Timestamp::now();
     any_record(
         sink,
-        &format!("{database}/{backup_id}/{LEASES}/"),
+        &layout::leases(database, backup_id),
         |l: &Lease, key| l.check(now, key).map(|()| l.expires_at > now),
     )
     .await
@@ -667,11 +658,9 @@ pub async fn leased_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Res
 /// Whether a pin holds the backup now (read fresh, just before deleting it).
 pub async fn pinned_now(sink: &dyn Sink, database: &str, backup_id: &str) -> Result<bool> {
     let now = Timestamp::now();
-    any_record(
-        sink,
-        &format!("{database}/{backup_id}/{PINS}/"),
-        |p: &Pin, key| p.check(now, key).map(|()| p.holds(now)),
-    )
+    any_record(sink, &layout::pins(database, backup_id), |p: &Pin, key| {
+        p.check(now, key).map(|()| p.holds(now))
+    })
     .await
 }
 
@@ -711,7 +700,7 @@ pub async fn tombstone(
     database: &str,
     backup_id: &str,
 ) -> Result<Option<Tombstone>> {
-    let key = format!("{database}/{backup_id}/{TOMBSTONE_NAME}");
+    let key = layout::tombstone(database, backup_id);
     let found = match sink.get_bytes(&key, MANIFEST_LIMIT).await {
         Ok(bytes) => parse::<Tombstone>(&key, &bytes)
             .and_then(|t| t.check(database, backup_id, &key).map(|()| t)),

@@ -22,8 +22,6 @@ pub const LOCK_TTL: Duration = Duration::from_secs(60);
 /// How long a commit waits for the lock before it gives up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(300);
 
-const LOCK_NAME: &str = "_commit.lock";
-
 #[derive(Debug, Serialize, Deserialize)]
 struct LockRecord {
     owner: String,
@@ -75,7 +73,7 @@ impl CommitLock {
         owner: &str,
         wait: Duration,
     ) -> Result<Self> {
-        let key = format!("{database}/{LOCK_NAME}");
+        let key = crate::catalog::layout::lock(database);
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         let mut takeovers = 0u32;

@@ -20,9 +20,6 @@ use crate::evidence::invariant::InvariantResult;
 use crate::files::FileSetInfo;
 use crate::sink::RetentionLock;
 
-/// The manifest's file name inside a backup's directory.
-pub const MANIFEST_NAME: &str = "manifest.json";
-
 /// Version of the manifest layout written by this crate.
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -203,7 +200,7 @@ impl Manifest {
             ))
             .with_object(key));
         }
-        let dir = format!("{database}/{backup_id}/");
+        let dir = format!("{}/", super::layout::backup_dir(database, backup_id));
         if let Some(stray) = self
             .objects()
             .find(|o| !o.key.starts_with(&dir) || crate::sink::validate_key(&o.key).is_err())
@@ -316,7 +313,7 @@ fn check_tally(what: &str, key: &str, got: &Tally, bytes: u64, sha256: &str) -> 
 
 /// `<database>/<backup-id>/manifest.json`.
 pub fn manifest_key(database: &str, backup_id: &str) -> String {
-    format!("{database}/{backup_id}/{MANIFEST_NAME}")
+    super::layout::manifest(database, backup_id)
 }
 
 /// Refuses database names that cannot be one key segment.

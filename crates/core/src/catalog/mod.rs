@@ -2,19 +2,21 @@
 //! manifest is committed; the manifests of one database form a hash chain.
 
 mod inventory;
+pub mod layout;
 mod lock;
 mod manifest;
 pub mod trust;
 
 pub use inventory::{
     BackupLease, CLOCK_SKEW, CatalogEntry, DatabaseInventory, Finding, Inventory, Lease,
-    MAX_LEASE_TTL, Pin, TOMBSTONE_NAME, Tombstone, Verification, id_started_at, leased_now, pin,
-    pinned_now, tombstone, unpin,
+    MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at, leased_now, pin, pinned_now,
+    tombstone, unpin,
 };
+pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{
-    EncryptionInfo, MANIFEST_LIMIT, MANIFEST_NAME, MANIFEST_VERSION, Manifest, ObjectInfo,
-    PreviousManifest, SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
+    EncryptionInfo, MANIFEST_LIMIT, MANIFEST_VERSION, Manifest, ObjectInfo, PreviousManifest,
+    SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
 };
 pub use trust::{Keyring, SignedSink, SigningKey, TrustedKey};
 
@@ -51,7 +53,7 @@ pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec
     let prefix = match database {
         Some(db) => {
             check_database_name(db)?;
-            format!("{db}/")
+            layout::database(db)
         }
         None => String::new(),
     };
@@ -62,10 +64,14 @@ pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec
         .filter_map(|meta| {
             let mut parts = meta.key.split('/');
             match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                (Some(db), Some(id), Some(MANIFEST_NAME), None) => Some(BackupRef {
-                    database: db.to_owned(),
-                    backup_id: id.to_owned(),
-                }),
+                (Some(db), Some(id), Some(_), None)
+                    if layout::Kind::of(&meta.key) == Some(layout::Kind::Manifest) =>
+                {
+                    Some(BackupRef {
+                        database: db.to_owned(),
+                        backup_id: id.to_owned(),
+                    })
+                }
                 _ => None,
             }
         })
@@ -174,7 +180,7 @@ pub async fn seal(
     let (stored, tallies) = chain
         .encode(&json[..], Vec::new(), Some(recipients), None)
         .map_err(|e| e.into_error())?;
-    let key = format!("{dir}/settings.json.age");
+    let key = layout::sealed_settings(dir);
     sink.put_bytes(&key, stored.into()).await?;
     manifest.sealed = Some(ObjectInfo::new(key, tallies));
     Ok(())
@@ -228,10 +234,11 @@ pub async fn unseal(
 /// Every trusted tombstone of `database`.
 pub async fn tombstones(sink: &dyn Sink, database: &str) -> Result<Vec<Tombstone>> {
     let mut found = Vec::new();
-    for meta in sink.list(&format!("{database}/")).await? {
+    for meta in sink.list(&layout::database(database)).await? {
         let mut parts = meta.key.split('/');
-        if let (Some(_), Some(id), Some(TOMBSTONE_NAME), None) =
+        if let (Some(_), Some(id), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
+            && layout::Kind::of(&meta.key) == Some(layout::Kind::Tombstone)
             && let Some(t) = tombstone(sink, database, id).await?
         {
             found.push(t);

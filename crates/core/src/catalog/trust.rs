@@ -52,60 +52,7 @@ const SIGNATURE_START: &[u8] = b"-----BEGIN SSH SIGNATURE-----";
 /// No catalog object is larger; a larger one was not written by pgproof.
 pub const CATALOG_OBJECT_LIMIT: usize = 1 << 20;
 
-/// The name of the object that adopts a backup taken before catalogs were signed.
-pub const ADOPTION_NAME: &str = "adopted.json";
-
-/// The kinds of object the catalog signs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `<db>/<id>/manifest.json`.
-    Manifest,
-    /// `<db>/<id>/verify/<name>.json`.
-    Record,
-    /// `<db>/<id>/pin/<name>.json`.
-    Pin,
-    /// `<db>/<id>/lease/<name>.json`.
-    Lease,
-    /// `<db>/<id>/tombstone.json`.
-    Tombstone,
-    /// `<db>/<id>/adopted.json`.
-    Adoption,
-    /// `<db>/_commit.lock`.
-    Lock,
-}
-
-impl Kind {
-    /// The kind of catalog object `key` names, if it names one.
-    pub fn of(key: &str) -> Option<Self> {
-        let parts: Vec<&str> = key.split('/').collect();
-        match parts.as_slice() {
-            [_, "_commit.lock"] => Some(Self::Lock),
-            [_, _, "manifest.json"] => Some(Self::Manifest),
-            [_, _, "tombstone.json"] => Some(Self::Tombstone),
-            [_, _, ADOPTION_NAME] => Some(Self::Adoption),
-            [_, _, dir, name] if name.ends_with(".json") => match *dir {
-                "verify" => Some(Self::Record),
-                "pin" => Some(Self::Pin),
-                "lease" => Some(Self::Lease),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// How messages name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Manifest => "manifest",
-            Self::Record => "verification record",
-            Self::Pin => "pin",
-            Self::Lease => "lease",
-            Self::Tombstone => "tombstone",
-            Self::Adoption => "adoption",
-            Self::Lock => "commit lock",
-        }
-    }
-}
+pub use super::layout::{ADOPTION_NAME, Kind};
 
 /// The secret key a host signs catalog objects with: an OpenSSH Ed25519 private key
 /// (`pgproof keygen --signing`, or `ssh-keygen -t ed25519 -N ''`).
@@ -418,7 +365,7 @@ impl SignedSink {
     /// waived: a signed manifest under that key must still verify.
     pub fn adopting(&self, database: &str, backup_id: &str) -> Self {
         Self {
-            adopting: Some(format!("{database}/{backup_id}/manifest.json")),
+            adopting: Some(super::layout::manifest(database, backup_id)),
             ..self.clone()
         }
     }
@@ -458,10 +405,10 @@ impl SignedSink {
 
     /// An unsigned manifest that a signed adoption names by its sha256.
     async fn adopted(&self, key: &str, stored: Vec<u8>) -> Result<Option<(Vec<u8>, Signer)>> {
-        let Some(dir) = key.strip_suffix("/manifest.json") else {
+        let (Some(db), Some(id)) = (key.split('/').next(), key.split('/').nth(1)) else {
             return Ok(None);
         };
-        let adoption_key = format!("{dir}/{ADOPTION_NAME}");
+        let adoption_key = super::layout::adoption(db, id);
         let (payload, signer) = match Box::pin(self.get_signed(&adoption_key)).await {
             Ok(found) => found,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -502,7 +449,7 @@ pub async fn adopt(
     body.push(b'\n');
     crate::sink::SinkExt::put_bytes(
         sink,
-        &format!("{database}/{backup_id}/{ADOPTION_NAME}"),
+        &super::layout::adoption(database, backup_id),
         Bytes::from(body),
     )
     .await?;
@@ -576,26 +523,6 @@ mod tests {
 
     fn keyring() -> Keyring {
         Keyring::new(Some(SigningKey::generate("test").unwrap()), Vec::new())
-    }
-
-    #[test]
-    fn catalog_kinds_are_known_by_their_keys() {
-        assert_eq!(Kind::of("app/1/manifest.json"), Some(Kind::Manifest));
-        assert_eq!(Kind::of("app/1/verify/x_passed.json"), Some(Kind::Record));
-        assert_eq!(Kind::of("app/1/pin/x.json"), Some(Kind::Pin));
-        assert_eq!(Kind::of("app/1/lease/x.json"), Some(Kind::Lease));
-        assert_eq!(Kind::of("app/1/tombstone.json"), Some(Kind::Tombstone));
-        assert_eq!(Kind::of("app/1/adopted.json"), Some(Kind::Adoption));
-        assert_eq!(Kind::of("app/_commit.lock"), Some(Kind::Lock));
-        for other in [
-            "app/1/dump.pgc.zst.age",
-            "app/1/dump/toc.dat.zst.age",
-            "app/1/settings.json.age",
-            "app/1/manifest.json/x",
-            "manifest.json",
-        ] {
-            assert_eq!(Kind::of(other), None, "{other}");
-        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use crate::catalog::layout;
 use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
@@ -202,10 +203,11 @@ impl Backup {
         )?;
         let chain = CodecChain::new(self.dumper.compression(), self.recipients.is_some());
         let backup_id = catalog::new_backup_id(started_at);
-        let object_key = format!(
-            "{database}/{backup_id}/{}{}",
+        let object_key = layout::dump(
+            &database,
+            &backup_id,
             self.dumper.file_name(),
-            chain.suffix()
+            &chain.suffix(),
         );
         tracing::info!(
             database = %database,
@@ -284,7 +286,7 @@ impl Backup {
             match set
                 .store(
                     &*self.sink,
-                    &format!("{database}/{backup_id}"),
+                    &layout::backup_dir(&database, &backup_id),
                     self.recipients.as_ref(),
                 )
                 .await
@@ -436,7 +438,7 @@ impl Backup {
         // Setting values may hold secrets: encrypted beside the dump, not in the
         // manifest, whenever the dump itself is encrypted.
         if let Some(recipients) = &self.recipients {
-            let dir = format!("{database}/{}", manifest.backup_id);
+            let dir = layout::backup_dir(database, &manifest.backup_id);
             catalog::seal(&mut manifest, &*self.sink, &dir, recipients).await?;
         }
         self.sink

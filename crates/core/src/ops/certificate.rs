@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::trust::{ADOPTION_NAME, Adoption, Keyring, Kind, SignedSink, Signer};
+use crate::catalog::layout::{self, Kind};
+use crate::catalog::trust::{Adoption, Keyring, SignedSink, Signer};
 use crate::catalog::{Inventory, MANIFEST_LIMIT, Manifest, manifest_key};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
@@ -132,13 +133,7 @@ pub async fn issue(
         let key = manifest_key(database, &entry.backup_id);
         let manifest = signed_object(sink, &key).await?;
         let adoption = if manifest.signature.is_empty() {
-            Some(
-                signed_object(
-                    sink,
-                    &format!("{database}/{}/{ADOPTION_NAME}", entry.backup_id),
-                )
-                .await?,
-            )
+            Some(signed_object(sink, &layout::adoption(database, &entry.backup_id)).await?)
         } else {
             None
         };
@@ -242,7 +237,7 @@ pub fn verify(stored: &[u8], keys: &Keyring) -> Result<Checked> {
                 embedded(keys, adoption)?;
                 let adopted: Adoption = serde_json::from_str(&adoption.payload)
                     .map_err(|e| Error::integrity(format!("adoption {}: {e}", adoption.key)))?;
-                if adoption.key != format!("{db}/{}/{ADOPTION_NAME}", b.backup_id)
+                if adoption.key != layout::adoption(db, &b.backup_id)
                     || adopted.manifest_sha256 != sha256_hex(b.manifest.payload.as_bytes())
                 {
                     return Err(Error::integrity(format!(
@@ -267,9 +262,7 @@ pub fn verify(stored: &[u8], keys: &Keyring) -> Result<Checked> {
                 embedded(keys, record)?;
                 let report: Report = serde_json::from_str(&record.payload)
                     .map_err(|e| Error::integrity(format!("record {}: {e}", record.key)))?;
-                if !record
-                    .key
-                    .starts_with(&format!("{db}/{}/verify/", b.backup_id))
+                if !record.key.starts_with(&layout::records(db, &b.backup_id))
                     || report.backup_id != b.backup_id
                     || report.database != *db
                     || report.manifest_sha256 != b.manifest_sha256

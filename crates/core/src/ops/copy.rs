@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::trust::Kind;
-use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT, MANIFEST_NAME, TOMBSTONE_NAME};
+use crate::catalog::layout::{self, Kind};
+use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
 
@@ -100,7 +100,7 @@ impl Copy {
                 }) {
                     continue;
                 }
-                let key = format!("{database}/{id}/{TOMBSTONE_NAME}");
+                let key = layout::tombstone(database, id);
                 let body = self.from.get_bytes(&key, MANIFEST_LIMIT).await?;
                 put_new(&*self.to, &key, body).await?;
             }
@@ -119,7 +119,7 @@ impl Copy {
                 {
                     continue;
                 }
-                let name = format!("{database}/{}", entry.backup_id);
+                let name = layout::backup_dir(database, &entry.backup_id);
                 let at_destination =
                     present.and_then(|p| p.backups.iter().find(|b| b.backup_id == entry.backup_id));
                 match at_destination {
@@ -181,7 +181,7 @@ impl Copy {
                 .await?;
         }
         // The manifest last: from now on the backup is listed at the destination.
-        let key = format!("{database}/{}/{MANIFEST_NAME}", entry.backup_id);
+        let key = layout::manifest(database, &entry.backup_id);
         let body = self.from.get_bytes(&key, MANIFEST_LIMIT).await?;
         if crate::codec::sha256_hex(&body) != entry.manifest_sha256 {
             return Err(Error::integrity(format!(

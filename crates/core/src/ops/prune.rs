@@ -20,8 +20,8 @@ use bytes::Bytes;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::catalog::{
-    CatalogEntry, DatabaseInventory, Inventory, MANIFEST_NAME, TOMBSTONE_NAME, Tombstone,
-    id_started_at, leased_now, pinned_now,
+    CatalogEntry, DatabaseInventory, Inventory, Tombstone, id_started_at, layout, leased_now,
+    pinned_now,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
@@ -207,7 +207,7 @@ impl Prune {
         let mut body = serde_json::to_vec_pretty(&tombstone)
             .map_err(|e| Error::tool(format!("cannot serialize a tombstone: {e}")))?;
         body.push(b'\n');
-        let key = format!("{database}/{}/{TOMBSTONE_NAME}", entry.backup_id);
+        let key = layout::tombstone(database, &entry.backup_id);
         match self.sink.put_bytes(&key, Bytes::from(body)).await {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
@@ -215,7 +215,7 @@ impl Prune {
         }
         // The manifest first: from here the backup is no longer listed, and what is
         // left is finished by the next prune.
-        let manifest_key = format!("{database}/{}/{MANIFEST_NAME}", entry.backup_id);
+        let manifest_key = layout::manifest(database, &entry.backup_id);
         delete_quietly(&*self.sink, &manifest_key).await?;
         for object in &entry.objects {
             if object.key != manifest_key {

@@ -368,12 +368,7 @@ pub(crate) async fn write_report(sink: &dyn Sink, report: &Report) -> Result<()>
         passed: report.passed,
         restore_ms: report.restore_ms,
     };
-    let key = format!(
-        "{}/{}/verify/{}",
-        report.database,
-        report.backup_id,
-        summary.record_name()
-    );
+    let key = catalog::layout::record(&report.database, &report.backup_id, &summary.record_name());
     let mut body = serde_json::to_vec_pretty(report)
         .map_err(|e| Error::tool(format!("cannot serialize the verification record: {e}")))?;
     body.push(b'\n');

@@ -1,0 +1,190 @@
+//! The sink's layout: where every object of a backup lives, and which keys are
+//! catalog objects. Nothing else in pgproof spells a key; the signature gate
+//! ([`trust`](super::trust)) classifies keys by [`Kind::of`], and so does every reader,
+//! so an object the gate would pass through unchecked is read as nothing.
+//!
+//! ```text
+//! <db>/_commit.lock                         lock
+//! <db>/<id>/manifest.json                   manifest (the commit point)
+//! <db>/<id>/verify/<time>_<verdict>_r<ms>.json  record
+//! <db>/<id>/pin/<time>-<unique>.json        pin
+//! <db>/<id>/lease/<unique>.json             lease
+//! <db>/<id>/tombstone.json                  tombstone
+//! <db>/<id>/adopted.json                    adoption
+//! <db>/<id>/<dump file><codec suffixes>     the dump (directory format: <dump file>/<file>…)
+//! <db>/<id>/settings.json.age               sealed settings
+//! <db>/<id>/files-<set>.tar<suffixes>       a file set
+//! ```
+
+/// The manifest's file name inside a backup's directory.
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// The file name of a pruned backup's tombstone.
+pub const TOMBSTONE_NAME: &str = "tombstone.json";
+
+/// The name of the object that adopts a backup taken before catalogs were signed.
+pub const ADOPTION_NAME: &str = "adopted.json";
+
+const LOCK_NAME: &str = "_commit.lock";
+const RECORDS: &str = "verify";
+const PINS: &str = "pin";
+const LEASES: &str = "lease";
+
+/// The kinds of object the catalog signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `<db>/<id>/manifest.json`.
+    Manifest,
+    /// `<db>/<id>/verify/<name>.json`.
+    Record,
+    /// `<db>/<id>/pin/<name>.json`.
+    Pin,
+    /// `<db>/<id>/lease/<name>.json`.
+    Lease,
+    /// `<db>/<id>/tombstone.json`.
+    Tombstone,
+    /// `<db>/<id>/adopted.json`.
+    Adoption,
+    /// `<db>/_commit.lock`.
+    Lock,
+}
+
+impl Kind {
+    /// The kind of catalog object `key` names, if it names one.
+    pub fn of(key: &str) -> Option<Self> {
+        let parts: Vec<&str> = key.split('/').collect();
+        match parts.as_slice() {
+            [_, LOCK_NAME] => Some(Self::Lock),
+            [_, _, MANIFEST_NAME] => Some(Self::Manifest),
+            [_, _, TOMBSTONE_NAME] => Some(Self::Tombstone),
+            [_, _, ADOPTION_NAME] => Some(Self::Adoption),
+            [_, _, dir, name] if name.ends_with(".json") => match *dir {
+                RECORDS => Some(Self::Record),
+                PINS => Some(Self::Pin),
+                LEASES => Some(Self::Lease),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// How messages name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manifest => "manifest",
+            Self::Record => "verification record",
+            Self::Pin => "pin",
+            Self::Lease => "lease",
+            Self::Tombstone => "tombstone",
+            Self::Adoption => "adoption",
+            Self::Lock => "commit lock",
+        }
+    }
+}
+
+/// `<db>/`: everything of one database.
+pub fn database(db: &str) -> String {
+    format!("{db}/")
+}
+
+/// `<db>/<id>`: the directory of one backup (no trailing `/`).
+pub fn backup_dir(db: &str, id: &str) -> String {
+    format!("{db}/{id}")
+}
+
+/// `<db>/<id>/manifest.json`.
+pub fn manifest(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{MANIFEST_NAME}")
+}
+
+/// `<db>/<id>/tombstone.json`.
+pub fn tombstone(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{TOMBSTONE_NAME}")
+}
+
+/// `<db>/<id>/adopted.json`.
+pub fn adoption(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{ADOPTION_NAME}")
+}
+
+/// `<db>/_commit.lock`.
+pub fn lock(db: &str) -> String {
+    format!("{db}/{LOCK_NAME}")
+}
+
+/// `<db>/<id>/verify/<name>`.
+pub fn record(db: &str, id: &str, name: &str) -> String {
+    format!("{db}/{id}/{RECORDS}/{name}")
+}
+
+/// `<db>/<id>/verify/`.
+pub fn records(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{RECORDS}/")
+}
+
+/// `<db>/<id>/pin/<name>`.
+pub fn pin(db: &str, id: &str, name: &str) -> String {
+    format!("{db}/{id}/{PINS}/{name}")
+}
+
+/// `<db>/<id>/pin/`.
+pub fn pins(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{PINS}/")
+}
+
+/// `<db>/<id>/lease/<name>`.
+pub fn lease(db: &str, id: &str, name: &str) -> String {
+    format!("{db}/{id}/{LEASES}/{name}")
+}
+
+/// `<db>/<id>/lease/`.
+pub fn leases(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{LEASES}/")
+}
+
+/// `<db>/<id>/<file><suffix>`: the dump object (or, for a directory archive, the
+/// prefix of its files).
+pub fn dump(db: &str, id: &str, file: &str, suffix: &str) -> String {
+    format!("{db}/{id}/{file}{suffix}")
+}
+
+/// `<dir>/settings.json.age`, beside the dump in the backup directory `dir`.
+pub fn sealed_settings(dir: &str) -> String {
+    format!("{dir}/settings.json.age")
+}
+
+/// `<dir>/files-<set>.tar<suffix>`, in the backup directory `dir`.
+pub fn file_set(dir: &str, set: &str, suffix: &str) -> String {
+    format!("{dir}/files-{set}.tar{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalog_key_is_known_by_its_kind() {
+        assert_eq!(Kind::of(&manifest("app", "1")), Some(Kind::Manifest));
+        assert_eq!(
+            Kind::of(&record("app", "1", "x_passed.json")),
+            Some(Kind::Record)
+        );
+        assert_eq!(Kind::of(&pin("app", "1", "x.json")), Some(Kind::Pin));
+        assert_eq!(Kind::of(&lease("app", "1", "x.json")), Some(Kind::Lease));
+        assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
+        assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
+        assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));
+        for other in [
+            dump("app", "1", "dump.pgc", ".zst.age"),
+            format!("{}/toc.dat.zst.age", dump("app", "1", "dump", "")),
+            sealed_settings(&backup_dir("app", "1")),
+            file_set(&backup_dir("app", "1"), "pki", ".gz.age"),
+            "app/1/manifest.json/x".into(),
+            "app/1/verify/verify/x.json".into(),
+            "app/1/pin/forever".into(),
+            "manifest.json".into(),
+        ] {
+            assert_eq!(Kind::of(&other), None, "{other}");
+        }
+    }
+}
