@@ -265,12 +265,14 @@ impl Keyring {
                 "carries an unreadable signature ({e}); not trusted"
             ))
         })?;
-        // Exactly as pgproof and ssh-keygen write it: base64 has spare bits, and a
-        // stored object must not change by a byte without being refused.
-        if signature
-            .to_pem(LineEnding::LF)
-            .ok()
-            .is_none_or(|canonical| canonical.as_bytes() != armored)
+        // Exactly as pgproof and ssh-keygen write it: base64 has spare bits, and the
+        // version field is not covered by the signature (ssh-key accepts 0 and 1), yet
+        // a stored object must not change by a byte without being refused.
+        if signature.version() != SshSig::VERSION
+            || signature
+                .to_pem(LineEnding::LF)
+                .ok()
+                .is_none_or(|canonical| canonical.as_bytes() != armored)
         {
             return Err(finding(
                 "carries a signature in an encoding pgproof does not write; not trusted".into(),
