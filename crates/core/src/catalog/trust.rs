@@ -42,15 +42,13 @@ use futures::stream::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
+use crate::catalog::MANIFEST_LIMIT;
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{ByteStream, ObjectMeta, RetentionLock, Sink};
+use crate::sink::{ByteStream, ObjectMeta, RetentionLock, Sink, SinkExt};
 
 /// Where a signature starts: a line of its own after the payload.
 const SIGNATURE_START: &[u8] = b"-----BEGIN SSH SIGNATURE-----";
-
-/// No catalog object is larger; a larger one was not written by pgproof.
-pub const CATALOG_OBJECT_LIMIT: usize = 1 << 20;
 
 pub use super::layout::{ADOPTION_NAME, Kind};
 
@@ -385,7 +383,13 @@ impl SignedSink {
     /// Reads and checks the catalog object under `key`; returns the payload and its
     /// signer (for an adopted manifest, the adoption's).
     pub async fn get_signed(&self, key: &str) -> Result<(Vec<u8>, Signer)> {
-        let stored = read_all(&*self.inner, key).await?;
+        let stored = self.inner.get_bytes(key, MANIFEST_LIMIT).await?;
+        self.open_stored(key, stored).await
+    }
+
+    /// Checks `stored`, read from `key`, as [`get_signed`](Self::get_signed) does:
+    /// for callers that keep the stored bytes (a certificate carries the signature).
+    pub async fn open_stored(&self, key: &str, stored: Vec<u8>) -> Result<(Vec<u8>, Signer)> {
         match self.keys.open(key, &stored) {
             Ok(opened) => Ok(opened),
             Err(e) if Kind::of(key) == Some(Kind::Manifest) && split(&stored).is_none() => {
@@ -456,21 +460,6 @@ pub async fn adopt(
     )
     .await?;
     Ok(adoption)
-}
-
-async fn read_all(sink: &dyn Sink, key: &str) -> Result<Vec<u8>> {
-    let mut body = sink.get(key).await?;
-    let mut out = Vec::new();
-    while let Some(chunk) = body.try_next().await? {
-        if out.len() + chunk.len() > CATALOG_OBJECT_LIMIT {
-            return Err(Error::integrity(format!(
-                "object {key} is larger than {CATALOG_OBJECT_LIMIT} bytes, which no pgproof catalog object is; it was not written by pgproof"
-            ))
-            .with_object(key));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 #[async_trait]

@@ -192,7 +192,7 @@ pub async fn issue(
 /// Reads `key` as stored and checks it through the sink's gate.
 async fn signed_object(sink: &SignedSink, key: &str) -> Result<SignedObject> {
     let stored = sink.inner().get_bytes(key, MANIFEST_LIMIT).await?;
-    let (payload, signer) = sink.get_signed(key).await?;
+    let (payload, signer) = sink.open_stored(key, stored.clone()).await?;
     let signature = stored.get(payload.len()..).unwrap_or_default();
     let text = |bytes: &[u8]| {
         String::from_utf8(bytes.to_vec()).map_err(|_| {
