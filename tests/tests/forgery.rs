@@ -120,6 +120,17 @@ async fn a_forged_plain_backup_runs_nothing_anywhere() {
     let marker = ws.dir.path().join("pwned");
     let script = format!("\\! touch {}\nCREATE TABLE pwned ();\n", marker.display());
     let (id, key, payload) = forge_plain_backup(&ws, &head, script.as_bytes());
+    // And a SUPERUSER LOGIN role for restore to create.
+    let mut forged: Value = serde_json::from_str(&payload).unwrap();
+    forged["roles"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "mallory", "superuser": true, "inherit": true, "createrole": true,
+            "createdb": true, "login": true, "replication": true, "bypassrls": true,
+            "connection_limit": -1, "member_of": [], "settings": [], "needed": true,
+        }));
+    let payload = serde_json::to_string_pretty(&forged).unwrap() + "\n";
     let attacker_key = ws.dir.path().join("attacker.key");
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
@@ -161,6 +172,12 @@ async fn a_forged_plain_backup_runs_nothing_anywhere() {
 
         assert!(!marker.exists(), "{variant}: the forged script ran");
         assert!(!database_exists(&cluster, "victim").await, "{variant}");
+        let mallory = connect(&cluster, "postgres")
+            .await
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = 'mallory'", &[])
+            .await
+            .unwrap();
+        assert!(mallory.is_none(), "{variant}: the forged role was created");
         assert_eq!(
             ws.sink_files(),
             files_before,
@@ -370,6 +387,34 @@ async fn forged_catalog_objects_are_flagged_and_never_believed() {
     assert_eq!(last_verification(&list, &a), Value::Null, "{list:#}");
     std::fs::remove_file(ws.sink.join(&future)).unwrap();
 
+    // A signed lease (leaked key) claiming years is refused, not honoured.
+    let long_lease = format!("app/{a}/lease/long.json");
+    std::fs::create_dir_all(ws.sink.join(format!("app/{a}/lease"))).unwrap();
+    std::fs::write(ws.sink.join(&long_lease), "").unwrap();
+    ws.edit_signed(&long_lease, |_| {
+        r#"{"holder": "mallory", "expires_at": "2999-01-01T00:00:00Z"}"#.into()
+    });
+    let (code, _, err) = listed(&ws);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains(&long_lease) && err.contains("in the future"),
+        "{err}"
+    );
+    std::fs::remove_file(ws.sink.join(&long_lease)).unwrap();
+
+    // B's manifest edited and signed again: B's record proved the manifest as it was,
+    // so it no longer counts for B.
+    let b_key = format!("app/{b}/manifest.json");
+    let b_original = std::fs::read(ws.sink.join(&b_key)).unwrap();
+    ws.edit_signed(&b_key, |text| {
+        text.replacen("\"duration_ms\": ", "\"duration_ms\": 9", 1)
+    });
+    let (code, list, err) = listed(&ws);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("another manifest"), "{err}");
+    assert_eq!(last_verification(&list, &b), Value::Null, "{list:#}");
+    std::fs::write(ws.sink.join(&b_key), b_original).unwrap();
+
     // Objects the gate does not know as catalog objects are read by nothing: a
     // record one folder deeper, a pin without .json, a lease in a subfolder.
     for key in [
@@ -528,7 +573,13 @@ async fn swapped_stripped_and_straying_manifests_are_refused() {
     // as its own: copy refuses it and A's dump stays in the replica.
     let replica = ws.dir.path().join("replica");
     let to = format!("file://{}", replica.display());
+    // A forged record does not stop the copy, and is not copied.
+    let forged_record = format!("app/{a}/verify/29990101T000000Z_passed_r1.json");
+    std::fs::create_dir_all(ws.sink.join(format!("app/{a}/verify"))).unwrap();
+    std::fs::write(ws.sink.join(&forged_record), "{}").unwrap();
     ws.pgproof_ok(&["copy", "--to", &to]);
+    assert!(!replica.join(&forged_record).exists());
+    std::fs::remove_file(ws.sink.join(&forged_record)).unwrap();
     let dump_a = split_signed(&stored_a).0.to_owned();
     let a_object: Value = serde_json::from_str(&dump_a).unwrap();
     let a_dump_key = a_object["object"]["key"].as_str().unwrap().to_owned();
@@ -637,6 +688,23 @@ async fn unsigned_backups_are_adopted_only_explicitly() {
 
     refused(&ws.pgproof(&["list"]), &key);
     refused(&ws.pgproof(&["verify", &id]), &key);
+    // A forged (unsigned) adoption naming exactly these bytes vouches for nothing.
+    let adoption = format!("app/{id}/adopted.json");
+    std::fs::write(
+        ws.sink.join(&adoption),
+        serde_json::json!({"database": "app", "backup_id": id,
+            "manifest_sha256": hex::encode(Sha256::digest(unsigned.as_bytes())),
+            "adopted_at": "2026-01-01T00:00:00Z", "verification": "forged"})
+        .to_string(),
+    )
+    .unwrap();
+    refused(&ws.pgproof(&["list"]), &adoption);
+    std::fs::remove_file(ws.sink.join(&adoption)).unwrap();
+    // Adoption is one named backup at a time, never --all.
+    assert_eq!(
+        ws.pgproof(&["verify", "--all", "--adopt"]).status.code(),
+        Some(2)
+    );
 
     let out = ws.pgproof(&["verify", &id, "--adopt"]);
     assert!(out.status.success(), "{}", stderr(&out));
