@@ -161,6 +161,96 @@ async fn a_third_party_dumper_conforms_and_serves_backup_restore_and_verify() {
     assert!(err.to_string().contains("\"tar\""), "{err}");
 }
 
+/// The built-in custom format, travelling by [`dump::testkit::SpooledLayout`]: a third
+/// archive layout that Backup, Restore and Verify take without knowing it.
+#[derive(Debug)]
+struct Spooled(Arc<dyn Dumper>);
+
+impl Dumper for Spooled {
+    fn format(&self) -> &str {
+        self.0.format()
+    }
+    fn file_name(&self) -> &str {
+        self.0.file_name()
+    }
+    fn compression(&self) -> Option<Compress> {
+        self.0.compression()
+    }
+    fn restore_program(&self) -> &'static str {
+        self.0.restore_program()
+    }
+    fn dump_command(
+        &self,
+        tools: &PgTools,
+        source: &ConnParams,
+        snapshot: &str,
+        lock_wait: Duration,
+    ) -> Command {
+        self.0.dump_command(tools, source, snapshot, lock_wait)
+    }
+    fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        self.0.restore_command(tools, target)
+    }
+    fn layout(&self) -> Arc<dyn dump::ArchiveLayout> {
+        Arc::new(dump::testkit::SpooledLayout)
+    }
+}
+
+#[tokio::test]
+async fn a_third_archive_layout_serves_backup_restore_and_verify_unchanged() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let server = cluster.params("postgres").unwrap();
+    let dumper: Arc<dyn Dumper> = Arc::new(Spooled(Format::Custom.dumper(6)));
+    dump::testkit::run_all(&*dumper, &server, None).await;
+
+    create_sample_database(&cluster, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    let keys = KeyPair::generate();
+    let manifest = Backup::new(cluster.params("app").unwrap(), sink.clone())
+        .dumper(dumper.clone())
+        .recipients(keys.recipients())
+        .run()
+        .await
+        .unwrap();
+    let report = Verify::new(sink.clone(), BackupRef::of(&manifest), server.clone())
+        .identities(Some(keys.identities()))
+        .dumper(dumper.clone())
+        .run()
+        .await
+        .unwrap();
+    let failed: Vec<_> = report.failures().collect();
+    assert!(report.passed, "{failed:?}");
+
+    // The layout's own check runs before any database exists: one byte changed in the
+    // stored object, and the restore fails as a verdict on the backup, creating nothing.
+    let path = dir.path().join("sink").join(&manifest.object.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let err = Restore::new(sink, manifest, cluster.params("spooled").unwrap())
+        .identities(Some(keys.identities()))
+        .dumper(dumper)
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.about_backup(), "{err}");
+    assert!(err.to_string().contains("spooled object"), "{err}");
+    let client = server.connect().await.unwrap();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'spooled'", &[])
+        .await
+        .unwrap();
+    assert!(
+        exists.is_none(),
+        "a restore of a damaged archive created its database"
+    );
+}
+
 #[tokio::test]
 async fn every_verifier_conforms_and_judges_a_changed_restore() {
     let Some(cluster) = start_cluster() else {

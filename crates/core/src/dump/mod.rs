@@ -11,8 +11,9 @@
 //! [`testkit::run_all`] (feature `testkit`) checks an implementation against a real
 //! server.
 
+mod archive;
 mod builtin;
-pub(crate) mod directory;
+mod directory;
 pub(crate) mod run;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -24,8 +25,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use archive::{
+    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, OpenedArchive, StoredArchive, Storing,
+    StoringArchive, StreamLayout,
+};
 pub use builtin::{CustomDumper, PlainDumper, ZstdCustomDumper};
-pub use directory::DirectoryDumper;
+pub use directory::{DirectoryDumper, DirectoryLayout};
 
 use crate::codec::Compress;
 use crate::pg::process::client_command;
@@ -51,14 +56,15 @@ use crate::pg::{ConnParams, PgTools};
 /// - SHOULD return from [`compression`](Dumper::compression) the stage pgproof must
 ///   add, or `None` when the archive compresses itself.
 ///
-/// A dumper whose [`layout`](Dumper::layout) is [`Layout::Directory`] instead:
+/// A dumper whose [`layout`](Dumper::layout) exchanges the archive as
+/// [`ArchiveIo::Directory`] instead:
 /// - MUST keep at most two files open per job it declares;
 /// - MUST make the dump command write the archive as files into the directory
 ///   pgproof appends as `--file=DIR`, each file written front to back and closed
 ///   when complete (pgproof stores each as it is written, then deletes it);
 /// - MUST make the restore command read the directory pgproof appends as its last
-///   argument, where the files that [`Layout::Directory`] lists as read whole are
-///   plain files and every other file is a named pipe;
+///   argument, where the files its layout reads whole (a [`DirectoryLayout`]: the
+///   tables of contents) are plain files and every other file is a named pipe;
 /// - MAY restore in several transactions: pgproof then restores only into a
 ///   database it created, and drops it when the restore fails.
 ///
@@ -89,29 +95,10 @@ pub trait Dumper: Send + Sync + fmt::Debug {
     /// The command that restores into `target`.
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command;
 
-    /// How the archive travels; [`Layout::Stream`] unless said otherwise.
-    fn layout(&self) -> Layout {
-        Layout::Stream
+    /// How the archive travels; one stream ([`StreamLayout`]) unless said otherwise.
+    fn layout(&self) -> Arc<dyn ArchiveLayout> {
+        Arc::new(StreamLayout)
     }
-}
-
-/// How an archive travels between the dump program, the sink and the restore program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Layout {
-    /// One stream: the dump program's stdout is one object, which becomes the
-    /// restore program's stdin.
-    Stream,
-    /// A directory of files, each its own object (`<backup>/<file_name>/<file>`). The
-    /// tables of contents (`toc.dat`, `*.toc`) are written to the restore directory
-    /// whole; every other file reaches the restore program through a named pipe.
-    Directory {
-        /// The dump program's parallel jobs: each keeps at most two files open at
-        /// once (a table's data, or a large object's and its table of contents), and
-        /// pgproof reads every open file at once, or a paused dump could wait on a
-        /// file nobody reads.
-        jobs: u32,
-    },
 }
 
 /// `pg_dump --format=<format> --snapshot=<snapshot>` with a lock timeout: the dump

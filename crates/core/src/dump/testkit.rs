@@ -11,7 +11,21 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::dump::{Dumper, Layout};
+use std::io::{Seek, SeekFrom};
+use std::process::Command;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::ObjectInfo;
+use crate::codec::{CodecChain, Identities, Progress};
+use crate::dump::archive::{feed_from, get_listed};
+use crate::dump::{
+    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, Dumper, OpenedArchive, Storing,
+    StreamLayout,
+};
+use crate::error::{Error, Result};
 use crate::evidence::fingerprint::{Fingerprint, Plan, table_differences};
 use crate::pg::admin::{Admin, user_objects};
 use crate::pg::{ConnParams, PgTools, SnapshotSession};
@@ -41,8 +55,8 @@ pub async fn run_all(dumper: &dyn Dumper, server: &ConnParams, pg_bin_dir: Optio
         .unwrap();
 
     secrets_stay_out_of_argv(dumper, &tools, &source);
-    match dumper.layout() {
-        Layout::Directory { .. } => {
+    match dumper.layout().io() {
+        ArchiveIo::Directory => {
             let archive = tempfile::tempdir().unwrap();
             let dir = archive.path().join("archive");
             directory_dump_is_exactly_the_snapshot(dumper, &tools, &admin, &source, &dir).await;
@@ -296,7 +310,7 @@ fn failed_dump_exits_non_zero(dumper: &dyn Dumper, tools: &PgTools, server: &Con
     let missing = server.with_dbname("pgproof_testkit_no_such_database");
     let mut cmd = dumper.dump_command(tools, &missing, "00000003-1", Duration::from_secs(1));
     let scratch = tempfile::tempdir().unwrap();
-    if matches!(dumper.layout(), Layout::Directory { .. }) {
+    if dumper.layout().io() == ArchiveIo::Directory {
         let mut file_arg = std::ffi::OsString::from("--file=");
         file_arg.push(scratch.path().join("archive"));
         cmd.arg(file_arg);
@@ -340,4 +354,80 @@ async fn feed(
     })
     .await
     .unwrap()
+}
+
+/// A third archive layout, for tests: it stores the archive as one object as
+/// [`StreamLayout`] does, but a restore first copies the whole stored object into a
+/// private temporary file and checks its sha256 against the manifest, and only then
+/// starts the restore program. Nothing outside `dump/` knows it exists: the
+/// operations take it through [`Dumper::layout`] like the built-in ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpooledLayout;
+
+#[async_trait]
+impl ArchiveLayout for SpooledLayout {
+    fn io(&self) -> ArchiveIo {
+        ArchiveIo::Pipe
+    }
+
+    fn store(&self, cmd: Command, target: ArchiveTarget) -> Storing {
+        StreamLayout.store(cmd, target)
+    }
+
+    async fn open(&self, source: ArchiveSource<'_>) -> Result<Box<dyn OpenedArchive>> {
+        let object = &source.manifest.object;
+        let mut body = get_listed(&**source.sink, source.manifest, object).await?;
+        let mut file = tempfile::tempfile().map_err(|e| Error::io("spooling the archive", e))?;
+        let mut hash = Sha256::new();
+        let mut bytes = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            hash.update(&chunk);
+            bytes += chunk.len() as u64;
+            file.write_all(&chunk)
+                .map_err(|e| Error::io("spooling the archive", e))?;
+        }
+        let sha256 = hex::encode(hash.finalize());
+        if bytes != object.stored_bytes || sha256 != object.stored_sha256 {
+            return Err(Error::integrity(format!(
+                "the spooled object {} is {bytes} bytes sha256 {sha256}, not as its manifest recorded",
+                object.key
+            ))
+            .with_object(object.key.clone()));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("spooling the archive", e))?;
+        Ok(Box::new(Spooled {
+            file,
+            chain: source.chain.clone(),
+            identities: source.identities.cloned(),
+            object: object.clone(),
+            progress: source.progress.cloned(),
+        }))
+    }
+}
+
+struct Spooled {
+    file: std::fs::File,
+    chain: CodecChain,
+    identities: Option<Identities>,
+    object: ObjectInfo,
+    progress: Option<Progress>,
+}
+
+#[async_trait]
+impl OpenedArchive for Spooled {
+    async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
+        let this = *self;
+        feed_from(
+            cmd,
+            program,
+            this.chain,
+            this.identities,
+            this.file,
+            this.object,
+            this.progress,
+        )
+        .await
+    }
 }

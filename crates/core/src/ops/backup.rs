@@ -2,8 +2,8 @@
 //! last.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -12,9 +12,8 @@ use crate::catalog::layout;
 use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
-use crate::codec::{CodecChain, Progress, Recipients, Tallies};
-use crate::dump::directory::{self, StoredPart};
-use crate::dump::{self, CustomDumper, Dumper, Layout};
+use crate::codec::{CodecChain, Progress, Recipients};
+use crate::dump::{ArchiveTarget, CustomDumper, Dumper, StoredArchive};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
@@ -22,7 +21,6 @@ use crate::evidence::fingerprint::{Fingerprint, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
 use crate::files::{FileSet, FileSetInfo};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
-use crate::sink::stream::Upload;
 use crate::sink::{Sink, SinkExt};
 use crate::verify::amcheck;
 
@@ -222,12 +220,23 @@ impl Backup {
         let cmd =
             self.dumper
                 .dump_command(&tools, &self.source, session.snapshot_id(), self.lock_wait);
-        let (pending, mut dump_job) = self.start_dump(cmd, &chain, &object_key);
+        let storing = self.dumper.layout().store(
+            cmd,
+            ArchiveTarget {
+                sink: self.sink.clone(),
+                key: object_key,
+                chain: chain.clone(),
+                recipients: self.recipients.clone(),
+                progress: self.progress.clone(),
+                stage_dir: self.stage_dir.clone(),
+            },
+        );
+        let (mut dump_job, pending) = (storing.program, storing.archive);
         // The fingerprint runs on the snapshot's own connection while pg_dump streams
         // on another core: same snapshot, no table data sent to the client. Its own
         // duration is recorded, not the wait for pg_dump: that is its cost.
         let fingerprint_ms = AtomicU64::new(0);
-        let outcome: Result<(Dumped, Evidence)> = {
+        let outcome: Result<Evidence> = {
             let fingerprint = async {
                 let clock = Instant::now();
                 let result = plan.compute(session.client()).await;
@@ -255,7 +264,7 @@ impl Backup {
                         let _ = session.client().cancel_token().cancel_query(tokio_postgres::NoTls).await;
                     }
                     let fingerprinted = fingerprint.await;
-                    dumped.and_then(|t| fingerprinted.map(|fp| (t, fp)))
+                    dumped.and(fingerprinted)
                 }
                 fingerprinted = &mut fingerprint => {
                     // A failed fingerprint ends the backup: stop pg_dump at its next chunk
@@ -264,7 +273,7 @@ impl Backup {
                         pending.stop();
                     }
                     let dumped = flatten_join(dump_job.await);
-                    fingerprinted.and_then(|fp| dumped.map(|t| (t, fp)))
+                    fingerprinted.and_then(|fp| dumped.map(|()| fp))
                 }
             }
         };
@@ -274,11 +283,11 @@ impl Backup {
         let encoding = session.encoding().to_owned();
         let snapshot_id = session.snapshot_id().to_owned();
         let closed = session.close().await;
-        let (dumped, evidence) = match outcome.and_then(|done| closed.map(|()| done)) {
+        let evidence = match outcome.and_then(|done| closed.map(|()| done)) {
             Ok(done) => done,
-            Err(e) => return Err(pending.abort(&*self.sink, e).await),
+            Err(e) => return Err(pending.abort(e).await),
         };
-        let (object, parts) = pending.finish(&*self.sink, dumped, object_key).await?;
+        let StoredArchive { object, parts } = pending.commit().await?;
 
         // File sets beside the dump, before the manifest commits them all.
         let mut files = Vec::new();
@@ -474,154 +483,6 @@ impl Backup {
             shown.join("; ")
         )))
     }
-}
-
-/// What a finished dump program left.
-enum Dumped {
-    /// One stream, in the upload of [`Pending::Stream`].
-    Stream(Tallies),
-    /// A directory archive, every file stored (listed in [`Pending::Directory`]).
-    Directory,
-}
-
-/// A dump on its way into the sink.
-enum Pending {
-    /// The one object's upload, committed by [`finish`](Pending::finish).
-    Stream(Upload),
-    /// A directory archive's files are committed as they are complete: the stop
-    /// flag, and the files stored so far.
-    Directory(Arc<AtomicBool>, Arc<Mutex<Vec<StoredPart>>>),
-}
-
-impl Backup {
-    /// Starts the dump program on a blocking thread: its archive goes through
-    /// `chain` into the sink as one object (`object_key`) or, for a directory
-    /// archive, as one object per file under `object_key/`.
-    fn start_dump(
-        &self,
-        cmd: std::process::Command,
-        chain: &CodecChain,
-        object_key: &str,
-    ) -> (Pending, tokio::task::JoinHandle<Result<Dumped>>) {
-        let chain = chain.clone();
-        let recipients = self.recipients.clone();
-        let progress = self.progress.clone();
-        match self.dumper.layout() {
-            Layout::Directory { jobs } => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let suffix = chain.suffix();
-                let store = directory::PartStore {
-                    sink: self.sink.clone(),
-                    prefix: format!(
-                        "{}/",
-                        object_key.strip_suffix(&suffix).unwrap_or(object_key)
-                    ),
-                    suffix,
-                    runtime: tokio::runtime::Handle::current(),
-                    stored: Arc::default(),
-                    stage_dir: self.stage_dir.clone(),
-                };
-                let stored = store.stored.clone();
-                // Every file the dump may hold open has a reader, and the table of
-                // contents one more.
-                let parallel = 2 * jobs.max(1) as usize + 2;
-                let job = {
-                    let stop = stop.clone();
-                    tokio::task::spawn_blocking(move || {
-                        directory::dump(
-                            cmd,
-                            &store,
-                            &chain,
-                            recipients.as_ref(),
-                            progress.as_ref(),
-                            stop,
-                            parallel,
-                        )
-                        .map(|()| Dumped::Directory)
-                    })
-                };
-                (Pending::Directory(stop, stored), job)
-            }
-            _ => {
-                let (writer, upload) = Upload::start(self.sink.clone(), object_key.to_owned());
-                let job = tokio::task::spawn_blocking(move || {
-                    dump::run::dump(cmd, &chain, recipients.as_ref(), writer, progress.as_ref())
-                        .map(Dumped::Stream)
-                });
-                (Pending::Stream(upload), job)
-            }
-        }
-    }
-}
-
-impl Pending {
-    /// Makes the dump stop soon.
-    fn stop(&self) {
-        match self {
-            Pending::Stream(upload) => upload.stop_writer(),
-            Pending::Directory(stop, _) => stop.store(true, Ordering::SeqCst),
-        }
-    }
-
-    /// Aborts the upload, or deletes what the directory dump stored; returns the
-    /// error to report.
-    async fn abort(self, sink: &dyn Sink, cause: Error) -> Error {
-        match self {
-            Pending::Stream(upload) => upload.abort(cause).await,
-            Pending::Directory(stop, stored) => {
-                stop.store(true, Ordering::SeqCst);
-                for part in take(&stored) {
-                    let _ = sink.delete(&part.object.key).await;
-                }
-                cause
-            }
-        }
-    }
-
-    /// Commits what the dump wrote: the dump object and a directory archive's other
-    /// files (its table of contents is the dump object).
-    async fn finish(
-        self,
-        sink: &dyn Sink,
-        dumped: Dumped,
-        object_key: String,
-    ) -> Result<(ObjectInfo, Vec<ObjectInfo>)> {
-        match (self, dumped) {
-            (Pending::Stream(upload), Dumped::Stream(tallies)) => {
-                let stored_bytes = upload.commit().await?;
-                if stored_bytes != tallies.stored.bytes {
-                    return Err(Error::integrity(format!(
-                        "sink {} stored {stored_bytes} bytes for {object_key} but {} were sent",
-                        sink.describe(),
-                        tallies.stored.bytes
-                    ))
-                    .with_object(object_key));
-                }
-                Ok((ObjectInfo::new(object_key, tallies), Vec::new()))
-            }
-            (Pending::Directory(_, stored), Dumped::Directory) => {
-                let mut stored = take(&stored);
-                stored.sort_by(|a, b| a.name.cmp(&b.name));
-                let Some(toc) = stored.iter().position(|p| p.name == "toc.dat") else {
-                    for part in &stored {
-                        let _ = sink.delete(&part.object.key).await;
-                    }
-                    return Err(Error::tool(
-                        "pg_dump finished without writing the archive's toc.dat",
-                    ));
-                };
-                let toc = stored.remove(toc).object;
-                Ok((toc, stored.into_iter().map(|p| p.object).collect()))
-            }
-            _ => Err(Error::tool(
-                "the dump ended in another layout than it started",
-            )),
-        }
-    }
-}
-
-fn take(stored: &Mutex<Vec<StoredPart>>) -> Vec<StoredPart> {
-    std::mem::take(&mut *stored.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 fn flatten_join<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {

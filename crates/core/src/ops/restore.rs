@@ -1,19 +1,14 @@
 //! Restore: sink → codec chain → the dumper's restore program, into a database
 //! pgproof created itself, or swapped in for an existing one only once it succeeded.
 
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
-use tokio_util::io::{StreamReader, SyncIoBridge};
-
-use crate::catalog::{self, Manifest, ObjectInfo};
+use crate::catalog::{self, Manifest};
 use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
-use crate::dump::directory;
-use crate::dump::{self, Dumper, Layout};
-use crate::error::{Error, ErrorKind, Result, Setting};
+use crate::dump::{self, ArchiveIo, ArchiveSource, Dumper};
+use crate::error::{Error, Result, Setting};
 use crate::evidence::database;
 use crate::ops::interrupt::CreatedDatabase;
 use crate::pg::admin::{self, Admin};
@@ -158,20 +153,17 @@ impl Restore {
         };
         let chain = CodecChain::from_names(&m.codecs)?;
         let database = self.target.dbname().to_owned();
-        // Open the object first: a missing object must not cost a database.
-        let body = self.sink.get(&m.object.key).await.map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::integrity(format!(
-                    "the dump object {} that the manifest of {} lists is missing from {}; the backup cannot be restored",
-                    m.object.key,
-                    m.backup_id,
-                    self.sink.describe()
-                ))
-                .with_object(m.object.key.clone())
-            } else {
-                e
-            }
-        })?;
+        let layout = dumper.layout();
+        // Open the archive first: a missing object must not cost a database.
+        let archive = layout
+            .open(ArchiveSource {
+                sink: &self.sink,
+                manifest: m,
+                chain: &chain,
+                identities: self.identities.as_ref(),
+                progress: self.progress.as_ref(),
+            })
+            .await?;
 
         let admin = Admin::connect(&self.target).await?;
         if let Err(e) = admin.reap_abandoned().await {
@@ -232,7 +224,7 @@ impl Restore {
         }
         // A restore in several transactions (pg_restore --jobs) goes only into a
         // database pgproof creates, so that a failure drops it whole.
-        let atomic = dumper.layout() == Layout::Stream;
+        let atomic = layout.io() == ArchiveIo::Pipe;
         if exists && !self.clean && !atomic {
             return Err(Error::already_exists(format!(
                 "target database {database} exists; backup {} is a directory archive, restored with pg_restore --jobs in several transactions, so pgproof restores it only into a database it creates: name a new database, or replace this one",
@@ -270,38 +262,7 @@ impl Restore {
             cmd.envs(properties.restore_env());
         }
         let program = dumper.restore_program();
-        let fed = if atomic {
-            let reader = SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from)));
-            let manifest = self.manifest.clone();
-            let identities = self.identities.clone();
-            let progress = self.progress.clone();
-            tokio::task::spawn_blocking(move || {
-                dump::run::restore(
-                    cmd,
-                    program,
-                    &chain,
-                    identities.as_ref(),
-                    reader,
-                    &manifest.object,
-                    progress.as_ref(),
-                )
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
-        } else {
-            drop(body); // it was opened only to learn that it exists
-            let objects: Vec<ObjectInfo> = m.dump_objects().cloned().collect();
-            directory::restore(
-                cmd,
-                program,
-                self.sink.clone(),
-                &chain,
-                self.identities.as_ref(),
-                &objects,
-                self.progress.as_ref(),
-            )
-            .await
-        };
+        let fed = archive.feed(cmd, program).await;
         let comment = m.properties.as_ref().and_then(|p| p.comment.as_deref());
         let result = match (fed, &m.properties) {
             (Ok(raw_bytes), Some(properties)) => admin
