@@ -15,10 +15,11 @@ use pgproof_core::dump::{self, Dumper, Format, pg_dump_command};
 use pgproof_core::ops::{Backup, Restore, Verify};
 use pgproof_core::pg::process::client_command;
 use pgproof_core::pg::{ConnParams, PgTools, db_err};
+use pgproof_core::scope::Scope;
 use pgproof_core::verify::{self, Check, Restored, Verifier, standard_verifiers};
-use pgproof_core::{Result, Sink};
+use pgproof_core::{ErrorKind, Result, Sink};
 use pgproof_sink_fs::FsSink;
-use pgproof_tests::{create_sample_database, start_cluster};
+use pgproof_tests::{connect, create_database, create_sample_database, start_cluster};
 
 /// pg_dump's tar format, gzipped by pgproof, restored by pg_restore from stdin.
 #[derive(Debug)]
@@ -328,4 +329,76 @@ async fn every_verifier_conforms_and_judges_a_changed_restore() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(failed, ["fingerprint:public.kinds"], "{checks:?}");
+}
+
+/// Two backups in one program, each in its own scope: cancelling one kills its
+/// pg_dump and aborts its upload, and the other commits as if nothing happened.
+#[tokio::test]
+async fn two_backups_at_once_one_cancelled() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "small").await;
+    // Large enough that its dump is still streaming when it is cancelled.
+    create_database(&cluster, "big")
+        .await
+        .batch_execute(
+            "CREATE TABLE wide AS SELECT g, md5(g::text) || md5((-g)::text) AS t \
+             FROM generate_series(1, 3000000) g",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sink");
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(&root));
+    let (doomed, kept) = (Scope::new(), Scope::new());
+    let big = Backup::new(cluster.params("big").unwrap(), sink.clone())
+        .unencrypted()
+        .scope(doomed.clone())
+        .run();
+    let small = Backup::new(cluster.params("small").unwrap(), sink.clone())
+        .unencrypted()
+        .scope(kept.clone())
+        .run();
+    let admin = connect(&cluster, "postgres").await;
+    let cancel = async {
+        // Once big's pg_dump is copying its table, not before.
+        let copying = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE datname = 'big' AND query LIKE 'COPY%'";
+        for _ in 0..600 {
+            let n: i64 = admin.query_one(copying, &[]).await.unwrap().get(0);
+            if n > 0 {
+                return doomed.cancel();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("big's pg_dump never started copying");
+    };
+    let (big, small, stopped) = tokio::join!(big, small, cancel);
+    let err = big.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(
+        stopped.iter().any(|s| s.starts_with("pg_dump (pid ")),
+        "cancelling did not stop big's pg_dump: {stopped:?}"
+    );
+    let small = small.unwrap();
+    assert!(!kept.is_cancelled());
+    catalog::load_manifest(&*sink, &BackupRef::of(&small))
+        .await
+        .unwrap();
+    // Nothing of the cancelled backup is left: no session on its database (a killed
+    // client's backend notices within moments), no object.
+    let sessions = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE datname = 'big' AND backend_type = 'client backend'";
+    let mut left: i64 = -1;
+    for _ in 0..100 {
+        left = admin.query_one(sessions, &[]).await.unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the cancelled backup's sessions still run");
+    let listed = sink.list("big/").await.unwrap();
+    assert!(listed.is_empty(), "the cancelled backup left {listed:?}");
 }

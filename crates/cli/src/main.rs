@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use pgproof_core::ops::interrupt;
+use pgproof_core::scope::Scope;
 use pgproof_core::{Error, ErrorKind};
 
 use crate::args::{Cli, LogFormat};
@@ -74,6 +74,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Everything the command starts belongs to this scope: a signal stops and undoes
+    // exactly that.
+    let scope = Scope::new();
     let outcome = runtime.block_on(async {
         // Registered before the command starts: a command may block its thread for a
         // while (starting an ephemeral cluster), and a signal arriving before the
@@ -85,7 +88,7 @@ fn main() -> ExitCode {
         tokio::select! {
             biased;
             signal = signals.first() => Err(Ok(signal)),
-            done = commands::run(cli) => Ok(done),
+            done = scope.run(commands::run(cli)) => Ok(done),
         }
     });
     match outcome {
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
         // The command's future is gone by now: its uploads were told to abort, its
         // temp files removed and its ephemeral cluster stopped as they were dropped.
         Err(Ok((name, number))) => {
-            let done = runtime.block_on(interrupt::clean_up(Duration::from_secs(20)));
+            let done = runtime.block_on(scope.clean_up(Duration::from_secs(20)));
             let done = if done.is_empty() {
                 "nothing was left to clean up".to_owned()
             } else {

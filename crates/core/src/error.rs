@@ -55,6 +55,9 @@ pub enum ErrorKind {
     Permission,
     /// A local I/O operation failed.
     Io,
+    /// The operation's [`Scope`](crate::scope::Scope) was cancelled; what it had
+    /// started was stopped and undone.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -74,6 +77,7 @@ impl ErrorKind {
             ErrorKind::Database => "database",
             ErrorKind::Permission => "permission",
             ErrorKind::Io => "io",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

@@ -75,6 +75,7 @@ pub mod evidence;
 pub mod files;
 pub mod ops;
 pub mod pg;
+pub mod scope;
 pub mod scratch;
 pub mod sink;
 pub mod verify;

@@ -352,7 +352,7 @@ impl Drop for Upload<'_> {
         };
         let object = self.sink.location.url_of(self.key);
         // Tracked, so an interrupted run waits for the abort before it exits.
-        pgproof_core::ops::interrupt::spawn_cleanup(async move {
+        pgproof_core::scope::spawn_cleanup(async move {
             if let Err(e) = writer.abort().await {
                 tracing::warn!(object = %object, error = %e, "could not abort a cancelled multipart upload");
             }

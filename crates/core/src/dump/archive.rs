@@ -15,6 +15,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::catalog::{Manifest, ObjectInfo};
 use crate::codec::{CodecChain, Identities, Progress, Recipients, Tallies};
 use crate::error::{Error, ErrorKind, Result};
+use crate::scope::Scope;
 use crate::sink::stream::Upload;
 use crate::sink::{ByteStream, Sink};
 
@@ -47,6 +48,8 @@ pub struct ArchiveTarget {
     /// Where a layout that stages files on disk stages them (default: the temporary
     /// directory).
     pub stage_dir: Option<PathBuf>,
+    /// The scope the programs and uploads belong to: cancelling it stops them.
+    pub scope: Scope,
 }
 
 /// Where a restore reads from: the sink and the manifest listing the archive's
@@ -64,6 +67,8 @@ pub struct ArchiveSource<'a> {
     pub identities: Option<&'a Identities>,
     /// Progress of the raw bytes fed.
     pub progress: Option<&'a Progress>,
+    /// The scope the restore program belongs to: cancelling it kills the program.
+    pub scope: &'a Scope,
 }
 
 /// The objects a finished dump stored: the one the manifest names first (the whole
@@ -151,7 +156,8 @@ impl ArchiveLayout for StreamLayout {
     }
 
     fn store(&self, cmd: Command, target: ArchiveTarget) -> Storing {
-        let (writer, upload) = Upload::start(target.sink.clone(), target.key.clone());
+        let (writer, upload) =
+            Upload::start(target.sink.clone(), target.key.clone(), &target.scope);
         let tallies = Arc::new(std::sync::Mutex::new(None));
         let program = {
             let tallies = tallies.clone();
@@ -162,6 +168,7 @@ impl ArchiveLayout for StreamLayout {
                     target.recipients.as_ref(),
                     writer,
                     target.progress.as_ref(),
+                    &target.scope,
                 )?;
                 *lock(&tallies) = Some(t);
                 Ok(())
@@ -182,12 +189,13 @@ impl ArchiveLayout for StreamLayout {
     async fn open(&self, source: ArchiveSource<'_>) -> Result<Box<dyn OpenedArchive>> {
         let object = &source.manifest.object;
         let body = get_listed(&**source.sink, source.manifest, object).await?;
-        Ok(Box::new(OpenedStream {
-            body,
+        Ok(Box::new(OpenedObject {
+            reader: SyncIoBridge::new(StreamReader::new(body.map_err(io::Error::from))),
             chain: source.chain.clone(),
             identities: source.identities.cloned(),
             object: object.clone(),
             progress: source.progress.cloned(),
+            scope: source.scope.clone(),
         }))
     }
 }
@@ -237,57 +245,36 @@ impl StoringArchive for StreamStoring {
     }
 }
 
-struct OpenedStream {
-    body: ByteStream,
-    chain: CodecChain,
-    identities: Option<Identities>,
-    object: ObjectInfo,
-    progress: Option<Progress>,
+/// One stored object opened for a restore: `reader` yields its stored bytes.
+pub(crate) struct OpenedObject<R> {
+    pub reader: R,
+    pub chain: CodecChain,
+    pub identities: Option<Identities>,
+    pub object: ObjectInfo,
+    pub progress: Option<Progress>,
+    pub scope: Scope,
 }
 
 #[async_trait]
-impl OpenedArchive for OpenedStream {
+impl<R: io::Read + Send + 'static> OpenedArchive for OpenedObject<R> {
     async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
         let this = *self;
-        let reader = SyncIoBridge::new(StreamReader::new(this.body.map_err(io::Error::from)));
-        feed_from(
-            cmd,
-            program,
-            this.chain,
-            this.identities,
-            reader,
-            this.object,
-            this.progress,
-        )
+        let program = program.to_owned();
+        tokio::task::spawn_blocking(move || {
+            super::run::restore(
+                cmd,
+                &program,
+                &this.chain,
+                this.identities.as_ref(),
+                this.reader,
+                &this.object,
+                this.progress.as_ref(),
+                &this.scope,
+            )
+        })
         .await
+        .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
     }
-}
-
-/// Feeds `reader`, the stored bytes of `object`, to the restore program on a
-/// blocking thread (see [`run::restore`](super::run::restore)).
-pub(crate) async fn feed_from(
-    cmd: Command,
-    program: &str,
-    chain: CodecChain,
-    identities: Option<Identities>,
-    reader: impl io::Read + Send + 'static,
-    object: ObjectInfo,
-    progress: Option<Progress>,
-) -> Result<u64> {
-    let program = program.to_owned();
-    tokio::task::spawn_blocking(move || {
-        super::run::restore(
-            cmd,
-            &program,
-            &chain,
-            identities.as_ref(),
-            reader,
-            &object,
-            progress.as_ref(),
-        )
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::tool(format!("the restore thread failed: {e}"))))
 }
 
 /// Opens `object`, one the manifest lists: a missing one is the backup's fault

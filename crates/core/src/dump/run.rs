@@ -10,6 +10,7 @@ use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Identities, Progress, PumpError, Recipients, Tallies};
 use crate::error::{ErrorKind, Result};
 use crate::pg::process::{ChildProgram, one_line};
+use crate::scope::Scope;
 
 /// Runs `cmd` (a dump program) and encodes its whole output into `output`. On any
 /// failure the program is killed and the error returned; the caller aborts the upload.
@@ -19,13 +20,14 @@ pub(crate) fn dump(
     recipients: Option<&Recipients>,
     output: impl Write,
     progress: Option<&Progress>,
+    scope: &Scope,
 ) -> Result<Tallies> {
     cmd.stdout(Stdio::piped());
     let program = Path::new(cmd.get_program()).file_name().map_or_else(
         || "the dump program".into(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let mut child = ChildProgram::spawn(cmd, &program)?;
+    let mut child = ChildProgram::spawn(cmd, &program, scope)?;
     let stdout = child.take_stdout()?;
     match chain.encode(stdout, output, recipients, progress) {
         Ok((_, tallies)) => {
@@ -47,6 +49,7 @@ pub(crate) fn dump(
 /// the end of its input, so a damaged object is never committed: the program is
 /// killed instead. A program that fails on input whose tallies matched has rejected
 /// the backup ([`ErrorKind::Rejected`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn restore(
     mut cmd: Command,
     program: &str,
@@ -55,9 +58,10 @@ pub(crate) fn restore(
     object: impl Read,
     expected: &ObjectInfo,
     progress: Option<&Progress>,
+    scope: &Scope,
 ) -> Result<u64> {
     cmd.stdin(Stdio::piped());
-    let mut child = ChildProgram::spawn(cmd, program)?;
+    let mut child = ChildProgram::spawn(cmd, program, scope)?;
     let stdin = FeedOrDiscard {
         stdin: Some(child.take_stdin()?),
     };
@@ -327,6 +331,7 @@ mod tests {
             &stored[..],
             &info,
             None,
+            &Scope::new(),
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
@@ -347,6 +352,7 @@ mod tests {
             &stored[..],
             &info,
             None,
+            &Scope::new(),
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
@@ -367,6 +373,7 @@ mod tests {
             &stored[..],
             &info,
             None,
+            &Scope::new(),
         )
         .unwrap();
         assert_eq!(n, raw.len() as u64);
@@ -425,6 +432,7 @@ mod tests {
             None,
             HashingWriter::new(io::sink()),
             None,
+            &Scope::new(),
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Tool);

@@ -18,9 +18,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::catalog::ObjectInfo;
-use crate::codec::{CodecChain, Identities, Progress};
-use crate::dump::archive::{feed_from, get_listed};
+use crate::dump::archive::{OpenedObject, get_listed};
 use crate::dump::{
     ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, Dumper, OpenedArchive, Storing,
     StreamLayout,
@@ -397,37 +395,13 @@ impl ArchiveLayout for SpooledLayout {
         }
         file.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("spooling the archive", e))?;
-        Ok(Box::new(Spooled {
-            file,
+        Ok(Box::new(OpenedObject {
+            reader: file,
             chain: source.chain.clone(),
             identities: source.identities.cloned(),
             object: object.clone(),
             progress: source.progress.cloned(),
+            scope: source.scope.clone(),
         }))
-    }
-}
-
-struct Spooled {
-    file: std::fs::File,
-    chain: CodecChain,
-    identities: Option<Identities>,
-    object: ObjectInfo,
-    progress: Option<Progress>,
-}
-
-#[async_trait]
-impl OpenedArchive for Spooled {
-    async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
-        let this = *self;
-        feed_from(
-            cmd,
-            program,
-            this.chain,
-            this.identities,
-            this.file,
-            this.object,
-            this.progress,
-        )
-        .await
     }
 }

@@ -21,6 +21,7 @@ use crate::evidence::fingerprint::{Fingerprint, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
 use crate::files::{FileSet, FileSetInfo};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
+use crate::scope::Scope;
 use crate::sink::{Sink, SinkExt};
 use crate::verify::amcheck;
 
@@ -40,6 +41,7 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// under a manifest and the dump object's upload is aborted.
 #[must_use = "a Backup does nothing until run"]
 pub struct Backup {
+    scope: Scope,
     source: ConnParams,
     sink: Arc<dyn Sink>,
     dumper: Arc<dyn Dumper>,
@@ -63,6 +65,7 @@ impl Backup {
     /// [`unencrypted`](Self::unencrypted).
     pub fn new(source: ConnParams, sink: Arc<dyn Sink>) -> Self {
         Self {
+            scope: Scope::current_or_new(),
             source,
             sink,
             dumper: Arc::new(CustomDumper),
@@ -170,8 +173,22 @@ impl Backup {
         self
     }
 
+    /// The scope this operation belongs to: cancelling it stops the operation
+    /// (its programs are killed, what it created is dropped) and makes
+    /// [`run`](Self::run) return an [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
+    /// error. By default, the scope it was created within, else one of its own.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Takes the backup and returns its manifest, as committed.
     pub async fn run(self) -> Result<Manifest> {
+        let scope = self.scope.clone();
+        scope.run(self.execute()).await
+    }
+
+    async fn execute(self) -> Result<Manifest> {
         if self.recipients.is_none() && !self.unencrypted {
             return Err(Error::config(
                 "no age recipients given: encrypt the backup, or choose explicitly to store it unencrypted",
@@ -229,6 +246,7 @@ impl Backup {
                 recipients: self.recipients.clone(),
                 progress: self.progress.clone(),
                 stage_dir: self.stage_dir.clone(),
+                scope: self.scope.clone(),
             },
         );
         let (mut dump_job, pending) = (storing.program, storing.archive);

@@ -11,11 +11,12 @@ use crate::dump::{CustomDumper, Dumper};
 use crate::error::Result;
 use crate::evidence::audit;
 use crate::ops::backup::Backup;
-use crate::ops::interrupt::CreatedDatabase;
+use crate::ops::drop_on_cancel;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::ops::verify::{Proof, new_report, write_report};
 use crate::pg::admin::user_objects;
 use crate::pg::{ConnParams, db_err};
+use crate::scope::Scope;
 use crate::sink::Sink;
 use crate::verify::{Check, Report, standard_verifiers};
 
@@ -70,6 +71,7 @@ INSERT INTO drill_edge_values (label, ts, ts_local, d, f8, f4, n, txt, j, b, iv,
 /// verification. The database is dropped at the end. Failed checks are in the report.
 #[must_use = "a Drill does nothing until run"]
 pub struct Drill {
+    scope: Scope,
     server: ConnParams,
     sink: Arc<dyn Sink>,
     dumper: Arc<dyn Dumper>,
@@ -84,6 +86,7 @@ impl Drill {
     /// given, with 1000 audit events.
     pub fn new(server: ConnParams, sink: Arc<dyn Sink>) -> Self {
         Self {
+            scope: Scope::current_or_new(),
             server,
             sink,
             dumper: Arc::new(CustomDumper),
@@ -117,8 +120,22 @@ impl Drill {
         self
     }
 
+    /// The scope this operation belongs to: cancelling it stops the operation
+    /// (its programs are killed, what it created is dropped) and makes
+    /// [`run`](Self::run) return an [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
+    /// error. By default, the scope it was created within, else one of its own.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Runs the drill.
     pub async fn run(self) -> Result<DrillOutcome> {
+        let scope = self.scope.clone();
+        scope.run(self.execute()).await
+    }
+
+    async fn execute(self) -> Result<DrillOutcome> {
         let started = Instant::now();
         let target = self.server.with_dbname(DRILL_DATABASE);
         let _ = drop_restored(&target).await;
@@ -130,7 +147,7 @@ impl Drill {
             ))
             .await
             .map_err(db_err("creating the drill database"))?;
-        let registered = CreatedDatabase::register(&target);
+        let registered = drop_on_cancel(&self.scope, &target);
         let result = self.drill_in(&target).await;
         let dropped = drop_restored(&target).await;
         registered.keep();

@@ -22,7 +22,6 @@ pub mod certificate;
 mod check;
 mod copy;
 mod drill;
-pub mod interrupt;
 pub mod prune;
 mod restore;
 mod verify;
@@ -34,3 +33,23 @@ pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use prune::{Action, Decision, Prune, RetentionPolicy};
 pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
 pub use verify::{Verify, scratch_database};
+
+/// Registers `target`'s database, which the operation just created, to be dropped
+/// if the operation's scope is cleaned up before the guard is kept (the database
+/// handed over, or dropped by the operation itself).
+fn drop_on_cancel(
+    scope: &crate::scope::Scope,
+    target: &crate::pg::ConnParams,
+) -> crate::scope::UndoGuard {
+    let target = target.clone();
+    scope.undo_unless_kept(move || async move {
+        match crate::pg::admin::drop_database(&target).await {
+            Ok(()) => Some(format!("dropped database {}", target.dbname())),
+            // An ephemeral cluster that was already stopped took its databases along.
+            Err(e) => {
+                tracing::debug!(database = %target.dbname(), error = %e, "not dropped");
+                None
+            }
+        }
+    })
+}

@@ -10,9 +10,10 @@ use crate::codec::{CodecChain, Identities, Progress, sha256_hex};
 use crate::dump::{self, ArchiveIo, ArchiveSource, Dumper};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::database;
-use crate::ops::interrupt::CreatedDatabase;
+use crate::ops::drop_on_cancel;
 use crate::pg::admin::{self, Admin};
 use crate::pg::{ConnParams, PgTools};
+use crate::scope::Scope;
 use crate::sink::Sink;
 
 /// A restore of one backup into one database, configured by its builder methods and
@@ -26,6 +27,7 @@ use crate::sink::Sink;
 /// commits and a database pgproof created is dropped again.
 #[must_use = "a Restore does nothing until run"]
 pub struct Restore {
+    scope: Scope,
     sink: Arc<dyn Sink>,
     manifest: Manifest,
     target: ConnParams,
@@ -56,6 +58,7 @@ impl Restore {
     /// Restores the backup `manifest` describes, from `sink`, into `target`.
     pub fn new(sink: Arc<dyn Sink>, manifest: Manifest, target: ConnParams) -> Self {
         Self {
+            scope: Scope::current_or_new(),
             sink,
             manifest,
             target,
@@ -125,8 +128,22 @@ impl Restore {
         self
     }
 
+    /// The scope this operation belongs to: cancelling it stops the operation
+    /// (its programs are killed, what it created is dropped) and makes
+    /// [`run`](Self::run) return an [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
+    /// error. By default, the scope it was created within, else one of its own.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Restores.
-    pub async fn run(mut self) -> Result<RestoreOutcome> {
+    pub async fn run(self) -> Result<RestoreOutcome> {
+        let scope = self.scope.clone();
+        scope.run(self.execute()).await
+    }
+
+    async fn execute(mut self) -> Result<RestoreOutcome> {
         let clock = Instant::now();
         if self.manifest.encryption.is_some() && self.identities.is_none() {
             return Err(Error::config(format!(
@@ -162,6 +179,7 @@ impl Restore {
                 chain: &chain,
                 identities: self.identities.as_ref(),
                 progress: self.progress.as_ref(),
+                scope: &self.scope,
             })
             .await?;
 
@@ -252,7 +270,7 @@ impl Restore {
             admin
                 .create(load.dbname(), &m.source.encoding, m.properties.as_ref())
                 .await?;
-            Some(CreatedDatabase::register(&load))
+            Some(drop_on_cancel(&self.scope, &load))
         } else {
             None
         };

@@ -11,9 +11,10 @@ use crate::catalog::{self, BackupLease, BackupRef, Manifest, ToolInfo, Verificat
 use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::interrupt::CreatedDatabase;
+use crate::ops::drop_on_cancel;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::pg::ConnParams;
+use crate::scope::Scope;
 use crate::sink::{Sink, SinkExt};
 use crate::verify::{Check, Report, Restored, Verifier, standard_verifiers};
 
@@ -34,6 +35,7 @@ const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600)
 /// about the backup, and no report is written.
 #[must_use = "a Verify does nothing until run"]
 pub struct Verify {
+    scope: Scope,
     sink: Arc<dyn Sink>,
     backup: BackupRef,
     scratch: ConnParams,
@@ -52,6 +54,7 @@ impl Verify {
     /// [standard verifiers](standard_verifiers).
     pub fn new(sink: Arc<dyn Sink>, backup: BackupRef, scratch: ConnParams) -> Self {
         Self {
+            scope: Scope::current_or_new(),
             sink,
             backup,
             scratch,
@@ -124,8 +127,22 @@ impl Verify {
         self
     }
 
+    /// The scope this operation belongs to: cancelling it stops the operation
+    /// (its programs are killed, what it created is dropped) and makes
+    /// [`run`](Self::run) return an [`ErrorKind::Cancelled`](crate::ErrorKind::Cancelled)
+    /// error. By default, the scope it was created within, else one of its own.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// Verifies and records the report.
     pub async fn run(self) -> Result<Report> {
+        let scope = self.scope.clone();
+        scope.run(self.execute()).await
+    }
+
+    async fn execute(self) -> Result<Report> {
         // A manifest no trusted key signed (or one that names another backup's
         // objects) is refused before anything is restored, and nothing is recorded
         // beside it: it was not written by pgproof, so there is no backup to judge.
@@ -166,7 +183,7 @@ impl Verify {
         };
         // Registered for the whole verification: an interruption while the verifiers
         // run must drop it too.
-        let scratch = CreatedDatabase::register(&target);
+        let scratch = drop_on_cancel(&self.scope, &target);
         let proven = proven
             .restore_and_verify(restore, &target, !self.keep)
             .await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result, Setting};
 use crate::pg::{ConnParams, PgTools};
+use crate::scope::{Registration, Scope};
 
 /// How much of a child's stderr is kept for the error message.
 const STDERR_KEEP: usize = 16 << 10;
@@ -21,48 +22,6 @@ pub fn client_command(tools: &PgTools, program: &str, conn: &ConnParams) -> Comm
     let mut cmd = Command::new(tools.bin(program));
     cmd.envs(conn.child_env()).stderr(Stdio::piped());
     cmd
-}
-
-/// Every child program running now, so an interrupted run can stop them all
-/// ([`kill_all`]): a restore program left alone would see the end of its input when
-/// pgproof exits, and commit what it had.
-static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
-
-struct Running {
-    program: String,
-    child: Arc<Mutex<Child>>,
-}
-
-fn running() -> MutexGuard<'static, Vec<Running>> {
-    RUNNING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Kills every child program pgproof started that is still running; returns their
-/// names and pids.
-pub fn kill_all() -> Vec<String> {
-    kill_where(|_| true)
-}
-
-fn kill_where(pick: impl Fn(&str) -> bool) -> Vec<String> {
-    let picked: Vec<Running> = {
-        let mut all = running();
-        let (picked, kept) = all.drain(..).partition(|r| pick(&r.program));
-        *all = kept;
-        picked
-    };
-    let mut killed = Vec::new();
-    for r in picked {
-        let mut child = r
-            .child
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if matches!(child.try_wait(), Ok(None)) && kill_group(&mut child) {
-            killed.push(format!("{} (pid {})", r.program, child.id()));
-        }
-    }
-    killed
 }
 
 /// Makes the child die with pgproof however pgproof dies (SIGKILL, the OOM killer
@@ -100,25 +59,28 @@ pub struct ChildProgram {
     stderr: Option<JoinHandle<String>>,
     /// Waited for or killed: dropping it then leaves the process alone.
     settled: bool,
+    /// Kills it when its operation's scope is cancelled.
+    _stop: Registration,
 }
 
 impl ChildProgram {
-    /// Starts `cmd`, naming it `program` in errors. It stays in pgproof's process
-    /// group, so a terminal's Ctrl-C reaches it too.
-    pub fn spawn(cmd: Command, program: &str) -> Result<Self> {
-        Self::start(cmd, program)
+    /// Starts `cmd`, naming it `program` in errors, killed when `scope` is
+    /// cancelled. It stays in pgproof's process group, so a terminal's Ctrl-C reaches
+    /// it too.
+    pub fn spawn(cmd: Command, program: &str, scope: &Scope) -> Result<Self> {
+        Self::start(cmd, program, scope)
     }
 
     /// [`spawn`](Self::spawn), as the leader of a process group of its own: killing
     /// it kills the workers it forked too (pg_dump and pg_restore `--jobs`), which
     /// would otherwise outlive it, holding its stderr open or waiting on a pipe, and
     /// [`signal_group`](Self::signal_group) pauses and resumes them all.
-    pub fn spawn_group(mut cmd: Command, program: &str) -> Result<Self> {
+    pub fn spawn_group(mut cmd: Command, program: &str, scope: &Scope) -> Result<Self> {
         cmd.process_group(0);
-        Self::start(cmd, program)
+        Self::start(cmd, program, scope)
     }
 
-    fn start(mut cmd: Command, program: &str) -> Result<Self> {
+    fn start(mut cmd: Command, program: &str, scope: &Scope) -> Result<Self> {
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             Error::tool(format!(
@@ -145,15 +107,21 @@ impl ChildProgram {
             })
         });
         let child = Arc::new(Mutex::new(child));
-        running().push(Running {
-            program: program.to_owned(),
-            child: child.clone(),
+        let stop = scope.on_cancel({
+            let (child, program) = (child.clone(), program.to_owned());
+            move || {
+                let mut child = child
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                kill_group(&mut child).then(|| format!("{program} (pid {})", child.id()))
+            }
         });
         Ok(Self {
             child,
             program: program.to_owned(),
             stderr,
             settled: false,
+            _stop: stop,
         })
     }
 
@@ -211,7 +179,7 @@ impl ChildProgram {
     /// Waits for it to exit. Success returns what it printed on stderr; a failure is an
     /// error of `kind` quoting the tail of its stderr.
     pub fn wait(mut self, kind: ErrorKind) -> Result<String> {
-        // Polled, not a blocking wait, so kill_all can take the lock meanwhile.
+        // Polled, not a blocking wait, so a cancellation can take the lock meanwhile.
         let status = loop {
             match self.child().try_wait() {
                 Ok(Some(status)) => break status,
@@ -240,7 +208,6 @@ impl Drop for ChildProgram {
         if !self.settled {
             kill_group(&mut self.child());
         }
-        running().retain(|r| !Arc::ptr_eq(&r.child, &self.child));
     }
 }
 
@@ -293,7 +260,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo first >&2; echo >&2; echo second >&2; exit 3"])
             .stderr(Stdio::piped());
-        let child = ChildProgram::spawn(cmd, "sh").unwrap();
+        let child = ChildProgram::spawn(cmd, "sh", &Scope::new()).unwrap();
         let err = child.wait(ErrorKind::Rejected).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rejected);
         assert!(err.to_string().contains("first; second"), "{err}");
@@ -301,15 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn kill_all_stops_running_programs_and_forgets_finished_ones() {
+    fn a_cancelled_scope_kills_its_programs_only() {
+        let (scope, other) = (Scope::new(), Scope::new());
         let mut cmd = Command::new("sleep");
         cmd.arg("30").stderr(Stdio::piped());
-        let child = ChildProgram::spawn(cmd, "sleep-to-be-killed").unwrap();
+        let child = ChildProgram::spawn(cmd, "sleep-to-be-killed", &scope).unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").stderr(Stdio::piped());
+        let bystander = ChildProgram::spawn(cmd, "sleep-of-another-scope", &other).unwrap();
         let started = std::time::Instant::now();
         let waiter = std::thread::spawn(move || child.wait(ErrorKind::Tool));
         std::thread::sleep(Duration::from_millis(100));
-        // Only this test's program: the others in this binary run at the same time.
-        let killed = kill_where(|p| p == "sleep-to-be-killed");
+        let killed = scope.cancel();
         assert!(
             killed
                 .iter()
@@ -321,12 +291,17 @@ mod tests {
             "a killed program succeeded"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            !bystander.has_exited().unwrap(),
+            "another scope's program died"
+        );
+        bystander.kill();
     }
 
     #[test]
     fn a_missing_program_is_a_tool_error_naming_the_bin_directory() {
         let cmd = Command::new("/nonexistent/pg_dump");
-        let Err(err) = ChildProgram::spawn(cmd, "pg_dump") else {
+        let Err(err) = ChildProgram::spawn(cmd, "pg_dump", &Scope::new()) else {
             panic!("a missing program started");
         };
         assert_eq!(err.kind(), ErrorKind::Tool);

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::scope::Scope;
 use crate::sink::{ByteStream, Sink};
 
 /// Size of the chunks handed to a sink.
@@ -26,17 +27,18 @@ pub(crate) struct Upload {
     tx: mpsc::Sender<Result<Bytes>>,
     sink_gone: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    scope: Scope,
 }
 
 impl Upload {
-    /// Starts `sink.put(key, …)` and returns the writer that feeds it.
-    pub(crate) fn start(sink: Arc<dyn Sink>, key: String) -> (ChunkWriter, Upload) {
+    /// Starts `sink.put(key, …)` within `scope` and returns the writer that feeds it.
+    pub(crate) fn start(sink: Arc<dyn Sink>, key: String, scope: &Scope) -> (ChunkWriter, Upload) {
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(CHANNEL_CHUNKS);
         let body: ByteStream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
         .boxed();
-        let task = tokio::spawn(async move { sink.put(&key, body).await });
+        let task = scope.spawn(async move { sink.put(&key, body).await });
         let sink_gone = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let writer = ChunkWriter {
@@ -50,6 +52,7 @@ impl Upload {
             tx,
             sink_gone,
             stop,
+            scope: scope.clone(),
         };
         (writer, upload)
     }
@@ -104,7 +107,7 @@ impl Drop for Upload {
             && !task.is_finished()
         {
             task.abort();
-            crate::ops::interrupt::spawn_cleanup(async move {
+            self.scope.spawn_cleanup(async move {
                 let _ = task.await;
             });
         }

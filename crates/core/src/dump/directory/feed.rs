@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::{is_table_of_contents, part_name, private_stage, share_of};
+use super::{OpenedDirectory, is_table_of_contents, part_name, private_stage, share_of};
 use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Identities, Progress, PumpError};
 use crate::error::{Error, ErrorKind, Result};
@@ -28,15 +28,20 @@ use crate::sink::Sink;
 /// damaged object kills the program before it sees the end of that file. A program
 /// that fails on sound objects, or succeeds without reading one, has rejected the
 /// backup ([`ErrorKind::Rejected`]).
-pub(crate) async fn restore(
+pub(super) async fn restore(
     mut cmd: Command,
     program: &str,
-    sink: Arc<dyn Sink>,
-    chain: &CodecChain,
-    identities: Option<&Identities>,
-    objects: &[ObjectInfo],
-    progress: Option<&Progress>,
+    archive: &OpenedDirectory,
 ) -> Result<u64> {
+    let OpenedDirectory {
+        sink,
+        chain,
+        identities,
+        objects,
+        progress,
+        scope,
+    } = archive;
+    let (identities, progress) = (identities.as_ref(), progress.as_ref());
     let stage = private_stage(None, "restore")?;
     let suffix = chain.suffix();
     let mut pipes = Vec::new();
@@ -58,7 +63,7 @@ pub(crate) async fn restore(
         if is_table_of_contents(name) {
             let file = File::create(&path)
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            raw_bytes += fetch_into(&*sink, chain, identities, object, file, None)
+            raw_bytes += fetch_into(&**sink, chain, identities, object, file, None)
                 .await
                 .map_err(|e| e.error)?;
         } else {
@@ -70,7 +75,7 @@ pub(crate) async fn restore(
     }
 
     cmd.arg(stage.path());
-    let child = ChildProgram::spawn_group(cmd, program)?;
+    let child = ChildProgram::spawn_group(cmd, program, scope)?;
     let finished = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let mut feeders = futures::stream::FuturesUnordered::new();

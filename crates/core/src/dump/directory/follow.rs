@@ -21,6 +21,7 @@ use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::process::{ChildProgram, one_line};
+use crate::scope::Scope;
 use crate::sink::Sink;
 use crate::sink::stream::Upload;
 
@@ -38,6 +39,8 @@ pub(crate) struct PartStore {
     pub stored: Arc<Mutex<Vec<StoredPart>>>,
     /// Where pg_dump's stage directory goes (default: the temporary directory).
     pub stage_dir: Option<std::path::PathBuf>,
+    /// The scope pg_dump and the uploads belong to.
+    pub scope: Scope,
 }
 
 /// One file of the archive, stored.
@@ -196,7 +199,7 @@ pub(crate) fn dump(
     file_arg.push(stage.path());
     cmd.arg(file_arg);
     let program = "pg_dump";
-    let child = ChildProgram::spawn_group(cmd, program)?;
+    let child = ChildProgram::spawn_group(cmd, program, &store.scope)?;
     let total = Arc::new(AtomicU64::new(0));
 
     let stored = &*store.stored;
@@ -403,7 +406,7 @@ fn store_part(
     let key = format!("{}{name}{}", store.prefix, store.suffix);
     let (writer, upload) = {
         let _entered = store.runtime.enter();
-        Upload::start(store.sink.clone(), key.clone())
+        Upload::start(store.sink.clone(), key.clone(), &store.scope)
     };
     let part_progress = progress.map(|p| share_of(p, total));
     let encoded = chain.encode(reader, writer, recipients, part_progress.as_ref());

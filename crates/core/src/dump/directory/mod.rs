@@ -35,6 +35,7 @@ use crate::dump::{Dumper, pg_dump_command};
 use crate::error::{Error, Result};
 use crate::pg::process::client_command;
 use crate::pg::{ConnParams, PgTools};
+use crate::scope::Scope;
 use crate::sink::Sink;
 
 /// `pg_dump -Fd --jobs=N`, each file stored as its own object (compressed by pgproof
@@ -127,6 +128,7 @@ impl ArchiveLayout for DirectoryLayout {
             runtime: tokio::runtime::Handle::current(),
             stored: Arc::default(),
             stage_dir: target.stage_dir.clone(),
+            scope: target.scope.clone(),
         };
         let stored = store.stored.clone();
         // Every file the dump may hold open has a reader, and the table of contents
@@ -166,6 +168,7 @@ impl ArchiveLayout for DirectoryLayout {
             identities: source.identities.cloned(),
             objects: source.manifest.dump_objects().cloned().collect(),
             progress: source.progress.cloned(),
+            scope: source.scope.clone(),
         }))
     }
 }
@@ -223,21 +226,13 @@ struct OpenedDirectory {
     identities: Option<Identities>,
     objects: Vec<ObjectInfo>,
     progress: Option<Progress>,
+    scope: Scope,
 }
 
 #[async_trait]
 impl OpenedArchive for OpenedDirectory {
     async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
-        feed::restore(
-            cmd,
-            program,
-            self.sink.clone(),
-            &self.chain,
-            self.identities.as_ref(),
-            &self.objects,
-            self.progress.as_ref(),
-        )
-        .await
+        feed::restore(cmd, program, &self).await
     }
 }
 
