@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
+use pgproof_core::catalog::files::FileSetInfo;
 use pgproof_core::catalog::trust::Adoption;
 use pgproof_core::catalog::{Keyring, Lease, Manifest, Pin, SigningKey, Tombstone, Verification};
-use pgproof_core::files::FileSetInfo;
 use pgproof_core::ops::certificate;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};

@@ -9,7 +9,7 @@ use pgproof_core::error::{Error, Result};
 use pgproof_core::evidence::invariant::Invariant;
 
 use crate::hooks::{HooksConfig, NotifyConfig};
-use pgproof_core::files::FileSet;
+use pgproof_core::catalog::files::FileSet;
 use pgproof_sink_object_store::SinkConfig;
 use serde::{Deserialize, Serialize};
 

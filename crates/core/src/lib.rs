@@ -72,7 +72,6 @@ pub mod codec;
 pub mod dump;
 pub mod error;
 pub mod evidence;
-pub mod files;
 pub mod ops;
 pub mod pg;
 pub mod scope;

@@ -11,13 +11,13 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::files::FileSetInfo;
 use crate::codec::{Tallies, Tally, sha256_hex};
 use crate::error::{Error, Result};
 use crate::evidence::Fingerprint;
 use crate::evidence::alerts::Alert;
 use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::evidence::invariant::InvariantResult;
-use crate::files::FileSetInfo;
 use crate::sink::RetentionLock;
 
 /// Version of the manifest layout written by this crate.
@@ -214,7 +214,7 @@ impl Manifest {
         if let Some(set) = self
             .files
             .iter()
-            .find(|f| !crate::files::is_set_name(&f.name))
+            .find(|f| !crate::catalog::files::is_set_name(&f.name))
         {
             return Err(Error::integrity(format!(
                 "manifest {key} names a file set {:?}, which is not a name pgproof writes; not trusted",

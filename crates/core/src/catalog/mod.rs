@@ -1,6 +1,7 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+pub mod files;
 mod inventory;
 pub mod layout;
 mod lock;

@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Manifest;
 use crate::evidence::Fingerprint;
 
 /// When to alert.
@@ -40,18 +39,17 @@ pub struct Alert {
 }
 
 /// The alerts for a backup whose fingerprint is `now` and raw dump size `now_bytes`,
-/// against the previous backup.
+/// against the previous backup `previous_id`, whose were `before` and `was_bytes`.
 pub fn compare(
-    previous: &Manifest,
+    previous_id: &str,
+    before: &Fingerprint,
+    was_bytes: u64,
     now: &Fingerprint,
     now_bytes: u64,
     policy: AlertPolicy,
 ) -> Vec<Alert> {
     let mut alerts = Vec::new();
-    let Some(before) = &previous.fingerprint else {
-        return alerts;
-    };
-    let since = format!("since {}", previous.backup_id);
+    let since = format!("since {previous_id}");
     for (name, was) in &before.tables {
         match now.tables.get(name) {
             None => {
@@ -99,7 +97,6 @@ pub fn compare(
             Some(_) => {}
         }
     }
-    let was_bytes = previous.dump_raw_bytes();
     if was_bytes > 0
         && now_bytes < was_bytes
         && (was_bytes - now_bytes) as f64 / was_bytes as f64 > policy.max_size_drop

@@ -6,60 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::error::Result;
 use crate::pg::db_err;
-
-/// Database-level properties.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DatabaseProperties {
-    /// Server encoding (`UTF8`, `SQL_ASCII`, `LATIN1`, …).
-    pub encoding: String,
-    /// `LC_COLLATE`.
-    pub collate: String,
-    /// `LC_CTYPE`.
-    pub ctype: String,
-    /// `libc`, `icu` or `builtin`.
-    pub locale_provider: String,
-    /// The ICU (or builtin) locale, when the provider is not libc.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locale: Option<String>,
-    /// The owner's role name.
-    pub owner: String,
-    /// `COMMENT ON DATABASE`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    /// `ALTER DATABASE … SET`, as `name=value` entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub settings: Vec<String>,
-    /// `ALTER ROLE … IN DATABASE … SET`, per role.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub role_settings: BTreeMap<String, Vec<String>>,
-    /// The TimeZone and DateStyle a new session of the backup role got: every restore
-    /// pgproof runs uses them, so a generated column whose "immutable" expression
-    /// depends on them comes out of verification's restore and of any later one alike.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_timezone: Option<String>,
-    /// See [`session_timezone`](Self::session_timezone).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_datestyle: Option<String>,
-}
-
-impl DatabaseProperties {
-    /// Environment for a restore program: the session settings recorded at backup.
-    pub fn restore_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = Vec::new();
-        if let Some(tz) = &self.session_timezone {
-            env.push(("PGTZ", tz.clone()));
-        }
-        if let Some(style) = &self.session_datestyle {
-            env.push(("PGDATESTYLE", style.clone()));
-        }
-        env
-    }
-}
+pub use crate::pg::properties::{DatabaseProperties, RoleInfo};
 
 /// The properties of the database `client` is connected to.
 pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
@@ -129,6 +80,21 @@ pub async fn read_properties(client: &Client) -> Result<DatabaseProperties> {
     })
 }
 
+/// `properties` with their settings lists put through [`normalize_settings`] on
+/// `client`'s server.
+pub async fn normalized(
+    properties: &DatabaseProperties,
+    client: &Client,
+) -> Result<DatabaseProperties> {
+    let mut out = properties.clone();
+    out.settings = normalize_settings(client, &properties.settings).await?;
+    for (role, settings) in &properties.role_settings {
+        out.role_settings
+            .insert(role.clone(), normalize_settings(client, settings).await?);
+    }
+    Ok(out)
+}
+
 /// Settings as the server spells them: `ALTER … SET x FROM CURRENT` (how restores
 /// apply them) stores `64MB` for `65536`, `off` for `false`, so both sides are put
 /// through `set_config` and read back before they are compared. Names are lowercased;
@@ -172,133 +138,6 @@ pub async fn normalize_settings(client: &Client, entries: &[String]) -> Result<V
     let _ = client.batch_execute("ROLLBACK").await;
     out.sort();
     Ok(out)
-}
-
-impl DatabaseProperties {
-    /// The settings lists put through [`normalize_settings`] on `client`'s server.
-    pub async fn normalized(&self, client: &Client) -> Result<DatabaseProperties> {
-        let mut out = self.clone();
-        out.settings = normalize_settings(client, &self.settings).await?;
-        for (role, settings) in &self.role_settings {
-            out.role_settings
-                .insert(role.clone(), normalize_settings(client, settings).await?);
-        }
-        Ok(out)
-    }
-
-    /// Where `found` differs from `self` in what decides how text is stored and
-    /// sorted (encoding, collation, character classes, locale provider): a database
-    /// that differs here holds other data, or sorts it otherwise.
-    pub fn locale_differences(&self, found: &DatabaseProperties) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut compare = |what: &str, expected: &str, got: &str| {
-            if expected != got {
-                out.push(format!("{what} {expected:?} recorded, {got:?} found"));
-            }
-        };
-        compare("encoding", &self.encoding, &found.encoding);
-        compare("LC_COLLATE", &self.collate, &found.collate);
-        compare("LC_CTYPE", &self.ctype, &found.ctype);
-        compare(
-            "locale provider",
-            &self.locale_provider,
-            &found.locale_provider,
-        );
-        compare(
-            "locale",
-            self.locale.as_deref().unwrap_or(""),
-            found.locale.as_deref().unwrap_or(""),
-        );
-        out
-    }
-
-    /// Every difference: locale, owner, comment, settings.
-    pub fn differences(&self, found: &DatabaseProperties) -> Vec<String> {
-        let mut out = self.locale_differences(found);
-        if self.owner != found.owner {
-            out.push(format!(
-                "owner {:?} recorded, {:?} found",
-                self.owner, found.owner
-            ));
-        }
-        if self.comment != found.comment {
-            out.push(format!(
-                "comment {:?} recorded, {:?} found",
-                self.comment, found.comment
-            ));
-        }
-        if self.settings != found.settings {
-            out.push(format!(
-                "settings {:?} recorded, {:?} found",
-                self.settings, found.settings
-            ));
-        }
-        if self.role_settings != found.role_settings {
-            out.push(format!(
-                "per-role settings {:?} recorded, {:?} found",
-                self.role_settings, found.role_settings
-            ));
-        }
-        out
-    }
-}
-
-/// A role, without its password (pgproof never reads or stores one).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleInfo {
-    /// Role name.
-    pub name: String,
-    /// `SUPERUSER`.
-    pub superuser: bool,
-    /// `INHERIT`.
-    pub inherit: bool,
-    /// `CREATEROLE`.
-    pub createrole: bool,
-    /// `CREATEDB`.
-    pub createdb: bool,
-    /// `LOGIN`.
-    pub login: bool,
-    /// `REPLICATION`.
-    pub replication: bool,
-    /// `BYPASSRLS`.
-    pub bypassrls: bool,
-    /// `CONNECTION LIMIT` (-1: none).
-    pub connection_limit: i32,
-    /// Roles it is a member of.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub member_of: Vec<String>,
-    /// `ALTER ROLE … SET` outside any database, as `name=value` entries.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub settings: Vec<String>,
-    /// Whether the database depends on it: it owns objects, holds grants, is named
-    /// by a policy or a per-role setting, owns the database, is the bootstrap
-    /// superuser, or is one of those roles' (transitive) parents. A restore needs
-    /// exactly these.
-    pub needed: bool,
-}
-
-impl RoleInfo {
-    /// The attribute keywords of `CREATE ROLE`, for this role.
-    pub fn attributes(&self) -> String {
-        let flag = |on: bool, name: &str| {
-            if on {
-                name.to_owned()
-            } else {
-                format!("NO{name}")
-            }
-        };
-        [
-            flag(self.superuser, "SUPERUSER"),
-            flag(self.inherit, "INHERIT"),
-            flag(self.createrole, "CREATEROLE"),
-            flag(self.createdb, "CREATEDB"),
-            flag(self.login, "LOGIN"),
-            flag(self.replication, "REPLICATION"),
-            flag(self.bypassrls, "BYPASSRLS"),
-            format!("CONNECTION LIMIT {}", self.connection_limit),
-        ]
-        .join(" ")
-    }
 }
 
 /// The cluster's roles (not the predefined `pg_*` ones), each marked with whether the

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use crate::catalog::files::{FileSet, FileSetInfo};
 use crate::catalog::layout;
 use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
@@ -19,7 +20,6 @@ use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
 use crate::evidence::fingerprint::{Fingerprint, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
-use crate::files::{FileSet, FileSetInfo};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::scope::Scope;
 use crate::sink::{Sink, SinkExt};
@@ -413,12 +413,17 @@ impl Backup {
                     backup_id: p.backup_id.clone(),
                 };
                 match catalog::load_manifest(&*self.sink, &link).await {
-                    Ok((before, _)) => alerts::compare(
-                        &before,
-                        &c.evidence.fingerprint,
-                        c.object.raw_bytes + c.parts.iter().map(|p| p.raw_bytes).sum::<u64>(),
-                        self.alert_policy,
-                    ),
+                    Ok((before, _)) => match &before.fingerprint {
+                        Some(fingerprint) => alerts::compare(
+                            &before.backup_id,
+                            fingerprint,
+                            before.dump_raw_bytes(),
+                            &c.evidence.fingerprint,
+                            c.object.raw_bytes + c.parts.iter().map(|p| p.raw_bytes).sum::<u64>(),
+                            self.alert_policy,
+                        ),
+                        None => Vec::new(),
+                    },
                     // A damaged predecessor is check's and verify's to report.
                     Err(_) => Vec::new(),
                 }

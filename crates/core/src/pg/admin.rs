@@ -4,8 +4,8 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
-use crate::evidence::database::{DatabaseProperties, RoleInfo};
 use crate::pg::process::is_running;
+use crate::pg::properties::{DatabaseProperties, RoleInfo};
 use crate::pg::sql::{USER_OBJECTS, query_count};
 use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
 

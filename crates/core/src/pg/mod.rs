@@ -5,6 +5,7 @@ pub mod admin;
 mod conn;
 mod passfile;
 pub mod process;
+pub mod properties;
 mod snapshot;
 mod sql;
 pub mod tls;

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::error::{ErrorKind, Result};
-use crate::evidence::database::{read_properties, read_roles, role_differences};
+use crate::evidence::database::{normalized, read_properties, read_roles, role_differences};
 use crate::evidence::invariant::Invariant;
 use crate::verify::{Check, Restored, Verifier};
 
@@ -24,11 +24,8 @@ impl Verifier for DatabaseProperties {
         let Some(recorded) = &r.manifest.properties else {
             return Ok(Vec::new());
         };
-        let found = read_properties(r.client)
-            .await?
-            .normalized(r.client)
-            .await?;
-        let differences = recorded.normalized(r.client).await?.differences(&found);
+        let found = normalized(&read_properties(r.client).await?, r.client).await?;
+        let differences = normalized(recorded, r.client).await?.differences(&found);
         Ok(vec![if differences.is_empty() {
             Check::pass(
                 self.name(),
