@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use pgproof_core::dump::Format;
 use pgproof_core::error::{Error, Result};
+use pgproof_core::evidence::alerts::AlertPolicy;
 use pgproof_core::evidence::invariant::Invariant;
+use pgproof_core::ops::duration;
+use pgproof_core::ops::{RetentionPolicy, StatusPolicy};
 
 use crate::hooks::{HooksConfig, NotifyConfig};
 use pgproof_core::catalog::files::FileSet;
@@ -28,15 +31,15 @@ pub struct Config {
     /// How backups are proven.
     pub verify: VerifyConfig,
     /// Which backups prune keeps.
-    pub retention: RetentionConfig,
+    pub retention: RetentionPolicy,
     /// What status holds the catalog to.
-    pub status: StatusConfig,
+    pub status: StatusPolicy,
     /// Commands around a backup run.
     pub hooks: HooksConfig,
     /// A webhook told of a run's outcome.
     pub notify: NotifyConfig,
     /// When a backup's comparison with the previous one raises an alert.
-    pub alerts: AlertsConfig,
+    pub alerts: AlertPolicy,
     /// Second destinations (`[[replicas]]`, each shaped like `[sink]`): `backup`
     /// copies each run's backups there; `status` reports them.
     pub replicas: Vec<SinkConfig>,
@@ -70,62 +73,6 @@ pub struct TrustConfig {
     pub keys_file: Option<PathBuf>,
 }
 
-/// `[retention]`: restic-style rules per database; a backup kept by any rule stays.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionConfig {
-    /// The newest N.
-    pub keep_last: Option<u32>,
-    /// The newest backup of each of the N newest days that have one (UTC).
-    pub keep_daily: Option<u32>,
-    /// Likewise per ISO week.
-    pub keep_weekly: Option<u32>,
-    /// Likewise per month.
-    pub keep_monthly: Option<u32>,
-    /// Every backup younger than this (`36h`, `14d`, `2w`).
-    pub keep_within: Option<String>,
-    /// How old the objects of a run that never committed must be before prune
-    /// deletes them (default 48h).
-    pub orphan_grace: Option<String>,
-}
-
-/// `[alerts]`: anomalies against the previous backup of the same database.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertsConfig {
-    /// A table losing more than this share of its rows (0.5 = half) is an alert.
-    pub max_row_drop: f64,
-    /// The dump shrinking by more than this share is an alert.
-    pub max_size_drop: f64,
-    /// Whether `status` exits non-zero while the newest backup carries an alert.
-    pub fail_status: bool,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        Self {
-            max_row_drop: 0.5,
-            max_size_drop: 0.5,
-            fail_status: false,
-        }
-    }
-}
-
-/// `[status]`: the thresholds `pgproof status` holds each database to.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StatusConfig {
-    /// The RPO target: the newest backup may be at most this old (`26h`).
-    pub max_age: Option<String>,
-    /// The newest backup that passed verification may be at most this old.
-    pub max_unverified_age: Option<String>,
-    /// The RTO target: the newest passing verification's measured restore must fit.
-    pub max_restore_time: Option<String>,
-    /// Every backup must have passed a verification within this (rolling
-    /// re-verification with `verify --stale`).
-    pub max_unproven_age: Option<String>,
-}
-
 /// A date (midnight UTC, `2027-01-31`) or an RFC 3339 time, as a flag gives it.
 pub fn parse_time(flag: &str, text: &str) -> Result<jiff::Timestamp> {
     text.parse::<jiff::Timestamp>()
@@ -145,57 +92,15 @@ pub fn parse_time(flag: &str, text: &str) -> Result<jiff::Timestamp> {
         })
 }
 
-/// The longest duration a setting may name: 100 years.
-const MAX_DURATION_SECS: i64 = 100 * 366 * 86_400;
-
 /// The longest timeout a setting may name, in seconds: 30 days (a dump that takes
 /// longer needs no timeout at all, which 0 says where a setting allows it).
 const MAX_TIMEOUT_SECS: u64 = 30 * 86_400;
 
-/// Parses `90s`, `15m`, `36h`, `14d`, `2w` or sums like `1d12h`; `key` names the
-/// setting in the error.
+/// Parses a duration a flag or variable gives (`90s`, `15m`, `36h`, `14d`, `2w`,
+/// `1d12h`); `key` names it in the error.
 pub fn parse_duration(key: &str, text: &str) -> Result<jiff::SignedDuration> {
-    let bad = || {
-        Error::config(format!(
-            "{key} = {text:?} is not a duration; write e.g. 90s, 15m, 36h, 14d or 2w"
-        ))
-    };
-    let mut total: i64 = 0;
-    let mut number = String::new();
-    let mut any = false;
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit: i64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            ' ' if number.is_empty() => continue,
-            _ => return Err(bad()),
-        };
-        let n: i64 = number.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        number.clear();
-        any = true;
-    }
-    if !number.is_empty() || !any {
-        return Err(bad());
-    }
-    // Far enough for any retention or threshold, near enough that a time plus it
-    // stays a time.
-    if total > MAX_DURATION_SECS {
-        return Err(Error::config(format!(
-            "{key} = {text:?} is longer than 100 years; write a shorter duration"
-        )));
-    }
-    Ok(jiff::SignedDuration::from_secs(total))
+    duration::parse(text)
+        .ok_or_else(|| Error::config(format!("{key} = {text:?} is not {}", duration::EXPECTED)))
 }
 
 /// `[verify]`.
@@ -468,18 +373,6 @@ impl Config {
             ));
         }
         for (key, value) in [
-            ("retention.keep_within", &self.retention.keep_within),
-            ("retention.orphan_grace", &self.retention.orphan_grace),
-            ("status.max_age", &self.status.max_age),
-            ("status.max_unverified_age", &self.status.max_unverified_age),
-            ("status.max_restore_time", &self.status.max_restore_time),
-            ("status.max_unproven_age", &self.status.max_unproven_age),
-        ] {
-            if let Some(text) = value {
-                parse_duration(key, text)?;
-            }
-        }
-        for (key, value) in [
             ("retention.keep_last", self.retention.keep_last),
             ("retention.keep_daily", self.retention.keep_daily),
             ("retention.keep_weekly", self.retention.keep_weekly),
@@ -491,9 +384,7 @@ impl Config {
                 )));
             }
         }
-        if let Some(within) = &self.retention.keep_within
-            && parse_duration("retention.keep_within", within)?.is_zero()
-        {
+        if self.retention.keep_within.is_some_and(|d| d.is_zero()) {
             return Err(Error::config(
                 "retention.keep_within = 0 keeps nothing; use a positive duration, or leave the rule out",
             ));

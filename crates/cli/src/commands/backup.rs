@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::engines::{open_sink, recipients, source_databases};
 use crate::hooks::{BackupSummary, FailedSummary};
 use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
-use pgproof_core::evidence::alerts::AlertPolicy;
 
 /// What a run committed and what failed, as it goes (for hooks and notifications).
 #[derive(Debug, Default)]
@@ -59,10 +58,7 @@ pub async fn backup(
             .files(config.files.clone())
             .amcheck(amcheck)
             .stage_dir(config.dump.stage_dir.clone())
-            .alert_policy(AlertPolicy {
-                max_row_drop: config.alerts.max_row_drop,
-                max_size_drop: config.alerts.max_size_drop,
-            })
+            .alert_policy(config.alerts)
             .started_at(crate::commands::upkeep::injected_now()?)
             .progress(callback);
         backup = match &recipients {

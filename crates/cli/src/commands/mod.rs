@@ -6,6 +6,7 @@ mod drill;
 mod list;
 mod restore;
 mod setup;
+mod status;
 mod upkeep;
 mod verify;
 
@@ -111,7 +112,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
         } => upkeep::check(&config, database.as_deref(), read_data, json).await,
         Command::Status { json, prometheus } => {
-            upkeep::status(&config, json, prometheus.as_deref()).await
+            status::status(&config, json, prometheus.as_deref()).await
         }
         Command::Verify {
             backup,

@@ -8,13 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::evidence::Fingerprint;
 
-/// When to alert.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// When to alert. A config file's `[alerts]` deserializes into it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AlertPolicy {
     /// A table losing more than this share of its rows (0.5: half).
     pub max_row_drop: f64,
     /// The dump shrinking by more than this share.
     pub max_size_drop: f64,
+    /// Whether a status evaluation counts an alert on the newest backup as a breach.
+    pub fail_status: bool,
 }
 
 impl Default for AlertPolicy {
@@ -22,6 +25,7 @@ impl Default for AlertPolicy {
         Self {
             max_row_drop: 0.5,
             max_size_drop: 0.5,
+            fail_status: false,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | [`Drill`] | a [`DrillOutcome`] |
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
+//! | [`Status`] | a [`StatusReport`]: each database's ages, restore time and [`Breach`]es, and a verdict |
 //! | [`certificate::issue`] / [`certificate::verify`] | a signed proof certificate / what one proves |
 //!
 //! Listing is [`catalog::list_backups`](crate::catalog::list_backups) and
@@ -22,8 +23,10 @@ pub mod certificate;
 mod check;
 mod copy;
 mod drill;
+pub mod duration;
 pub mod prune;
 mod restore;
+mod status;
 mod verify;
 
 pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
@@ -32,6 +35,9 @@ pub use copy::{Copy, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use prune::{Action, Decision, Prune, RetentionPolicy};
 pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
+pub use status::{
+    Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
+};
 pub use verify::{Verify, scratch_database};
 
 /// Registers `target`'s database, which the operation just created, to be dropped

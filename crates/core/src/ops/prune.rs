@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{
     CatalogEntry, DatabaseInventory, Inventory, Tombstone, id_started_at, layout, leased_now,
@@ -27,8 +28,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
 
 /// How many backups to keep, restic-style: each rule keeps some, a backup kept by any
-/// rule stays.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// rule stays. A config file's `[retention]` deserializes into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetentionPolicy {
     /// The newest N.
     pub keep_last: Option<u32>,
@@ -38,8 +40,13 @@ pub struct RetentionPolicy {
     pub keep_weekly: Option<u32>,
     /// Likewise per calendar month.
     pub keep_monthly: Option<u32>,
-    /// Every backup younger than this.
+    /// Every backup younger than this (`36h`, `14d`, `2w`).
+    #[serde(with = "super::duration::option")]
     pub keep_within: Option<SignedDuration>,
+    /// How old the objects of a run that never committed must be before prune
+    /// deletes them (default [`DEFAULT_ORPHAN_GRACE`]): a run may still be writing.
+    #[serde(with = "super::duration::option")]
+    pub orphan_grace: Option<SignedDuration>,
 }
 
 impl RetentionPolicy {
@@ -102,12 +109,12 @@ impl Prune {
     /// Prunes `sink` by `policy`.
     pub fn new(sink: Arc<dyn Sink>, policy: RetentionPolicy) -> Self {
         Self {
+            orphan_grace: policy.orphan_grace.unwrap_or(DEFAULT_ORPHAN_GRACE),
             sink,
             policy,
             database: None,
             dry_run: false,
             now: None,
-            orphan_grace: DEFAULT_ORPHAN_GRACE,
         }
     }
 
@@ -127,12 +134,6 @@ impl Prune {
     /// calendar with it.)
     pub fn now(mut self, now: Timestamp) -> Self {
         self.now = Some(now);
-        self
-    }
-
-    /// How old an uncommitted run's objects must be before they are deleted.
-    pub fn orphan_grace(mut self, grace: SignedDuration) -> Self {
-        self.orphan_grace = grace;
         self
     }
 
