@@ -6,7 +6,8 @@ use pgproof_core::catalog::{BackupRef, Manifest};
 use pgproof_core::ops::Backup;
 use pgproof_core::{Error, Result};
 
-use crate::commands::verify::{verification_outcome, verify_all};
+use crate::commands::verify::verify_all;
+use pgproof_core::verify::verdict;
 use crate::config::Config;
 use crate::engines::{open_sink, recipients, source_databases};
 use crate::hooks::{BackupSummary, FailedSummary};
@@ -131,7 +132,7 @@ pub async fn backup(
                 "reports": reports
             }))?;
         }
-        return outcome.and_then(|()| verification_outcome(&reports));
+        return outcome.and_then(|()| verdict(&reports));
     }
     if json {
         let mut entries: Vec<serde_json::Value> = committed

@@ -105,26 +105,13 @@ pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result
 /// Names every catalog object no trusted key signed, one line each on stderr, and
 /// makes the command exit 3: they were left out, and someone wrote them.
 pub fn untrusted(inventory: &Inventory) -> Result<()> {
-    let findings: Vec<_> = inventory
-        .databases
-        .values()
-        .flat_map(|part| &part.findings)
-        .collect();
-    for f in &findings {
+    for f in inventory.findings() {
         eprintln!(
             "pgproof: not trusted: {}",
             pgproof_core::error::printable(&f.problem)
         );
     }
-    match findings.first() {
-        None => Ok(()),
-        Some(first) => Err(Error::integrity(format!(
-            "{} catalog object(s) not trusted and left out, first {}; a key in [trust] did not sign them: find who wrote them (bucket access logs) before deleting them",
-            findings.len(),
-            first.key
-        ))
-        .with_object(first.key.clone())),
-    }
+    inventory.untrusted_verdict()
 }
 
 pub async fn pin(

@@ -135,18 +135,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 if adopt {
                     catalog::list_backups(&*sink, database.as_deref()).await?
                 } else {
-                    inventory
-                        .databases
-                        .iter()
-                        .flat_map(|(db, part)| {
-                            part.backups.iter().filter(|b| b.manifest.is_ok()).map(|b| {
-                                catalog::BackupRef {
-                                    database: db.clone(),
-                                    backup_id: b.backup_id.clone(),
-                                }
-                            })
-                        })
-                        .collect()
+                    inventory.trusted_backups()
                 }
             } else if let Some(age) = &stale {
                 let (targets, flagged) =
@@ -172,7 +161,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&reports)?;
             }
-            verify::verification_outcome(&reports)?;
+            pgproof_core::verify::verdict(&reports)?;
             untrusted.map_or(Ok(()), Err)
         }
         Command::Drill {

@@ -138,33 +138,9 @@ pub async fn adopt_all(
     Ok(reports)
 }
 
-/// Success only if every report passed.
-pub fn verification_outcome(reports: &[Report]) -> Result<()> {
-    let failed: Vec<&Report> = reports.iter().filter(|r| !r.passed).collect();
-    match failed.as_slice() {
-        [] => Ok(()),
-        [one] => Err(Error::integrity(format!(
-            "backup {} failed verification: {}",
-            one.backup_id,
-            one.failures()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-        many => Err(Error::integrity(format!(
-            "{} of {} backups failed verification: {}",
-            many.len(),
-            reports.len(),
-            many.iter()
-                .map(|r| r.backup_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
 /// The backups whose newest passing verification is older than `age` (or that never
-/// passed one), least recently proven first, at most `limit`.
+/// passed one), least recently proven first, at most `limit`; and the error naming
+/// catalog objects that were not trusted, if any.
 pub async fn stale_backups(
     sink: &dyn Sink,
     database: Option<&str>,
@@ -172,33 +148,7 @@ pub async fn stale_backups(
     limit: Option<usize>,
 ) -> Result<(Vec<BackupRef>, Option<Error>)> {
     let age = parse_duration("--stale", age)?;
-    let now = crate::commands::upkeep::now()?;
     let inventory = Inventory::load(sink, database).await?;
-    let mut stale: Vec<(Option<jiff::Timestamp>, BackupRef)> = Vec::new();
-    for (db, part) in &inventory.databases {
-        for entry in part.backups.iter().filter(|b| b.manifest.is_ok()) {
-            let proven = entry.proven().map(|v| v.verified_at);
-            // Rotation goes by the latest attempt, so backups that keep failing do
-            // not crowd out the rest.
-            let attempted = entry.verifications.last().map(|v| v.verified_at);
-            if proven.is_none_or(|at| now.duration_since(at) > age) {
-                stale.push((
-                    attempted,
-                    BackupRef {
-                        database: db.clone(),
-                        backup_id: entry.backup_id.clone(),
-                    },
-                ));
-            }
-        }
-    }
-    // Never attempted first (None sorts first), then the oldest attempt, then the
-    // oldest backup.
-    stale.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
-    let targets = stale
-        .into_iter()
-        .map(|(_, b)| b)
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
+    let targets = inventory.stale(crate::commands::upkeep::now()?, age, limit);
     Ok((targets, crate::commands::list::untrusted(&inventory).err()))
 }

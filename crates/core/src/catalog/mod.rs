@@ -6,12 +6,13 @@ mod inventory;
 pub mod layout;
 mod lock;
 mod manifest;
+mod records;
 pub mod trust;
 
-pub use inventory::{
-    BackupLease, CLOCK_SKEW, CatalogEntry, DatabaseInventory, Finding, Inventory, Lease,
-    MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at, leased_now, pin, pinned_now,
-    tombstone, unpin,
+pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory};
+pub use records::{
+    BackupLease, CLOCK_SKEW, Lease, MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at,
+    leased_now, pin, pinned_now, tombstone, unpin,
 };
 pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};

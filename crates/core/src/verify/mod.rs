@@ -179,3 +179,29 @@ impl Report {
         self.checks.iter().filter(|c| !c.passed)
     }
 }
+
+/// `Ok` only if every report passed; otherwise an [`Integrity`](crate::ErrorKind::Integrity)
+/// error naming the backups (and, for one, the checks) that failed.
+pub fn verdict(reports: &[Report]) -> Result<()> {
+    let failed: Vec<&Report> = reports.iter().filter(|r| !r.passed).collect();
+    match failed.as_slice() {
+        [] => Ok(()),
+        [one] => Err(crate::Error::integrity(format!(
+            "backup {} failed verification: {}",
+            one.backup_id,
+            one.failures()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        many => Err(crate::Error::integrity(format!(
+            "{} of {} backups failed verification: {}",
+            many.len(),
+            reports.len(),
+            many.iter()
+                .map(|r| r.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
