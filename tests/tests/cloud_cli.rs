@@ -463,11 +463,14 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
         "{pending:?}"
     );
 
-    // 2. moto itself killed with SIGKILL, then started again on the same port. moto
-    //    keeps no state across restarts, so the bucket is created again; list must
-    //    work and show nothing from the killed run.
+    // 2. moto itself killed with SIGKILL. moto keeps its objects in memory only, so
+    //    a listing after it restarts is empty whatever the killed run did: the
+    //    evidence is moto's request log instead, written as each request is answered
+    //    and kept past the kill. It must show the run's parts stored and nothing that
+    //    would have committed it (completing the upload, or storing its manifest).
     let port = moto.port();
     let ws = s3_workspace(&cluster, "big", &moto.endpoint(), 5, 1);
+    let logged_before = moto.log_text().len();
     let out = backup_killed_mid_upload(&ws, port, || moto.kill());
     assert_failed_with(
         &out,
@@ -476,6 +479,23 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
             "failed",
         ],
     );
+    let answered = moto.log_text()[logged_before..].to_owned();
+    let big = format!("/{BUCKET}/{PREFIX}/big/");
+    let requests: Vec<&str> = answered.lines().filter(|l| l.contains(&big)).collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("PUT ") && l.contains("dump.pgc.zst.age?partNumber=")),
+        "moto's log shows no part of the killed run, so it would show no commit either: {answered}"
+    );
+    let commits: Vec<&&str> = requests
+        .iter()
+        .filter(|l| {
+            l.contains("manifest.json") || (l.contains("POST ") && l.contains("?uploadId="))
+        })
+        .collect();
+    assert!(commits.is_empty(), "the killed run committed: {commits:?}");
+    // And pgproof copes with the server coming back empty.
     let moto = Moto::start_on(port);
     moto.create_bucket(BUCKET);
     assert_eq!(ws.pgproof_ok(&["list", "--json"]).trim(), "[]");
@@ -568,21 +588,53 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
             assert!(Instant::now() < deadline, "no part was uploaded");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Parts stored when the endpoint goes away and when it comes back, read from
+        // moto itself (behind the proxy): the upload is under way at the start, and
+        // still unfinished at the end.
+        let at_start = pending_parts(moto.port(), BUCKET) - before;
         if stall {
             proxy.stall();
             std::thread::sleep(outage);
-            proxy.unstall();
         } else {
             proxy.kill();
             std::thread::sleep(outage);
+        }
+        let at_end = pending_parts(moto.port(), BUCKET) - before;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended during the {outage:?} outage"
+        );
+        if stall {
+            proxy.unstall();
+        } else {
             proxy.restart();
         }
         let out = child.wait_with_output().unwrap();
+        let log = stderr(&out);
         assert!(
             out.status.success(),
-            "a {outage:?} outage failed the backup: {}",
-            stderr(&out)
+            "a {outage:?} outage failed the backup: {log}"
         );
+        let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+        let parts = manifest["object"]["stored_bytes"]
+            .as_u64()
+            .unwrap()
+            .div_ceil(5 * MIB) as usize;
+        eprintln!(
+            "{outage:?} outage (stall: {stall}): {at_start} of {parts} parts stored when it began, {at_end} when it ended"
+        );
+        assert!(
+            at_start >= 1 && at_end < parts,
+            "the outage must fall inside the upload: {at_start} and {at_end} of {parts} parts"
+        );
+        // object_store logs each retry it makes ("backing off for N seconds, retry i
+        // of n") at info, which pgproof shows by default.
+        let retries: Vec<&str> = log.lines().filter(|l| l.contains("backing off")).collect();
+        assert!(
+            !retries.is_empty(),
+            "no retry was logged across a {outage:?} outage: {log}"
+        );
+        eprintln!("  {} retries logged, first: {}", retries.len(), retries[0]);
     }
     let ids = backup_ids(&ws);
     assert_eq!(ids.len(), 3, "{ids:?}");
