@@ -18,8 +18,8 @@ use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
 use pgproof_tests::proxy::TcpProxy;
 use pgproof_tests::{
-    Workspace, connect, create_big_database, create_sample_database, start_cluster, stderr,
-    table_summary,
+    Workspace, connect, create_big_database, create_random_database, create_sample_database,
+    start_cluster, stderr, table_summary,
 };
 
 const BUCKET: &str = "pgproof-backups";
@@ -29,6 +29,9 @@ const MIB: u64 = 1 << 20;
 /// level and worker count (level 3, one worker: a few window-sized buffers), never by
 /// the dump's size.
 const ZSTD_WORK: u64 = 32 * MIB;
+/// How many times its memory bound a bounded-memory test's dump is: a run that
+/// buffered the whole dump could not stay under the bound.
+const BOUND_MULTIPLE: u64 = 3;
 
 fn s3_section(endpoint: &str, part_size_mib: u64, in_flight: usize) -> String {
     format!(
@@ -200,8 +203,11 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     };
     let Some(moto) = Moto::start() else { return };
     moto.create_bucket(BUCKET);
-    create_big_database(&cluster, "big", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
+    // Several times the bound, so a run that held the dump (raw or stored) in memory
+    // would break it.
+    create_random_database(&cluster, "big", BOUND_MULTIPLE * bound / MIB + 8).await;
     let ws = s3_workspace(&cluster, "big", &moto.endpoint(), part_mib, in_flight);
     let scratch = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
@@ -232,7 +238,6 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
     let stored = manifest["object"]["stored_bytes"].as_u64().unwrap();
     let parts = stored.div_ceil(part_mib * MIB);
-    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
     eprintln!(
         "S3 backup: {stored} bytes stored in {parts} parts of {part_mib} MiB, {in_flight} in flight, {:.1}s; peak RSS {:.1} MiB, bound {} MiB",
         elapsed.as_secs_f64(),
@@ -240,8 +245,8 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
         bound / MIB
     );
     assert!(
-        parts > 3,
-        "the dump must span more than 3 parts, has {parts}"
+        stored >= BOUND_MULTIPLE * bound,
+        "the dump ({stored} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
     );
     assert!(peak > 0, "no memory sample was taken");
     assert!(
@@ -290,8 +295,9 @@ async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
     };
     let Some(moto) = Moto::start() else { return };
     moto.create_bucket(BUCKET);
-    create_big_database(&cluster, "bigdir", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + 2 * in_flight as u64 * part_mib * MIB;
+    create_random_database(&cluster, "bigdir", BOUND_MULTIPLE * bound / MIB + 8).await;
     let mut ws = Workspace::with_sink(
         &cluster,
         "bigdir",
@@ -353,7 +359,15 @@ async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
         peak_disk < window,
         "local disk held {peak_disk} bytes of a {largest}-byte file"
     );
-    let bound = 64 * MIB + 2 * in_flight as u64 * part_mib * MIB;
+    let stored_largest = parts
+        .iter()
+        .map(|o| o["stored_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        stored_largest >= BOUND_MULTIPLE * bound,
+        "the table's file ({stored_largest} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
+    );
     assert!(peak_rss < bound, "peak RSS {peak_rss} exceeds {bound}");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 
@@ -799,8 +813,9 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
         return;
     };
     azurite.create_container(CONTAINER);
-    create_big_database(&cluster, "big", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
+    create_random_database(&cluster, "big", BOUND_MULTIPLE * bound / MIB + 8).await;
     // Emulator mode: Azurite's address only; account and key are Azurite's defaults.
     let section = format!(
         "url = \"azure://{CONTAINER}/{PREFIX}\"\nuse_emulator = true\nendpoint = \"{}\"\npart_size_mib = {part_mib}\nparts_in_flight = {in_flight}\nmax_retries = 2\nretry_timeout_secs = 3\n",
@@ -833,7 +848,6 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
     let id = manifest["backup_id"].as_str().unwrap().to_owned();
     let stored = manifest["object"]["stored_bytes"].as_u64().unwrap();
     let parts = stored.div_ceil(part_mib * MIB);
-    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
     eprintln!(
         "Azure backup: {stored} bytes stored in {parts} blocks of {part_mib} MiB, {in_flight} in flight, {:.1}s; peak RSS {:.1} MiB, bound {} MiB",
         elapsed.as_secs_f64(),
@@ -841,8 +855,8 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
         bound / MIB
     );
     assert!(
-        parts > 3,
-        "the dump must span more than 3 blocks, has {parts}"
+        stored >= BOUND_MULTIPLE * bound,
+        "the dump ({stored} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
     );
     assert!(
         peak > 0 && peak < bound,
