@@ -493,3 +493,26 @@ pub async fn create_big_database(cluster: &EphemeralCluster, database: &str, mib
         .await
         .expect("create the big database");
 }
+
+/// A database of `mib` rows of 1 MiB of random bytes each (table `blob`, as in
+/// [`create_big_database`]), read server-side from `/dev/urandom` (the tests connect
+/// as superuser): hundreds of MiB in seconds, and nothing any codec can shrink, so
+/// the dump is at least as large as the data.
+pub async fn create_random_database(cluster: &EphemeralCluster, database: &str, mib: u64) {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .expect("create the random database");
+    connect(cluster, database)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
+             ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
+             INSERT INTO blob
+               SELECT g, pg_read_binary_file('/dev/urandom', 0, 1048576)
+               FROM generate_series(1, {mib}) g;"
+        ))
+        .await
+        .expect("fill the random database");
+}

@@ -4,7 +4,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use pgproof_tests::{command, pgproof_bin, run, stderr};
+use pgproof_tests::{
+    Workspace, command, create_sample_database, pgproof_bin, run, start_cluster, stderr,
+};
 
 fn config_check(
     config: &std::path::Path,
@@ -289,4 +291,97 @@ fn limits_and_rules_are_checked_with_the_config() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("app\\u{1b}[2J"), "{err}");
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+}
+
+/// The one `pgproof: error:` line of a run's stderr.
+fn error_line(err: &str) -> &str {
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("pgproof: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    lines[0]
+}
+
+/// A value of the wrong type or shape from the environment is a failure of
+/// deserialization, not of validation (an out-of-range number): figment's message
+/// names the key in its own spelling (`SINK.PART_SIZE_MIB`), which is not what an
+/// operator can grep a unit file or a CI config for.
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgproof.toml");
+    std::fs::write(&config, "[sink]\nurl = \"file:///x\"\n").unwrap();
+    for (var, value) in [
+        ("PGPROOF_SINK__PART_SIZE_MIB", "five"),
+        ("PGPROOF_DUMP__FORMAT", "tarball"),
+        ("PGPROOF_SOURCE__CONNECT_TIMEOUT_SECS", "-1"),
+    ] {
+        let (code, _, err) = config_check(&config, &[(var, value)], &[]);
+        assert_eq!(code, 2, "{var}={value}: {err}");
+        let line = error_line(&err);
+        assert!(line.contains(var), "{var}={value}: {line}");
+    }
+    // The same value from the file is not blamed on the environment.
+    std::fs::write(
+        &config,
+        "[sink]\nurl = \"file:///x\"\npart_size_mib = \"five\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = config_check(&config, &[], &[]);
+    assert_eq!(code, 2, "{err}");
+    let line = error_line(&err);
+    assert!(!line.contains("PGPROOF_"), "{line}");
+}
+
+/// `restore --target` with a URL the parser rejects names the flag: the source and
+/// the scratch server are connection URLs too, and the message alone does not say
+/// which one was wrong.
+#[tokio::test]
+async fn an_unparsable_restore_target_names_the_flag() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.backup();
+    for target in [
+        "postgres://[::1/app",
+        "host=localhost port=notaport dbname=x",
+    ] {
+        let out = ws.pgproof(&["restore", "latest", "--target", target]);
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", stderr(&out));
+        let err = stderr(&out);
+        let line = error_line(&err);
+        assert!(line.contains("--target"), "{target}: {line}");
+    }
+    // A good source URL beside it keeps the blame on the flag, not on source.url.
+    let out = ws.pgproof(&["restore", "latest", "--target", "postgres://[::1/app"]);
+    assert!(!stderr(&out).contains("source.url"), "{}", stderr(&out));
+}
+
+/// `verify` with an identity that cannot open the backup names the backup, so a
+/// `verify --all` over a key rotation says which ones the key misses; and it is an
+/// environment problem, so no verification record is written.
+#[tokio::test]
+async fn a_wrong_identity_during_verify_names_the_backup() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.verify_on(&cluster);
+    let manifest = ws.backup();
+    let id = manifest["backup_id"].as_str().unwrap();
+    let other = ws.dir.path().join("other.key");
+    ws.pgproof_ok(&["keygen", "--output", other.to_str().unwrap()]);
+    let before = ws.sink_files();
+
+    let out = ws.pgproof(&["verify", id, "--identity", other.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let line = error_line(&err);
+    assert!(line.contains("no identity"), "{line}");
+    assert!(line.contains(id), "the backup is not named: {line}");
+    assert_eq!(ws.sink_files(), before, "a record was written");
 }

@@ -18,8 +18,8 @@ use pgproof_tests::gcs_server::GcsServer;
 use pgproof_tests::moto::{ACCESS_KEY, Moto, SECRET_KEY, pending_parts};
 use pgproof_tests::proxy::TcpProxy;
 use pgproof_tests::{
-    Workspace, connect, create_big_database, create_sample_database, start_cluster, stderr,
-    table_summary,
+    Workspace, connect, create_big_database, create_random_database, create_sample_database,
+    start_cluster, stderr, table_summary,
 };
 
 const BUCKET: &str = "pgproof-backups";
@@ -29,6 +29,9 @@ const MIB: u64 = 1 << 20;
 /// level and worker count (level 3, one worker: a few window-sized buffers), never by
 /// the dump's size.
 const ZSTD_WORK: u64 = 32 * MIB;
+/// How many times its memory bound a bounded-memory test's dump is: a run that
+/// buffered the whole dump could not stay under the bound.
+const BOUND_MULTIPLE: u64 = 3;
 
 fn s3_section(endpoint: &str, part_size_mib: u64, in_flight: usize) -> String {
     format!(
@@ -200,8 +203,11 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     };
     let Some(moto) = Moto::start() else { return };
     moto.create_bucket(BUCKET);
-    create_big_database(&cluster, "big", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
+    // Several times the bound, so a run that held the dump (raw or stored) in memory
+    // would break it.
+    create_random_database(&cluster, "big", BOUND_MULTIPLE * bound / MIB + 8).await;
     let ws = s3_workspace(&cluster, "big", &moto.endpoint(), part_mib, in_flight);
     let scratch = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
@@ -232,7 +238,6 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
     let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
     let stored = manifest["object"]["stored_bytes"].as_u64().unwrap();
     let parts = stored.div_ceil(part_mib * MIB);
-    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
     eprintln!(
         "S3 backup: {stored} bytes stored in {parts} parts of {part_mib} MiB, {in_flight} in flight, {:.1}s; peak RSS {:.1} MiB, bound {} MiB",
         elapsed.as_secs_f64(),
@@ -240,8 +245,8 @@ async fn s3_backup_of_many_parts_streams_in_bounded_memory_without_local_files()
         bound / MIB
     );
     assert!(
-        parts > 3,
-        "the dump must span more than 3 parts, has {parts}"
+        stored >= BOUND_MULTIPLE * bound,
+        "the dump ({stored} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
     );
     assert!(peak > 0, "no memory sample was taken");
     assert!(
@@ -290,8 +295,9 @@ async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
     };
     let Some(moto) = Moto::start() else { return };
     moto.create_bucket(BUCKET);
-    create_big_database(&cluster, "bigdir", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + 2 * in_flight as u64 * part_mib * MIB;
+    create_random_database(&cluster, "bigdir", BOUND_MULTIPLE * bound / MIB + 8).await;
     let mut ws = Workspace::with_sink(
         &cluster,
         "bigdir",
@@ -353,7 +359,15 @@ async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
         peak_disk < window,
         "local disk held {peak_disk} bytes of a {largest}-byte file"
     );
-    let bound = 64 * MIB + 2 * in_flight as u64 * part_mib * MIB;
+    let stored_largest = parts
+        .iter()
+        .map(|o| o["stored_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        stored_largest >= BOUND_MULTIPLE * bound,
+        "the table's file ({stored_largest} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
+    );
     assert!(peak_rss < bound, "peak RSS {peak_rss} exceeds {bound}");
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 
@@ -463,11 +477,14 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
         "{pending:?}"
     );
 
-    // 2. moto itself killed with SIGKILL, then started again on the same port. moto
-    //    keeps no state across restarts, so the bucket is created again; list must
-    //    work and show nothing from the killed run.
+    // 2. moto itself killed with SIGKILL. moto keeps its objects in memory only, so
+    //    a listing after it restarts is empty whatever the killed run did: the
+    //    evidence is moto's request log instead, written as each request is answered
+    //    and kept past the kill. It must show the run's parts stored and nothing that
+    //    would have committed it (completing the upload, or storing its manifest).
     let port = moto.port();
     let ws = s3_workspace(&cluster, "big", &moto.endpoint(), 5, 1);
+    let logged_before = moto.log_text().len();
     let out = backup_killed_mid_upload(&ws, port, || moto.kill());
     assert_failed_with(
         &out,
@@ -476,6 +493,23 @@ async fn s3_server_killed_mid_upload_fails_the_backup_and_commits_nothing() {
             "failed",
         ],
     );
+    let answered = moto.log_text()[logged_before..].to_owned();
+    let big = format!("/{BUCKET}/{PREFIX}/big/");
+    let requests: Vec<&str> = answered.lines().filter(|l| l.contains(&big)).collect();
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains("PUT ") && l.contains("dump.pgc.zst.age?partNumber=")),
+        "moto's log shows no part of the killed run, so it would show no commit either: {answered}"
+    );
+    let commits: Vec<&&str> = requests
+        .iter()
+        .filter(|l| {
+            l.contains("manifest.json") || (l.contains("POST ") && l.contains("?uploadId="))
+        })
+        .collect();
+    assert!(commits.is_empty(), "the killed run committed: {commits:?}");
+    // And pgproof copes with the server coming back empty.
     let moto = Moto::start_on(port);
     moto.create_bucket(BUCKET);
     assert_eq!(ws.pgproof_ok(&["list", "--json"]).trim(), "[]");
@@ -568,21 +602,53 @@ async fn s3_outages_inside_the_retry_budget_leave_a_whole_backup() {
             assert!(Instant::now() < deadline, "no part was uploaded");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Parts stored when the endpoint goes away and when it comes back, read from
+        // moto itself (behind the proxy): the upload is under way at the start, and
+        // still unfinished at the end.
+        let at_start = pending_parts(moto.port(), BUCKET) - before;
         if stall {
             proxy.stall();
             std::thread::sleep(outage);
-            proxy.unstall();
         } else {
             proxy.kill();
             std::thread::sleep(outage);
+        }
+        let at_end = pending_parts(moto.port(), BUCKET) - before;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended during the {outage:?} outage"
+        );
+        if stall {
+            proxy.unstall();
+        } else {
             proxy.restart();
         }
         let out = child.wait_with_output().unwrap();
+        let log = stderr(&out);
         assert!(
             out.status.success(),
-            "a {outage:?} outage failed the backup: {}",
-            stderr(&out)
+            "a {outage:?} outage failed the backup: {log}"
         );
+        let manifest = json(&String::from_utf8_lossy(&out.stdout))[0].clone();
+        let parts = manifest["object"]["stored_bytes"]
+            .as_u64()
+            .unwrap()
+            .div_ceil(5 * MIB) as usize;
+        eprintln!(
+            "{outage:?} outage (stall: {stall}): {at_start} of {parts} parts stored when it began, {at_end} when it ended"
+        );
+        assert!(
+            at_start >= 1 && at_end < parts,
+            "the outage must fall inside the upload: {at_start} and {at_end} of {parts} parts"
+        );
+        // object_store logs each retry it makes ("backing off for N seconds, retry i
+        // of n") at info, which pgproof shows by default.
+        let retries: Vec<&str> = log.lines().filter(|l| l.contains("backing off")).collect();
+        assert!(
+            !retries.is_empty(),
+            "no retry was logged across a {outage:?} outage: {log}"
+        );
+        eprintln!("  {} retries logged, first: {}", retries.len(), retries[0]);
     }
     let ids = backup_ids(&ws);
     assert_eq!(ids.len(), 3, "{ids:?}");
@@ -747,8 +813,9 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
         return;
     };
     azurite.create_container(CONTAINER);
-    create_big_database(&cluster, "big", 40).await;
     let (part_mib, in_flight) = (5u64, 2usize);
+    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
+    create_random_database(&cluster, "big", BOUND_MULTIPLE * bound / MIB + 8).await;
     // Emulator mode: Azurite's address only; account and key are Azurite's defaults.
     let section = format!(
         "url = \"azure://{CONTAINER}/{PREFIX}\"\nuse_emulator = true\nendpoint = \"{}\"\npart_size_mib = {part_mib}\nparts_in_flight = {in_flight}\nmax_retries = 2\nretry_timeout_secs = 3\n",
@@ -781,7 +848,6 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
     let id = manifest["backup_id"].as_str().unwrap().to_owned();
     let stored = manifest["object"]["stored_bytes"].as_u64().unwrap();
     let parts = stored.div_ceil(part_mib * MIB);
-    let bound = 64 * MIB + ZSTD_WORK + in_flight as u64 * part_mib * MIB;
     eprintln!(
         "Azure backup: {stored} bytes stored in {parts} blocks of {part_mib} MiB, {in_flight} in flight, {:.1}s; peak RSS {:.1} MiB, bound {} MiB",
         elapsed.as_secs_f64(),
@@ -789,8 +855,8 @@ async fn azure_backup_of_many_blocks_streams_in_bounded_memory_on_the_emulator()
         bound / MIB
     );
     assert!(
-        parts > 3,
-        "the dump must span more than 3 blocks, has {parts}"
+        stored >= BOUND_MULTIPLE * bound,
+        "the dump ({stored} bytes stored) must be {BOUND_MULTIPLE} times the bound ({bound})"
     );
     assert!(
         peak > 0 && peak < bound,

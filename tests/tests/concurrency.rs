@@ -4,10 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pgproof_core::catalog::CommitLock;
+use pgproof_core::catalog::{CommitLock, Keyring, SignedSink, SigningKey};
 use pgproof_core::sink::SinkExt;
 use pgproof_core::{ErrorKind, Sink};
 use pgproof_sink_fs::FsSink;
@@ -23,18 +24,57 @@ async fn eight_backups_started_together_all_commit_and_all_verify() {
     let ws = Workspace::new(&cluster, "app", "custom");
     ws.verify_on(&cluster);
 
+    // Eight runs of a small database rarely reach their commit in the same instant,
+    // so left alone they might never meet the lock. The test holds it (signed with
+    // the workspace's key, as a run would) until every run has stored its dump: from
+    // then on all eight are waiting for it at once.
+    let signed = SignedSink::new(
+        Arc::new(FsSink::new(&ws.sink)),
+        Keyring::new(Some(SigningKey::load(&ws.signing_key).unwrap()), Vec::new()),
+    );
+    let held = CommitLock::acquire(&signed, "app", "the test (holding the lock)")
+        .await
+        .unwrap();
     let children: Vec<_> = (0..8)
         .map(|_| {
-            ws.command(&["backup", "--json"])
+            ws.command(&["-v", "backup", "--json"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    let stored = |suffix: &str| {
+        ws.sink_files()
+            .iter()
+            .filter(|f| f.ends_with(suffix))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(50);
+    while stored("/dump.pgc.zst.age") < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "dumps stored: {:?}",
+            ws.sink_files()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stored("manifest.json"),
+        0,
+        "a run committed past a held lock"
+    );
+    held.release(&signed).await;
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "a backup failed: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(out.status.success(), "a backup failed: {err}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains("waiting for the commit lock")),
+            "a run did not wait for the lock: {err}"
+        );
     }
 
     let listed: Value = serde_json::from_str(&ws.pgproof_ok(&["list", "--json"])).unwrap();

@@ -415,7 +415,7 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$PGPROOF_HOOK $PGPROOF_OUTCOME $PGPROOF_EXIT_CODE [$PGPROOF_BACKUPS] [$PGPROOF_FAILED] [$AWS_SECRET_ACCESS_KEY]\" >> {}\necho hook says hi\nexit ${{HOOK_EXIT:-0}}\n",
+            "#!/bin/sh\necho \"$PGPROOF_HOOK $PGPROOF_OUTCOME $PGPROOF_EXIT_CODE [$PGPROOF_BACKUPS] [$PGPROOF_FAILED] [$AWS_SECRET_ACCESS_KEY]\" >> {}\necho hook says hi\ncase $PGPROOF_HOOK in after) exit ${{AFTER_EXIT:-0}};; *) exit ${{HOOK_EXIT:-0}};; esac\n",
             seen.display()
         ),
     )
@@ -423,7 +423,7 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (url, bodies) = webhook_server(2);
     let hooked = format!(
-        "{config}\n[hooks]\nbefore = [\"{s}\"]\nafter = [\"{s}\", \"ignored-arg\"]\nenv = [\"HOOK_EXIT\"]\n\n[notify]\nurl = \"{url}\"\non = [\"failure\", \"success\"]\n",
+        "{config}\n[hooks]\nbefore = [\"{s}\"]\nafter = [\"{s}\", \"ignored-arg\"]\nenv = [\"HOOK_EXIT\", \"AFTER_EXIT\"]\n\n[notify]\nurl = \"{url}\"\non = [\"failure\", \"success\"]\n",
         s = script.display()
     );
     ws.write_config(&hooked);
@@ -475,21 +475,50 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
     assert_eq!(body["outcome"], "failure");
     assert_eq!(body["failed"][0]["database"], "gone");
 
-    // A failing after hook and an unreachable webhook: reported, result unchanged.
+    // A failing after hook (the before hook succeeding: each reads its own exit
+    // variable) and an unreachable webhook: reported, result unchanged.
+    std::fs::remove_file(&seen).unwrap();
     ws.write_config(
         &hooked
             .replace(&url, "http://127.0.0.1:9/hook/s3cr3t-token")
             .replace("[notify]\n", "[notify]\nattempts = 2\ntimeout_secs = 2\n"),
     );
+    let listed_before = backup_count(&ws);
     let out = ws
-        .command(&["backup"])
+        .command(&["backup", "--json"])
         .env("HOOK_EXIT", "0")
+        .env("AFTER_EXIT", "7")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(log.contains("notification webhook failed"), "{log}");
     assert!(!log.contains("s3cr3t"), "{log}");
+    let failed_hook: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the after hook failed"))
+        .collect();
+    assert_eq!(
+        failed_hook.len(),
+        1,
+        "the after hook's failure is logged: {log}"
+    );
+    assert!(failed_hook[0].contains('7'), "with its exit status: {log}");
+    let lines = std::fs::read_to_string(&seen).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "both hooks ran: {lines:?}");
+    assert!(
+        lines[1].starts_with("after success 0 [hooked/"),
+        "{lines:?}"
+    );
+    // The backup the after hook reported on is committed and listed.
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = printed[0]["backup_id"].as_str().unwrap();
+    assert_eq!(backup_count(&ws), listed_before + 1);
+    assert!(
+        ws.pgproof_ok(&["list", "--json"]).contains(id),
+        "the backup is listed"
+    );
 
     // A failing before hook stops the run: nothing is backed up.
     let before = ws.sink_files().len();
@@ -505,6 +534,11 @@ async fn hooks_and_notifications_report_without_hiding_the_result() {
         "{err}"
     );
     assert_eq!(ws.sink_files().len(), before);
+}
+
+fn backup_count(ws: &Workspace) -> usize {
+    let listed: Value = serde_json::from_str(&ws.pgproof_ok(&["list", "--json"])).unwrap();
+    listed.as_array().unwrap().len()
 }
 
 /// `[[files]]`: a set of keys and configuration stored with the backup, encrypted,

@@ -475,3 +475,80 @@ async fn a_missing_dump_object_fails_the_backup_not_the_environment() {
     );
     assert!(!pgproof_tests::database_exists(&cluster, "restored").await);
 }
+
+/// The verification records under a backup in the local sink.
+fn records(ws: &Workspace, id: &str) -> Vec<String> {
+    ws.sink_files()
+        .into_iter()
+        .filter(|f| f.starts_with(&format!("app/{id}/verify/")))
+        .collect()
+}
+
+/// A problem of the environment (a scratch server nobody answers on, a missing
+/// restore program) stops `verify` with an error and writes no record: it must never
+/// read as a failed verification of the backup. The same backup then verifies and
+/// its record appears where the failed runs' would have, so the checks look in the
+/// right place.
+#[tokio::test]
+async fn an_environment_error_writes_no_verification_record() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let ws = Workspace::new(&cluster, "app", "custom");
+    let id = ws.backup()["backup_id"].as_str().unwrap().to_owned();
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+
+    // A scratch server address where nothing listens (a port just released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ws.write_config(&format!(
+        "{config}\n[verify]\nscratch_url = \"postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=5\"\n"
+    ));
+    let out = ws.pgproof(&["verify", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(error_line(&err).contains(&port.to_string()), "{err}");
+    assert_eq!(
+        records(&ws, &id),
+        Vec::<String>::new(),
+        "unreachable scratch"
+    );
+
+    // The client programs without pg_restore (a partial install).
+    let partial = ws.dir.path().join("partial-bin");
+    std::fs::create_dir(&partial).unwrap();
+    for entry in std::fs::read_dir(cluster.tools().dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "pg_restore" {
+            std::os::unix::fs::symlink(entry.path(), partial.join(entry.file_name())).unwrap();
+        }
+    }
+    ws.write_config(&config.replace(
+        &format!("pg_bin_dir = \"{}\"", cluster.tools().dir().display()),
+        &format!("pg_bin_dir = \"{}\"", partial.display()),
+    ));
+    ws.verify_on(&cluster);
+    let out = ws.pgproof(&["verify", &id]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(error_line(&err).contains("pg_restore"), "{err}");
+    assert_eq!(
+        records(&ws, &id),
+        Vec::<String>::new(),
+        "missing pg_restore"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("FAIL"),
+        "reported as a failed verification: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    ws.write_config(&config);
+    ws.verify_on(&cluster);
+    ws.pgproof_ok(&["verify", &id]);
+    assert_eq!(records(&ws, &id).len(), 1, "{:?}", ws.sink_files());
+}

@@ -24,8 +24,69 @@ use pgproof_tests::moto::Moto;
 #[tokio::test]
 async fn fs_sink_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let sink = FsSink::new(dir.path().join("root"));
+    let root = dir.path().join("root");
+    let sink = FsSink::new(&root);
     testkit::run_all(&sink).await;
+    // The suite's own "nothing left" checks go through `list`, which skips the sink's
+    // dot-named temporary files by design; only the directory itself shows whether a
+    // failed or aborted put left one behind.
+    assert_eq!(every_file_under(&root), Vec::<String>::new());
+}
+
+/// Every non-directory entry below `root`, hidden ones included, as relative paths.
+fn every_file_under(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push(
+                    entry
+                        .path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The walk above would see a temporary file: a put whose body fails is stopped
+/// while its temporary file exists (seen here), and the file is gone afterwards.
+#[tokio::test]
+async fn fs_sink_failed_put_leaves_no_hidden_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let sink = FsSink::new(&root);
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+    let watched = root.clone();
+    let body: ByteStream = futures::stream::iter(vec![Ok(Bytes::from(vec![7u8; 300_000]))])
+        .chain(futures::stream::once(async move {
+            // The chunk before was written: the temporary file exists now.
+            let _ = seen_tx.send(every_file_under(&watched));
+            Err(Error::tool("producer died"))
+        }))
+        .boxed();
+    assert!(sink.put("db/id/dump", body).await.is_err());
+    let during = seen_rx.await.unwrap();
+    assert_eq!(
+        during.len(),
+        1,
+        "one temporary file while writing: {during:?}"
+    );
+    assert!(
+        during[0].starts_with("db/id/."),
+        "the temporary file is hidden: {during:?}"
+    );
+    assert!(sink.list("").await.unwrap().is_empty());
+    assert_eq!(every_file_under(&root), Vec::<String>::new());
 }
 
 /// A sink in memory, as a library user might write for tests: objects appear only

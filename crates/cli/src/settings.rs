@@ -63,7 +63,10 @@ pub fn load(
         figment = figment.merge(Serialized::default("encryption.identity_file", path));
     }
     let config: Config = figment.extract().map_err(|err| {
-        let problems: Vec<String> = err.into_iter().map(|e| one_line(&e.to_string())).collect();
+        let problems: Vec<String> = err
+            .into_iter()
+            .map(|e| format!("{}{}", one_line(&e.to_string()), origin_of_value(&e)))
+            .collect();
         Error::config(format!("invalid configuration: {}", problems.join("; ")))
     })?;
     config
@@ -79,6 +82,19 @@ fn one_line(text: &str) -> String {
         .filter(|l| !l.is_empty() && l.chars().any(|c| c.is_alphanumeric()))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// ` (from the environment variable PGPROOF_SINK__PART_SIZE_MIB)` for a value of the
+/// wrong type or shape read from the environment: figment names only the key
+/// (`SINK.PART_SIZE_MIB`), which is not what the operator has to find and change.
+fn origin_of_value(e: &figment::Error) -> String {
+    match &e.metadata {
+        Some(meta) if meta.name.contains("environment") && !e.path.is_empty() => {
+            let var = format!("PGPROOF_{}", e.path.join("__").to_ascii_uppercase());
+            format!(" (from the environment variable {var})")
+        }
+        _ => String::new(),
+    }
 }
 
 /// ` (from PGPROOF_SINK__PART_SIZE_MIB)` or ` (from pgproof.toml)` for a validation

@@ -1,7 +1,7 @@
 //! `pgproof restore`: one backup into one database.
 
-use pgproof_core::Result;
 use pgproof_core::catalog;
+use pgproof_core::{Error, Result};
 use std::path::Path;
 
 use pgproof_core::ops::{Restore, restore_files};
@@ -44,7 +44,15 @@ pub async fn restore(
     // Configuration first: a missing key file or a bad URL is reported as such, before
     // the sink is read.
     let identities = identities(config)?;
-    let target = into.target.map(ConnParams::parse).transpose()?;
+    // The parser's message speaks of "the connection URL"; with the source URL and
+    // the scratch URL also in play, say which one.
+    let target = into
+        .target
+        .map(|url| {
+            ConnParams::parse(url)
+                .map_err(|e| Error::new(e.kind(), format!("--target: {}", e.message())))
+        })
+        .transpose()?;
     let found = catalog::resolve(&*sink, which, database).await?;
     let (m, _) = catalog::load_manifest(&*sink, &found).await?;
     let mut report = serde_json::json!({

@@ -6,6 +6,7 @@ use pgproof_core::catalog::{
     BackupRef, Inventory, MANIFEST_LIMIT, SignedSink, Verification, trust,
 };
 use pgproof_core::codec::sha256_hex;
+use pgproof_core::error::ErrorKind;
 use pgproof_core::ops::Verify;
 use pgproof_core::sink::SinkExt;
 use pgproof_core::verify::{Amcheck, ManifestChain, Report, standard_verifiers_sharing};
@@ -57,7 +58,27 @@ pub async fn verify_all(
             .run()
             .await;
         bar.finish_and_clear();
-        let report = report?;
+        // Identities that cannot open one backup among several (`verify --all`, a key
+        // rotated since) must say which backup: the library's message names the keys.
+        let report = report.map_err(|e| match e.kind() {
+            ErrorKind::Key => {
+                let named = Error::new(
+                    e.kind(),
+                    format!(
+                        "backup {} ({}): {}",
+                        target.backup_id,
+                        target.database,
+                        e.message()
+                    ),
+                )
+                .with_object(target.backup_id.to_string());
+                match e.setting() {
+                    Some(setting) => named.with_setting(setting),
+                    None => named,
+                }
+            }
+            _ => e,
+        })?;
         if !json {
             print_report(&report, Annotations::None);
         }
