@@ -7,11 +7,11 @@ use pgproof_core::ops::Backup;
 use pgproof_core::{Error, Result};
 
 use crate::commands::verify::verify_all;
-use pgproof_core::verify::verdict;
 use crate::config::Config;
 use crate::engines::{open_sink, recipients, source_databases};
 use crate::hooks::{BackupSummary, FailedSummary};
 use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
+use pgproof_core::verify::verdict;
 
 /// What a run committed and what failed, as it goes (for hooks and notifications).
 #[derive(Debug, Default)]

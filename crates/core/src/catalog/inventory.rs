@@ -223,7 +223,6 @@ fn records_newest_first(objects: &[ObjectMeta]) -> impl Iterator<Item = &str> {
     records.into_iter()
 }
 
-
 /// Catalog reads in flight at once.
 const CATALOG_READS_IN_FLIGHT: usize = 16;
 
@@ -355,7 +354,12 @@ impl Inventory {
     /// at `now` (or that never passed one): never attempted first, then by their
     /// latest attempt, so backups that keep failing do not crowd out the rest; at
     /// most `limit`.
-    pub fn stale(&self, now: Timestamp, max_age: SignedDuration, limit: Option<usize>) -> Vec<BackupRef> {
+    pub fn stale(
+        &self,
+        now: Timestamp,
+        max_age: SignedDuration,
+        limit: Option<usize>,
+    ) -> Vec<BackupRef> {
         let mut stale: Vec<(Option<Timestamp>, BackupRef)> = Vec::new();
         for (db, part) in &self.databases {
             for entry in part.backups.iter().filter(|b| b.manifest.is_ok()) {
@@ -424,6 +428,7 @@ impl DatabaseInventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::id_started_at;
 
     #[test]
     fn a_verification_record_name_carries_its_summary() {

@@ -10,15 +10,15 @@ mod records;
 pub mod trust;
 
 pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory};
-pub use records::{
-    BackupLease, CLOCK_SKEW, Lease, MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at,
-    leased_now, pin, pinned_now, tombstone, unpin,
-};
 pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{
     EncryptionInfo, MANIFEST_LIMIT, MANIFEST_VERSION, Manifest, ObjectInfo, PreviousManifest,
     SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
+};
+pub use records::{
+    BackupLease, CLOCK_SKEW, Lease, MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at,
+    leased_now, pin, pinned_now, tombstone, unpin,
 };
 pub use trust::{Keyring, SignedSink, SigningKey, TrustedKey};
 
