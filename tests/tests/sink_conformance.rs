@@ -162,6 +162,58 @@ async fn a_third_party_sink_conforms() {
     testkit::run_all(&MemorySink::default()).await;
 }
 
+/// A layer written outside the core, around any sink: it counts the requests it
+/// passes on, and must keep the contract of what it wraps.
+#[derive(Debug, Default)]
+struct Counting<S> {
+    inner: S,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl<S> Counting<S> {
+    fn count(&self) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<S: Sink> Sink for Counting<S> {
+    fn describe(&self) -> String {
+        format!("counting {}", self.inner.describe())
+    }
+
+    async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
+        self.count();
+        self.inner.put(key, body).await
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream> {
+        self.count();
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.count();
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.count();
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_third_party_layer_around_a_sink_conforms() {
+    let layered = Counting::<MemorySink>::default();
+    testkit::run_all(&layered).await;
+    assert!(
+        layered.requests.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the suite went around the layer"
+    );
+}
+
 #[tokio::test]
 async fn fs_sink_files_are_private_and_no_temp_file_survives() {
     let dir = tempfile::tempdir().unwrap();

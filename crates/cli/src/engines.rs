@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pgproof_core::catalog::{Keyring, SignedSink, SigningKey, TrustedKey};
 use pgproof_core::codec::{Identities, Recipients};
-use pgproof_core::pg::{ConnParams, admin};
+use pgproof_core::pg::{ConnParams, connectable_databases};
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::{Error, Result, Sink};
 use pgproof_sink_fs::FsSink;
@@ -202,7 +202,7 @@ pub async fn source_databases(config: &Config) -> Result<(ConnParams, Vec<String
         Databases::UrlDatabase => vec![params.dbname().to_owned()],
         Databases::Named(names) => names.clone(),
         Databases::All(_) => {
-            let all = admin::connectable_databases(&params).await?;
+            let all = connectable_databases(&params).await?;
             let kept: Vec<String> = all
                 .into_iter()
                 .filter(|db| !config.source.exclude.iter().any(|p| wildcard_match(p, db)))

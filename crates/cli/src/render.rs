@@ -58,6 +58,8 @@ fn setting_key(setting: Setting) -> &'static str {
         Setting::CreatePrivilegedRoles => {
             "--create-privileged-roles on restore; verify creates them only in its ephemeral cluster"
         }
+        Setting::SigningKey => "signing.key_file; pgproof keygen --signing --output FILE makes one",
+        Setting::TrustedKeys => "trust.keys or trust.keys_file",
         _ => "see pgproof --help",
     }
 }

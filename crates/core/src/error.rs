@@ -108,6 +108,10 @@ pub enum Setting {
     CreateRoles,
     /// Whether a restore may create roles with SUPERUSER, REPLICATION or BYPASSRLS.
     CreatePrivilegedRoles,
+    /// The key this host signs catalog objects with.
+    SigningKey,
+    /// The public keys whose signatures are believed.
+    TrustedKeys,
 }
 
 /// A pgproof error: see the [module documentation](self) for the policy.
@@ -247,6 +251,34 @@ impl Error {
         self.kind == ErrorKind::Transient
     }
 }
+
+impl Clone for Error {
+    /// The source, which need not be `Clone`, is kept as its text.
+    fn clone(&self) -> Self {
+        Self {
+            kind: self.kind,
+            message: self.message.clone(),
+            operation: self.operation.clone(),
+            object: self.object.clone(),
+            setting: self.setting,
+            source: self.source.as_ref().map(|s| {
+                Box::new(SourceText(s.to_string())) as Box<dyn std::error::Error + Send + Sync>
+            }),
+        }
+    }
+}
+
+/// A cloned error's source, as text.
+#[derive(Debug)]
+struct SourceText(String);
+
+impl fmt::Display for SourceText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceText {}
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -187,7 +187,7 @@ fn reap_if_abandoned(dir: &OwnedFd, name: &str, shown: &Path) {
     let Some(pid) = tail.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
         return;
     };
-    if pgproof_core::pg::process::is_running(pid) {
+    if pgproof_core::pg::is_running(pid) {
         return;
     }
     let Ok(stat) = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {

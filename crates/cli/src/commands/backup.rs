@@ -1,26 +1,24 @@
-//! `pgproof backup`: one backup per configured database, optionally verified.
+//! `pgproof backup`: the library's nightly run over the configured databases, with
+//! the config's hooks, replicas and retention; this file maps flags and renders.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pgproof_core::catalog::{BackupRef, Manifest};
-use pgproof_core::ops::Backup;
+use async_trait::async_trait;
+use indicatif::ProgressBar;
+use pgproof_core::catalog::BackupRef;
+use pgproof_core::ops::{Backup, NightlyRun, RunEvent, RunHooks, RunOutcome, Verify};
+use pgproof_core::scratch::EphemeralCluster;
+use pgproof_core::verify::{Amcheck, ManifestChain, standard_verifiers_sharing};
 use pgproof_core::{Error, Result};
 
-use crate::commands::verify::verify_all;
+use crate::args::Annotations;
 use crate::config::Config;
-use crate::engines::{open_sink, recipients, source_databases};
-use crate::hooks::{BackupSummary, FailedSummary};
-use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json};
-use pgproof_core::verify::verdict;
-
-/// What a run committed and what failed, as it goes (for hooks and notifications).
-#[derive(Debug, Default)]
-pub struct RunLog {
-    /// Committed backups.
-    pub backups: Vec<BackupSummary>,
-    /// Failed databases.
-    pub failed: Vec<FailedSummary>,
-}
+use crate::engines::{
+    identities, keyring, open_sink, open_sink_with, recipients, scratch_server, source_databases,
+};
+use crate::hooks::{self, BackupSummary, FailedSummary, RunSummary};
+use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json, print_report};
 
 /// How a backup run goes, from its flags.
 pub struct Options {
@@ -30,46 +28,145 @@ pub struct Options {
     pub then_verify: bool,
     /// amcheck the source first.
     pub amcheck: bool,
+    /// Prune by `[retention]` after a run in which everything succeeded.
+    pub prune: bool,
 }
 
-pub async fn backup(
-    config: &Config,
-    options: Options,
-    progress: &ProgressOutput,
-    log: &mut RunLog,
-) -> Result<()> {
-    let Options {
-        json,
-        then_verify,
-        amcheck,
-    } = options;
+pub async fn backup(config: &Config, options: Options, progress: ProgressOutput) -> Result<()> {
+    let hooks = Arc::new(ConfigHooks::new(config));
+    let run = match nightly_run(config, &options, progress) {
+        Ok(run) => run,
+        // The run cannot even be set up (a key file missing): the after hook and the
+        // webhook still hear of it.
+        Err(e) => {
+            let result = Err(e);
+            hooks.after(&RunOutcome::default(), &result).await;
+            return result;
+        }
+    };
+    let (outcome, result) = run.hooks(hooks).run().await;
+    if options.json {
+        print_outcome_json(&outcome, options.then_verify)?;
+    }
+    result
+}
+
+fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> Result<NightlyRun> {
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
-    let (params, databases) = source_databases(config).await?;
-    let mut committed: Vec<Manifest> = Vec::new();
-    let mut failed: Vec<(String, Error)> = Vec::new();
-    for database in &databases {
-        let (bar, callback) = progress.start(format!("backup {database}"));
-        let mut backup = Backup::new(params.with_dbname(database), sink.clone())
-            .dumper(config.dump.dumper())
-            .pg_bin_dir(config.source.pg_bin_dir.clone())
-            .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
-            .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
-            .invariants(config.verify.invariants.clone())
-            .files(config.files.clone())
-            .amcheck(amcheck)
-            .stage_dir(config.dump.stage_dir.clone())
-            .alert_policy(config.alerts)
-            .started_at(crate::commands::upkeep::injected_now()?)
-            .progress(callback);
-        backup = match &recipients {
-            Some(r) => backup.recipients(r.clone()),
-            None => backup.unencrypted(),
+    let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
+    let progress = Arc::new(progress);
+    let backup_for = {
+        let (config, sink, bar, progress) =
+            (config.clone(), sink.clone(), bar.clone(), progress.clone());
+        let started_at = crate::commands::upkeep::injected_now()?;
+        let amcheck = options.amcheck;
+        move |source: pgproof_core::pg::ConnParams| {
+            let (shown, callback) = progress.start(format!("backup {}", source.dbname()));
+            *bar.lock().unwrap_or_else(PoisonError::into_inner) = Some(shown);
+            let backup = Backup::new(source, sink.clone())
+                .dumper(config.dump.dumper())
+                .pg_bin_dir(config.source.pg_bin_dir.clone())
+                .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
+                .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))
+                .invariants(config.verify.invariants.clone())
+                .files(config.files.clone())
+                .amcheck(amcheck)
+                .stage_dir(config.dump.stage_dir.clone())
+                .alert_policy(config.alerts)
+                .started_at(started_at)
+                .progress(callback);
+            match &recipients {
+                Some(r) => backup.recipients(r.clone()),
+                None => backup.unencrypted(),
+            }
+        }
+    };
+    let listing = {
+        let config = config.clone();
+        async move {
+            let (params, databases) = source_databases(&config).await?;
+            Ok(databases.iter().map(|d| params.with_dbname(d)).collect())
+        }
+    };
+    let mut run = NightlyRun::new(sink.clone(), backup_for)
+        .list_databases(listing)
+        .now(crate::commands::upkeep::injected_now()?)
+        .on_event(show_events(options.json, bar.clone()));
+    if options.then_verify {
+        run = run.verify(verify_each(config, progress, bar)?);
+    }
+    for replica in &config.replicas {
+        run = run.replica(open_sink_with(config, replica)?);
+    }
+    if options.prune {
+        run = run.prune(config.retention.clone());
+    }
+    Ok(run)
+}
+
+/// A [`Verify`] per committed backup, on one scratch server for the run (an
+/// ephemeral cluster started at the first), with one manifest-chain checker.
+fn verify_each(
+    config: &Config,
+    progress: Arc<ProgressOutput>,
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+) -> Result<impl Fn(BackupRef) -> Result<Verify> + Send + Sync + 'static> {
+    let identities = identities(config)?;
+    let verifier = keyring(config)?.signer();
+    let sink = open_sink(config)?;
+    let config = config.clone();
+    let chain = ManifestChain::default();
+    type Scratch = (
+        pgproof_core::pg::ConnParams,
+        bool,
+        Option<Arc<EphemeralCluster>>,
+    );
+    let scratch: Mutex<Option<Scratch>> = Mutex::new(None);
+    Ok(move |target: BackupRef| {
+        let mut server = scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        if server.is_none() {
+            let (params, cluster) = scratch_server(&config, false)?;
+            *server = Some((params, cluster.is_some(), cluster.map(Arc::new)));
+        }
+        let Some((params, ephemeral, _cluster)) = server.as_ref() else {
+            return Err(Error::tool("no scratch server"));
         };
-        let result = backup.run().await;
-        bar.finish_and_clear();
-        match result {
-            Ok(m) => {
+        let (shown, callback) = progress.start(format!("verify {}", target.backup_id));
+        *bar.lock().unwrap_or_else(PoisonError::into_inner) = Some(shown);
+        let mut verifiers = standard_verifiers_sharing(&chain, config.verify.invariants.clone());
+        if config.verify.amcheck {
+            verifiers.push(Box::new(Amcheck));
+        }
+        Ok(Verify::new(sink.clone(), target, params.clone())
+            .identities(identities.clone())
+            .pg_bin_dir(config.source.pg_bin_dir.clone())
+            .ephemeral_scratch(*ephemeral)
+            .verified_by(verifier.clone())
+            .verifiers(verifiers)
+            .progress(callback))
+    })
+}
+
+/// Prints each backup (or failure) and each report as the run goes, clearing the
+/// progress bar of the step that ended.
+fn show_events(
+    json: bool,
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+) -> impl Fn(RunEvent<'_>) + Send + Sync + 'static {
+    let several = Mutex::new(0usize);
+    move |event| {
+        let clear = || {
+            if let Some(b) = bar.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                b.finish_and_clear();
+            }
+        };
+        match event {
+            RunEvent::BackupStarted(_) => {
+                *several.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            }
+            RunEvent::Committed(m) => {
+                clear();
                 if !json {
                     outln!(
                         "{}  {}  {}  {} -> {} stored in {:.1}s",
@@ -84,33 +181,40 @@ pub async fn backup(
                         outln!("{}  ALERT  {}", m.database, alert.detail);
                     }
                 }
-                log.backups.push(BackupSummary {
-                    database: m.database.clone(),
-                    backup_id: m.backup_id.clone(),
-                    stored_bytes: m.dump_stored_bytes(),
-                });
-                committed.push(m);
             }
-            Err(e) => {
-                // With one database the closing error line says it all; with several,
-                // each failure is logged as it happens and summed up at the end.
-                if databases.len() > 1 {
-                    tracing::error!(database = %database, error = %error_line(&e), "backup failed");
+            RunEvent::BackupFailed { database, error } => {
+                clear();
+                // With one database the closing error line says it all; with
+                // several, each failure is logged as it happens.
+                if *several.lock().unwrap_or_else(PoisonError::into_inner) > 1 {
+                    tracing::error!(database = %database, error = %error_line(error), "backup failed");
                 }
                 if !json {
-                    outln!("{database}  FAILED  {}", error_line(&e));
+                    outln!("{database}  FAILED  {}", error_line(error));
                 }
-                log.failed.push(FailedSummary {
-                    database: database.clone(),
-                    error: error_line(&e),
-                });
-                failed.push((database.clone(), e));
             }
+            RunEvent::Verified(report) => {
+                clear();
+                if !json {
+                    print_report(report, Annotations::None);
+                }
+            }
+            RunEvent::ReplicaFailed { replica, error } => {
+                tracing::error!(replica = %replica, error = %error_line(error), "copy to a replica failed");
+            }
+            RunEvent::Pruned { pruned, kept } => {
+                tracing::info!(pruned, kept, "pruned by [retention]");
+            }
+            _ => {}
         }
     }
-    // Failed databases are listed beside the committed manifests, so a script sees
-    // what failed without parsing stderr.
-    let failures: Vec<serde_json::Value> = failed
+}
+
+/// The committed manifests and the failed databases (with `--verify`, and the
+/// reports), so a script sees what failed without parsing stderr.
+fn print_outcome_json(outcome: &RunOutcome, verified: bool) -> Result<()> {
+    let failures: Vec<serde_json::Value> = outcome
+        .failed
         .iter()
         .map(|(database, e)| {
             serde_json::json!({
@@ -121,45 +225,73 @@ pub async fn backup(
             })
         })
         .collect();
-    let outcome = summarize(failed, databases.len());
-    if then_verify && !committed.is_empty() {
-        let targets: Vec<BackupRef> = committed.iter().map(BackupRef::of).collect();
-        let reports = verify_all(config, sink, &targets, false, json, progress).await?;
-        if json {
-            print_json(&serde_json::json!({
-                "backups": committed,
-                "failed": failures,
-                "reports": reports
-            }))?;
-        }
-        return outcome.and_then(|()| verdict(&reports));
+    if verified {
+        return print_json(&serde_json::json!({
+            "backups": outcome.committed,
+            "failed": failures,
+            "reports": outcome.reports
+        }));
     }
-    if json {
-        let mut entries: Vec<serde_json::Value> = committed
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::tool(format!("cannot render the manifests as JSON: {e}")))?;
-        entries.extend(failures);
-        print_json(&entries)?;
-    }
-    outcome
+    let mut entries: Vec<serde_json::Value> = outcome
+        .committed
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::tool(format!("cannot render the manifests as JSON: {e}")))?;
+    entries.extend(failures);
+    print_json(&entries)
 }
 
-/// One database's error as it is, or for several, which failed and the first error.
-fn summarize(mut failed: Vec<(String, Error)>, attempted: usize) -> Result<()> {
-    if failed.is_empty() {
-        return Ok(());
+/// `[hooks]` and `[notify]` around the run.
+struct ConfigHooks {
+    hooks: hooks::HooksConfig,
+    notify: hooks::NotifyConfig,
+}
+
+impl ConfigHooks {
+    fn new(config: &Config) -> Self {
+        Self {
+            hooks: config.hooks.clone(),
+            notify: config.notify.clone(),
+        }
     }
-    if attempted == 1 {
-        return Err(failed.remove(0).1);
+}
+
+#[async_trait]
+impl RunHooks for ConfigHooks {
+    async fn before(&self) -> Result<()> {
+        hooks::before(&self.hooks).await
     }
-    let names: Vec<&str> = failed.iter().map(|(db, _)| db.as_str()).collect();
-    let (_, first) = &failed[0];
-    Err(Error::tool(format!(
-        "{} of {attempted} backups failed ({}); first: {}",
-        failed.len(),
-        names.join(", "),
-        error_line(first)
-    )))
+
+    async fn after(&self, outcome: &RunOutcome, result: &Result<()>) {
+        let summary = RunSummary {
+            tool: "pgproof",
+            version: env!("CARGO_PKG_VERSION"),
+            command: "backup",
+            outcome: if result.is_ok() { "success" } else { "failure" },
+            exit_code: result.as_ref().err().map_or(0, crate::exit_code),
+            started_at: outcome.started_at,
+            finished_at: outcome.finished_at,
+            backups: outcome
+                .committed
+                .iter()
+                .map(|m| BackupSummary {
+                    database: m.database.clone(),
+                    backup_id: m.backup_id.clone(),
+                    stored_bytes: m.dump_stored_bytes(),
+                })
+                .collect(),
+            failed: outcome
+                .failed
+                .iter()
+                .map(|(database, e)| FailedSummary {
+                    database: database.clone(),
+                    error: error_line(e),
+                })
+                .collect(),
+            error: result.as_ref().err().map(error_line),
+        };
+        hooks::after(&self.hooks, &summary).await;
+        hooks::notify(&self.notify, &summary).await;
+    }
 }

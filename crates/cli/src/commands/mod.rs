@@ -15,7 +15,6 @@ use pgproof_core::catalog;
 
 use crate::args::{CertificateCommand, Cli, Command, ConfigCommand};
 use crate::engines;
-use crate::hooks;
 use crate::render::{ProgressOutput, print_json};
 use crate::settings::{self, FlagOverrides};
 
@@ -59,47 +58,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             amcheck,
             ..
         } => {
-            let started_at = jiff::Timestamp::now();
-            let mut log = backup::RunLog::default();
-            let result = match hooks::before(&config.hooks).await {
-                Ok(()) => {
-                    let backed_up = backup::backup(
-                        &config,
-                        backup::Options {
-                            json,
-                            then_verify: verify || config.verify.after_backup,
-                            amcheck,
-                        },
-                        &progress,
-                        &mut log,
-                    )
-                    .await;
-                    // Replicas get what was committed, even after a partly failed run.
-                    let replicated = upkeep::replicate(&config).await;
-                    // Only after a run in which everything succeeded: a failing run
-                    // must never be the reason good backups go.
-                    match backed_up.and(replicated) {
-                        Ok(()) if prune => upkeep::prune_after_backup(&config).await,
-                        other => other,
-                    }
-                }
-                Err(e) => Err(e),
+            let options = backup::Options {
+                json,
+                then_verify: verify || config.verify.after_backup,
+                amcheck,
+                prune,
             };
-            let summary = hooks::RunSummary {
-                tool: "pgproof",
-                version: env!("CARGO_PKG_VERSION"),
-                command: "backup",
-                outcome: if result.is_ok() { "success" } else { "failure" },
-                exit_code: result.as_ref().err().map_or(0, crate::exit_code),
-                started_at,
-                finished_at: jiff::Timestamp::now(),
-                backups: log.backups,
-                failed: log.failed,
-                error: result.as_ref().err().map(crate::render::error_line),
-            };
-            hooks::after(&config.hooks, &summary).await;
-            hooks::notify(&config.notify, &summary).await;
-            result
+            backup::backup(&config, options, progress).await
         }
         Command::Prune {
             dry_run,

@@ -1,11 +1,11 @@
 //! Upkeep of the catalog: `pgproof prune`, `check` and `status`: the catalog as a whole, read once per call.
 
 use jiff::Timestamp;
-use pgproof_core::ops::{Action, CatalogCheck, Copy, Decision, Prune};
+use pgproof_core::ops::{Action, CatalogCheck, CopyBackups, Decision, Prune};
 use pgproof_core::{Error, Result};
 
 use crate::config::Config;
-use crate::engines::{open_sink, open_sink_with, replica_sink};
+use crate::engines::{open_sink, replica_sink};
 use crate::render::{human_bytes, outln, print_json};
 
 /// The clock backup, prune and status go by: now, or `PGPROOF_NOW` (RFC 3339), which
@@ -68,25 +68,6 @@ pub async fn prune(
     Ok(())
 }
 
-/// `backup --prune`: the decisions go to the log (stdout holds the backup's output).
-pub async fn prune_after_backup(config: &Config) -> Result<()> {
-    let sink = open_sink(config)?;
-    let decisions = Prune::new(sink, config.retention.clone())
-        .now(now()?)
-        .run()
-        .await?;
-    let pruned = decisions
-        .iter()
-        .filter(|d| !matches!(d.action, Action::Keep(_)))
-        .count();
-    tracing::info!(
-        pruned,
-        kept = decisions.len() - pruned,
-        "pruned by [retention]"
-    );
-    Ok(())
-}
-
 fn decision_json(d: &Decision) -> serde_json::Value {
     let (action, detail) = match &d.action {
         Action::Keep(reasons) => ("keep", serde_json::json!(reasons)),
@@ -111,7 +92,7 @@ pub async fn copy(
 ) -> Result<()> {
     let from = open_sink(config)?;
     let dest = replica_sink(config, to)?;
-    let outcome = Copy::new(from, dest.clone())
+    let outcome = CopyBackups::new(from, dest.clone())
         .database(database)
         .backup(backup)
         .run()
@@ -131,39 +112,6 @@ pub async fn copy(
         outcome.already_there.len()
     );
     outcome.into_result().map(|_| ())
-}
-
-/// Copies every committed backup to each `[[replicas]]` entry; the first failure is
-/// returned after all were tried.
-pub async fn replicate(config: &Config) -> Result<()> {
-    let mut first: Option<Error> = None;
-    for replica in &config.replicas {
-        let result = async {
-            let dest = open_sink_with(config, replica)?;
-            let outcome = Copy::new(open_sink(config)?, dest.clone())
-                .run()
-                .await?
-                .into_result()?;
-            tracing::info!(replica = %dest.describe(), copied = outcome.copied.len(), "replicated");
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = result {
-            let url = replica
-                .url
-                .as_deref()
-                .map(crate::settings::redact_url)
-                .unwrap_or_default();
-            tracing::error!(replica = %url, error = %e, "copy to a replica failed");
-            first.get_or_insert(Error::new(
-                e.kind(),
-                format!(
-                    "the backups are committed, but copying them to the replica {url} failed: {e}"
-                ),
-            ));
-        }
-    }
-    first.map_or(Ok(()), Err)
 }
 
 pub async fn check(

@@ -44,7 +44,7 @@ use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 
 use crate::catalog::MANIFEST_LIMIT;
 use crate::codec::sha256_hex;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, Setting};
 use crate::sink::{ByteStream, ObjectMeta, RetentionLock, Sink, SinkExt};
 
 /// Where a signature starts: a line of its own after the payload.
@@ -90,8 +90,9 @@ impl SigningKey {
         let key = PrivateKey::from_openssh(text.trim_start()).map_err(|e| {
             Error::new(
                 ErrorKind::Key,
-                format!("not an OpenSSH private key ({e}); make one with pgproof keygen --signing"),
+                format!("not an OpenSSH private key ({e}); give an unencrypted OpenSSH Ed25519 private key"),
             )
+            .with_setting(Setting::SigningKey)
         })?;
         if key.is_encrypted() {
             return Err(Error::new(
@@ -151,9 +152,10 @@ impl TrustedKey {
     pub fn parse(line: &str) -> Result<Self> {
         let key = PublicKey::from_openssh(line.trim()).map_err(|e| {
             Error::config(format!(
-                "{:?} is not an OpenSSH public key ({e}); paste the line pgproof keygen --signing printed (ssh-ed25519 AAAA…)",
+                "{:?} is not an OpenSSH public key ({e}); give the public key line of the signing key (ssh-ed25519 AAAA…)",
                 crate::error::printable(line.trim())
             ))
+            .with_setting(Setting::TrustedKeys)
         })?;
         if key.algorithm() != Algorithm::Ed25519 {
             return Err(Error::config(format!(
@@ -233,8 +235,9 @@ impl Keyring {
     pub fn sign(&self, key: &str, payload: &[u8]) -> Result<Vec<u8>> {
         let Some(signer) = &self.signer else {
             return Err(Error::config(format!(
-                "no signing key to sign {key} with: pgproof signs every catalog object it writes; set signing.key_file (pgproof keygen --signing --output FILE makes one)"
-            )));
+                "no signing key to sign {key} with: pgproof signs every catalog object it writes"
+            ))
+            .with_setting(Setting::SigningKey));
         };
         let mut out = Vec::with_capacity(payload.len() + 400);
         out.extend_from_slice(payload);
@@ -255,7 +258,7 @@ impl Keyring {
             |why: String| Error::integrity(format!("{what} {key} {why}")).with_object(key);
         let Some((payload, armored)) = split(stored) else {
             return Err(finding(
-                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted (if your backup logs show this host took it before pgproof signed its catalog: pgproof verify ID --adopt)".into(),
+                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted (if your backup logs show this host took it before pgproof signed its catalog, verify it and adopt it)".into(),
             ));
         };
         let signature = SshSig::from_pem(armored).map_err(|e| {

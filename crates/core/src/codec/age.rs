@@ -48,7 +48,7 @@ impl Recipients {
         }
         if keys.is_empty() {
             return Err(Error::config(
-                "no age recipient configured: give at least one age1… public key (`pgproof keygen` makes a key pair), or choose explicitly to store backups unencrypted",
+                "no age recipient configured: give at least one age1… public key, or choose explicitly to store backups unencrypted",
             )
             .with_setting(Setting::Recipients));
         }
@@ -79,13 +79,13 @@ fn parse_recipient(text: &str, origin: &str) -> Result<x25519::Recipient> {
     if text.to_ascii_uppercase().starts_with("AGE-SECRET-KEY-") {
         // Never echo it: the message says where it is, not what it is.
         return Err(Error::config(format!(
-            "{origin} holds an age secret key, not a public key: put its public key (age1…, printed by `pgproof keygen`) there, keep the secret key in the identity file, and treat this one as exposed"
+            "{origin} holds an age secret key, not a public key: put its public key (age1…) there, keep the secret key in the identity file, and treat this one as exposed"
         ))
         .with_setting(Setting::Recipients));
     }
     x25519::Recipient::from_str(text).map_err(|e| {
         Error::config(format!(
-            "{origin} is not an age X25519 public key ({e}); it must look like age1… as printed by `pgproof keygen`"
+            "{origin} is not an age X25519 public key ({e}); it must look like age1…"
         ))
         .with_setting(Setting::Recipients)
     })
@@ -109,7 +109,7 @@ impl Identities {
     pub fn load(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::config(format!(
-                "age identity file {} does not exist; name the key file `pgproof keygen` wrote",
+                "age identity file {} does not exist; name the file that holds the AGE-SECRET-KEY-1… line",
                 path.display()
             ))
             .with_setting(Setting::Identity),

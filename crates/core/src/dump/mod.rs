@@ -49,7 +49,7 @@ use crate::pg::{ConnParams, PgTools};
 ///   stopping at the first error, so a failed or interrupted restore leaves the
 ///   database as it was;
 /// - MUST pass connection parameters through the environment
-///   ([`client_command`](crate::pg::process::client_command) does), never a password
+///   ([`client_command`](crate::pg::client_command) does), never a password
 ///   in argv, and MUST NOT prompt for anything;
 /// - MUST keep [`format`](Dumper::format) stable across versions: it is recorded in
 ///   every manifest and is how a restore finds the dumper again;

@@ -53,16 +53,16 @@ impl CopyOutcome {
 }
 
 /// A copy from one sink to another, configured by its builder methods and done by
-/// [`run`](Copy::run).
-#[must_use = "a Copy does nothing until run"]
-pub struct Copy {
+/// [`run`](CopyBackups::run).
+#[must_use = "a CopyBackups does nothing until run"]
+pub struct CopyBackups {
     from: Arc<dyn Sink>,
     to: Arc<dyn Sink>,
     database: Option<String>,
     only: Option<String>,
 }
 
-impl Copy {
+impl CopyBackups {
     /// Every committed backup of `from` into `to`.
     pub fn new(from: Arc<dyn Sink>, to: Arc<dyn Sink>) -> Self {
         Self {

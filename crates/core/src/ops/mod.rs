@@ -11,6 +11,7 @@
 //! | [`Drill`] | a [`DrillOutcome`] |
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
+//! | [`NightlyRun`] | a [`RunOutcome`]: hooks, backups, verification, replicas, retention |
 //! | [`Status`] | a [`StatusReport`]: each database's ages, restore time and [`Breach`]es, and a verdict |
 //! | [`certificate::issue`] / [`certificate::verify`] | a signed proof certificate / what one proves |
 //!
@@ -24,6 +25,7 @@ mod check;
 mod copy;
 mod drill;
 pub mod duration;
+mod nightly;
 pub mod prune;
 mod restore;
 mod status;
@@ -31,8 +33,9 @@ mod verify;
 
 pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
 pub use check::{CatalogCheck, CheckOutcome, Finding};
-pub use copy::{Copy, CopyOutcome};
+pub use copy::{CopyBackups, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
+pub use nightly::{NightlyRun, RunEvent, RunHooks, RunOutcome};
 pub use prune::{Action, Decision, Prune, RetentionPolicy};
 pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
 pub use status::{

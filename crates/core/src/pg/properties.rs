@@ -1,7 +1,7 @@
 //! What a database is besides its rows, as PostgreSQL defines it: its encoding and
 //! locale, owner, settings and comment, and the roles its objects belong to. Read by
 //! [`evidence::database`](crate::evidence::database), recorded in manifests, and
-//! recreated on restore by [`Admin`](crate::pg::admin::Admin).
+//! recreated on restore.
 
 use std::collections::BTreeMap;
 

@@ -14,9 +14,9 @@
 
 pub mod amcheck;
 mod audit_chain;
-mod database;
-mod fingerprint;
+mod contents;
 mod manifest_chain;
+mod properties;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -27,9 +27,9 @@ use tokio_postgres::Client;
 
 pub use amcheck::Amcheck;
 pub use audit_chain::AuditChain;
-pub use database::{DatabaseProperties, Invariants, Roles};
-pub use fingerprint::{LargeObjects, Sequences, TableFingerprints};
+pub use contents::{LargeObjects, Sequences, TableFingerprints};
 pub use manifest_chain::ManifestChain;
+pub use properties::{DatabaseProperties, Invariants, Roles};
 
 use crate::catalog::{Manifest, ToolInfo};
 use crate::error::Result;
