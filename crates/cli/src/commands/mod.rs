@@ -10,12 +10,13 @@ mod status;
 mod upkeep;
 mod verify;
 
+use std::path::Path;
+
 use pgproof_core::Result;
-use pgproof_core::catalog;
 
 use crate::args::{CertificateCommand, Cli, Command, ConfigCommand};
-use crate::engines;
-use crate::render::{ProgressOutput, print_json};
+use crate::config::Config;
+use crate::render::ProgressOutput;
 use crate::settings::{self, FlagOverrides};
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -50,7 +51,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         tracing::debug!(file = %file.display(), "configuration file read");
     }
     let progress = ProgressOutput::new(&cli);
-    match cli.command {
+    operate(&config, file.as_deref(), cli.command, progress).await
+}
+
+/// The commands that back up, restore, verify and judge.
+async fn operate(
+    config: &Config,
+    file: Option<&Path>,
+    command: Command,
+    progress: ProgressOutput,
+) -> Result<()> {
+    match command {
         Command::Backup {
             json,
             verify,
@@ -64,20 +75,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 amcheck,
                 prune,
             };
-            backup::backup(&config, options, progress).await
+            backup::backup(config, options, progress).await
         }
         Command::Prune {
             dry_run,
             database,
             json,
-        } => upkeep::prune(&config, database.as_deref(), dry_run, json).await,
+        } => upkeep::prune(config, database.as_deref(), dry_run, json).await,
         Command::Check {
             read_data,
             database,
             json,
-        } => upkeep::check(&config, database.as_deref(), read_data, json).await,
+        } => upkeep::check(config, database.as_deref(), read_data, json).await,
         Command::Status { json, prometheus } => {
-            status::status(&config, json, prometheus.as_deref()).await
+            status::status(config, json, prometheus.as_deref()).await
         }
         Command::Verify {
             backup,
@@ -90,44 +101,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             json,
             ..
         } => {
-            let signed = engines::open_signed(&config)?;
-            let sink: std::sync::Arc<dyn pgproof_core::Sink> = signed.clone();
-            let mut untrusted = None;
-            let targets = if all {
-                // The trusted backups only; the rest are named at the end.
-                let inventory = catalog::Inventory::load(&*sink, database.as_deref()).await?;
-                untrusted = list::untrusted(&inventory).err();
-                if adopt {
-                    catalog::list_backups(&*sink, database.as_deref()).await?
-                } else {
-                    inventory.trusted_backups()
-                }
-            } else if let Some(age) = &stale {
-                let (targets, flagged) =
-                    verify::stale_backups(&*sink, database.as_deref(), age, limit).await?;
-                untrusted = flagged;
-                if targets.is_empty() {
-                    if json {
-                        print_json(&Vec::<()>::new())?;
-                    } else {
-                        crate::render::outln!("every backup was proven within {age}");
-                    }
-                    return untrusted.map_or(Ok(()), Err);
-                }
-                targets
-            } else {
-                vec![catalog::resolve(&*sink, &backup, database.as_deref()).await?]
+            let which = verify::Which {
+                backup: &backup,
+                all,
+                stale: stale.as_deref(),
+                limit,
+                database: database.as_deref(),
             };
-            let reports = if adopt {
-                verify::adopt_all(&config, &signed, &targets, keep, json, &progress).await?
-            } else {
-                verify::verify_all(&config, sink, &targets, keep, json, &progress).await?
-            };
-            if json {
-                print_json(&reports)?;
-            }
-            pgproof_core::verify::verdict(&reports)?;
-            untrusted.map_or(Ok(()), Err)
+            verify::verify(config, which, adopt, keep, json, &progress).await
         }
         Command::Drill {
             rows,
@@ -135,7 +116,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             annotations,
             json,
             ..
-        } => drill::drill(&config, rows, server.as_deref(), annotations, json).await,
+        } => drill::drill(config, rows, server.as_deref(), annotations, json).await,
         Command::Restore {
             backup,
             target,
@@ -155,7 +136,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 create_privileged_roles,
             };
             restore::restore(
-                &config,
+                config,
                 &backup,
                 restore::Destination {
                     target: target.as_deref(),
@@ -168,24 +149,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        other => catalog(config, file, other).await,
+    }
+}
+
+/// The commands that read or tend the catalog.
+async fn catalog(config: &Config, file: Option<&Path>, command: Command) -> Result<()> {
+    match command {
         Command::List {
             database,
             json,
             hidden: false,
-        } => list::list(&config, database.as_deref(), json).await,
+        } => list::list(config, database.as_deref(), json).await,
         Command::List {
             database,
             json,
             hidden: true,
-        } => list::hidden(&config, database.as_deref(), json).await,
-        Command::Undelete { backup, database } => list::undelete(&config, &backup, &database).await,
+        } => list::hidden(config, database.as_deref(), json).await,
+        Command::Undelete { backup, database } => list::undelete(config, &backup, &database).await,
         Command::Copy {
             to,
             backup,
             database,
             json,
             ..
-        } => upkeep::copy(&config, &to, backup, database, json).await,
+        } => upkeep::copy(config, &to, backup, database, json).await,
         Command::Pin {
             backup,
             database,
@@ -193,7 +181,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             note,
         } => {
             list::pin(
-                &config,
+                config,
                 &backup,
                 database.as_deref(),
                 until.as_deref(),
@@ -202,16 +190,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Unpin { backup, database } => {
-            list::unpin(&config, &backup, database.as_deref()).await
+            list::unpin(config, &backup, database.as_deref()).await
         }
         Command::Show {
             backup,
             database,
             json,
-        } => list::show(&config, &backup, database.as_deref(), json).await,
+        } => list::show(config, &backup, database.as_deref(), json).await,
         Command::Config {
             command: ConfigCommand::Check { json },
-        } => setup::config_check(&config, file.as_deref(), json).await,
+        } => setup::config_check(config, file, json).await,
         Command::Certificate {
             backup,
             database,
@@ -220,7 +208,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             ..
         } => {
             certificate::issue(
-                &config,
+                config,
                 &backup,
                 database.as_deref(),
                 since.as_deref(),
@@ -228,6 +216,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Keygen { .. } | Command::Migrate { .. } => Ok(()),
+        // Handled before any config is read; never reach here.
+        _ => Ok(()),
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use pgproof_core::catalog::{
-    BackupRef, Inventory, MANIFEST_LIMIT, SignedSink, Verification, trust,
+    self, BackupRef, Inventory, MANIFEST_LIMIT, SignedSink, Verification, trust,
 };
 use pgproof_core::codec::sha256_hex;
 use pgproof_core::error::ErrorKind;
@@ -14,8 +14,71 @@ use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
 use crate::config::{Config, parse_duration};
-use crate::engines::{identities, scratch_server};
-use crate::render::{ProgressOutput, outln, print_report};
+use crate::engines::{identities, open_signed, scratch_server};
+use crate::render::{ProgressOutput, outln, print_json, print_report};
+
+/// Which backups `pgproof verify` takes.
+pub struct Which<'a> {
+    /// One backup (an id, a prefix or `latest`), unless `all` or `stale`.
+    pub backup: &'a str,
+    /// Every trusted backup.
+    pub all: bool,
+    /// The backups not proven within this age.
+    pub stale: Option<&'a str>,
+    /// At most this many of the stale ones.
+    pub limit: Option<usize>,
+    /// Only this database's.
+    pub database: Option<&'a str>,
+}
+
+/// `pgproof verify`: the backups `which` names, verified (or adopted), with a verdict
+/// on them all; catalog objects that were not trusted fail the command at the end.
+pub async fn verify(
+    config: &Config,
+    which: Which<'_>,
+    adopt: bool,
+    keep: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    let signed = open_signed(config)?;
+    let sink: Arc<dyn Sink> = signed.clone();
+    let mut untrusted = None;
+    let targets = if which.all {
+        // The trusted backups only; the rest are named at the end.
+        let inventory = Inventory::load(&*sink, which.database).await?;
+        untrusted = crate::commands::list::untrusted(&inventory).err();
+        if adopt {
+            catalog::list_backups(&*sink, which.database).await?
+        } else {
+            inventory.trusted_backups()
+        }
+    } else if let Some(age) = which.stale {
+        let (targets, flagged) = stale_backups(&*sink, which.database, age, which.limit).await?;
+        untrusted = flagged;
+        if targets.is_empty() {
+            if json {
+                print_json(&Vec::<()>::new())?;
+            } else {
+                outln!("every backup was proven within {age}");
+            }
+            return untrusted.map_or(Ok(()), Err);
+        }
+        targets
+    } else {
+        vec![catalog::resolve(&*sink, which.backup, which.database).await?]
+    };
+    let reports = if adopt {
+        adopt_all(config, &signed, &targets, keep, json, progress).await?
+    } else {
+        verify_all(config, sink, &targets, keep, json, progress).await?
+    };
+    if json {
+        print_json(&reports)?;
+    }
+    pgproof_core::verify::verdict(&reports)?;
+    untrusted.map_or(Ok(()), Err)
+}
 
 pub async fn verify_all(
     config: &Config,

@@ -14,7 +14,7 @@ use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
 use crate::codec::{CodecChain, Progress, Recipients};
-use crate::dump::{ArchiveTarget, CustomDumper, Dumper, StoredArchive};
+use crate::dump::{ArchiveTarget, CustomDumper, Dumper, StoredArchive, StoringArchive};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
@@ -189,17 +189,7 @@ impl Backup {
     }
 
     async fn execute(self) -> Result<Manifest> {
-        if self.recipients.is_none() && !self.unencrypted {
-            return Err(Error::config(
-                "no age recipients given: encrypt the backup, or choose explicitly to store it unencrypted",
-            )
-            .with_setting(Setting::Recipients));
-        }
-        let database = self.source.dbname().to_owned();
-        catalog::check_database_name(&database)?;
-        for set in &self.files {
-            set.validate(self.recipients.is_some())?;
-        }
+        let database = self.preflight()?;
         let started_at = self.started_at.unwrap_or_else(Timestamp::now);
         if self.amcheck {
             self.check_source_indexes(&database).await?;
@@ -254,47 +244,9 @@ impl Backup {
         // on another core: same snapshot, no table data sent to the client. Its own
         // duration is recorded, not the wait for pg_dump: that is its cost.
         let fingerprint_ms = AtomicU64::new(0);
-        let outcome: Result<Evidence> = {
-            let fingerprint = async {
-                let clock = Instant::now();
-                let result = plan.compute(session.client()).await;
-                fingerprint_ms.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
-                let mut invariants = Vec::new();
-                for invariant in &self.invariants {
-                    let outcome = invariant.run_in_transaction(session.client()).await?;
-                    if outcome.as_expected(invariant) == Some(false) {
-                        tracing::warn!(invariant = %invariant.name, result = %outcome.shown(), "the source does not hold the invariant; verification of this backup will fail");
-                    }
-                    invariants.push(invariant.record(&outcome));
-                }
-                result.map(|fingerprint| Evidence {
-                    fingerprint,
-                    invariants,
-                })
-            };
-            tokio::pin!(fingerprint);
-            tokio::select! {
-                joined = &mut dump_job => {
-                    let dumped = flatten_join(joined);
-                    if dumped.is_err() {
-                        // pg_dump is gone; a fingerprint query waiting on a lock would
-                        // wait forever.
-                        let _ = session.client().cancel_token().cancel_query(tokio_postgres::NoTls).await;
-                    }
-                    let fingerprinted = fingerprint.await;
-                    dumped.and(fingerprinted)
-                }
-                fingerprinted = &mut fingerprint => {
-                    // A failed fingerprint ends the backup: stop pg_dump at its next chunk
-                    // rather than upload a dump that will be thrown away.
-                    if fingerprinted.is_err() {
-                        pending.stop();
-                    }
-                    let dumped = flatten_join(dump_job.await);
-                    fingerprinted.and_then(|fp| dumped.map(|()| fp))
-                }
-            }
-        };
+        let outcome = self
+            .beside_the_dump(&session, plan, &mut dump_job, &*pending, &fingerprint_ms)
+            .await;
         let fingerprint_ms = fingerprint_ms.into_inner();
         // The snapshot must outlive pg_dump; it is released only now.
         let server = session.server().clone();
@@ -308,27 +260,9 @@ impl Backup {
         let StoredArchive { object, parts } = pending.commit().await?;
 
         // File sets beside the dump, before the manifest commits them all.
-        let mut files = Vec::new();
-        for set in &self.files {
-            match set
-                .store(
-                    &*self.sink,
-                    &layout::backup_dir(&database, &backup_id),
-                    self.recipients.as_ref(),
-                )
-                .await
-            {
-                Ok(info) => files.push(info),
-                Err(e) => {
-                    // Nothing commits them: remove what this run stored.
-                    let stored = files.iter().map(|f: &FileSetInfo| &f.object);
-                    for o in stored.chain([&object]).chain(&parts) {
-                        let _ = self.sink.delete(&o.key).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let files = self
+            .store_files(&database, &backup_id, &object, &parts)
+            .await?;
         let finished_at =
             started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
@@ -367,6 +301,101 @@ impl Backup {
             "backup committed"
         );
         Ok(manifest)
+    }
+}
+
+impl Backup {
+    /// Checks what needs no server; returns the database's name.
+    fn preflight(&self) -> Result<String> {
+        if self.recipients.is_none() && !self.unencrypted {
+            return Err(Error::config(
+                "no age recipients given: encrypt the backup, or choose explicitly to store it unencrypted",
+            )
+            .with_setting(Setting::Recipients));
+        }
+        let database = self.source.dbname().to_owned();
+        catalog::check_database_name(&database)?;
+        for set in &self.files {
+            set.validate(self.recipients.is_some())?;
+        }
+        Ok(database)
+    }
+
+    /// The fingerprint and the invariants, in the snapshot, while the dump program
+    /// runs; each side's failure stops the other.
+    async fn beside_the_dump(
+        &self,
+        session: &SnapshotSession,
+        plan: Plan,
+        dump_job: &mut tokio::task::JoinHandle<Result<()>>,
+        pending: &dyn StoringArchive,
+        fingerprint_ms: &AtomicU64,
+    ) -> Result<Evidence> {
+        let fingerprint = async {
+            let clock = Instant::now();
+            let result = plan.compute(session.client()).await;
+            fingerprint_ms.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let mut invariants = Vec::new();
+            for invariant in &self.invariants {
+                let outcome = invariant.run_in_transaction(session.client()).await?;
+                if outcome.as_expected(invariant) == Some(false) {
+                    tracing::warn!(invariant = %invariant.name, result = %outcome.shown(), "the source does not hold the invariant; verification of this backup will fail");
+                }
+                invariants.push(invariant.record(&outcome));
+            }
+            result.map(|fingerprint| Evidence {
+                fingerprint,
+                invariants,
+            })
+        };
+        tokio::pin!(fingerprint);
+        tokio::select! {
+            joined = &mut *dump_job => {
+                let dumped = flatten_join(joined);
+                if dumped.is_err() {
+                    // pg_dump is gone; a fingerprint query waiting on a lock would
+                    // wait forever.
+                    let _ = session.client().cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                }
+                let fingerprinted = fingerprint.await;
+                dumped.and(fingerprinted)
+            }
+            fingerprinted = &mut fingerprint => {
+                // A failed fingerprint ends the backup: stop pg_dump at its next chunk
+                // rather than upload a dump that will be thrown away.
+                if fingerprinted.is_err() {
+                    pending.stop();
+                }
+                let dumped = flatten_join(dump_job.await);
+                fingerprinted.and_then(|fp| dumped.map(|()| fp))
+            }
+        }
+    }
+
+    /// Stores the file sets beside the dump; on a failure, removes what this run
+    /// stored (nothing will commit it).
+    async fn store_files(
+        &self,
+        database: &str,
+        backup_id: &str,
+        object: &ObjectInfo,
+        parts: &[ObjectInfo],
+    ) -> Result<Vec<FileSetInfo>> {
+        let mut files: Vec<FileSetInfo> = Vec::new();
+        for set in &self.files {
+            let dir = layout::backup_dir(database, backup_id);
+            match set.store(&*self.sink, &dir, self.recipients.as_ref()).await {
+                Ok(info) => files.push(info),
+                Err(e) => {
+                    let stored = files.iter().map(|f| &f.object);
+                    for o in stored.chain([object]).chain(parts) {
+                        let _ = self.sink.delete(&o.key).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(files)
     }
 }
 

@@ -145,29 +145,9 @@ impl Restore {
 
     async fn execute(mut self) -> Result<RestoreOutcome> {
         let clock = Instant::now();
-        if self.manifest.encryption.is_some() && self.identities.is_none() {
-            return Err(Error::config(format!(
-                "backup {} is encrypted: give the age identity for {}",
-                self.manifest.backup_id,
-                self.manifest
-                    .encryption
-                    .as_ref()
-                    .map(|e| e.recipients.join(", "))
-                    .unwrap_or_default()
-            ))
-            .with_setting(Setting::Identity));
-        }
+        let dumper = self.dumper_for_backup()?;
         catalog::unseal(&mut self.manifest, &*self.sink, self.identities.as_ref()).await?;
         let m = &self.manifest;
-        let dumper = match &self.dumper {
-            Some(d) => d.clone(),
-            None => dump::builtin(&m.format).ok_or_else(|| {
-                Error::config(format!(
-                    "backup {} was written in the format {:?}, which no dumper given here restores",
-                    m.backup_id, m.format
-                ))
-            })?,
-        };
         let chain = CodecChain::from_names(&m.codecs)?;
         let database = self.target.dbname().to_owned();
         let layout = dumper.layout();
@@ -197,48 +177,10 @@ impl Restore {
             &[dumper.restore_program()],
         )?;
         let missing = admin.missing_roles(&m.roles).await?;
-        if !missing.is_empty() && !self.create_roles {
-            let names: Vec<&str> = missing.iter().map(|r| r.name.as_str()).collect();
-            return Err(Error::config(format!(
-                "the backup's objects belong to or are granted to roles this server lacks: {}; create them, or let pgproof create them as recorded (without passwords)",
-                names.join(", ")
-            ))
-            .with_setting(Setting::CreateRoles));
-        }
-        let privileged: Vec<&str> = missing
-            .iter()
-            .filter(|r| r.superuser || r.replication || r.bypassrls)
-            .map(|r| r.name.as_str())
-            .collect();
-        if !privileged.is_empty() && !self.create_privileged_roles {
-            return Err(Error::config(format!(
-                "the backup needs roles with SUPERUSER, REPLICATION or BYPASSRLS that {} lacks: {}; pgproof creates such roles only when told to: create them yourself, or allow it",
-                self.target.describe(),
-                privileged.join(", ")
-            ))
-            .with_setting(Setting::CreatePrivilegedRoles));
-        }
+        self.check_roles(&missing)?;
         let exists = admin.exists(&database).await?;
         if exists && !self.clean {
-            let client = self.target.connect().await?;
-            let objects = admin::user_objects(&client).await?;
-            if objects > 0 {
-                return Err(Error::already_exists(format!(
-                    "target database {database} already holds {objects} objects; restore into a new database, or allow replacing it"
-                ))
-                .with_setting(Setting::Clean));
-            }
-            if let Some(recorded) = &m.properties {
-                let found = database::read_properties(&client).await?;
-                let differences = recorded.locale_differences(&found);
-                if !differences.is_empty() && !self.force {
-                    return Err(Error::config(format!(
-                        "target database {database} does not store or sort text like the backup's: {}; restore into a new database (pgproof creates it with the backup's locale), or force it",
-                        differences.join(", ")
-                    ))
-                    .with_setting(Setting::Force));
-                }
-            }
+            self.check_existing_target(&database).await?;
         }
         // A restore in several transactions (pg_restore --jobs) goes only into a
         // database pgproof creates, so that a failure drops it whole.
@@ -281,28 +223,9 @@ impl Restore {
         }
         let program = dumper.restore_program();
         let fed = archive.feed(cmd, program).await;
-        let comment = m.properties.as_ref().and_then(|p| p.comment.as_deref());
-        let result = match (fed, &m.properties) {
-            (Ok(raw_bytes), Some(properties)) => admin
-                .apply_properties(load.dbname(), properties, created)
-                .await
-                .map(|()| raw_bytes),
-            (fed, _) => fed,
-        };
-        let result = match result {
-            Ok(raw_bytes) if replace => admin
-                .swap_in(load.dbname(), &database)
-                .await
-                .map(|()| raw_bytes),
-            other => other,
-        };
-        let result = match result {
-            Ok(raw_bytes) if created || m.properties.is_some() => admin
-                .hand_over(&database, comment)
-                .await
-                .map(|()| raw_bytes),
-            other => other,
-        };
+        let result = self
+            .finish(&admin, fed, &load, &database, created, replace)
+            .await;
         let outcome = match result {
             Ok(raw_bytes) => Ok(RestoreOutcome {
                 database,
@@ -322,6 +245,115 @@ impl Restore {
             registered.keep();
         }
         outcome
+    }
+}
+
+impl Restore {
+    /// The dumper that restores this backup's format (given, or built in); an
+    /// encrypted backup also needs its identities.
+    fn dumper_for_backup(&self) -> Result<Arc<dyn Dumper>> {
+        let m = &self.manifest;
+        if m.encryption.is_some() && self.identities.is_none() {
+            return Err(Error::config(format!(
+                "backup {} is encrypted: give the age identity for {}",
+                m.backup_id,
+                m.encryption
+                    .as_ref()
+                    .map(|e| e.recipients.join(", "))
+                    .unwrap_or_default()
+            ))
+            .with_setting(Setting::Identity));
+        }
+        match &self.dumper {
+            Some(d) => Ok(d.clone()),
+            None => dump::builtin(&m.format).ok_or_else(|| {
+                Error::config(format!(
+                    "backup {} was written in the format {:?}, which no dumper given here restores",
+                    m.backup_id, m.format
+                ))
+            }),
+        }
+    }
+
+    /// Refuses to go on when the server lacks roles the backup needs and the
+    /// restore may not create them (privileged ones need their own permission).
+    fn check_roles(&self, missing: &[&crate::pg::properties::RoleInfo]) -> Result<()> {
+        if !missing.is_empty() && !self.create_roles {
+            let names: Vec<&str> = missing.iter().map(|r| r.name.as_str()).collect();
+            return Err(Error::config(format!(
+                "the backup's objects belong to or are granted to roles this server lacks: {}; create them, or let pgproof create them as recorded (without passwords)",
+                names.join(", ")
+            ))
+            .with_setting(Setting::CreateRoles));
+        }
+        let privileged: Vec<&str> = missing
+            .iter()
+            .filter(|r| r.superuser || r.replication || r.bypassrls)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !privileged.is_empty() && !self.create_privileged_roles {
+            return Err(Error::config(format!(
+                "the backup needs roles with SUPERUSER, REPLICATION or BYPASSRLS that {} lacks: {}; pgproof creates such roles only when told to: create them yourself, or allow it",
+                self.target.describe(),
+                privileged.join(", ")
+            ))
+            .with_setting(Setting::CreatePrivilegedRoles));
+        }
+        Ok(())
+    }
+
+    /// An existing target that is not to be replaced must be empty and store text as
+    /// the backup's did (unless forced).
+    async fn check_existing_target(&self, database: &str) -> Result<()> {
+        let client = self.target.connect().await?;
+        let objects = admin::user_objects(&client).await?;
+        if objects > 0 {
+            return Err(Error::already_exists(format!(
+                "target database {database} already holds {objects} objects; restore into a new database, or allow replacing it"
+            ))
+            .with_setting(Setting::Clean));
+        }
+        if let Some(recorded) = &self.manifest.properties {
+            let found = database::read_properties(&client).await?;
+            let differences = recorded.locale_differences(&found);
+            if !differences.is_empty() && !self.force {
+                return Err(Error::config(format!(
+                    "target database {database} does not store or sort text like the backup's: {}; restore into a new database (pgproof creates it with the backup's locale), or force it",
+                    differences.join(", ")
+                ))
+                .with_setting(Setting::Force));
+            }
+        }
+        Ok(())
+    }
+
+    /// After the restore program: the recorded properties, the swap for a replacing
+    /// restore, and the hand-over (the backup's own comment for pgproof's mark).
+    async fn finish(
+        &self,
+        admin: &Admin,
+        fed: Result<u64>,
+        load: &ConnParams,
+        database: &str,
+        created: bool,
+        replace: bool,
+    ) -> Result<u64> {
+        let properties = self.manifest.properties.as_ref();
+        let raw_bytes = fed?;
+        if let Some(properties) = properties {
+            admin
+                .apply_properties(load.dbname(), properties, created)
+                .await?;
+        }
+        if replace {
+            admin.swap_in(load.dbname(), database).await?;
+        }
+        if created || properties.is_some() {
+            admin
+                .hand_over(database, properties.and_then(|p| p.comment.as_deref()))
+                .await?;
+        }
+        Ok(raw_bytes)
     }
 }
 
