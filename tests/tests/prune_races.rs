@@ -139,10 +139,10 @@ async fn a_lease_taken_after_the_plan_saves_the_backup() {
             .unwrap()
     };
     assert!(
-        matches!(action(oldest), Action::Delete(_)),
+        matches!(action(oldest), Action::Delete),
         "the plan condemned it: {decisions:?}"
     );
-    assert!(matches!(action(middle), Action::Delete(_)), "{decisions:?}");
+    assert!(matches!(action(middle), Action::Delete), "{decisions:?}");
     assert_eq!(
         sink.lease_listings.load(Ordering::SeqCst),
         1,

@@ -78,7 +78,7 @@ pub struct SinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct ObjectLockConfig {
     /// `governance` or `compliance`.
-    pub mode: String,
+    pub mode: pgproof_core::sink::LockMode,
     /// Days from each backup's writing.
     pub days: u32,
 }
@@ -136,9 +136,9 @@ impl SinkConfig {
             ));
         }
         if let Some(lock) = &self.object_lock {
-            if !matches!(lock.mode.as_str(), "governance" | "compliance") || lock.days == 0 {
+            if lock.days == 0 {
                 return Err(Error::config(format!(
-                    "sink.object_lock = {{ mode = {:?}, days = {} }}: mode is governance or compliance, days at least 1",
+                    "sink.object_lock = {{ mode = \"{}\", days = {} }}: days is at least 1",
                     lock.mode, lock.days
                 )));
             }

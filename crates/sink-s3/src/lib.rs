@@ -58,7 +58,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
     // CreateMultipartUpload, ignores them elsewhere), and a checksum, which S3
     // requires on writes that carry them.
     let retention = config.object_lock.as_ref().map(|lock| RetentionLock {
-        mode: lock.mode.clone(),
+        mode: lock.mode,
         retain_until: jiff::Timestamp::now()
             + jiff::SignedDuration::from_hours(24 * i64::from(lock.days)),
     });
@@ -69,7 +69,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
         };
         headers.insert(
             "x-amz-object-lock-mode",
-            value(&lock.mode.to_ascii_uppercase())?,
+            value(&lock.mode.as_str().to_ascii_uppercase())?,
         );
         headers.insert(
             "x-amz-object-lock-retain-until-date",

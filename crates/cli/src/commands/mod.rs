@@ -179,16 +179,7 @@ async fn catalog(config: &Config, file: Option<&Path>, command: Command) -> Resu
             database,
             until,
             note,
-        } => {
-            list::pin(
-                config,
-                &backup,
-                database.as_deref(),
-                until.as_deref(),
-                note,
-            )
-            .await
-        }
+        } => list::pin(config, &backup, database.as_deref(), until.as_deref(), note).await,
         Command::Unpin { backup, database } => {
             list::unpin(config, &backup, database.as_deref()).await
         }

@@ -1,7 +1,7 @@
 //! Upkeep of the catalog: `pgproof prune`, `check` and `status`: the catalog as a whole, read once per call.
 
 use jiff::Timestamp;
-use pgproof_core::ops::{Action, CatalogCheck, CopyBackups, Decision, Prune};
+use pgproof_core::ops::{Action, CatalogCheck, CopyBackups, Decision, PRUNED_BY_POLICY, Prune};
 use pgproof_core::{Error, Result};
 
 use crate::config::Config;
@@ -46,8 +46,11 @@ pub async fn prune(
     let verb = if dry_run { "would delete" } else { "deleted" };
     for d in &decisions {
         let what = match &d.action {
-            Action::Keep(reasons) => format!("keep          {}", reasons.join("; ")),
-            Action::Delete(reason) => format!("{verb:<13} {reason}"),
+            Action::Keep(reasons) => {
+                let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                format!("keep          {}", reasons.join("; "))
+            }
+            Action::Delete => format!("{verb:<13} {PRUNED_BY_POLICY}"),
             Action::DeleteOrphan(n) => {
                 format!("{verb:<13} {n} objects of a run that never committed")
             }
@@ -58,7 +61,7 @@ pub async fn prune(
         outln!("{}  {}  {what}", d.database, d.backup_id);
     }
     let count = |f: fn(&Action) -> bool| decisions.iter().filter(|d| f(&d.action)).count();
-    let gone = count(|a| matches!(a, Action::Delete(_)));
+    let gone = count(|a| matches!(a, Action::Delete));
     let kept = count(|a| matches!(a, Action::Keep(_)));
     outln!(
         "{} backups kept, {gone} {}",
@@ -71,7 +74,7 @@ pub async fn prune(
 fn decision_json(d: &Decision) -> serde_json::Value {
     let (action, detail) = match &d.action {
         Action::Keep(reasons) => ("keep", serde_json::json!(reasons)),
-        Action::Delete(reason) => ("delete", serde_json::json!(reason)),
+        Action::Delete => ("delete", serde_json::json!(PRUNED_BY_POLICY)),
         Action::DeleteOrphan(n) => ("delete-orphan", serde_json::json!(n)),
         Action::FinishPrune(n) => ("finish-prune", serde_json::json!(n)),
     };

@@ -80,13 +80,78 @@ pub struct Decision {
     pub action: Action,
 }
 
+/// Why a backup is kept: a retention rule, or a safety rule that overrides them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeepReason {
+    /// Its manifest cannot be read or is not trusted: a person must look.
+    Unreadable,
+    /// The manifest the next backup will link to.
+    ChainHead,
+    /// The newest backup whose latest verification passed.
+    NewestVerified,
+    /// Its object lock still holds.
+    ObjectLock(crate::sink::RetentionLock),
+    /// A pin holds it (described).
+    Pinned(String),
+    /// A run holds a lease on it.
+    Leased,
+    /// Among the newest `keep_last`.
+    KeepLast(u32),
+    /// Younger than `keep_within`.
+    KeepWithin(SignedDuration),
+    /// The newest of its day, week or month (`rule`, its count, the bucket).
+    Bucket {
+        /// `keep_daily`, `keep_weekly` or `keep_monthly`.
+        rule: &'static str,
+        /// The rule's count.
+        n: u32,
+        /// The day, week or month.
+        bucket: String,
+    },
+    /// Its manifest is gone but it was committed once: left for a person to decide.
+    CommittedWithoutManifest,
+}
+
+impl std::fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeepReason::Unreadable => f.write_str("its manifest cannot be read (see check)"),
+            KeepReason::ChainHead => f.write_str("head of the manifest chain"),
+            KeepReason::NewestVerified => f.write_str("newest verified backup"),
+            KeepReason::ObjectLock(lock) => write!(
+                f,
+                "retained until {} (object lock, {})",
+                lock.retain_until, lock.mode
+            ),
+            KeepReason::Pinned(pin) => f.write_str(pin),
+            KeepReason::Leased => f.write_str("a run holds a lease on it (being verified)"),
+            KeepReason::KeepLast(n) => write!(f, "keep_last {n}"),
+            KeepReason::KeepWithin(within) => write!(f, "keep_within {within:#}"),
+            KeepReason::Bucket { rule, n, bucket } => write!(f, "{rule} {n} ({bucket})"),
+            KeepReason::CommittedWithoutManifest => f.write_str(
+                "its manifest is missing but it was committed (see check); left for a person to decide",
+            ),
+        }
+    }
+}
+
+impl Serialize for KeepReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a pruned backup's tombstone gives as the reason.
+pub const PRUNED_BY_POLICY: &str = "kept by no retention rule";
+
 /// What happens to a backup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Kept, with every rule that keeps it.
-    Keep(Vec<String>),
-    /// Deleted (a tombstone stays), with why.
-    Delete(String),
+    Keep(Vec<KeepReason>),
+    /// Deleted (a tombstone stays): no rule keeps it.
+    Delete,
     /// Objects of a run that never committed, older than the grace period: deleted.
     DeleteOrphan(usize),
     /// Leftovers beside a tombstone (an interrupted prune): deleted.
@@ -157,7 +222,7 @@ impl Prune {
             let part = &inventory.databases[&d.database];
             match &d.action {
                 Action::Keep(_) => {}
-                Action::Delete(reason) => {
+                Action::Delete => {
                     let entry = part
                         .backups
                         .iter()
@@ -165,7 +230,8 @@ impl Prune {
                         .ok_or_else(|| {
                             Error::tool("a decided backup vanished from the inventory")
                         })?;
-                    self.delete_backup(&d.database, entry, reason, now).await?;
+                    self.delete_backup(&d.database, entry, PRUNED_BY_POLICY, now)
+                        .await?;
                 }
                 Action::DeleteOrphan(_) | Action::FinishPrune(_) => {
                     for object in part.uncommitted.get(&d.backup_id).into_iter().flatten() {
@@ -261,7 +327,7 @@ pub fn decide(
         .collect();
     backups.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.backup_id.cmp(&a.0.backup_id)));
 
-    let mut keep: Vec<Vec<String>> = vec![Vec::new(); backups.len()];
+    let mut keep: Vec<Vec<KeepReason>> = vec![Vec::new(); backups.len()];
     let linked = part.linked();
     // The newest backup whose latest verification passed (not the newest verification).
     let newest_verified = backups
@@ -278,38 +344,35 @@ pub fn decide(
             rank - 1
         });
         if b.manifest.is_err() {
-            reasons.push("its manifest cannot be read (see check)".into());
+            reasons.push(KeepReason::Unreadable);
         }
         if !linked.contains(b.backup_id.as_str()) {
-            reasons.push("head of the manifest chain".into());
+            reasons.push(KeepReason::ChainHead);
         }
         if Some(b.backup_id.as_str()) == newest_verified {
-            reasons.push("newest verified backup".into());
+            reasons.push(KeepReason::NewestVerified);
         }
         if let Ok(m) = &b.manifest
             && let Some(lock) = &m.object_lock
             && lock.retain_until > now
         {
-            reasons.push(format!(
-                "retained until {} (object lock, {})",
-                lock.retain_until, lock.mode
-            ));
+            reasons.push(KeepReason::ObjectLock(lock.clone()));
         }
         if let Some(pin) = b.pinned(now) {
-            reasons.push(pin.describe());
+            reasons.push(KeepReason::Pinned(pin.describe()));
         }
         if b.leased(now) {
-            reasons.push("a run holds a lease on it (being verified)".into());
+            reasons.push(KeepReason::Leased);
         }
         if let Some(n) = policy.keep_last
             && trusted_rank.is_some_and(|r| r < u64::from(n))
         {
-            reasons.push(format!("keep_last {n}"));
+            reasons.push(KeepReason::KeepLast(n));
         }
         if let Some(within) = policy.keep_within
             && now.duration_since(*at) < within
         {
-            reasons.push(format!("keep_within {within:#}"));
+            reasons.push(KeepReason::KeepWithin(within));
         }
     }
     let civil = |at: Timestamp| at.to_zoned(jiff::tz::TimeZone::UTC).date();
@@ -344,7 +407,7 @@ pub fn decide(
             database: database.to_owned(),
             backup_id: b.backup_id.clone(),
             action: if reasons.is_empty() {
-                Action::Delete("kept by no retention rule".into())
+                Action::Delete
             } else {
                 Action::Keep(reasons)
             },
@@ -359,10 +422,7 @@ pub fn decide(
             // Its manifest was committed once (a successor links to it, or it was
             // verified) and is gone: `check` reports that; its dump may be the only
             // copy left, so it is never taken for a failed run's leftovers.
-            Action::Keep(vec![
-                "its manifest is missing but it was committed (see check); left for a person to decide"
-                    .into(),
-            ])
+            Action::Keep(vec![KeepReason::CommittedWithoutManifest])
         } else {
             // A run that started within the grace period may still be writing.
             match id_started_at(id) {
@@ -382,9 +442,9 @@ pub fn decide(
 /// Keeps the newest backup of each of the `n` newest buckets (day, week, month).
 fn bucket_keep(
     backups: &[(&CatalogEntry, Timestamp)],
-    keep: &mut [Vec<String>],
+    keep: &mut [Vec<KeepReason>],
     n: Option<u32>,
-    rule: &str,
+    rule: &'static str,
     bucket: impl Fn(Timestamp) -> String,
 ) {
     let Some(n) = n else { return };
@@ -399,7 +459,11 @@ fn bucket_keep(
         }
         let key = bucket(*at);
         if seen.insert(key.clone()) {
-            keep[i].push(format!("{rule} {n} ({key})"));
+            keep[i].push(KeepReason::Bucket {
+                rule,
+                n,
+                bucket: key,
+            });
         }
     }
 }

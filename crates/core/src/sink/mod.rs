@@ -80,10 +80,36 @@ pub trait Sink: Send + Sync + fmt::Debug {
 /// cannot be deleted (a plain delete on S3 only hides them behind a delete marker).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RetentionLock {
-    /// `governance` (removable by a privileged role) or `compliance` (by no one).
-    pub mode: String,
+    /// Who may lift it.
+    pub mode: LockMode,
     /// Until when.
     pub retain_until: jiff::Timestamp,
+}
+
+/// Who may lift an object lock before its date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// A role with the bypass permission.
+    Governance,
+    /// No one, the account's root included.
+    Compliance,
+}
+
+impl LockMode {
+    /// `governance` or `compliance`, as configs and manifests spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Checks that `key` is a relative `/`-separated path with no empty, `.` or `..`
