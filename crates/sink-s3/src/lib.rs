@@ -4,11 +4,12 @@
 //! `sink.url = "s3://bucket/prefix"`; `[sink]` options `endpoint`, `region`,
 //! `path_style`, `allow_http`, `part_size_mib`, `parts_in_flight`, `max_retries`,
 //! `retry_timeout_secs` and `request_timeout_secs` apply. Credentials never come from
-//! the config: [`from_config`] reads the standard AWS environment
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-//! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, web identity, container credentials) and
-//! falls back to the instance metadata service. (Shared-file profiles in
-//! `~/.aws/credentials` are not read.)
+//! the config: [`from_config`] reads the standard AWS environment (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`,
+//! `AWS_ENDPOINT_URL_S3`, web identity, container credentials) and falls back to the
+//! instance metadata service, and so does [`versions::Bucket::from_config`], for the
+//! bucket-level requests behind `config check`, `list --hidden` and `undelete`.
+//! (Shared-file profiles in `~/.aws/credentials` are not read.)
 //!
 //! Uploads stream as multipart uploads with bounded memory, small objects and
 //! manifests are put with `If-None-Match: *`, and failures abort the upload; see
@@ -79,7 +80,7 @@ pub fn from_builder(config: &SinkConfig, mut builder: AmazonS3Builder) -> Result
 
 /// The S3 client for the bucket `config` names, and where it points: `builder` with
 /// the config's bucket, endpoint, region, path style, timeouts and retries. Shared by
-/// the sink and the bucket-level requests of [`versions`].
+/// the sink and [`versions::Bucket`], so both address and sign the same way.
 pub(crate) fn build(config: &SinkConfig, builder: AmazonS3Builder) -> Result<(AmazonS3, Location)> {
     let url = config
         .url
