@@ -123,11 +123,9 @@ pub fn s3_bucket(sink: &SinkConfig) -> Result<(pgproof_sink_s3::versions::Bucket
     }
     let location =
         pgproof_sink_object_store::Location::parse(pgproof_sink_object_store::Service::S3, url)?;
-    let bucket = pgproof_sink_s3::versions::Bucket::from_env(
-        sink.endpoint.as_deref(),
-        sink.region.as_deref(),
-        &location.bucket,
-    )?;
+    // The sink's own settings and credential chain: what can write the bucket can read
+    // its lock settings.
+    let bucket = pgproof_sink_s3::versions::Bucket::from_config(sink)?;
     Ok((bucket, location.prefix))
 }
 

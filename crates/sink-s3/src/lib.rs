@@ -4,18 +4,19 @@
 //! `sink.url = "s3://bucket/prefix"`; `[sink]` options `endpoint`, `region`,
 //! `path_style`, `allow_http`, `part_size_mib`, `parts_in_flight`, `max_retries`,
 //! `retry_timeout_secs` and `request_timeout_secs` apply. Credentials never come from
-//! the config: [`from_config`] reads the standard AWS environment
-//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-//! `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, web identity, container credentials) and
-//! falls back to the instance metadata service. (Shared-file profiles in
-//! `~/.aws/credentials` are not read.)
+//! the config: [`from_config`] reads the standard AWS environment (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`,
+//! `AWS_ENDPOINT_URL_S3`, web identity, container credentials) and falls back to the
+//! instance metadata service, and so does [`versions::Bucket::from_config`], for the
+//! bucket-level requests behind `config check`, `list --hidden` and `undelete`.
+//! (Shared-file profiles in `~/.aws/credentials` are not read.)
 //!
 //! Uploads stream as multipart uploads with bounded memory, small objects and
 //! manifests are put with `If-None-Match: *`, and failures abort the upload; see
 //! [`pgproof_sink_object_store`] for the guarantees and their limits.
 
 pub use object_store::aws::AmazonS3Builder;
-use object_store::aws::AmazonS3ConfigKey;
+use object_store::aws::{AmazonS3, AmazonS3ConfigKey};
 pub mod versions;
 
 use object_store::aws::Checksum;
@@ -36,27 +37,12 @@ pub fn from_config(config: &SinkConfig) -> Result<ObjectStoreSink> {
 /// Like [`from_config`] on top of `builder`, which may carry
 /// credentials or client settings of the caller's choice; the config's bucket,
 /// endpoint, region, path style, timeouts and retries override it.
-pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<ObjectStoreSink> {
-    let url = config
-        .url
-        .as_deref()
-        .ok_or_else(|| Error::config("sink.url is not set; write s3://bucket/prefix"))?;
-    let location = Location::parse(Service::S3, url)?;
-    if config.service_account_file.is_some() {
-        return Err(Error::config(
-            "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role",
-        ));
-    }
-    if config.account.is_some() || config.use_emulator {
-        return Err(Error::config(format!(
-            "sink.account and sink.use_emulator apply to az:// sinks only; remove them for {url}"
-        )));
-    }
+pub fn from_builder(config: &SinkConfig, mut builder: AmazonS3Builder) -> Result<ObjectStoreSink> {
     let options = UploadOptions::from_config(config);
-    let mut builder = builder.with_bucket_name(&location.bucket);
     // Object Lock: the lock headers on every request (S3 reads them on PutObject and
     // CreateMultipartUpload, ignores them elsewhere), and a checksum, which S3
-    // requires on writes that carry them.
+    // requires on writes that carry them. Set before `build`, whose timeouts
+    // would be dropped by a later `with_client_options`.
     let retention = config.object_lock.as_ref().map(|lock| RetentionLock {
         mode: lock.mode,
         retain_until: jiff::Timestamp::now()
@@ -85,7 +71,35 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
             .with_client_options(ClientOptions::new().with_default_headers(headers))
             .with_checksum_algorithm(Checksum::SHA256);
     }
+    let (store, location) = build(config, builder)?;
+    Ok(
+        ObjectStoreSink::new(std::sync::Arc::new(store), location, options)
+            .with_retention(retention),
+    )
+}
+
+/// The S3 client for the bucket `config` names, and where it points: `builder` with
+/// the config's bucket, endpoint, region, path style, timeouts and retries. Shared by
+/// the sink and [`versions::Bucket`], so both address and sign the same way.
+pub(crate) fn build(config: &SinkConfig, builder: AmazonS3Builder) -> Result<(AmazonS3, Location)> {
+    let url = config
+        .url
+        .as_deref()
+        .ok_or_else(|| Error::config("sink.url is not set; write s3://bucket/prefix"))?;
+    let location = Location::parse(Service::S3, url)?;
+    if config.service_account_file.is_some() {
+        return Err(Error::config(
+            "sink.service_account_file applies to gs:// sinks; S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …) or the instance role",
+        ));
+    }
+    if config.account.is_some() || config.use_emulator {
+        return Err(Error::config(format!(
+            "sink.account and sink.use_emulator apply to az:// sinks only; remove them for {url}"
+        )));
+    }
+    let options = UploadOptions::from_config(config);
     let mut builder = builder
+        .with_bucket_name(&location.bucket)
         .with_retry(options.retry_config())
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
@@ -119,10 +133,7 @@ pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Obj
             location.describe()
         ))
     })?;
-    Ok(
-        ObjectStoreSink::new(std::sync::Arc::new(store), location, options)
-            .with_retention(retention),
-    )
+    Ok((store, location))
 }
 
 #[cfg(test)]

@@ -1,13 +1,21 @@
 //! The few bucket-level S3 requests object_store does not make: reading a bucket's
 //! versioning and Object Lock configuration, listing delete markers, and removing one
-//! (which brings a hidden object back). Signed with AWS Signature Version 4 here,
-//! path-style, with credentials from the environment only.
+//! (which brings a hidden object back). Each request is presigned by object_store's
+//! own S3 client, built from the same `[sink]` settings as the sink: the same
+//! credential chain (environment, web identity, container credentials, instance
+//! metadata), region, endpoint and path or virtual-hosted style. It is then sent with
+//! reqwest; the signed URL never appears in an error.
 
-use std::fmt::Write as _;
+use std::time::Duration;
 
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::signer::{Method, SignedUrlOptions, Signer, Url};
 use pgproof_core::error::{Error, Result};
-use ring::digest::{SHA256, digest};
-use ring::hmac;
+use pgproof_sink_object_store::{Location, SinkConfig, UploadOptions};
+
+/// How long a presigned request stays valid: it is sent at once.
+const EXPIRY: Duration = Duration::from_secs(300);
 
 /// A bucket's versioning and Object Lock configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,54 +39,44 @@ pub struct Hidden {
 
 /// Bucket-level requests on one bucket.
 pub struct Bucket {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
-    token: Option<String>,
+    store: AmazonS3,
+    location: Location,
     client: reqwest::Client,
 }
 
 impl Bucket {
-    /// The bucket `bucket` at `endpoint` (default: AWS's regional endpoint), with
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
-    pub fn from_env(endpoint: Option<&str>, region: Option<&str>, bucket: &str) -> Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (Some(access_key), Some(secret_key)) =
-            (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
-        else {
-            return Err(Error::config(
-                "reading a bucket's versions needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment",
-            ));
-        };
-        let region = region
-            .map(str::to_owned)
-            .or_else(|| var("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = endpoint
-            .map(|e| e.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    /// The bucket of the s3:// sink `config` describes, with credentials from the
+    /// standard AWS environment and credential chain, as the sink gets them. No
+    /// request is sent.
+    pub fn from_config(config: &SinkConfig) -> Result<Self> {
+        Self::from_builder(config, AmazonS3Builder::from_env())
+    }
+
+    /// Like [`Bucket::from_config`] on top of `builder`, which may carry credentials
+    /// of the caller's choice; the config's bucket, endpoint, region and path style
+    /// override it.
+    pub fn from_builder(config: &SinkConfig, builder: AmazonS3Builder) -> Result<Self> {
+        let (store, location) = crate::build(config, builder)?;
+        let options = UploadOptions::from_config(config);
         pgproof_sink_object_store::install_crypto_provider();
         let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
+            .timeout(options.request_timeout)
+            .connect_timeout(options.connect_timeout)
             .build()
-            .map_err(|e| Error::tool(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::tool(format!("cannot build an HTTP client: {}", e.without_url()))
+            })?;
         Ok(Self {
-            endpoint,
-            region,
-            bucket: bucket.to_owned(),
-            access_key,
-            secret_key,
-            token: var("AWS_SESSION_TOKEN"),
+            store,
+            location,
             client,
         })
     }
 
     /// Versioning and Object Lock as the bucket reports them.
     pub async fn lock_configuration(&self) -> Result<LockConfiguration> {
-        let versioning = self.request("GET", "", &[("versioning", "")]).await?;
-        let lock = match self.request("GET", "", &[("object-lock", "")]).await {
+        let versioning = self.request(Method::GET, "", &[("versioning", "")]).await?;
+        let lock = match self.request(Method::GET, "", &[("object-lock", "")]).await {
             Ok(body) => body,
             // No configuration at all is a 404 with this code.
             Err(e)
@@ -114,7 +112,7 @@ impl Bucket {
                 query.push(("key-marker", key));
                 query.push(("version-id-marker", version));
             }
-            let body = self.request("GET", "", &query).await?;
+            let body = self.request(Method::GET, "", &query).await?;
             for entry in body.split("<DeleteMarker>").skip(1) {
                 let entry = entry.split("</DeleteMarker>").next().unwrap_or("");
                 if tag(entry, "IsLatest") == Some("true")
@@ -141,77 +139,60 @@ impl Bucket {
 
     /// Removes a delete marker, bringing the version under it back.
     pub async fn remove_marker(&self, hidden: &Hidden) -> Result<()> {
-        self.request("DELETE", &hidden.key, &[("versionId", &hidden.marker)])
-            .await
-            .map(|_| ())
+        self.request(
+            Method::DELETE,
+            &hidden.key,
+            &[("versionId", &hidden.marker)],
+        )
+        .await
+        .map(|_| ())
     }
 
-    async fn request(&self, method: &str, key: &str, query: &[(&str, &str)]) -> Result<String> {
-        let now = jiff::Timestamp::now();
-        let amz_date = now.strftime("%Y%m%dT%H%M%SZ").to_string();
-        let host = self
-            .endpoint
-            .split_once("://")
-            .map_or(self.endpoint.as_str(), |(_, h)| h)
-            .trim_end_matches('/')
-            .to_owned();
-        let mut path = format!("/{}", encode(&self.bucket, false));
-        if !key.is_empty() {
-            path.push('/');
-            path.push_str(&encode(key, true));
-        }
-        let mut pairs: Vec<(String, String)> = query
-            .iter()
-            .map(|(k, v)| (encode(k, false), encode(v, false)))
-            .collect();
-        pairs.sort();
-        let canonical_query = pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        let (authorization, headers) = sign(&Signing {
-            method,
-            host: &host,
-            path: &path,
-            canonical_query: &canonical_query,
-            amz_date: &amz_date,
-            region: &self.region,
-            access_key: &self.access_key,
-            secret_key: &self.secret_key,
-            token: self.token.as_deref(),
-        });
-        let url = if canonical_query.is_empty() {
-            format!("{}{path}", self.endpoint)
+    /// The URL of one request, presigned with the store's credentials, region and
+    /// addressing. It carries the signature (and any session token): never show it.
+    async fn presign(&self, method: Method, key: &str, query: &[(&str, &str)]) -> Result<Url> {
+        let path = if key.is_empty() {
+            Path::default()
         } else {
-            format!("{}{path}?{canonical_query}", self.endpoint)
+            Path::parse(key).map_err(|e| {
+                Error::database(format!(
+                    "S3 listed the key {key:?}, which is not a valid path: {e}"
+                ))
+            })?
         };
-        let method = reqwest::Method::from_bytes(method.as_bytes())
-            .map_err(|e| Error::tool(format!("bad method: {e}")))?;
-        let mut request = self
-            .client
-            .request(method, &url)
-            .header("authorization", authorization);
-        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
-            request = request.header(k, v);
-        }
-        let response = request.send().await.map_err(|e| {
+        let options = SignedUrlOptions::new().with_query(query.iter().copied());
+        self.store
+            .signed_url_opts(method, &path, EXPIRY, &options)
+            .await
+            .map_err(|e| {
+                Error::auth(format!(
+                    "cannot sign a request to {}: {e}; check the AWS_* environment or the instance role",
+                    self.location.describe()
+                ))
+            })
+    }
+
+    async fn request(&self, method: Method, key: &str, query: &[(&str, &str)]) -> Result<String> {
+        let url = self.presign(method.clone(), key, query).await?;
+        let response = self.client.request(method, url).send().await.map_err(|e| {
             Error::transient(format!(
-                "cannot reach the bucket {} at {}: {}",
-                self.bucket,
-                self.endpoint,
+                "cannot reach the bucket {}: {}",
+                self.location.describe(),
                 if e.is_timeout() {
-                    "timed out"
+                    "timed out".to_owned()
                 } else {
-                    "request failed"
+                    chain(&e.without_url())
                 }
             ))
         })?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| Error::transient(format!("reading the bucket's answer: {e}")))?;
+        let body = response.text().await.map_err(|e| {
+            Error::transient(format!(
+                "reading the answer of the bucket {}: {}",
+                self.location.describe(),
+                chain(&e.without_url())
+            ))
+        })?;
         if status.is_success() {
             return Ok(body);
         }
@@ -219,7 +200,7 @@ impl Bucket {
         let message = format!(
             "S3 answered {status} ({code}) for {} on bucket {}",
             query.first().map_or("the object", |(k, _)| k),
-            self.bucket
+            self.location.bucket
         );
         Err(match status.as_u16() {
             401 | 403 => Error::auth(format!(
@@ -230,62 +211,16 @@ impl Bucket {
     }
 }
 
-/// What a SigV4 signature covers.
-struct Signing<'a> {
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    canonical_query: &'a str,
-    amz_date: &'a str,
-    region: &'a str,
-    access_key: &'a str,
-    secret_key: &'a str,
-    token: Option<&'a str>,
-}
-
-/// The `Authorization` header and the signed headers (an empty payload).
-fn sign(s: &Signing<'_>) -> (String, Vec<(String, String)>) {
-    let date = &s.amz_date[..8];
-    let payload = hex(digest(&SHA256, b"").as_ref());
-    let mut headers = vec![
-        ("host".to_owned(), s.host.to_owned()),
-        ("x-amz-content-sha256".to_owned(), payload.clone()),
-        ("x-amz-date".to_owned(), s.amz_date.to_owned()),
-    ];
-    if let Some(token) = s.token {
-        headers.push(("x-amz-security-token".to_owned(), token.to_owned()));
+/// An error and its causes, `: `-joined (reqwest's own text stops at the first).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    let signed = headers
-        .iter()
-        .map(|(k, _)| k.as_str())
-        .collect::<Vec<_>>()
-        .join(";");
-    let mut canonical = format!("{}\n{}\n{}\n", s.method, s.path, s.canonical_query);
-    for (k, v) in &headers {
-        let _ = writeln!(canonical, "{k}:{v}");
-    }
-    let _ = write!(canonical, "\n{signed}\n{payload}");
-    let scope = format!("{date}/{}/s3/aws4_request", s.region);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{}\n{scope}\n{}",
-        s.amz_date,
-        hex(digest(&SHA256, canonical.as_bytes()).as_ref())
-    );
-    let mut key = format!("AWS4{}", s.secret_key).into_bytes();
-    for part in [date, s.region, "s3", "aws4_request"] {
-        key = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), part.as_bytes())
-            .as_ref()
-            .to_vec();
-    }
-    let signature =
-        hex(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), to_sign.as_bytes()).as_ref());
-    (
-        format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
-            s.access_key
-        ),
-        headers,
-    )
+    text
 }
 
 /// The text of the first `<name>…</name>` in `xml`.
@@ -304,61 +239,70 @@ fn unescape(text: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// SigV4's URI encoding: unreserved characters as they are, `/` kept in paths.
-fn encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b'/' if keep_slash => out.push('/'),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// AWS's documented example (S3 API reference, "Signature Calculations for the
-    /// Authorization Header", GET Bucket Lifecycle).
-    #[test]
-    fn signatures_match_aws_documented_example() {
-        let (authorization, _) = sign(&Signing {
-            method: "GET",
-            host: "examplebucket.s3.amazonaws.com",
-            path: "/",
-            canonical_query: "lifecycle=",
-            amz_date: "20130524T000000Z",
-            region: "us-east-1",
-            access_key: "AKIAIOSFODNN7EXAMPLE",
-            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-            token: None,
-        });
+    const SECRET: &str = "s3cr3t-value";
+    const TOKEN: &str = "session-t0ken-value";
+
+    fn bucket(path_style: bool, endpoint: Option<&str>) -> Bucket {
+        let config = SinkConfig {
+            url: Some("s3://my-bucket/backups".into()),
+            region: Some("eu-west-1".into()),
+            path_style: Some(path_style),
+            endpoint: endpoint.map(str::to_owned),
+            allow_http: endpoint.is_some(),
+            ..SinkConfig::default()
+        };
+        let builder = AmazonS3Builder::new()
+            .with_access_key_id("AKIAEXAMPLE")
+            .with_secret_access_key(SECRET)
+            .with_token(TOKEN);
+        Bucket::from_builder(&config, builder).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_follow_the_configured_addressing_style() {
+        let url = bucket(false, None)
+            .presign(Method::GET, "", &[("versions", ""), ("prefix", "pg/")])
+            .await
+            .unwrap();
+        assert_eq!(url.host_str(), Some("my-bucket.s3.eu-west-1.amazonaws.com"));
+        assert_eq!(url.path(), "/");
+        let query = url.query().unwrap();
         assert!(
-            authorization.ends_with(
-                "Signature=fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
-            ),
-            "{authorization}"
+            query.starts_with("versions=&prefix=pg%2F&X-Amz-Algorithm=AWS4-HMAC-SHA256&"),
+            "{query}"
         );
+        assert!(query.contains("X-Amz-Signature="), "{query}");
+
+        let url = bucket(true, None)
+            .presign(Method::DELETE, "pg/a b.dump", &[("versionId", "v1")])
+            .await
+            .unwrap();
+        assert_eq!(url.host_str(), Some("s3.eu-west-1.amazonaws.com"));
+        assert_eq!(url.path(), "/my-bucket/pg/a%20b.dump");
+        assert!(url.query().unwrap().starts_with("versionId=v1&"), "{url}");
+    }
+
+    #[tokio::test]
+    async fn errors_do_not_show_the_signed_url() {
+        let e = bucket(true, Some("http://127.0.0.1:9"))
+            .lock_configuration()
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("cannot reach the bucket"), "{text}");
+        for secret in ["X-Amz-Signature", "X-Amz-Credential", SECRET, TOKEN] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 
     #[test]
-    fn uri_encoding_follows_sigv4() {
-        assert_eq!(encode("a b/c~d", true), "a%20b/c~d");
-        assert_eq!(encode("a/b", false), "a%2Fb");
+    fn xml_is_read_by_tag() {
         assert_eq!(tag("<A><B>x</B></A>", "B"), Some("x"));
+        assert_eq!(tag("<A></A>", "B"), None);
+        assert_eq!(unescape("a&amp;lt;b&lt;"), "a&lt;b<");
     }
 }
