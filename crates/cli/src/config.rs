@@ -314,6 +314,17 @@ impl Default for EncryptionConfig {
 impl Config {
     /// Checks values serde cannot: ranges and required combinations.
     pub fn validate(&self) -> Result<()> {
+        self.validate_dump()?;
+        self.validate_destinations()?;
+        self.validate_files_and_notify()?;
+        self.validate_retention()?;
+        self.validate_timeouts()?;
+        self.validate_source_and_verify()?;
+        Ok(())
+    }
+
+    /// Checks dump levels and jobs.
+    fn validate_dump(&self) -> Result<()> {
         if self.dump.jobs == Some(0) {
             return Err(Error::config(
                 "dump.jobs = 0 dumps nothing; use 1 or more, or leave it out for one per core",
@@ -332,6 +343,11 @@ impl Config {
                 self.dump.gzip_level
             )));
         }
+        Ok(())
+    }
+
+    /// Checks the sink, replicas, hooks and alert shares.
+    fn validate_destinations(&self) -> Result<()> {
         self.sink.validate()?;
         for (i, replica) in self.replicas.iter().enumerate() {
             if replica.url.is_none() {
@@ -361,6 +377,11 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Checks file sets and the webhook.
+    fn validate_files_and_notify(&self) -> Result<()> {
         for (i, set) in self.files.iter().enumerate() {
             set.validate(self.encryption.enabled)
                 .map_err(|e| Error::config(format!("files[{i}]: {e}")))?;
@@ -372,6 +393,11 @@ impl Config {
                 "notify.url must be an http:// or https:// URL",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks retention rules that keep something.
+    fn validate_retention(&self) -> Result<()> {
         for (key, value) in [
             ("retention.keep_last", self.retention.keep_last),
             ("retention.keep_daily", self.retention.keep_daily),
@@ -389,6 +415,11 @@ impl Config {
                 "retention.keep_within = 0 keeps nothing; use a positive duration, or leave the rule out",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks timeouts within range.
+    fn validate_timeouts(&self) -> Result<()> {
         for (key, secs) in [
             ("hooks.timeout_secs", Some(self.hooks.timeout_secs)),
             ("notify.timeout_secs", Some(self.notify.timeout_secs)),
@@ -424,6 +455,11 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Checks database selection and invariants.
+    fn validate_source_and_verify(&self) -> Result<()> {
         if !self.source.exclude.is_empty() && !matches!(self.source.databases, Databases::All(_)) {
             return Err(Error::config(
                 "source.exclude applies only to source.databases = \"all\"; list the databases you want instead",
@@ -445,6 +481,7 @@ impl Config {
                 )));
             }
         }
+
         Ok(())
     }
 
