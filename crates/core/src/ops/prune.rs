@@ -375,30 +375,7 @@ pub fn decide(
             reasons.push(KeepReason::KeepWithin(within));
         }
     }
-    let civil = |at: Timestamp| at.to_zoned(jiff::tz::TimeZone::UTC).date();
-    bucket_keep(&backups, &mut keep, policy.keep_daily, "keep_daily", |at| {
-        civil(at).to_string()
-    });
-    bucket_keep(
-        &backups,
-        &mut keep,
-        policy.keep_weekly,
-        "keep_weekly",
-        |at| {
-            let week = civil(at).iso_week_date();
-            format!("{}-W{:02}", week.year(), week.week())
-        },
-    );
-    bucket_keep(
-        &backups,
-        &mut keep,
-        policy.keep_monthly,
-        "keep_monthly",
-        |at| {
-            let date = civil(at);
-            format!("{}-{:02}", date.year(), date.month())
-        },
-    );
+    calendar_keep(&backups, &mut keep, policy);
 
     let mut decisions: Vec<Decision> = backups
         .iter()
@@ -413,6 +390,48 @@ pub fn decide(
             },
         })
         .collect();
+    decisions.extend(uncommitted_decisions(
+        database,
+        part,
+        &linked,
+        now,
+        orphan_grace,
+    ));
+    decisions
+}
+
+/// keep_daily, keep_weekly and keep_monthly: the newest backup of each of the N
+/// newest days, ISO weeks and months (UTC) that have one.
+fn calendar_keep(
+    backups: &[(&CatalogEntry, Timestamp)],
+    keep: &mut [Vec<KeepReason>],
+    policy: &RetentionPolicy,
+) {
+    let civil = |at: Timestamp| at.to_zoned(jiff::tz::TimeZone::UTC).date();
+    bucket_keep(backups, keep, policy.keep_daily, "keep_daily", |at| {
+        civil(at).to_string()
+    });
+    bucket_keep(backups, keep, policy.keep_weekly, "keep_weekly", |at| {
+        let week = civil(at).iso_week_date();
+        format!("{}-W{:02}", week.year(), week.week())
+    });
+    bucket_keep(backups, keep, policy.keep_monthly, "keep_monthly", |at| {
+        let date = civil(at);
+        format!("{}-{:02}", date.year(), date.month())
+    });
+}
+
+/// The runs that never committed: an interrupted prune's leftovers are finished, the
+/// objects of a run older than the grace period deleted, and a backup whose manifest
+/// is gone although it was committed left for a person.
+fn uncommitted_decisions(
+    database: &str,
+    part: &DatabaseInventory,
+    linked: &BTreeSet<&str>,
+    now: Timestamp,
+    orphan_grace: SignedDuration,
+) -> Vec<Decision> {
+    let mut decisions = Vec::new();
     let grace_ago = now - orphan_grace;
     for (id, objects) in &part.uncommitted {
         let action = if part.tombstones.contains_key(id) {
