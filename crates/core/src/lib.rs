@@ -1,6 +1,6 @@
 //! pgproof-core: logical PostgreSQL backups that are proven, as a library.
 //!
-//! A backup is one streaming pass: `pg_dump --snapshot` → sha256(raw) → [gzip] → age →
+//! A backup is one streaming pass: `pg_dump --snapshot` → sha256(raw) → \[gzip\] → age →
 //! sha256(stored) → a [`Sink`], then the manifest, written last and create-only. In the
 //! same exported snapshot every table is fingerprinted server-side. Verification
 //! restores the backup into a scratch database, fingerprints it again and compares.

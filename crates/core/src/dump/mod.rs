@@ -1,14 +1,14 @@
 //! Dumpers: how a database becomes a byte stream and a byte stream a database.
 //!
 //! A [`Dumper`] names the programs and their arguments; pgproof runs them, feeds them
-//! and watches them ([`run`]). The built-in ones are [`CustomDumper`] (`pg_dump -Fc`,
+//! and watches them (the `run` module). The built-in ones are [`CustomDumper`] (`pg_dump -Fc`,
 //! `pg_restore`), [`ZstdCustomDumper`] (the same, compressed by pgproof),
 //! [`PlainDumper`] (`pg_dump -Fp`, gzipped by pgproof, `psql`) and [`DirectoryDumper`]
 //! (`pg_dump -Fd --jobs`, one object per file, `pg_restore --jobs`). A
 //! library user adds a format by implementing the trait and passing it to
 //! [`Backup::dumper`](crate::ops::Backup::dumper) and
 //! [`Restore::dumper`](crate::ops::Restore::dumper); the conformance suite
-//! [`testkit::run_all`] (feature `testkit`) checks an implementation against a real
+//! `testkit::run_all` (feature `testkit`) checks an implementation against a real
 //! server.
 
 mod archive;
@@ -49,7 +49,7 @@ use crate::pg::{ConnParams, PgTools};
 ///   stopping at the first error, so a failed or interrupted restore leaves the
 ///   database as it was;
 /// - MUST pass connection parameters through the environment
-///   ([`client_command`](crate::pg::client_command) does), never a password
+///   ([`client_command`] does), never a password
 ///   in argv, and MUST NOT prompt for anything;
 /// - MUST keep [`format`](Dumper::format) stable across versions: it is recorded in
 ///   every manifest and is how a restore finds the dumper again;

@@ -257,6 +257,29 @@ impl StatusReport {
 
 /// A status evaluation of every database in a sink, configured by its builder
 /// methods and done by [`run`](Status::run).
+///
+/// # Example: alert when the newest backup is older than a day, or unproven for a week
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use jiff::SignedDuration;
+/// use pgproof_core::ops::{Status, StatusPolicy};
+///
+/// async fn healthy(sink: Arc<dyn pgproof_core::Sink>) -> pgproof_core::Result<bool> {
+///     let policy = StatusPolicy {
+///         max_age: Some(SignedDuration::from_hours(26)),
+///         max_unproven_age: Some(SignedDuration::from_hours(7 * 24)),
+///         ..StatusPolicy::default()
+///     };
+///     let report = Status::new(sink, policy).run().await?;
+///     for db in &report.databases {
+///         for breach in &db.breaches {
+///             eprintln!("{}: {breach}", db.database);
+///         }
+///     }
+///     Ok(report.verdict().is_ok())
+/// }
+/// ```
 #[must_use = "a Status does nothing until run"]
 pub struct Status {
     sink: Arc<dyn Sink>,

@@ -35,7 +35,7 @@ impl ServerInfo {
     }
 }
 
-/// Maps a tokio-postgres error to [`Error::Database`], saying what was being done.
+/// Maps a tokio-postgres error to [`ErrorKind::Database`](crate::ErrorKind::Database), saying what was being done.
 pub fn db_err(doing: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
     move |e| {
         let detail = match e.as_db_error() {

@@ -51,7 +51,7 @@ pub struct ObjectMeta {
 ///   [`ErrorKind::Exhausted`] when the budget ran out.
 ///
 /// Conveniences built on these four operations live on [`SinkExt`]; the conformance
-/// suite is [`testkit::run_all`] (feature `testkit`).
+/// suite is `testkit::run_all` (feature `testkit`).
 #[async_trait]
 pub trait Sink: Send + Sync + fmt::Debug {
     /// A description for logs and manifests, without credentials (e.g. `file:///var/backups`).

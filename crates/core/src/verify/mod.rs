@@ -10,7 +10,7 @@
 //! [`ops::Verify`](crate::ops::Verify). A library user adds an application-level check
 //! by implementing [`Verifier`] and passing it to
 //! [`Verify::verifier`](crate::ops::Verify::verifier); the conformance suite is
-//! [`testkit::check_contract`] (feature `testkit`).
+//! `testkit::check_contract` (feature `testkit`).
 
 pub mod amcheck;
 mod audit_chain;

@@ -51,7 +51,7 @@ pub enum Method {
     /// them); large objects hashed by content, owner and ACL, not only counted.
     V3,
     /// As V3, hashed cheaper (PostgreSQL 14 on): a row's bytes hashed as bytes, not
-    /// as hex text, and rows of [`exactly hashed`](is_hashed_exactly) columns only by
+    /// as hex text, and rows of exactly hashed columns (`rows::is_hashed_exactly`) only by
     /// `hash_record_extended`.
     V4,
 }
