@@ -82,14 +82,14 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let sink = FsSink::new(dir.path());
-        let backup = BackupRef { database: "app".into(), backup_id: "20261201T000000.000Z-abcd".into() };
+        let backup = BackupRef { database: "app".into(), backup_id: "20261201T000000.000Z-abcd".parse().unwrap() };
         let mut real = SAMPLE_MANIFEST.as_bytes().to_vec();
         let at = flip % real.len();
         real[at] ^= 0x20;
         for (i, body) in [junk, real].into_iter().enumerate() {
             let key = format!("app/{}-{i}/manifest.json", backup.backup_id);
             runtime.block_on(sink.put_bytes(&key, Bytes::from(body))).unwrap();
-            let found = BackupRef { database: "app".into(), backup_id: format!("{}-{i}", backup.backup_id) };
+            let found = BackupRef { database: "app".into(), backup_id: format!("{}-{i}", backup.backup_id).parse().unwrap() };
             if let Err(e) = runtime.block_on(catalog::load_manifest(&sink, &found)) {
                 prop_assert_eq!(e.kind(), ErrorKind::Integrity, "{}", e);
             }

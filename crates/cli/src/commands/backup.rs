@@ -277,7 +277,7 @@ impl RunHooks for ConfigHooks {
                 .iter()
                 .map(|m| BackupSummary {
                     database: m.database.clone(),
-                    backup_id: m.backup_id.clone(),
+                    backup_id: m.backup_id.to_string(),
                     stored_bytes: m.dump_stored_bytes(),
                 })
                 .collect(),

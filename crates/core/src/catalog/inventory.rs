@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::catalog::layout::{self, Kind};
-use crate::catalog::{BackupRef, MANIFEST_LIMIT, Manifest, check_database_name};
+use crate::catalog::{BackupId, BackupRef, MANIFEST_LIMIT, Manifest, check_database_name};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{ObjectMeta, Sink, SinkExt};
@@ -22,7 +22,7 @@ use crate::catalog::records::{Lease, Pin, RecordBinding, Tombstone, Verification
 #[derive(Clone, Debug)]
 pub struct CatalogEntry {
     /// Its id.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// The manifest, or why it cannot be read.
     pub manifest: std::result::Result<Manifest, String>,
     /// sha256 of the manifest's stored bytes.
@@ -151,6 +151,14 @@ impl Inventory {
                     }
                     continue;
                 }
+                let id = match BackupId::parse(&id) {
+                    Ok(id) => id,
+                    // Not an id pgproof could have written: nothing of a backup.
+                    Err(e) => {
+                        part.find(&layout::manifest(&db, &id), &e);
+                        continue;
+                    }
+                };
                 let entry = load_entry(sink, &mut fetched, &mut part, &db, id, objects).await?;
                 part.backups.push(entry);
             }
@@ -231,7 +239,7 @@ async fn load_entry(
     fetched: &mut Fetched,
     part: &mut DatabaseInventory,
     db: &str,
-    id: String,
+    id: BackupId,
     objects: Vec<ObjectMeta>,
 ) -> Result<CatalogEntry> {
     let manifest_key = layout::manifest(db, &id);

@@ -32,7 +32,7 @@ pub struct Manifest {
     /// Layout version ([`MANIFEST_VERSION`]).
     pub manifest_version: u32,
     /// Sortable id: UTC time of the start plus a random suffix.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// The database dumped.
     pub database: String,
     /// The program that wrote the backup.
@@ -159,7 +159,7 @@ pub struct ObjectInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousManifest {
     /// Its backup id.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// sha256 of its manifest.json bytes (hex).
     pub manifest_sha256: String,
 }
@@ -328,7 +328,7 @@ pub fn check_database_name(database: &str) -> Result<()> {
 
 /// A new backup id: `20261123T063151.042Z-3fa9`, sorting by start time (to the
 /// millisecond, so `latest` and the manifest chain hold even for back-to-back runs).
-pub fn new_backup_id(now: Timestamp) -> String {
+pub fn new_backup_id(now: Timestamp) -> crate::catalog::BackupId {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = format!(
         "{}-{}-{}",
@@ -337,7 +337,7 @@ pub fn new_backup_id(now: Timestamp) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let suffix = &sha256_hex(seed.as_bytes())[..4];
-    format!("{}-{suffix}", now.strftime("%Y%m%dT%H%M%S%.3fZ"))
+    crate::catalog::BackupId(format!("{}-{suffix}", now.strftime("%Y%m%dT%H%M%S%.3fZ")))
 }
 
 #[cfg(test)]

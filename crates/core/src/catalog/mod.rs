@@ -2,6 +2,7 @@
 //! manifest is committed; the manifests of one database form a hash chain.
 
 pub mod files;
+mod id;
 mod inventory;
 pub mod layout;
 mod lock;
@@ -9,6 +10,7 @@ mod manifest;
 mod records;
 pub mod trust;
 
+pub use id::BackupId;
 pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory};
 pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
@@ -32,7 +34,7 @@ pub struct BackupRef {
     /// The database.
     pub database: String,
     /// The backup id.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
 }
 
 impl BackupRef {
@@ -69,9 +71,10 @@ pub async fn list_backups(sink: &dyn Sink, database: Option<&str>) -> Result<Vec
                 (Some(db), Some(id), Some(_), None)
                     if layout::Kind::of(&meta.key) == Some(layout::Kind::Manifest) =>
                 {
+                    // A key pgproof could not have written names no backup.
                     Some(BackupRef {
                         database: db.to_owned(),
-                        backup_id: id.to_owned(),
+                        backup_id: BackupId::parse(id).ok()?,
                     })
                 }
                 _ => None,
@@ -137,7 +140,7 @@ pub async fn tombstone_links(sink: &dyn Sink, database: &str) -> Result<Vec<Stri
     Ok(tombstones(sink, database)
         .await?
         .into_iter()
-        .filter_map(|t| t.previous.map(|p| p.backup_id))
+        .filter_map(|t| t.previous.map(|p| p.backup_id.to_string()))
         .collect())
 }
 
@@ -277,14 +280,14 @@ pub async fn previous_link(sink: &dyn Sink, database: &str) -> Result<Option<Pre
         if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes)
             && let Some(previous) = manifest.previous
         {
-            linked.insert(previous.backup_id);
+            linked.insert(previous.backup_id.to_string());
         }
         stored.push((backup.backup_id, bytes));
     }
     Ok(stored
         .into_iter()
         .rev()
-        .find(|(id, _)| !linked.contains(id))
+        .find(|(id, _): &(BackupId, _)| !linked.contains(id.as_str()))
         .map(|(backup_id, bytes)| PreviousManifest {
             backup_id,
             manifest_sha256: sha256_hex(&bytes),

@@ -121,7 +121,7 @@ pub struct Tombstone {
     /// The database.
     pub database: String,
     /// The pruned backup.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// sha256 of its manifest's bytes when it was pruned.
     pub manifest_sha256: String,
     /// sha256 of its stored dump object.

@@ -430,7 +430,7 @@ impl Backup {
     async fn commit(
         &self,
         database: &str,
-        backup_id: String,
+        backup_id: crate::catalog::BackupId,
         c: Committing<'_>,
     ) -> Result<Manifest> {
         let previous = catalog::previous_link(&*self.sink, database).await?;

@@ -52,7 +52,7 @@ pub struct Certificate {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertifiedBackup {
     /// Its id.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// sha256 of the manifest's signed content (what the next manifest links to).
     pub manifest_sha256: String,
     /// The manifest, as signed.
@@ -94,7 +94,7 @@ pub struct Checked {
 pub async fn issue(
     sink: &SignedSink,
     database: &str,
-    backup_ids: &[String],
+    backup_ids: &[crate::catalog::BackupId],
     since: Option<Timestamp>,
 ) -> Result<Vec<u8>> {
     let inventory = Inventory::load(sink, Some(database)).await?;

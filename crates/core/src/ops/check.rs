@@ -114,7 +114,7 @@ impl CatalogCheck {
                     if let Some(problem) = problem {
                         findings.push(Finding {
                             database: database.clone(),
-                            backup_id: entry.backup_id.clone(),
+                            backup_id: entry.backup_id.to_string(),
                             problem,
                         });
                     }
@@ -161,7 +161,7 @@ fn chain_findings(database: &str, part: &DatabaseInventory) -> Vec<Finding> {
             .backups
             .iter()
             .find(|b| b.backup_id == previous.backup_id);
-        match (there, part.tombstones.get(&previous.backup_id)) {
+        match (there, part.tombstones.get(previous.backup_id.as_str())) {
             // An untrusted predecessor is its own finding.
             (Some(prev), _) if prev.manifest.is_err() => {}
             (Some(prev), _) if prev.manifest_sha256 != previous.manifest_sha256 => {

@@ -115,7 +115,7 @@ impl CopyBackups {
                 if self
                     .only
                     .as_ref()
-                    .is_some_and(|only| entry.backup_id > *only)
+                    .is_some_and(|only| entry.backup_id.as_str() > only.as_str())
                 {
                     continue;
                 }

@@ -382,7 +382,7 @@ pub fn decide(
         .zip(keep)
         .map(|((b, _), reasons)| Decision {
             database: database.to_owned(),
-            backup_id: b.backup_id.clone(),
+            backup_id: b.backup_id.to_string(),
             action: if reasons.is_empty() {
                 Action::Delete
             } else {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{DatabaseInventory, Inventory};
+use crate::catalog::{BackupId, DatabaseInventory, Inventory};
 use crate::error::{Error, Result};
 use crate::evidence::alerts::AlertPolicy;
 use crate::sink::Sink;
@@ -54,12 +54,12 @@ pub enum Breach {
         /// The threshold.
         max: SignedDuration,
         /// The oldest of them.
-        oldest: String,
+        oldest: BackupId,
     },
     /// No committed backup.
     NoBackup,
     /// The latest verification of these backups failed.
-    FailedVerification(Vec<String>),
+    FailedVerification(Vec<BackupId>),
     /// The newest backup is older than `max_age`.
     TooOld {
         /// Its age.
@@ -157,7 +157,7 @@ pub struct DatabaseStatus {
     /// Committed backups whose manifests are trusted and readable.
     pub backups: usize,
     /// The newest of them.
-    pub newest_backup: Option<String>,
+    pub newest_backup: Option<BackupId>,
     /// When it started.
     pub newest_backup_at: Option<Timestamp>,
     /// Its age in seconds.
@@ -167,7 +167,7 @@ pub struct DatabaseStatus {
     /// The stored size of every backup.
     pub total_stored_bytes: u64,
     /// The newest backup whose latest verification passed.
-    pub newest_verified_backup: Option<String>,
+    pub newest_verified_backup: Option<BackupId>,
     /// When it started.
     pub newest_verified_backup_at: Option<Timestamp>,
     /// Its age in seconds.
@@ -179,7 +179,7 @@ pub struct DatabaseStatus {
     /// Backups not proven within `max_unproven_age` (with the threshold set).
     pub unproven_backups: Option<usize>,
     /// The oldest of them.
-    pub oldest_unproven_backup: Option<String>,
+    pub oldest_unproven_backup: Option<BackupId>,
     /// When it started.
     pub oldest_unproven_backup_at: Option<Timestamp>,
     /// The newest backup's anomalies against the one before it.
@@ -205,7 +205,7 @@ pub struct ReplicaStatus {
     /// The replica, as it was named.
     pub url: String,
     /// Its newest backup of the database.
-    pub newest_backup: Option<String>,
+    pub newest_backup: Option<BackupId>,
     /// When that backup started.
     pub newest_backup_at: Option<Timestamp>,
 }
@@ -434,7 +434,7 @@ impl Status {
         if newest.is_none() {
             breaches.push(Breach::NoBackup);
         }
-        let failing: Vec<String> = readable
+        let failing: Vec<BackupId> = readable
             .iter()
             .filter(|(b, _)| b.failed_latest())
             .map(|(b, _)| b.backup_id.clone())

@@ -71,7 +71,7 @@ impl Verifier for ManifestChain {
         // means the manifest after one of them is gone.
         let mut successor: Option<(String, String)> = None;
         let mut linked = std::collections::BTreeSet::new();
-        linked.extend(manifest.previous.as_ref().map(|p| p.backup_id.clone()));
+        linked.extend(manifest.previous.as_ref().map(|p| p.backup_id.to_string()));
         // A pruned successor's link lives on in its tombstone.
         for t in catalog::tombstones(r.sink, &manifest.database).await? {
             if let Some(p) = t.previous {
@@ -81,7 +81,7 @@ impl Verifier for ManifestChain {
                         p.manifest_sha256.clone(),
                     ));
                 }
-                linked.insert(p.backup_id);
+                linked.insert(p.backup_id.to_string());
             }
         }
         let mut others = Vec::new();
@@ -89,12 +89,12 @@ impl Verifier for ManifestChain {
             let Some(link) = self.link_of(r, &other.manifest_key()).await? else {
                 continue;
             };
-            others.push(other.backup_id.clone());
+            others.push(other.backup_id.to_string());
             if let Some(p) = link {
                 if p.backup_id == manifest.backup_id {
-                    successor = Some((other.backup_id.clone(), p.manifest_sha256.clone()));
+                    successor = Some((other.backup_id.to_string(), p.manifest_sha256.clone()));
                 }
-                linked.insert(p.backup_id);
+                linked.insert(p.backup_id.to_string());
             }
         }
         let other_head = others.into_iter().rev().find(|id| !linked.contains(id));

@@ -147,7 +147,7 @@ pub fn standard_verifiers_sharing(
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The backup verified.
-    pub backup_id: String,
+    pub backup_id: crate::catalog::BackupId,
     /// Its database.
     pub database: String,
     /// sha256 of the manifest's signed content this verification read: the record
