@@ -57,7 +57,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
+/// The config as `config check` shows it: URLs without credentials, a webhook as its
+/// host, a secret key pasted among the recipients never shown.
+fn redacted(config: &Config) -> Config {
     let mut shown = config.clone();
     shown.source.url = shown.source.url.as_deref().map(settings::redact_url);
     shown.verify.scratch_url = shown
@@ -78,6 +80,43 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
         .url
         .as_deref()
         .map(crate::hooks::redact_webhook);
+    shown
+}
+
+/// With `sink.object_lock` set, what the bucket says of versioning and Object Lock
+/// (a promise about the bucket is checked against the bucket); each problem found is
+/// added to `problems`.
+async fn bucket_lock_state(
+    config: &Config,
+    problems: &mut Vec<String>,
+) -> Option<pgproof_sink_s3::versions::LockConfiguration> {
+    config.sink.object_lock.as_ref()?;
+    match crate::engines::s3_bucket(&config.sink) {
+        Ok((bucket, _)) => match bucket.lock_configuration().await {
+            Ok(state) => {
+                if !state.versioning || !state.object_lock {
+                    problems.push(format!(
+                        "sink.object_lock is set, but the bucket has versioning {} and Object Lock {}: objects will be refused or not locked; create the bucket with Object Lock enabled",
+                        if state.versioning { "on" } else { "off" },
+                        if state.object_lock { "on" } else { "off" }
+                    ));
+                }
+                Some(state)
+            }
+            Err(e) => {
+                problems.push(error_line(&e));
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(error_line(&e));
+            None
+        }
+    }
+}
+
+pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> Result<()> {
+    let shown = redacted(config);
     let mut problems: Vec<String> = Vec::new();
     if let Err(e) = crate::engines::source_params(config) {
         problems.push(error_line(&e));
@@ -115,26 +154,7 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
     {
         problems.push(error_line(&e));
     }
-    // Object Lock is a promise about the bucket: read what the bucket says.
-    let mut lock_state = None;
-    if config.sink.object_lock.is_some() {
-        match crate::engines::s3_bucket(&config.sink) {
-            Ok((bucket, _)) => match bucket.lock_configuration().await {
-                Ok(state) => {
-                    if !state.versioning || !state.object_lock {
-                        problems.push(format!(
-                            "sink.object_lock is set, but the bucket has versioning {} and Object Lock {}: objects will be refused or not locked; create the bucket with Object Lock enabled",
-                            if state.versioning { "on" } else { "off" },
-                            if state.object_lock { "on" } else { "off" }
-                        ));
-                    }
-                    lock_state = Some(state);
-                }
-                Err(e) => problems.push(error_line(&e)),
-            },
-            Err(e) => problems.push(error_line(&e)),
-        }
-    }
+    let lock_state = bucket_lock_state(config, &mut problems).await;
     if let Some(dir) = &config.source.pg_bin_dir
         && !dir.join("pg_dump").is_file()
     {

@@ -442,21 +442,28 @@ impl Status {
         if !failing.is_empty() {
             breaches.push(Breach::FailedVerification(failing));
         }
-        if let (Some(max), Some((_, m))) = (self.policy.max_age, newest)
-            && age(m.started_at) > max
+        breaches.extend(self.threshold_breaches(&s, now));
+        s.breaches = breaches;
+        s
+    }
+}
+
+impl Status {
+    /// The RPO and RTO thresholds, judged from a database's figures.
+    fn threshold_breaches(&self, s: &DatabaseStatus, now: Timestamp) -> Vec<Breach> {
+        let mut breaches = Vec::new();
+        let age = |at: Timestamp| now.duration_since(at);
+        if let (Some(max), Some(at)) = (self.policy.max_age, s.newest_backup_at)
+            && age(at) > max
         {
-            breaches.push(Breach::TooOld {
-                age: age(m.started_at),
-                max,
-            });
+            breaches.push(Breach::TooOld { age: age(at), max });
         }
         if let Some(max) = self.policy.max_unverified_age {
-            match newest_verified {
+            match s.newest_verified_backup_at {
                 None => breaches.push(Breach::NoVerifiedBackup),
-                Some((_, m)) if age(m.started_at) > max => breaches.push(Breach::VerifiedTooOld {
-                    age: age(m.started_at),
-                    max,
-                }),
+                Some(at) if age(at) > max => {
+                    breaches.push(Breach::VerifiedTooOld { age: age(at), max });
+                }
                 Some(_) => {}
             }
         }
@@ -469,8 +476,7 @@ impl Status {
                 Some(_) => {}
             }
         }
-        s.breaches = breaches;
-        s
+        breaches
     }
 }
 
