@@ -330,6 +330,27 @@ async fn every_verifier_conforms_and_judges_a_changed_restore() {
     assert_eq!(failed, ["fingerprint:public.kinds"], "{checks:?}");
 }
 
+/// Every archive layout keeps the ArchiveLayout contract: the stream, the directory
+/// (pg_dump's compression and pgproof's zstd) and the test-only spooled one.
+#[tokio::test]
+async fn every_archive_layout_conforms() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let server = cluster.params("postgres").unwrap();
+    let dumpers: [Arc<dyn Dumper>; 4] = [
+        Format::Custom.dumper(6),
+        Format::Directory.dumper(6),
+        Format::Directory.dumper_with(6, Some(3), Some(2)),
+        Arc::new(Spooled(Format::Custom.dumper(6))),
+    ];
+    for dumper in dumpers {
+        let dir = tempfile::tempdir().unwrap();
+        let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+        dump::testkit::layout_conforms(dumper, &server, sink, None).await;
+    }
+}
+
 /// Two backups in one program, each in its own scope: cancelling one kills its
 /// pg_dump and aborts its upload, and the other commits as if nothing happened.
 #[tokio::test]

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 use crate::evidence::fingerprint::{Fingerprint, Plan, table_differences};
 use crate::pg::admin::{Admin, user_objects};
 use crate::pg::{ConnParams, PgTools, SnapshotSession};
+use crate::sink::Sink;
+use std::sync::Arc;
 
 const SOURCE: &str = "pgproof_testkit_source";
 const SECRET: &str = "pgproof-testkit-secret-3b1f";
@@ -404,4 +406,137 @@ impl ArchiveLayout for SpooledLayout {
             scope: source.scope.clone(),
         }))
     }
+}
+
+/// The [`ArchiveLayout`] contract, checked through `dumper`'s layout on a real server
+/// with `sink` (empty, used by this suite alone): a backup stored by the layout comes
+/// back exactly as its snapshot, every object it stored is listed in the manifest and
+/// lies under the archive's key, a missing object is an integrity failure before any
+/// database exists, a damaged one fails the restore and leaves no database, and an
+/// aborted dump leaves nothing in the sink.
+pub async fn layout_conforms(
+    dumper: Arc<dyn Dumper>,
+    server: &ConnParams,
+    sink: Arc<dyn Sink>,
+    pg_bin_dir: Option<&Path>,
+) {
+    let admin = Admin::connect(server).await.unwrap();
+    let source = server.with_dbname("pgproof_layoutkit_source");
+    admin.drop(source.dbname()).await.unwrap();
+    admin.create(source.dbname(), "UTF8", None).await.unwrap();
+    source
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute(SAMPLE)
+        .await
+        .unwrap();
+
+    // Stored, listed and restored exactly.
+    let manifest = crate::ops::Backup::new(source.clone(), sink.clone())
+        .dumper(dumper.clone())
+        .pg_bin_dir(pg_bin_dir.map(Path::to_path_buf))
+        .unencrypted()
+        .run()
+        .await
+        .unwrap();
+    let stem = manifest
+        .object
+        .key
+        .rsplit_once('/')
+        .map(|(dir, _)| dir.to_owned())
+        .unwrap();
+    let listed = sink.list(&format!("{}/", source.dbname())).await.unwrap();
+    let dump_keys: Vec<&str> = manifest.dump_objects().map(|o| o.key.as_str()).collect();
+    for meta in &listed {
+        if meta.key.ends_with("/manifest.json") {
+            continue;
+        }
+        assert!(
+            dump_keys.contains(&meta.key.as_str()),
+            "the layout stored {} but the manifest does not list it",
+            meta.key
+        );
+        assert!(
+            meta.key.starts_with(&format!("{stem}/")),
+            "{} lies outside the archive's directory {stem}",
+            meta.key
+        );
+    }
+    let restore = |target: &str| {
+        crate::ops::Restore::new(sink.clone(), manifest.clone(), server.with_dbname(target))
+            .dumper(dumper.clone())
+            .pg_bin_dir(pg_bin_dir.map(Path::to_path_buf))
+            .run()
+    };
+    let copy = server.with_dbname("pgproof_layoutkit_copy");
+    admin.drop(copy.dbname()).await.unwrap();
+    restore(copy.dbname()).await.unwrap();
+    let expected = manifest.fingerprint.clone().unwrap();
+    restored_is_the_snapshot(&admin, &copy, &expected).await;
+
+    // Damaged, then missing: verdicts on the backup, and no database left behind.
+    let victim = manifest.dump_objects().last().unwrap().clone();
+    let mut bytes = crate::sink::SinkExt::get_bytes(&*sink, &victim.key, usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    sink.delete(&victim.key).await.unwrap();
+    crate::sink::SinkExt::put_bytes(&*sink, &victim.key, bytes.into())
+        .await
+        .unwrap();
+    for damage in ["damaged", "missing"] {
+        if damage == "missing" {
+            sink.delete(&victim.key).await.unwrap();
+        }
+        let err = restore(copy.dbname()).await.unwrap_err();
+        assert!(err.about_backup(), "a {damage} object: {err}");
+        // Found missing by the layout's open, before the restore program started.
+        assert!(
+            damage == "damaged" || err.to_string().contains("missing from"),
+            "a missing object was not found when the archive was opened: {err}"
+        );
+        assert!(
+            !admin.exists(copy.dbname()).await.unwrap(),
+            "a restore of an archive with a {damage} object left its database"
+        );
+    }
+
+    // Aborted while dumping: nothing left in the sink.
+    let tools = PgTools::find(pg_bin_dir, admin.server().major(), &["pg_dump"]).unwrap();
+    let session = SnapshotSession::open(&source, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    let chain = crate::codec::CodecChain::new(dumper.compression(), false);
+    let key = format!(
+        "pgproof_layoutkit_abort/run/{}{}",
+        dumper.file_name(),
+        chain.suffix()
+    );
+    let storing = dumper.layout().store(
+        dumper.dump_command(
+            &tools,
+            &source,
+            session.snapshot_id(),
+            Duration::from_secs(30),
+        ),
+        ArchiveTarget {
+            sink: sink.clone(),
+            key,
+            chain,
+            recipients: None,
+            progress: None,
+            stage_dir: None,
+            scope: crate::scope::Scope::new(),
+        },
+    );
+    let _ = storing.program.await.unwrap();
+    let cause = crate::Error::tool("aborted by the layout suite");
+    let returned = storing.archive.abort(cause).await;
+    assert!(returned.to_string().contains("aborted"), "{returned}");
+    let left = sink.list("pgproof_layoutkit_abort/").await.unwrap();
+    assert!(left.is_empty(), "an aborted dump left {left:?}");
+    admin.drop(source.dbname()).await.unwrap();
 }

@@ -159,9 +159,28 @@ impl ArchiveLayout for DirectoryLayout {
     }
 
     async fn open(&self, source: ArchiveSource<'_>) -> Result<Box<dyn OpenedArchive>> {
-        // The table of contents first: a missing archive must not cost a database. The
-        // other files are looked for as pg_restore asks for them.
-        drop(get_listed(&**source.sink, source.manifest, &source.manifest.object).await?);
+        // Every file present before any database is touched: one listing of the
+        // archive's directory, and the table of contents opened.
+        let manifest = source.manifest;
+        let toc = &manifest.object.key;
+        let dir = toc.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let listed: std::collections::HashSet<String> = source
+            .sink
+            .list(&format!("{dir}/"))
+            .await?
+            .into_iter()
+            .map(|meta| meta.key)
+            .collect();
+        if let Some(missing) = manifest.parts.iter().find(|p| !listed.contains(&p.key)) {
+            return Err(Error::integrity(format!(
+                "the object {} that the manifest of {} lists is missing from {}; the backup cannot be restored",
+                missing.key,
+                manifest.backup_id,
+                source.sink.describe()
+            ))
+            .with_object(missing.key.clone()));
+        }
+        drop(get_listed(&**source.sink, manifest, &manifest.object).await?);
         Ok(Box::new(OpenedDirectory {
             sink: source.sink.clone(),
             chain: source.chain.clone(),
