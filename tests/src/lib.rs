@@ -475,44 +475,48 @@ pub async fn create_sample_database(cluster: &EphemeralCluster, database: &str) 
 /// A database of about `mib` MiB of incompressible bytes (md5 output), so its dump
 /// is about as large: 16 KiB per row.
 pub async fn create_big_database(cluster: &EphemeralCluster, database: &str, mib: usize) {
-    connect(cluster, "postgres")
-        .await
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .expect("create the big database");
-    connect(cluster, database)
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
-             ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
-             INSERT INTO blob
-               SELECT g, decode(string_agg(md5(g::text || ':' || i::text), '' ORDER BY i), 'hex')
-               FROM generate_series(1, {rows}) g, generate_series(1, 1024) i GROUP BY g;",
-            rows = mib * 64
-        ))
-        .await
-        .expect("create the big database");
+    let rows = mib * 64;
+    create_blob_database(
+        cluster,
+        database,
+        &format!(
+            "SELECT g, decode(string_agg(md5(g::text || ':' || i::text), '' ORDER BY i), 'hex')
+             FROM generate_series(1, {rows}) g, generate_series(1, 1024) i GROUP BY g"
+        ),
+    )
+    .await;
 }
 
-/// A database of `mib` rows of 1 MiB of random bytes each (table `blob`, as in
-/// [`create_big_database`]), read server-side from `/dev/urandom` (the tests connect
-/// as superuser): hundreds of MiB in seconds, and nothing any codec can shrink, so
-/// the dump is at least as large as the data.
+/// A database of `mib` rows of 1 MiB of random bytes each, read server-side from
+/// `/dev/urandom` (the tests connect as superuser): hundreds of MiB in seconds, and
+/// nothing any codec can shrink, so the dump is at least as large as the data.
 pub async fn create_random_database(cluster: &EphemeralCluster, database: &str, mib: u64) {
+    create_blob_database(
+        cluster,
+        database,
+        &format!(
+            "SELECT g, pg_read_binary_file('/dev/urandom', 0, 1048576)
+             FROM generate_series(1, {mib}) g"
+        ),
+    )
+    .await;
+}
+
+/// `database` with one table `blob (id int PRIMARY KEY, data bytea)`, stored out of
+/// line, filled by `rows` (a query of `(id, data)` rows).
+async fn create_blob_database(cluster: &EphemeralCluster, database: &str, rows: &str) {
     connect(cluster, "postgres")
         .await
         .batch_execute(&format!("CREATE DATABASE {database}"))
         .await
-        .expect("create the random database");
+        .expect("create the database");
     connect(cluster, database)
         .await
         .batch_execute(&format!(
             "CREATE TABLE blob (id int PRIMARY KEY, data bytea);
              ALTER TABLE blob ALTER COLUMN data SET STORAGE EXTERNAL;
-             INSERT INTO blob
-               SELECT g, pg_read_binary_file('/dev/urandom', 0, 1048576)
-               FROM generate_series(1, {mib}) g;"
+             INSERT INTO blob {rows};"
         ))
         .await
-        .expect("fill the random database");
+        .expect("fill the database");
 }

@@ -94,7 +94,7 @@ fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> 
         .now(crate::commands::upkeep::injected_now()?)
         .on_event(show_events(options.json, bar.clone()));
     if options.then_verify {
-        run = run.verify(verify_each(config, progress, bar)?);
+        run = run.verify(verify_each(config, sink, progress, bar)?);
     }
     for replica in &config.replicas {
         run = run.replica(open_sink_with(config, replica)?);
@@ -109,12 +109,12 @@ fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> 
 /// ephemeral cluster started at the first), with one manifest-chain checker.
 fn verify_each(
     config: &Config,
+    sink: Arc<dyn pgproof_core::Sink>,
     progress: Arc<ProgressOutput>,
     bar: Arc<Mutex<Option<ProgressBar>>>,
 ) -> Result<impl Fn(BackupRef) -> Result<Verify> + Send + Sync + 'static> {
     let identities = identities(config)?;
     let verifier = keyring(config)?.signer();
-    let sink = open_sink(config)?;
     let config = config.clone();
     let chain = ManifestChain::default();
     type Scratch = (
@@ -154,7 +154,7 @@ fn show_events(
     json: bool,
     bar: Arc<Mutex<Option<ProgressBar>>>,
 ) -> impl Fn(RunEvent<'_>) + Send + Sync + 'static {
-    let several = Mutex::new(0usize);
+    let several = std::sync::atomic::AtomicBool::new(false);
     move |event| {
         let clear = || {
             if let Some(b) = bar.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -162,9 +162,7 @@ fn show_events(
             }
         };
         match event {
-            RunEvent::BackupStarted(_) => {
-                *several.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-            }
+            RunEvent::Listed(n) => several.store(n > 1, std::sync::atomic::Ordering::Relaxed),
             RunEvent::Committed(m) => {
                 clear();
                 if !json {
@@ -186,7 +184,7 @@ fn show_events(
                 clear();
                 // With one database the closing error line says it all; with
                 // several, each failure is logged as it happens.
-                if *several.lock().unwrap_or_else(PoisonError::into_inner) > 1 {
+                if several.load(std::sync::atomic::Ordering::Relaxed) {
                     tracing::error!(database = %database, error = %error_line(error), "backup failed");
                 }
                 if !json {

@@ -41,6 +41,8 @@ pub trait RunHooks: Send + Sync {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RunEvent<'a> {
+    /// The databases were listed: this many will be backed up.
+    Listed(usize),
     /// A backup of this database starts.
     BackupStarted(&'a str),
     /// A backup was committed.
@@ -256,6 +258,7 @@ impl NightlyRun {
             Some(list) => list.await?,
             None => Vec::new(),
         };
+        (self.on_event)(RunEvent::Listed(databases.len()));
         for source in &databases {
             let database = source.dbname().to_owned();
             (self.on_event)(RunEvent::BackupStarted(&database));
