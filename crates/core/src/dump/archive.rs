@@ -105,6 +105,19 @@ pub trait StoringArchive: Send + Sync {
     async fn abort(self: Box<Self>, cause: Error) -> Error;
 }
 
+/// How much of an archive the restore program reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reading {
+    /// All of it: a program that stops early, or leaves an object unread, has
+    /// rejected the backup.
+    Whole,
+    /// What it asks for (a listing of its table of contents, a restore of some of
+    /// its entries): stopping early or leaving objects unread is no failure, and
+    /// every byte it does read is still checked before it sees it.
+    Part,
+}
+
 /// A stored archive opened for a restore: every object it needs exists.
 #[async_trait]
 pub trait OpenedArchive: Send {
@@ -114,6 +127,16 @@ pub trait OpenedArchive: Send {
     /// backup ([`ErrorKind::Rejected`]); a damaged object is
     /// [`ErrorKind::Integrity`] and the program is killed before it sees its end.
     async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64>;
+
+    /// [`feed`](Self::feed) to a program reading only [`Reading::Part`] of the
+    /// archive; the raw bytes fed are then a lower bound, or 0. A layout that cannot
+    /// serve part of an archive keeps this default, which refuses.
+    async fn feed_part(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
+        drop(cmd);
+        Err(Error::config(format!(
+            "this backup's archive layout cannot give {program} part of an archive; restore it whole"
+        )))
+    }
 }
 
 /// How an archive travels between the dump program, the sink and the restore program.
@@ -258,6 +281,21 @@ pub(crate) struct OpenedObject<R> {
 #[async_trait]
 impl<R: io::Read + Send + 'static> OpenedArchive for OpenedObject<R> {
     async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
+        self.feed_reading(cmd, program, Reading::Whole).await
+    }
+
+    async fn feed_part(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
+        self.feed_reading(cmd, program, Reading::Part).await
+    }
+}
+
+impl<R: io::Read + Send + 'static> OpenedObject<R> {
+    async fn feed_reading(
+        self: Box<Self>,
+        cmd: Command,
+        program: &str,
+        reading: Reading,
+    ) -> Result<u64> {
         let this = *self;
         let program = program.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -270,6 +308,7 @@ impl<R: io::Read + Send + 'static> OpenedArchive for OpenedObject<R> {
                 &this.object,
                 this.progress.as_ref(),
                 &this.scope,
+                reading,
             )
         })
         .await

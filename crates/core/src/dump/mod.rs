@@ -17,6 +17,7 @@ mod directory;
 pub(crate) mod run;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod toc;
 
 use std::fmt;
 use std::process::{Command, Stdio};
@@ -26,8 +27,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use archive::{
-    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, OpenedArchive, StoredArchive, Storing,
-    StoringArchive, StreamLayout,
+    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, OpenedArchive, Reading, StoredArchive,
+    Storing, StoringArchive, StreamLayout,
 };
 pub use builtin::{CustomDumper, PlainDumper, ZstdCustomDumper};
 pub use directory::{DirectoryDumper, DirectoryLayout};

@@ -5,9 +5,12 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Identities, Progress, PumpError, Recipients, Tallies};
+use crate::dump::archive::Reading;
 use crate::error::{ErrorKind, Result};
 use crate::pg::process::{ChildProgram, one_line};
 use crate::scope::Scope;
@@ -48,7 +51,8 @@ pub(crate) fn dump(
 /// through `chain`. The tallies are checked against `expected` before the program sees
 /// the end of its input, so a damaged object is never committed: the program is
 /// killed instead. A program that fails on input whose tallies matched has rejected
-/// the backup ([`ErrorKind::Rejected`]).
+/// the backup ([`ErrorKind::Rejected`]). A program reading [`Reading::Part`] may stop
+/// early: reading stops with it, and its exit status alone decides.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn restore(
     mut cmd: Command,
@@ -59,11 +63,14 @@ pub(crate) fn restore(
     expected: &ObjectInfo,
     progress: Option<&Progress>,
     scope: &Scope,
+    reading: Reading,
 ) -> Result<u64> {
     cmd.stdin(Stdio::piped());
     let mut child = ChildProgram::spawn(cmd, program, scope)?;
+    let gone = Arc::new(AtomicBool::new(false));
     let stdin = FeedOrDiscard {
         stdin: Some(child.take_stdin()?),
+        stop_when_gone: (reading == Reading::Part).then(|| gone.clone()),
     };
     // psql runs meta-commands (`\!` runs a shell): an archive reaches it only under
     // `\restrict` with a key the archive cannot know.
@@ -83,6 +90,12 @@ pub(crate) fn restore(
                 return Err(crate::Error::io(format!("feeding {program}"), e));
             }
         },
+        // A program reading part of the archive has read all it wanted: every byte
+        // it saw was checked, and its exit status says whether it succeeded.
+        Err(PumpError::Output(_)) if gone.load(Ordering::SeqCst) => {
+            child.wait(ErrorKind::Rejected)?;
+            return Ok(0);
+        }
         Err(e @ PumpError::Input(_)) | Err(e @ PumpError::Output(_)) => {
             child.kill();
             return Err(e.into_error());
@@ -95,7 +108,7 @@ pub(crate) fn restore(
     let program_left_early = stdin.stdin.is_none();
     drop(stdin); // end of input: the restore program commits now
     child.wait(ErrorKind::Rejected)?;
-    if program_left_early {
+    if program_left_early && reading == Reading::Whole {
         // It exited with status 0 without reading all of a verified archive.
         return Err(crate::Error::rejected(format!(
             "{program} exited before reading the whole archive"
@@ -271,16 +284,24 @@ impl<W: Write> Write for RestrictedPsql<W> {
 
 /// The restore program's stdin; once the program has gone away, the rest of the input
 /// is still read (and discarded) so its tallies can say whether the backup or the
-/// program was at fault.
+/// program was at fault — unless it reads only part of the archive: then reading
+/// stops, and `stop_when_gone` says why.
 struct FeedOrDiscard {
     stdin: Option<ChildStdin>,
+    stop_when_gone: Option<Arc<AtomicBool>>,
 }
 
 impl Write for FeedOrDiscard {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if let Some(stdin) = &mut self.stdin {
             match stdin.write(data) {
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => self.stdin = None,
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    self.stdin = None;
+                    if let Some(gone) = &self.stop_when_gone {
+                        gone.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
                 other => return other,
             }
         }
@@ -332,6 +353,7 @@ mod tests {
             &info,
             None,
             &Scope::new(),
+            Reading::Whole,
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
@@ -353,9 +375,71 @@ mod tests {
             &info,
             None,
             &Scope::new(),
+            Reading::Whole,
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+    }
+
+    #[test]
+    fn a_program_reading_part_may_stop_early_but_not_fail() {
+        let chain = CodecChain::new(Some(Compress::Gzip { level: 1 }), false);
+        let raw: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (stored, info) = object(&chain, &raw);
+        let part = |script: &str| {
+            restore(
+                sh(script),
+                "pg_restore",
+                &chain,
+                None,
+                &stored[..],
+                &info,
+                None,
+                &Scope::new(),
+                Reading::Part,
+            )
+        };
+        part("head -c 10 >/dev/null").unwrap();
+        let err = part("head -c 10 >/dev/null; exit 2").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        // Reading it whole, the same early stop is a rejection.
+        let err = restore(
+            sh("head -c 10 >/dev/null"),
+            "pg_restore",
+            &chain,
+            None,
+            &stored[..],
+            &info,
+            None,
+            &Scope::new(),
+            Reading::Whole,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    }
+
+    #[test]
+    fn a_damaged_chunk_never_reaches_a_program_reading_part() {
+        let chain = CodecChain::new(None, false);
+        let raw = vec![b'z'; 1 << 20];
+        let (mut stored, info) = object(&chain, &raw);
+        stored[10] ^= 1;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fed");
+        let err = restore(
+            sh(&format!("head -c 100 > {}", out.display())),
+            "pg_restore",
+            &chain,
+            None,
+            &stored[..],
+            &info,
+            None,
+            &Scope::new(),
+            Reading::Part,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+        assert_eq!(std::fs::read(&out).unwrap_or_default().len(), 0);
     }
 
     #[test]
@@ -374,6 +458,7 @@ mod tests {
             &info,
             None,
             &Scope::new(),
+            Reading::Whole,
         )
         .unwrap();
         assert_eq!(n, raw.len() as u64);

@@ -17,6 +17,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::{OpenedDirectory, is_table_of_contents, part_name, private_stage, share_of};
 use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Identities, Progress, PumpError};
+use crate::dump::archive::Reading;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::process::ChildProgram;
 use crate::sink::Sink;
@@ -27,11 +28,12 @@ use crate::sink::Sink;
 /// program opens it. Each object's tallies are checked before its pipe closes; a
 /// damaged object kills the program before it sees the end of that file. A program
 /// that fails on sound objects, or succeeds without reading one, has rejected the
-/// backup ([`ErrorKind::Rejected`]).
+/// backup ([`ErrorKind::Rejected`]), unless it reads only [`Reading::Part`].
 pub(super) async fn restore(
     mut cmd: Command,
     program: &str,
     archive: &OpenedDirectory,
+    reading: Reading,
 ) -> Result<u64> {
     let OpenedDirectory {
         sink,
@@ -142,7 +144,7 @@ pub(super) async fn restore(
     if let Some(e) = broken_pipe {
         return Err(e);
     }
-    if !unread.is_empty() {
+    if !unread.is_empty() && reading == Reading::Whole {
         unread.sort();
         return Err(Error::rejected(format!(
             "{program} exited without reading {} of the archive",

@@ -28,8 +28,8 @@ use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Identities};
 use crate::codec::{Compress, Progress};
 use crate::dump::archive::{
-    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, OpenedArchive, StoredArchive, Storing,
-    StoringArchive, get_listed,
+    ArchiveIo, ArchiveLayout, ArchiveSource, ArchiveTarget, OpenedArchive, Reading, StoredArchive,
+    Storing, StoringArchive, get_listed,
 };
 use crate::dump::{Dumper, pg_dump_command};
 use crate::error::{Error, Result};
@@ -251,7 +251,11 @@ struct OpenedDirectory {
 #[async_trait]
 impl OpenedArchive for OpenedDirectory {
     async fn feed(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
-        feed::restore(cmd, program, &self).await
+        feed::restore(cmd, program, &self, Reading::Whole).await
+    }
+
+    async fn feed_part(self: Box<Self>, cmd: Command, program: &str) -> Result<u64> {
+        feed::restore(cmd, program, &self, Reading::Part).await
     }
 }
 
