@@ -194,8 +194,26 @@ pub enum Command {
     /// Restore a backup into a database: by default a new one that pgproof creates,
     /// and drops again if anything fails.
     Restore {
-        /// Backup id, or `latest`.
-        backup: String,
+        /// Backup id, or `latest` (or --as-of).
+        #[arg(required_unless_present = "as_of")]
+        backup: Option<String>,
+        /// Instead of BACKUP: the newest trusted backup whose snapshot was taken at or
+        /// before TIME (RFC 3339, e.g. 2026-12-01T06:00:00Z, or an age such as 36h).
+        #[arg(long, value_name = "TIME", conflicts_with = "backup")]
+        as_of: Option<String>,
+        /// Restore only the tables matching PATTERN, with what they need, in one
+        /// transaction, and prove each against the backup's fingerprint (pg_dump's
+        /// -t patterns: [schema.]table, * and ?, "Quoted" keeps case; no schema means
+        /// public). Repeatable. Custom and directory backups.
+        #[arg(long = "table", short = 't', value_name = "PATTERN")]
+        tables: Vec<String>,
+        /// Restore only the tables of the schemas matching PATTERN (as --table).
+        #[arg(long = "schema", short = 'n', value_name = "PATTERN")]
+        schemas: Vec<String>,
+        /// Leave out the tables matching PATTERN (with --table or --schema, or alone:
+        /// every other table).
+        #[arg(long = "exclude-table", short = 'T', value_name = "PATTERN")]
+        exclude_tables: Vec<String>,
         /// Database to restore into (libpq URI); must not exist, or be empty,
         /// unless --clean.
         #[arg(long, value_name = "URL", required_unless_present = "files")]

@@ -119,6 +119,10 @@ async fn operate(
         } => drill::drill(config, rows, server.as_deref(), annotations, json).await,
         Command::Restore {
             backup,
+            as_of,
+            tables,
+            schemas,
+            exclude_tables,
             target,
             database,
             clean,
@@ -135,12 +139,18 @@ async fn operate(
                 create_roles,
                 create_privileged_roles,
             };
+            let which = match (&backup, &as_of) {
+                (_, Some(time)) => restore::Which::AsOf(time),
+                (Some(backup), None) => restore::Which::Backup(backup),
+                (None, None) => restore::Which::Backup("latest"),
+            };
             restore::restore(
                 config,
-                &backup,
+                which,
                 restore::Destination {
                     target: target.as_deref(),
                     files: files.as_deref(),
+                    filter: restore::filter(&tables, &schemas, &exclude_tables)?,
                 },
                 database.as_deref(),
                 allow,

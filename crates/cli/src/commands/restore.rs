@@ -1,13 +1,15 @@
 //! `pgproof restore`: one backup into one database.
 
-use pgproof_core::catalog;
-use pgproof_core::{Error, Result};
+use jiff::Timestamp;
+use pgproof_core::catalog::{self, BackupRef, Inventory};
+use pgproof_core::dump::toc::{Filter, SchemaPattern, TablePattern};
+use pgproof_core::{Error, Result, Sink};
 use std::path::Path;
 
-use pgproof_core::ops::{Restore, restore_files};
+use pgproof_core::ops::{PartialProof, Restore, restore_files};
 use pgproof_core::pg::ConnParams;
 
-use crate::config::Config;
+use crate::config::{Config, parse_duration};
 use crate::engines::{identities, open_sink};
 use crate::render::{ProgressOutput, outln, print_json};
 
@@ -29,11 +31,64 @@ pub struct Destination<'a> {
     pub target: Option<&'a str>,
     /// The directory for file sets.
     pub files: Option<&'a Path>,
+    /// The tables to restore (all when empty).
+    pub filter: Filter,
+}
+
+/// Which backup to restore.
+pub enum Which<'a> {
+    /// An id, a prefix or `latest`.
+    Backup(&'a str),
+    /// The newest whose snapshot was taken at or before a time (or an age ago).
+    AsOf(&'a str),
+}
+
+/// The `--table`, `--schema` and `--exclude-table` patterns.
+pub fn filter(tables: &[String], schemas: &[String], exclude: &[String]) -> Result<Filter> {
+    Ok(Filter {
+        tables: tables
+            .iter()
+            .map(|p| TablePattern::parse("--table", p))
+            .collect::<Result<_>>()?,
+        schemas: schemas
+            .iter()
+            .map(|p| SchemaPattern::parse("--schema", p))
+            .collect::<Result<_>>()?,
+        exclude: exclude
+            .iter()
+            .map(|p| TablePattern::parse("--exclude-table", p))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// `--as-of`: an RFC 3339 time, or an age before now.
+fn as_of_time(text: &str) -> Result<Timestamp> {
+    if let Ok(at) = text.parse::<Timestamp>() {
+        return Ok(at);
+    }
+    let age = parse_duration("--as-of", text).map_err(|_| {
+        Error::config(format!(
+            "--as-of {text}: give a time (2026-12-01T06:00:00Z) or an age such as 36h or 7d"
+        ))
+    })?;
+    crate::commands::upkeep::now()?
+        .checked_sub(age)
+        .map_err(|e| Error::config(format!("--as-of {text}: {e}")))
+}
+
+async fn find(sink: &dyn Sink, which: Which<'_>, database: Option<&str>) -> Result<BackupRef> {
+    match which {
+        Which::Backup(backup) => catalog::resolve(sink, backup, database).await,
+        Which::AsOf(time) => {
+            let at = as_of_time(time)?;
+            Inventory::load(sink, database).await?.as_of(at)
+        }
+    }
 }
 
 pub async fn restore(
     config: &Config,
-    which: &str,
+    which: Which<'_>,
     into: Destination<'_>,
     database: Option<&str>,
     allow: Allow,
@@ -53,7 +108,12 @@ pub async fn restore(
                 .map_err(|e| Error::new(e.kind(), format!("--target: {}", e.message())))
         })
         .transpose()?;
-    let found = catalog::resolve(&*sink, which, database).await?;
+    if !into.filter.is_empty() && target.is_none() {
+        return Err(Error::config(
+            "--table, --schema and --exclude-table restore into a database: give --target",
+        ));
+    }
+    let found = find(&*sink, which, database).await?;
     let (m, _) = catalog::load_manifest(&*sink, &found).await?;
     let mut report = serde_json::json!({
         "backup_id": m.backup_id,
@@ -72,7 +132,9 @@ pub async fn restore(
         return if json { print_json(&report) } else { Ok(()) };
     };
     let (bar, callback) = progress.start(format!("restore {}", m.backup_id));
+    let partial = !into.filter.is_empty();
     let outcome = Restore::new(sink, m.clone(), target)
+        .tables(into.filter)
         .identities(identities)
         .clean(allow.clean)
         .force(allow.force)
@@ -89,15 +151,61 @@ pub async fn restore(
         report["created"] = serde_json::json!(outcome.created);
         report["raw_bytes"] = serde_json::json!(outcome.raw_bytes);
         report["duration_ms"] = serde_json::json!(outcome.duration.as_millis() as u64);
-        print_json(&report)
+        if let Some(proof) = &outcome.proof {
+            report["partial"] = serde_json::json!(proof);
+        }
+        print_json(&report)?;
     } else {
+        if let Some(proof) = &outcome.proof {
+            print_proof(proof);
+        }
         outln!(
-            "restored {} ({}) into {} in {:.1}s",
+            "restored {}{} ({}) into {} in {:.1}s",
+            if partial { "part of " } else { "" },
             m.backup_id,
             m.database,
             outcome.database,
             outcome.duration.as_secs_f64()
         );
-        Ok(())
     }
+    match &outcome.proof {
+        Some(proof) if !proof.passed => Err(Error::integrity(format!(
+            "the tables restored from {} into {} differ from what the backup recorded: {}; they stay there for inspection (drop them when done)",
+            m.backup_id,
+            outcome.database,
+            proof
+                .checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn print_proof(proof: &PartialProof) {
+    for created in &proof.created {
+        outln!("  made  {created}");
+    }
+    for present in &proof.present {
+        outln!("  kept  {present} (the target's own, used as it is)");
+    }
+    for left in &proof.left_out {
+        outln!("  left out {}: {}", left.entry, left.reason);
+    }
+    for check in &proof.checks {
+        if check.passed {
+            outln!("  ok    {:<40} {}", check.name, check.detail);
+        } else {
+            outln!("  FAIL  {:<40} {}", check.name, check.detail);
+        }
+    }
+    let passed = proof.checks.iter().filter(|c| c.passed).count();
+    outln!(
+        "{}: {passed}/{} proven as the backup recorded them",
+        if proof.passed { "PASS" } else { "FAIL" },
+        proof.checks.len()
+    );
 }

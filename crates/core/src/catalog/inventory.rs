@@ -358,6 +358,42 @@ impl Inventory {
             .collect()
     }
 
+    /// The newest trusted backup whose snapshot was taken at or before `at`; the
+    /// inventory must hold one database's backups (load it for one).
+    pub fn as_of(&self, at: Timestamp) -> Result<BackupRef> {
+        let names: Vec<&str> = self
+            .databases
+            .iter()
+            .filter(|(_, part)| !part.backups.is_empty())
+            .map(|(db, _)| db.as_str())
+            .collect();
+        if names.len() > 1 {
+            return Err(Error::config(format!(
+                "the catalog holds backups of {}; name the database",
+                names.join(", ")
+            )));
+        }
+        self.databases
+            .iter()
+            .flat_map(|(db, part)| part.backups.iter().map(move |b| (db, b)))
+            .filter_map(|(db, b)| b.manifest.as_ref().ok().map(|m| (db, b, m.started_at)))
+            .filter(|(_, _, taken)| *taken <= at)
+            .max_by_key(|(_, _, taken)| *taken)
+            .map(|(db, b, _)| BackupRef {
+                database: db.clone(),
+                backup_id: b.backup_id.clone(),
+            })
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no trusted backup{} was taken at or before {at}",
+                    names
+                        .first()
+                        .map(|db| format!(" of {db}"))
+                        .unwrap_or_default()
+                ))
+            })
+    }
+
     /// The trusted backups whose newest passing verification is older than `max_age`
     /// at `now` (or that never passed one): never attempted first, then by their
     /// latest attempt, so backups that keep failing do not crowd out the rest; at

@@ -37,7 +37,7 @@ pub use copy::{CopyBackups, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use nightly::{NightlyRun, RunEvent, RunHooks, RunOutcome};
 pub use prune::{Action, Decision, KeepReason, PRUNED_BY_POLICY, Prune, RetentionPolicy};
-pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
+pub use restore::{LeftOut, PartialProof, Restore, RestoreOutcome, drop_restored, restore_files};
 pub use status::{
     Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
 };

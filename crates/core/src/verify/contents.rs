@@ -81,7 +81,7 @@ impl Verifier for TableFingerprints {
 
 /// One check per relation: `<prefix>:<name>`, failed with `hint` appended where the
 /// restore differs.
-fn compare_relations(
+pub(crate) fn compare_relations(
     prefix: &str,
     expected: &BTreeMap<String, TableFingerprint>,
     found: &BTreeMap<String, TableFingerprint>,

@@ -27,6 +27,7 @@ use tokio_postgres::Client;
 
 pub use amcheck::Amcheck;
 pub use audit_chain::AuditChain;
+pub(crate) use contents::compare_relations;
 pub use contents::{LargeObjects, Sequences, TableFingerprints};
 pub use manifest_chain::ManifestChain;
 pub use properties::{DatabaseProperties, Invariants, Roles};

@@ -378,7 +378,10 @@ impl Toc {
                     || present.contains(&entry.id)
                     || !ATTACHED.contains(&entry.desc)
                     || !entry.deps.iter().any(|d| included.contains(d))
-                    || entry.desc == "TABLE DATA" && !entry.deps.iter().any(|d| seeds.contains(d))
+                    // A table's data, or its sequence, only with the table: a schema
+                    // created for one table does not bring the others' sequences.
+                    || matches!(entry.desc, "TABLE DATA" | "SEQUENCE")
+                        && !entry.deps.iter().any(|d| seeds.contains(d))
                 {
                     continue;
                 }

@@ -90,6 +90,10 @@ fn a_foreign_key_to_a_table_left_out_is_named_with_the_way_to_add_it() {
     let list = listed(&toc, &selection);
     assert!(list.contains(&"TABLE DATA app other postgres".to_owned()));
     assert!(!list.iter().any(|l| l.contains("other_item_fkey")));
+    assert!(
+        !list.iter().any(|l| l.contains("items_id_seq")),
+        "another table's sequence stays out: {list:?}"
+    );
     assert_eq!(selection.left_out.len(), 1, "{:?}", selection.left_out);
     assert!(selection.left_out[0].0.contains("other_item_fkey"));
     assert!(selection.left_out[0].1.contains("TABLE app items"));

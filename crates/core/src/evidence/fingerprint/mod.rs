@@ -243,6 +243,35 @@ impl Fingerprint {
         result
     }
 
+    /// The tables `names` (keys as a fingerprint names them, `schema.table` quoted
+    /// where needed) of the database `client` is connected to, with `method`, in a
+    /// REPEATABLE READ transaction of its own. Nothing else is read or locked (the
+    /// database may be one others use); a table the database lacks is absent from
+    /// the result.
+    pub async fn of_tables(client: &Client, method: Method, names: &[String]) -> Result<Self> {
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db_err("starting the fingerprint transaction"))?;
+        let result = async {
+            let mut oids = Vec::new();
+            for name in names {
+                let row = client
+                    .query_one("SELECT to_regclass($1)::oid", &[name])
+                    .await
+                    .map_err(db_err("finding a restored table"))?;
+                oids.extend(row.get::<_, Option<u32>>(0));
+            }
+            Plan::prepare_only(client, method, &oids)
+                .await?
+                .tables_on(client, &[])
+                .await
+        }
+        .await;
+        let _ = client.batch_execute("COMMIT").await;
+        result
+    }
+
     /// The tables, materialized views and sequences of
     /// [`compute_with`](Self::compute_with) (not the large objects or the audit chain,
     /// which their own verifiers read) on `connections` connections to a database

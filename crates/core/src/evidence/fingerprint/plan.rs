@@ -54,15 +54,38 @@ impl Plan {
 
     /// [`prepare`](Self::prepare) with a given method.
     pub async fn prepare_with(client: &Client, method: Method) -> Result<Self> {
-        let relations = match method {
+        Self::prepare_in(client, method, None).await
+    }
+
+    /// [`prepare_with`](Self::prepare_with) for the relations `oids` only, and no
+    /// sequences: a part of a database others use, which pgproof neither locks nor
+    /// reads beyond what it was asked about.
+    pub async fn prepare_only(client: &Client, method: Method, oids: &[u32]) -> Result<Self> {
+        Self::prepare_in(client, method, Some(oids)).await
+    }
+
+    async fn prepare_in(client: &Client, method: Method, restrict: Option<&[u32]>) -> Result<Self> {
+        let kinds = match method {
             Method::V1 => "c.relkind = 'r'",
             Method::V2 => "c.relkind IN ('r', 'p') AND NOT c.relispartition",
             Method::V3 | Method::V4 => {
                 "(c.relkind IN ('r', 'p') AND NOT c.relispartition OR c.relkind = 'm' AND c.relispopulated)"
             }
         };
+        let relations = match restrict {
+            None => kinds.to_owned(),
+            Some(oids) => format!(
+                "({kinds}) AND c.oid IN ({})",
+                oids.iter()
+                    .map(|oid| oid.to_string())
+                    .chain(["0".to_owned()])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let relations = relations.as_str();
         let text_encoding = pin_settings(client).await?;
-        check_privileges(client, relations).await?;
+        check_privileges(client, relations, restrict.is_none()).await?;
         let rows = client
             .query(
                 &format!(
@@ -112,7 +135,10 @@ impl Plan {
                 .await
                 .map_err(db_err("locking a materialized view to fingerprint"))?;
         }
-        let sequences = sequences(client).await?;
+        let sequences = match restrict {
+            None => sequences(client).await?,
+            Some(_) => BTreeMap::new(),
+        };
         Ok(Self {
             method,
             text_encoding,
@@ -252,7 +278,8 @@ fn combine(rows: &[tokio_postgres::Row], partitioned: bool) -> Result<TableFinge
 /// Fails up front, naming every relation and the privilege this role lacks, rather
 /// than at the first table deep into a dump with PostgreSQL's bare "permission
 /// denied for table b".
-async fn check_privileges(client: &Client, relations: &str) -> Result<()> {
+async fn check_privileges(client: &Client, relations: &str, sequences: bool) -> Result<()> {
+    let sequences = if sequences { "OR c.relkind = 'S'" } else { "" };
     let rows = client
         .query(
             &format!(
@@ -262,7 +289,7 @@ async fn check_privileges(client: &Client, relations: &str) -> Result<()> {
                         c.relrowsecurity AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) \
                           AND NOT (SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE ({relations} OR c.relkind = 'S') AND {USER_RELATION} ORDER BY 1"
+                 WHERE ({relations} {sequences}) AND {USER_RELATION} ORDER BY 1"
             ),
             &[],
         )
