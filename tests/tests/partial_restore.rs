@@ -374,3 +374,56 @@ async fn as_of_picks_the_newest_backup_taken_by_then() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("at or before"), "{}", stderr(&out));
 }
+
+/// Names with quotes, dots, spaces, semicolons and upper case travel from the backup
+/// to the target server as data: the table is found by its quoted pattern, restored
+/// with its schema, type and sequence, and proven.
+#[tokio::test]
+async fn hostile_names_are_restored_and_proven() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_database(&cluster, "part_names")
+        .await
+        .batch_execute(
+            r#"
+            CREATE SCHEMA "Odd Schema; x";
+            CREATE TYPE "Odd Schema; x"."state.kind" AS ENUM ('a', 'b');
+            CREATE TABLE "Odd Schema; x"."we""ird. name" (
+                id serial PRIMARY KEY, s "Odd Schema; x"."state.kind", t text);
+            INSERT INTO "Odd Schema; x"."we""ird. name" (s, t)
+                SELECT 'b', 'v' || g FROM generate_series(1, 40) g;
+            CREATE TABLE public.other (v int);
+            "#,
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "part_names", "custom");
+    ws.backup();
+    let out = json(&ws.pgproof_ok(&[
+        "restore",
+        "latest",
+        "--table",
+        r#""Odd Schema; x"."we""ird. name""#,
+        "--target",
+        &cluster.url("part_names_back"),
+        "--json",
+    ]));
+    let partial = &out["partial"];
+    assert_eq!(partial["passed"], true, "{out}");
+    assert_eq!(
+        check(partial, r#"fingerprint:"Odd Schema; x"."we""ird. name""#)["passed"],
+        true
+    );
+    assert_eq!(partial["checks"].as_array().unwrap().len(), 2, "{partial}");
+    assert_eq!(
+        count(
+            &cluster,
+            "part_names_back",
+            r#""Odd Schema; x"."we""ird. name""#
+        )
+        .await,
+        40
+    );
+    assert!(!exists(&cluster, "part_names_back", "public.other").await);
+}
