@@ -214,6 +214,11 @@ pub enum Command {
         /// every other table).
         #[arg(long = "exclude-table", short = 'T', value_name = "PATTERN")]
         exclude_tables: Vec<String>,
+        /// With --table selecting one table: restore it into the existing --target
+        /// database beside the live one, as NAME in the same schema (its indexes and
+        /// owned sequences named after it), proven where it lands.
+        #[arg(long, value_name = "NAME", requires = "tables")]
+        rename_to: Option<String>,
         /// Database to restore into (libpq URI); must not exist, or be empty,
         /// unless --clean.
         #[arg(long, value_name = "URL", required_unless_present = "files")]

@@ -33,6 +33,8 @@ pub struct Destination<'a> {
     pub files: Option<&'a Path>,
     /// The tables to restore (all when empty).
     pub filter: Filter,
+    /// The new name of the one table restored beside the live one.
+    pub rename_to: Option<String>,
 }
 
 /// Which backup to restore.
@@ -135,6 +137,7 @@ pub async fn restore(
     let partial = !into.filter.is_empty();
     let outcome = Restore::new(sink, m.clone(), target)
         .tables(into.filter)
+        .rename_to(into.rename_to)
         .identities(identities)
         .clean(allow.clean)
         .force(allow.force)
@@ -194,6 +197,9 @@ fn print_proof(proof: &PartialProof) {
     }
     for left in &proof.left_out {
         outln!("  left out {}: {}", left.entry, left.reason);
+    }
+    if let Some(landed) = &proof.restored_as {
+        outln!("  as    {landed}");
     }
     for check in &proof.checks {
         if check.passed {

@@ -3,6 +3,7 @@
 //! or some of its tables, proven (the `partial` module).
 
 mod partial;
+mod rename;
 
 pub use partial::{LeftOut, PartialProof};
 
@@ -46,6 +47,7 @@ pub struct Restore {
     pg_bin_dir: Option<PathBuf>,
     progress: Option<Progress>,
     filter: Filter,
+    rename_to: Option<String>,
 }
 
 /// A finished restore.
@@ -80,6 +82,7 @@ impl Restore {
             pg_bin_dir: None,
             progress: None,
             filter: Filter::default(),
+            rename_to: None,
         }
     }
 
@@ -157,10 +160,21 @@ impl Restore {
         self
     }
 
+    /// With [`tables`](Self::tables) selecting one table: restores it into the
+    /// existing target database beside the live one, under the name `name` in the
+    /// same schema (its indexes and owned sequences renamed after it), the common
+    /// "get yesterday's rows back". It is restored and proven in a database of its
+    /// own first, then copied over (`pg_dump | pg_restore`, one transaction) and
+    /// proven again where it lands.
+    pub fn rename_to(mut self, name: Option<String>) -> Self {
+        self.rename_to = name;
+        self
+    }
+
     /// Restores.
     pub async fn run(self) -> Result<RestoreOutcome> {
         let scope = self.scope.clone();
-        if self.filter.is_empty() {
+        if self.filter.is_empty() && self.rename_to.is_none() {
             scope.run(self.execute()).await
         } else {
             scope.run(self.execute_part()).await

@@ -15,14 +15,14 @@ use tokio_postgres::Client;
 use super::{Restore, RestoreOutcome, leading_major};
 use crate::catalog::{self, Manifest};
 use crate::codec::CodecChain;
-use crate::dump::toc::{Entry, Selection, Toc, unquote_qualified};
+use crate::dump::toc::{Entry, SelectedTable, Selection, Toc, unquote_qualified};
 use crate::dump::{ArchiveSource, Dumper};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::fingerprint::{self, Fingerprint, Method, SequenceState};
 use crate::ops::drop_on_cancel;
 use crate::pg::admin::Admin;
 use crate::pg::process::client_command;
-use crate::pg::{PgTools, db_err, quote_ident};
+use crate::pg::{ConnParams, PgTools, db_err, quote_ident};
 use crate::verify::{Check, compare_relations};
 
 /// What a partial restore restored, and its proof.
@@ -40,6 +40,9 @@ pub struct PartialProof {
     pub present: Vec<String>,
     /// What belongs to the selected tables but was not restored, with the reason.
     pub left_out: Vec<LeftOut>,
+    /// The name the one selected table was restored under (`--rename-to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_as: Option<String>,
 }
 
 /// An entry of a selected table that a partial restore left out.
@@ -71,7 +74,12 @@ impl Restore {
             .server()
             .major()
             .max(leading_major(&m.pg_dump_version));
-        let tools = PgTools::find(self.pg_bin_dir.as_deref(), min_major, &["pg_restore"])?;
+        let programs: &[&str] = if self.rename_to.is_some() {
+            &["pg_restore", "pg_dump"]
+        } else {
+            &["pg_restore"]
+        };
+        let tools = PgTools::find(self.pg_bin_dir.as_deref(), min_major, programs)?;
         let stage = tempfile::Builder::new()
             .prefix("pgproof-list-")
             .tempdir()
@@ -101,14 +109,6 @@ impl Restore {
             ))
             .with_setting(Setting::Clean));
         }
-        let registered = if exists {
-            None
-        } else {
-            admin
-                .create(&database, &m.source.encoding, m.properties.as_ref())
-                .await?;
-            Some(drop_on_cancel(&self.scope, &self.target))
-        };
         let part = Part {
             dumper: &*dumper,
             chain: &chain,
@@ -118,7 +118,29 @@ impl Restore {
             sequences: &sequences,
             method,
         };
-        let result = self.restore_part(&admin, part, chosen, !exists).await;
+        if let Some(name) = &self.rename_to {
+            let (raw_bytes, proof) = self
+                .restore_renamed(&admin, &part, chosen, name, exists)
+                .await?;
+            return Ok(RestoreOutcome {
+                database,
+                created: false,
+                raw_bytes,
+                duration: clock.elapsed(),
+                proof: Some(proof),
+            });
+        }
+        let registered = if exists {
+            None
+        } else {
+            admin
+                .create(&database, &m.source.encoding, m.properties.as_ref())
+                .await?;
+            Some(drop_on_cancel(&self.scope, &self.target))
+        };
+        let result = self
+            .restore_part(&admin, &part, chosen, &self.target, !exists)
+            .await;
         let outcome = match result {
             Ok((raw_bytes, proof)) => Ok(RestoreOutcome {
                 database: database.clone(),
@@ -180,16 +202,17 @@ impl Restore {
             .await
     }
 
-    /// Restores the entries the chosen tables need into the target and proves them.
-    async fn restore_part(
+    /// Restores the entries the chosen tables need into `target` and proves them.
+    pub(super) async fn restore_part(
         &self,
         admin: &Admin,
-        part: Part<'_>,
-        chosen: Vec<crate::dump::toc::SelectedTable>,
+        part: &Part<'_>,
+        chosen: Vec<SelectedTable>,
+        target: &ConnParams,
         created: bool,
     ) -> Result<(u64, PartialProof)> {
-        let client = self.target.connect().await?;
-        let database = self.target.dbname();
+        let client = target.connect().await?;
+        let database = target.dbname();
         let keys: Vec<String> = chosen.iter().filter_map(|t| t.key.clone()).collect();
         let clashes = existing_tables(&client, &keys).await?;
         if !clashes.is_empty() {
@@ -203,7 +226,7 @@ impl Restore {
         let list = part.stage.join("restore.list");
         std::fs::write(&list, part.toc.use_list(&selection))
             .map_err(|e| Error::io("writing pg_restore's list", e))?;
-        let mut cmd = client_command(part.tools, "pg_restore", &self.target);
+        let mut cmd = client_command(part.tools, "pg_restore", target);
         cmd.args(["--exit-on-error", "--single-transaction", "--no-password"])
             .arg(format!("--use-list={}", list.display()))
             .args(["--dbname", database])
@@ -238,6 +261,7 @@ impl Restore {
                     .into_iter()
                     .map(|(entry, reason)| LeftOut { entry, reason })
                     .collect(),
+                restored_as: None,
             },
         ))
     }
@@ -288,14 +312,14 @@ impl Restore {
 }
 
 /// What restoring part of one archive works with.
-struct Part<'a> {
+pub(super) struct Part<'a> {
     dumper: &'a dyn Dumper,
     chain: &'a CodecChain,
-    tools: &'a PgTools,
+    pub(super) tools: &'a PgTools,
     stage: &'a Path,
     toc: &'a Toc,
     sequences: &'a BTreeMap<String, (String, String)>,
-    method: Method,
+    pub(super) method: Method,
 }
 
 type Names = BTreeMap<String, (String, String)>;
