@@ -427,3 +427,89 @@ async fn hostile_names_are_restored_and_proven() {
     );
     assert!(!exists(&cluster, "part_names_back", "public.other").await);
 }
+
+/// "Get yesterday's rows back": the table restored beside the live one under
+/// another name, with its indexes and sequence named after it, proven where it
+/// landed; the live table and the rest of the database stay as they are.
+#[tokio::test]
+async fn a_table_is_restored_beside_the_live_one_under_another_name() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    source(&cluster, "part_rename").await;
+    let ws = Workspace::new(&cluster, "part_rename", "directory");
+    ws.backup();
+    let live = connect(&cluster, "part_rename").await;
+    live.batch_execute(
+        "DELETE FROM app.items WHERE id > 100 AND id NOT IN (SELECT item FROM app.orders)",
+    )
+    .await
+    .unwrap();
+
+    let out = json(&ws.pgproof_ok(&[
+        "restore",
+        "latest",
+        "--table",
+        "app.items",
+        "--rename-to",
+        "items_yesterday",
+        "--target",
+        &cluster.url("part_rename"),
+        "--json",
+    ]));
+    let partial = &out["partial"];
+    assert_eq!(partial["passed"], true, "{out}");
+    assert_eq!(partial["restored_as"], "app.items_yesterday");
+    let proven = check(partial, "fingerprint:app.items");
+    assert_eq!(proven["passed"], true);
+    assert!(
+        proven["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("as app.items_yesterday")
+    );
+    assert_eq!(
+        count(&cluster, "part_rename", "app.items_yesterday").await,
+        500
+    );
+    assert_eq!(count(&cluster, "part_rename", "app.items").await, 100);
+    assert_eq!(count(&cluster, "part_rename", "app.orders").await, 50);
+    for renamed in ["app.items_yesterday_pkey", "app.items_yesterday_id_seq"] {
+        assert!(exists(&cluster, "part_rename", renamed).await, "{renamed}");
+    }
+    let leftovers: i64 = connect(&cluster, "postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgproof\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leftovers, 0,
+        "the database the table was proven in first is gone"
+    );
+
+    // The name is taken now: refused, nothing changed.
+    let again = ws.pgproof(&[
+        "restore",
+        "latest",
+        "--table",
+        "app.items",
+        "--rename-to",
+        "items_yesterday",
+        "--target",
+        &cluster.url("part_rename"),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("items_yesterday"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        count(&cluster, "part_rename", "app.items_yesterday").await,
+        500
+    );
+}

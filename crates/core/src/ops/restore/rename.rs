@@ -89,9 +89,14 @@ impl Restore {
             self.copy_table(part, &apart, &landed).await?;
             let found =
                 Fingerprint::of_tables(&live, part.method, std::slice::from_ref(&landed)).await?;
-            proof.checks = self.prove_landed(&key, &landed, found.tables.into_values().next());
+            // Named as fingerprints name tables (quoted only where needed).
+            let (shown, found) = match found.tables.into_iter().next() {
+                Some((shown, found)) => (shown, Some(found)),
+                None => (landed.clone(), None),
+            };
+            proof.checks = self.prove_landed(&key, &shown, found);
             proof.passed = proof.checks.iter().all(|c| c.passed);
-            proof.restored_as = Some(landed.clone());
+            proof.restored_as = Some(shown);
             Ok((raw_bytes, proof))
         }
         .await;
