@@ -16,7 +16,9 @@ use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{ObjectMeta, Sink, SinkExt};
 
-use crate::catalog::records::{Lease, Pin, RecordBinding, Tombstone, Verification, parse, refuse};
+use crate::catalog::records::{
+    Lease, Pin, RecordBinding, TableProof, Tombstone, Verification, parse, refuse,
+};
 
 /// A committed backup.
 #[derive(Clone, Debug)]
@@ -35,6 +37,9 @@ pub struct CatalogEntry {
     pub leases: Vec<Lease>,
     /// Its pins, holding or lapsed.
     pub pins: Vec<Pin>,
+    /// Rolling verifications' proofs of some of its tables, oldest first (those that
+    /// are not trusted, or are about another manifest, are findings instead).
+    pub table_proofs: Vec<TableProof>,
 }
 
 impl CatalogEntry {
@@ -189,7 +194,13 @@ async fn prefetch(
                         // through unchecked is read as a catalog object.
                         let wanted = matches!(
                             Kind::of(&o.key),
-                            Some(Kind::Manifest | Kind::Tombstone | Kind::Lease | Kind::Pin)
+                            Some(
+                                Kind::Manifest
+                                    | Kind::Tombstone
+                                    | Kind::Lease
+                                    | Kind::Pin
+                                    | Kind::TableProof
+                            )
                         );
                         wanted.then(|| o.key.clone())
                     })
@@ -330,6 +341,11 @@ async fn load_entry(
             Err(e) => return Err(e),
         }
     }
+    let table_proofs = if manifest.is_ok() {
+        table_proofs(fetched, part, &objects, &manifest_sha256, now)
+    } else {
+        Vec::new()
+    };
     Ok(CatalogEntry {
         backup_id: id,
         manifest,
@@ -338,7 +354,46 @@ async fn load_entry(
         verifications,
         leases,
         pins,
+        table_proofs,
     })
+}
+
+/// The trusted table proofs among a backup's `objects` (prefetched), oldest first.
+fn table_proofs(
+    fetched: &Fetched,
+    part: &mut DatabaseInventory,
+    objects: &[ObjectMeta],
+    manifest_sha256: &str,
+    now: Timestamp,
+) -> Vec<TableProof> {
+    let mut proofs = Vec::new();
+    for object in objects {
+        if Kind::of(&object.key) != Some(Kind::TableProof) {
+            continue;
+        }
+        let key = object.key.as_str();
+        let proof = match fetched.get(key) {
+            Some(Ok(body)) => parse::<TableProof>(key, body).and_then(|p| {
+                p.check(now, key)?;
+                let about: RecordBinding = parse(key, body)?;
+                if about.manifest_sha256.as_deref() != Some(manifest_sha256) {
+                    return Err(refuse(
+                        key,
+                        "is about another manifest than the one now stored (it was replaced or edited since)".into(),
+                    ));
+                }
+                Ok(p)
+            }),
+            Some(Err(e)) if e.kind() == ErrorKind::Integrity => Err(e.clone()),
+            _ => continue,
+        };
+        match proof {
+            Ok(p) => proofs.push(p),
+            Err(e) => part.find(key, &e),
+        }
+    }
+    proofs.sort_by_key(|p| p.verified_at);
+    proofs
 }
 
 impl Inventory {

@@ -7,6 +7,7 @@
 //! <db>/_commit.lock                         lock
 //! <db>/<id>/manifest.json                   manifest (the commit point)
 //! <db>/<id>/verify/<time>_<verdict>_r<ms>.json  record
+//! <db>/<id>/tables/<time>_<verdict>.json    table proof (a rolling verification's)
 //! <db>/<id>/pin/<time>-<unique>.json        pin
 //! <db>/<id>/lease/<unique>.json             lease
 //! <db>/<id>/tombstone.json                  tombstone
@@ -29,6 +30,7 @@ const LOCK_NAME: &str = "_commit.lock";
 const RECORDS: &str = "verify";
 const PINS: &str = "pin";
 const LEASES: &str = "lease";
+const TABLE_PROOFS: &str = "tables";
 
 /// The kinds of object the catalog signs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum Kind {
     Pin,
     /// `<db>/<id>/lease/<name>.json`.
     Lease,
+    /// `<db>/<id>/tables/<name>.json`.
+    TableProof,
     /// `<db>/<id>/tombstone.json`.
     Tombstone,
     /// `<db>/<id>/adopted.json`.
@@ -62,6 +66,7 @@ impl Kind {
                 RECORDS => Some(Self::Record),
                 PINS => Some(Self::Pin),
                 LEASES => Some(Self::Lease),
+                TABLE_PROOFS => Some(Self::TableProof),
                 _ => None,
             },
             _ => None,
@@ -75,6 +80,7 @@ impl Kind {
             Self::Record => "verification record",
             Self::Pin => "pin",
             Self::Lease => "lease",
+            Self::TableProof => "table proof",
             Self::Tombstone => "tombstone",
             Self::Adoption => "adoption",
             Self::Lock => "commit lock",
@@ -120,6 +126,11 @@ pub fn record(db: &str, id: &str, name: &str) -> String {
 /// `<db>/<id>/verify/`.
 pub fn records(db: &str, id: &str) -> String {
     format!("{db}/{id}/{RECORDS}/")
+}
+
+/// `<db>/<id>/tables/<name>`.
+pub fn table_proof(db: &str, id: &str, name: &str) -> String {
+    format!("{db}/{id}/{TABLE_PROOFS}/{name}")
 }
 
 /// `<db>/<id>/pin/<name>`.
@@ -171,6 +182,10 @@ mod tests {
         );
         assert_eq!(Kind::of(&pin("app", "1", "x.json")), Some(Kind::Pin));
         assert_eq!(Kind::of(&lease("app", "1", "x.json")), Some(Kind::Lease));
+        assert_eq!(
+            Kind::of(&table_proof("app", "1", "x_passed.json")),
+            Some(Kind::TableProof)
+        );
         assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
         assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));

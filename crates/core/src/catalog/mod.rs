@@ -19,8 +19,8 @@ pub use manifest::{
     SourceInfo, ToolInfo, check_database_name, manifest_key, new_backup_id,
 };
 pub use records::{
-    BackupLease, CLOCK_SKEW, Lease, MAX_LEASE_TTL, Pin, Tombstone, Verification, id_started_at,
-    leased_now, pin, pinned_now, tombstone, unpin,
+    BackupLease, CLOCK_SKEW, Lease, MAX_LEASE_TTL, Pin, TableProof, Tombstone, Verification,
+    id_started_at, leased_now, pin, pinned_now, tombstone, unpin,
 };
 pub use trust::{Keyring, SignedSink, SigningKey, TrustedKey};
 

@@ -170,6 +170,49 @@ impl Lease {
     }
 }
 
+/// A rolling verification's proof of some of a backup's tables, as its record says
+/// (the report of a partial restore into a scratch database).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct TableProof {
+    /// When it finished.
+    pub verified_at: Timestamp,
+    /// Whether every table it restored was proven.
+    pub passed: bool,
+    #[serde(default)]
+    checks: Vec<ProofCheck>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+struct ProofCheck {
+    name: String,
+    passed: bool,
+}
+
+impl TableProof {
+    /// The record's file name under `<db>/<id>/tables/`.
+    pub fn record_name(verified_at: Timestamp, passed: bool) -> String {
+        format!(
+            "{}_{}.json",
+            verified_at.strftime("%Y%m%dT%H%M%S%.fZ"),
+            if passed { "passed" } else { "failed" }
+        )
+    }
+
+    /// Each table it restored (as fingerprints name them) and whether it was proven.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.checks.iter().filter_map(|c| {
+            c.name
+                .strip_prefix("fingerprint:")
+                .map(|table| (table, c.passed))
+        })
+    }
+
+    /// Refuses a record made in the future.
+    pub fn check(&self, now: Timestamp, key: &str) -> Result<()> {
+        not_future(key, "verified_at", self.verified_at, now)
+    }
+}
+
 /// One verification of a backup, as its record says.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Verification {

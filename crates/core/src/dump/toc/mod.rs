@@ -204,6 +204,7 @@ const ATTACHED: &[&str] = &[
 /// Kinds a target database may already have, which a partial restore then uses as
 /// they are.
 pub const SHARED: &[&str] = &[
+    "TABLE",
     "SCHEMA",
     "EXTENSION",
     "TYPE",
@@ -360,9 +361,20 @@ impl Toc {
         sequences: &BTreeMap<String, (String, String)>,
     ) -> Result<Selection> {
         let seeds: HashSet<u32> = tables.iter().map(|t| t.id).collect();
+        // The tables a selected one inherits from come as definitions (no rows): a
+        // child cannot be created without its parents.
+        let mut relations = seeds.clone();
+        let mut stack: Vec<u32> = seeds.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            for &dep in self.get(id).map(|e| e.deps.as_slice()).unwrap_or_default() {
+                if self.get(dep).is_some_and(|e| e.desc == "TABLE") && relations.insert(dep) {
+                    stack.push(dep);
+                }
+            }
+        }
         let mut included = BTreeSet::new();
         for table in &tables {
-            if let Err(missing) = self.close(table.id, &seeds, present, &mut included) {
+            if let Err(missing) = self.close(table.id, &relations, present, &mut included) {
                 return Err(Error::config(format!(
                     "{} needs {}, which the selection leaves out: add it with --table",
                     self.name(table.id),
@@ -388,7 +400,7 @@ impl Toc {
                 if entry.desc == "SEQUENCE OWNED BY" && !self.owner_selected(entry, &seeds) {
                     continue;
                 }
-                match self.close(entry.id, &seeds, present, &mut included) {
+                match self.close(entry.id, &relations, present, &mut included) {
                     Ok(()) => changed = true,
                     Err(missing) => {
                         if tables.iter().any(|t| self.is_about_table(entry, t.id)) {

@@ -180,14 +180,25 @@ fn partitions_children_identity_and_triggers_come_along() {
 }
 
 #[test]
-fn a_child_without_its_parent_is_refused_naming_the_parent() {
-    let toc = Toc::parse(MORE).unwrap();
-    let chosen = toc.tables(&tables(), &filter(&["app.child"])).unwrap();
-    let err = toc
-        .select(chosen, &HashSet::new(), &sequences())
-        .unwrap_err();
-    assert!(err.to_string().contains("TABLE app other"), "{err}");
-    assert!(err.to_string().contains("--table"), "{err}");
+fn a_child_brings_its_parent_s_definition_without_its_rows() {
+    let (toc, selection) = selected(MORE, &["app.child"], &[]);
+    let list = listed(&toc, &selection);
+    assert!(
+        list.contains(&"TABLE app other postgres".to_owned()),
+        "{list:?}"
+    );
+    assert!(list.contains(&"TABLE DATA app child postgres".to_owned()));
+    assert!(!list.contains(&"TABLE DATA app other postgres".to_owned()));
+    assert!(
+        selection
+            .created
+            .iter()
+            .any(|c| c == "TABLE app other postgres")
+    );
+    assert_eq!(selection.tables.len(), 1);
+    // A target that has the parent uses it.
+    let (toc, selection) = selected(MORE, &["app.child"], &[217]);
+    assert!(!listed(&toc, &selection).contains(&"TABLE app other postgres".to_owned()));
 }
 
 #[test]

@@ -398,7 +398,7 @@ async fn present_in(client: &Client, needs: Vec<&Entry>) -> HashSet<u32> {
                     "FUNCTION" | "PROCEDURE" | "AGGREGATE" => {
                         "SELECT to_regprocedure(quote_ident($1) || '.' || $2) IS NOT NULL"
                     }
-                    "SEQUENCE" => {
+                    "SEQUENCE" | "TABLE" => {
                         "SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) IS NOT NULL"
                     }
                     "COLLATION" => {
