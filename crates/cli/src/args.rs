@@ -142,6 +142,19 @@ pub enum Command {
         /// With --stale: at most this many per run.
         #[arg(long, value_name = "N", requires = "stale")]
         limit: Option<usize>,
+        /// Rolling verification of tables, for databases too big to restore whole:
+        /// prove N tables of each database's newest backup (the least recently proven
+        /// first, with what they need) instead of the whole backup, and record a
+        /// table proof. status.max_table_unproven_age tells whether every table
+        /// is proven within a window.
+        #[arg(long, value_name = "N", conflicts_with_all = ["backup", "all", "stale", "adopt"])]
+        tables_per_run: Option<usize>,
+        /// Rolling verification of tables within a time budget (`2h`): batches of the
+        /// least recently proven tables (of --tables-per-run, or a tenth of the tables)
+        /// while the next one fits; a batch still running when it ends is stopped and
+        /// not recorded.
+        #[arg(long, value_name = "DURATION", conflicts_with_all = ["backup", "all", "stale", "adopt"])]
+        budget: Option<String>,
         /// Database whose backups to verify.
         #[arg(long)]
         database: Option<String>,

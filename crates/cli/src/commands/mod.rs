@@ -5,6 +5,7 @@ mod certificate;
 mod drill;
 mod list;
 mod restore;
+mod rolling;
 mod setup;
 mod status;
 mod upkeep;
@@ -89,6 +90,20 @@ async fn operate(
         } => upkeep::check(config, database.as_deref(), read_data, json).await,
         Command::Status { json, prometheus } => {
             status::status(config, json, prometheus.as_deref()).await
+        }
+        Command::Verify {
+            database,
+            keep,
+            json,
+            tables_per_run,
+            budget,
+            ..
+        } if tables_per_run.is_some() || budget.is_some() => {
+            let share = rolling::Share {
+                tables_per_run,
+                budget: budget.as_deref(),
+            };
+            rolling::rolling(config, database.as_deref(), share, keep, json, &progress).await
         }
         Command::Verify {
             backup,

@@ -64,6 +64,12 @@ fn print_lines(report: &StatusReport) {
                 format!("  ({})", breaches.join("; "))
             }
         );
+        if let (Some(all), Some(proven)) = (s.tables, s.tables_proven) {
+            outln!(
+                "        {}  tables proven within status.max_table_unproven_age: {proven}/{all}",
+                s.database
+            );
+        }
         for alert in &s.alerts {
             outln!("        {}  ALERT  {alert}", s.database);
         }

@@ -23,6 +23,7 @@ mod backup;
 pub mod certificate;
 mod check;
 mod copy;
+pub mod coverage;
 mod drill;
 pub mod duration;
 mod nightly;

@@ -3,7 +3,6 @@
 //! thresholds (RPO, RTO, unproven age, alerts, untrusted objects), judged from one
 //! reading of the catalog.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -13,7 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{BackupId, DatabaseInventory, Inventory};
 use crate::error::{Error, Result};
 use crate::evidence::alerts::AlertPolicy;
+use crate::ops::coverage::TableLedger;
 use crate::sink::Sink;
+
+mod prometheus;
+
+use prometheus::prometheus_text;
 
 /// The thresholds each database is held to; none is set by default. A config file's
 /// `[status]` deserializes into it (`max_age = "26h"`).
@@ -32,6 +36,10 @@ pub struct StatusPolicy {
     /// Every backup must have passed a verification within this.
     #[serde(with = "super::duration::option")]
     pub max_unproven_age: Option<SignedDuration>,
+    /// Every table of the newest backup must have been proven within this, by a
+    /// whole verification or a rolling one (`verify --tables-per-run`/`--budget`).
+    #[serde(with = "super::duration::option")]
+    pub max_table_unproven_age: Option<SignedDuration>,
 }
 
 /// Why a database is not healthy.
@@ -55,6 +63,17 @@ pub enum Breach {
         max: SignedDuration,
         /// The oldest of them.
         oldest: BackupId,
+    },
+    /// Tables of the newest backup not proven within `max_table_unproven_age`.
+    TablesUnproven {
+        /// How many.
+        count: usize,
+        /// Of how many.
+        total: usize,
+        /// The threshold.
+        max: SignedDuration,
+        /// The least recently proven.
+        first: String,
     },
     /// No committed backup.
     NoBackup,
@@ -106,6 +125,15 @@ impl fmt::Display for Breach {
             Breach::Unproven { count, max, oldest } => write!(
                 f,
                 "{count} backups not proven within status.max_unproven_age {max:#} (oldest {oldest})"
+            ),
+            Breach::TablesUnproven {
+                count,
+                total,
+                max,
+                first,
+            } => write!(
+                f,
+                "{count} of {total} tables not proven within status.max_table_unproven_age {max:#} (first {first})"
             ),
             Breach::NoBackup => f.write_str("no backup"),
             Breach::FailedVerification(ids) => {
@@ -182,6 +210,10 @@ pub struct DatabaseStatus {
     pub oldest_unproven_backup: Option<BackupId>,
     /// When it started.
     pub oldest_unproven_backup_at: Option<Timestamp>,
+    /// Tables in the newest backup (with `max_table_unproven_age`).
+    pub tables: Option<usize>,
+    /// Of those, proven within `max_table_unproven_age`.
+    pub tables_proven: Option<usize>,
     /// The newest backup's anomalies against the one before it.
     pub alerts: Vec<String>,
     /// Catalog objects no trusted key signed (each left out of every figure here).
@@ -397,6 +429,8 @@ impl Status {
             unproven_backups: None,
             oldest_unproven_backup: None,
             oldest_unproven_backup_at: None,
+            tables: None,
+            tables_proven: None,
             alerts: newest
                 .map(|(_, m)| m.alerts.iter().map(|a| a.detail.clone()).collect())
                 .unwrap_or_default(),
@@ -428,6 +462,21 @@ impl Status {
                     count: unproven.len(),
                     max,
                     oldest: oldest.backup_id.clone(),
+                });
+            }
+        }
+        if let Some(max) = self.policy.max_table_unproven_age
+            && let Some(ledger) = TableLedger::of(&s.database, part)
+        {
+            let coverage = ledger.coverage(now, max);
+            s.tables = Some(coverage.tables);
+            s.tables_proven = Some(coverage.proven);
+            if let Some(first) = coverage.unproven.first() {
+                breaches.push(Breach::TablesUnproven {
+                    count: coverage.unproven.len(),
+                    total: coverage.tables,
+                    max,
+                    first: first.clone(),
                 });
             }
         }
@@ -497,99 +546,4 @@ fn replica_statuses(name: &str, replicas: &[(String, Inventory)]) -> Vec<Replica
             }
         })
         .collect()
-}
-
-/// One metric's help text and its sample per database.
-type Family<'a> = (&'static str, Vec<(&'a str, f64)>);
-
-/// The statuses as Prometheus text exposition: one gauge family per figure, one
-/// sample per database.
-fn prometheus_text(statuses: &[DatabaseStatus]) -> String {
-    let mut metrics: BTreeMap<&str, Family<'_>> = BTreeMap::new();
-    for s in statuses {
-        let db = s.database.as_str();
-        let ts = |t: Option<Timestamp>| t.map(|t| t.as_millisecond() as f64 / 1000.0);
-        let figures: [(&str, &str, Option<f64>); 11] = [
-            (
-                "pgproof_last_backup_timestamp_seconds",
-                "Start of the newest committed backup, Unix time.",
-                ts(s.newest_backup_at),
-            ),
-            (
-                "pgproof_last_verified_backup_timestamp_seconds",
-                "Start of the newest backup that passed verification, Unix time.",
-                ts(s.newest_verified_backup_at),
-            ),
-            (
-                "pgproof_last_verification_timestamp_seconds",
-                "End of the newest passing verification, Unix time.",
-                ts(s.last_verification_at),
-            ),
-            (
-                "pgproof_restore_seconds",
-                "Restore time measured by the newest passing verification.",
-                s.last_restore_secs,
-            ),
-            (
-                "pgproof_backup_bytes",
-                "Stored size of the newest backup.",
-                s.newest_backup_stored_bytes.map(|b| b as f64),
-            ),
-            (
-                "pgproof_backups",
-                "Committed backups in the sink.",
-                Some(s.backups as f64),
-            ),
-            (
-                "pgproof_unproven_backups",
-                "Backups not proven within status.max_unproven_age.",
-                s.unproven_backups.map(|n| n as f64),
-            ),
-            (
-                "pgproof_oldest_unproven_backup_timestamp_seconds",
-                "Start of the oldest backup not proven within status.max_unproven_age, Unix time.",
-                ts(s.oldest_unproven_backup_at),
-            ),
-            (
-                "pgproof_backup_alerts",
-                "Anomalies of the newest backup against the previous one.",
-                Some(s.alerts.len() as f64),
-            ),
-            (
-                "pgproof_untrusted_objects",
-                "Catalog objects (manifests, records, pins, leases, tombstones) no trusted key signed.",
-                Some(s.untrusted_objects.len() as f64),
-            ),
-            (
-                "pgproof_status_breached",
-                "1 when a [status] threshold is breached or there is no backup.",
-                Some(if s.healthy() { 0.0 } else { 1.0 }),
-            ),
-        ];
-        for (name, help, value) in figures {
-            if let Some(v) = value {
-                metrics
-                    .entry(name)
-                    .or_insert((help, Vec::new()))
-                    .1
-                    .push((db, v));
-            }
-        }
-    }
-    let mut text = String::new();
-    for (name, (help, values)) in &metrics {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (db, v) in values {
-            text.push_str(&format!("{name}{{database=\"{}\"}} {v}\n", label(db)));
-        }
-    }
-    text
-}
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

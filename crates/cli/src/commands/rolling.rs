@@ -1,0 +1,177 @@
+//! `pgproof verify --tables-per-run N` / `--budget DURATION`: rolling verification of
+//! databases too big to restore whole. Each run proves the least recently proven
+//! tables of each database's newest backup, with what they need, in the scratch
+//! database, and records a table proof; `status` then tells how many tables were
+//! proven within `status.max_table_unproven_age`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgproof_core::catalog::Inventory;
+use pgproof_core::dump::toc::{Filter, TablePattern, unquote_qualified};
+use pgproof_core::ops::Verify;
+use pgproof_core::ops::coverage::TableLedger;
+use pgproof_core::scope::Scope;
+use pgproof_core::verify::Report;
+use pgproof_core::{Error, ErrorKind, Result, Sink};
+
+use crate::args::Annotations;
+use crate::config::{Config, parse_duration};
+use crate::engines::{identities, open_signed, scratch_server};
+use crate::render::{ProgressOutput, outln, print_json, print_report};
+
+/// How much one run proves.
+pub struct Share<'a> {
+    /// Tables per batch (one batch per database without a budget).
+    pub tables_per_run: Option<usize>,
+    /// Batches until the next would not fit, across all databases.
+    pub budget: Option<&'a str>,
+}
+
+pub async fn rolling(
+    config: &Config,
+    database: Option<&str>,
+    share: Share<'_>,
+    keep: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    let budget = share
+        .budget
+        .map(|b| parse_duration("--budget", b))
+        .transpose()?
+        .map(|b| Duration::from_secs(b.as_secs().max(0) as u64));
+    if share.tables_per_run == Some(0) {
+        return Err(Error::config(
+            "--tables-per-run 0 proves nothing; give 1 or more",
+        ));
+    }
+    let signed = open_signed(config)?;
+    let sink: Arc<dyn Sink> = signed.clone();
+    let inventory = Inventory::load(&*sink, database).await?;
+    let untrusted = crate::commands::list::untrusted(&inventory).err();
+    let identities = identities(config)?;
+    let (scratch, cluster) = scratch_server(config, keep)?;
+    let verifier = crate::engines::keyring(config)?.signer();
+    let started = Instant::now();
+    let mut reports: Vec<Report> = Vec::new();
+    let mut out_of_time = false;
+    'databases: for (name, part) in &inventory.databases {
+        let Some(ledger) = TableLedger::of(name, part) else {
+            continue;
+        };
+        let order = ledger.rotation();
+        let size = share
+            .tables_per_run
+            .unwrap_or_else(|| order.len().div_ceil(10).max(1));
+        // Seconds per table of the last batch, to tell whether the next one fits.
+        let mut pace: Option<f64> = None;
+        for batch in order.chunks(size) {
+            let left = match budget {
+                None => None,
+                Some(budget) => {
+                    let left = budget.saturating_sub(started.elapsed());
+                    let needs = pace.map(|p| Duration::from_secs_f64(p * batch.len() as f64));
+                    if left.is_zero() || needs.is_some_and(|n| n > left) {
+                        out_of_time = true;
+                        break 'databases;
+                    }
+                    Some(left)
+                }
+            };
+            let (bar, callback) = progress.start(format!(
+                "verify {} tables of {}",
+                batch.len(),
+                ledger.newest.backup_id
+            ));
+            let clock = Instant::now();
+            let scope = Scope::new();
+            let verify = Verify::new(sink.clone(), ledger.newest.clone(), scratch.clone())
+                .identities(identities.clone())
+                .pg_bin_dir(config.source.pg_bin_dir.clone())
+                .ephemeral_scratch(cluster.is_some())
+                .verified_by(verifier.clone())
+                .tables(filter(batch)?)
+                .keep(keep)
+                .progress(callback)
+                .scope(scope.clone());
+            let report = within(&scope, left, verify.run()).await;
+            bar.finish_and_clear();
+            let report = match report {
+                Err(e) if e.kind() == ErrorKind::Cancelled && left.is_some() => {
+                    outln!(
+                        "budget reached: the batch of {} tables of {} was stopped and not recorded",
+                        batch.len(),
+                        ledger.newest.backup_id
+                    );
+                    out_of_time = true;
+                    break 'databases;
+                }
+                other => other?,
+            };
+            pace = Some(clock.elapsed().as_secs_f64() / batch.len() as f64);
+            if !json {
+                print_report(&report, Annotations::None);
+            }
+            reports.push(report);
+            if budget.is_none() {
+                break;
+            }
+        }
+    }
+    if json {
+        print_json(&reports)?;
+    } else if out_of_time {
+        outln!(
+            "budget of {} used: {} batches proven in {:.1}s",
+            share.budget.unwrap_or("-"),
+            reports.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    drop(cluster);
+    pgproof_core::verify::verdict(&reports)?;
+    untrusted.map_or(Ok(()), Err)
+}
+
+/// Runs `body` in `scope`, cancelling it after `limit` (or when the scope the
+/// command runs in is cancelled).
+async fn within<T>(
+    scope: &Scope,
+    limit: Option<Duration>,
+    body: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let outer = Scope::current_or_new();
+    let watch = {
+        let scope = scope.clone();
+        tokio::spawn(async move {
+            match limit {
+                Some(limit) => tokio::select! {
+                    () = outer.cancelled() => {}
+                    () = tokio::time::sleep(limit) => {}
+                },
+                None => outer.cancelled().await,
+            }
+            scope.cancel();
+        })
+    };
+    let result = body.await;
+    watch.abort();
+    result
+}
+
+/// Exactly the tables `keys` (as fingerprints name them).
+fn filter(keys: &[String]) -> Result<Filter> {
+    let tables = keys
+        .iter()
+        .filter_map(|k| unquote_qualified(k))
+        .map(|(schema, table)| {
+            let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            TablePattern::parse("--table", &format!("{}.{}", quote(&schema), quote(&table)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Filter {
+        tables,
+        ..Filter::default()
+    })
+}
