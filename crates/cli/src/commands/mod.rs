@@ -2,6 +2,7 @@
 
 mod backup;
 mod certificate;
+mod cluster;
 mod drill;
 mod list;
 mod restore;
@@ -118,6 +119,13 @@ async fn operate(
             ..
         } => drill::drill(config, rows, server.as_deref(), annotations, json).await,
         Command::Restore {
+            cluster: Some(run),
+            target,
+            tablespace_dirs,
+            json,
+            ..
+        } => cluster::restore(config, &run, target.as_deref(), &tablespace_dirs, json).await,
+        Command::Restore {
             backup,
             target,
             database,
@@ -137,7 +145,7 @@ async fn operate(
             };
             restore::restore(
                 config,
-                &backup,
+                backup.as_deref().unwrap_or("latest"),
                 restore::Destination {
                     target: target.as_deref(),
                     files: files.as_deref(),
@@ -157,14 +165,21 @@ async fn operate(
 async fn catalog(config: &Config, file: Option<&Path>, command: Command) -> Result<()> {
     match command {
         Command::List {
+            clusters: true,
+            json,
+            ..
+        } => cluster::list(config, json).await,
+        Command::List {
             database,
             json,
             hidden: false,
+            ..
         } => list::list(config, database.as_deref(), json).await,
         Command::List {
             database,
             json,
             hidden: true,
+            ..
         } => list::hidden(config, database.as_deref(), json).await,
         Command::Undelete { backup, database } => list::undelete(config, &backup, &database).await,
         Command::Copy {
