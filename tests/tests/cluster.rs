@@ -420,6 +420,20 @@ async fn forged_cluster_runs_and_globals_are_refused_before_use() {
     std::fs::write(ws.sink.join(&globals_key), stored).unwrap();
     refused(restore(&run_id), "was replaced or damaged");
     std::fs::write(ws.sink.join(&globals_key), genuine).unwrap();
+
+    // A database's manifest replaced by another validly signed one (a leaked key, or
+    // an operator's edit): the run vouches for exactly the manifest it recorded.
+    let app = runs[0]["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == "app")
+        .unwrap();
+    let manifest_key = format!("app/{}/manifest.json", app["backup_id"].as_str().unwrap());
+    let manifest = std::fs::read(ws.sink.join(&manifest_key)).unwrap();
+    ws.edit_signed(&manifest_key, |m| m.replacen('{', "{ ", 1));
+    refused(restore(&run_id), "is not the one cluster run");
+    std::fs::write(ws.sink.join(&manifest_key), manifest).unwrap();
     assert_eq!(roles_of(&target).await, ["postgres"]);
 
     // Untouched, the same run restores.
@@ -451,4 +465,84 @@ async fn passwords_without_encryption_are_refused() {
         "{message}"
     );
     assert!(ws.sink_files().is_empty(), "{:?}", ws.sink_files());
+}
+
+/// Cluster runs are upkept with the catalog: `check` finds a run whose globals object
+/// is gone, `prune` deletes a run once one of its backups is pruned (and a failed
+/// run's globals after the grace period), and keeps the run whose backups it keeps.
+#[tokio::test]
+async fn check_and_prune_tend_cluster_runs() {
+    let Some(source) = start_cluster() else {
+        return;
+    };
+    connect(&source, "postgres")
+        .await
+        .batch_execute("CREATE DATABASE app")
+        .await
+        .unwrap();
+    let ws = Workspace::new(&source, "postgres", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{}\n[retention]\nkeep_last = 1\n",
+        config.replace("[source]\n", "[source]\ndatabases = \"all\"\n")
+    ));
+    ws.pgproof_ok(&["backup"]);
+    ws.pgproof_ok(&["backup"]);
+    let runs = json_of(&ws.pgproof(&["list", "--clusters", "--json"]));
+    let ids: Vec<String> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let out = ws.pgproof(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A failed run's globals, without a record, from long ago.
+    let orphan = ws.sink.join(".cluster/20200101T000000.000Z-0a0a");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("globals.json.age"), b"left by a failed run").unwrap();
+
+    let out = ws.pgproof(&["prune", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decisions = json_of(&out);
+    let clusters: Vec<(&str, &str)> = decisions["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["database"] == ".cluster")
+        .map(|d| {
+            (
+                d["backup_id"].as_str().unwrap(),
+                d["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            ("20200101T000000.000Z-0a0a", "delete-orphan"),
+            (ids[0].as_str(), "delete"),
+            (ids[1].as_str(), "keep")
+        ]
+    );
+    assert!(!orphan.exists());
+    let runs = json_of(&ws.pgproof(&["list", "--clusters", "--json"]));
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["run_id"], ids[1].as_str());
+
+    // The kept run's globals object deleted behind pgproof's back: a finding.
+    std::fs::remove_file(
+        ws.sink
+            .join(format!(".cluster/{}/globals.json.age", ids[1])),
+    )
+    .unwrap();
+    let out = ws.pgproof(&["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("globals object"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
