@@ -358,9 +358,10 @@ impl ClusterRestore {
             let target = self.target.with_dbname(&db.database);
             let restore = Restore::new(self.sink.clone(), manifest.clone(), target)
                 .identities(self.identities.clone())
-                // A directory archive goes only into a database pgproof creates: an
-                // existing empty one is replaced.
-                .clean(exists && manifest.format == "directory")
+                // An existing empty one (`postgres`, made by initdb with the new
+                // cluster's locale) is replaced: restored beside it into a database
+                // created with the backup's locale, swapped in once it succeeded.
+                .clean(exists)
                 // The globals made every role; one created after they were read
                 // comes as the backup recorded it.
                 .create_roles(true)
