@@ -436,6 +436,30 @@ async fn forged_cluster_runs_and_globals_are_refused_before_use() {
     std::fs::write(ws.sink.join(&manifest_key), manifest).unwrap();
     assert_eq!(roles_of(&target).await, ["postgres"]);
 
+    // A damaged dump found while restoring the last database (`postgres`, after
+    // `app`): everything this restore created is dropped again, and the error says
+    // what had been restored.
+    let postgres = runs[0]["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == "postgres")
+        .unwrap();
+    let dump_key = format!(
+        "postgres/{}/dump.pgc.zst.age",
+        postgres["backup_id"].as_str().unwrap()
+    );
+    let dump = std::fs::read(ws.sink.join(&dump_key)).unwrap();
+    let mut damaged = dump.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(ws.sink.join(&dump_key), damaged).unwrap();
+    let out = restore(&run_id);
+    refused(out, "the databases restored before it (app)");
+    std::fs::write(ws.sink.join(&dump_key), dump).unwrap();
+    assert_eq!(roles_of(&target).await, ["postgres"]);
+    assert!(!pgproof_tests::database_exists(&target, "app").await);
+
     // Untouched, the same run restores.
     let out = restore(&run_id);
     assert!(out.status.success(), "{}", stderr(&out));
