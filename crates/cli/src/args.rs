@@ -205,10 +205,12 @@ pub enum Command {
         url: String,
     },
     /// Restore a backup into a database: by default a new one that pgproof creates,
-    /// and drops again if anything fails.
+    /// and drops again if anything fails. With --cluster, a whole server: the globals
+    /// and every database of one `databases = "all"` run, onto an empty cluster,
+    /// each database proven after.
     Restore {
-        /// Backup id, or `latest` (or --as-of).
-        #[arg(required_unless_present = "as_of")]
+        /// Backup id, or `latest` (or --as-of, or --cluster).
+        #[arg(required_unless_present_any = ["as_of", "cluster"])]
         backup: Option<String>,
         /// Instead of BACKUP: the newest trusted backup whose snapshot was taken at or
         /// before TIME (RFC 3339, e.g. 2026-12-01T06:00:00Z, or an age such as 36h).
@@ -232,6 +234,20 @@ pub enum Command {
         /// owned sequences named after it), proven where it lands.
         #[arg(long, value_name = "NAME", requires = "tables")]
         rename_to: Option<String>,
+        /// Recreate a whole server from the cluster run RUN (its id, or `latest`: the
+        /// newest run in which every database was backed up) on --target, an empty
+        /// cluster (its database only reaches the server; connect as a superuser):
+        /// the roles with their attributes, memberships and settings, the
+        /// tablespaces, then every database of the run, then each database proven
+        /// (fingerprints, properties) and the globals read back and compared. If a
+        /// step before the proofs fails, what it created is dropped again. Exit 3 if
+        /// a check failed.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["backup", "as_of", "tables", "schemas", "exclude_tables", "files", "database", "clean", "force", "create_roles"])]
+        cluster: Option<String>,
+        /// With --cluster: create tablespace NAME in DIR (an empty directory the
+        /// server's user owns) instead of its recorded location; repeatable.
+        #[arg(long = "tablespace-dir", value_name = "NAME=DIR", requires = "cluster")]
+        tablespace_dirs: Vec<String>,
         /// Database to restore into (libpq URI); must not exist, or be empty,
         /// unless --clean.
         #[arg(long, value_name = "URL", required_unless_present = "files")]
@@ -271,6 +287,10 @@ pub enum Command {
         /// Only this database.
         #[arg(long)]
         database: Option<String>,
+        /// List the cluster runs instead (runs with source.databases = "all", which
+        /// `restore --cluster` recreates a whole server from).
+        #[arg(long, conflicts_with_all = ["database", "hidden"])]
+        clusters: bool,
         /// JSON on stdout.
         #[arg(long)]
         json: bool,

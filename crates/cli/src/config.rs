@@ -50,6 +50,21 @@ pub struct Config {
     pub signing: SigningConfig,
     /// The public keys whose signatures this host believes.
     pub trust: TrustConfig,
+    /// What a run over every database (`source.databases = "all"`) stores of the
+    /// server's globals.
+    pub globals: GlobalsConfig,
+}
+
+/// `[globals]`: a run with `source.databases = "all"` also stores the server's roles
+/// (attributes, memberships, settings) and tablespaces, so `restore --cluster` can
+/// recreate the whole server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalsConfig {
+    /// Also store the roles' password verifiers (SCRAM or md5 hashes, read from
+    /// pg_authid: the backup role must be a superuser), inside the encrypted globals
+    /// object only. Default false: restored roles then have no password.
+    pub passwords: bool,
 }
 
 /// `[signing]`: every manifest, verification record, pin, lease, tombstone and lock
@@ -460,6 +475,16 @@ impl Config {
 
     /// Checks database selection and invariants.
     fn validate_source_and_verify(&self) -> Result<()> {
+        if self.globals.passwords && !matches!(self.source.databases, Databases::All(_)) {
+            return Err(Error::config(
+                "globals.passwords applies only to source.databases = \"all\" (the runs that store the server's globals); set that, or remove globals.passwords",
+            ));
+        }
+        if self.globals.passwords && !self.encryption.enabled {
+            return Err(Error::config(
+                "globals.passwords = true needs encryption: password verifiers are stored only inside the encrypted globals object, and encryption.enabled = false; turn encryption on, or set globals.passwords = false",
+            ));
+        }
         if !self.source.exclude.is_empty() && !matches!(self.source.databases, Databases::All(_)) {
             return Err(Error::config(
                 "source.exclude applies only to source.databases = \"all\"; list the databases you want instead",

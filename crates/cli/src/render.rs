@@ -60,6 +60,7 @@ fn setting_key(setting: Setting) -> &'static str {
         }
         Setting::SigningKey => "signing.key_file; pgproof keygen --signing --output FILE makes one",
         Setting::TrustedKeys => "trust.keys or trust.keys_file",
+        Setting::TablespaceDir => "--tablespace-dir NAME=DIR",
         _ => "see pgproof --help",
     }
 }

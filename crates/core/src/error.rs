@@ -112,6 +112,8 @@ pub enum Setting {
     SigningKey,
     /// The public keys whose signatures are believed.
     TrustedKeys,
+    /// Where a cluster restore creates a tablespace instead of its recorded location.
+    TablespaceDir,
 }
 
 /// A pgproof error: see the [module documentation](self) for the policy.

@@ -7,15 +7,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use indicatif::ProgressBar;
 use pgproof_core::catalog::BackupRef;
-use pgproof_core::ops::{Backup, NightlyRun, RunEvent, RunHooks, RunOutcome, Verify};
+use pgproof_core::ops::{
+    Backup, ClusterCapture, NightlyRun, RunEvent, RunHooks, RunOutcome, Verify,
+};
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::verify::{Amcheck, ManifestChain, standard_verifiers_sharing};
 use pgproof_core::{Error, Result};
 
 use crate::args::Annotations;
-use crate::config::Config;
+use crate::config::{Config, Databases};
 use crate::engines::{
     identities, keyring, open_sink, open_sink_with, recipients, scratch_server, source_databases,
+    source_params,
 };
 use crate::hooks::{self, BackupSummary, FailedSummary, RunSummary};
 use crate::render::{ProgressOutput, error_line, human_bytes, outln, print_json, print_report};
@@ -54,6 +57,21 @@ pub async fn backup(config: &Config, options: Options, progress: ProgressOutput)
 fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> Result<NightlyRun> {
     let sink = open_sink(config)?;
     let recipients = recipients(config)?;
+    // A run over every database also stores the server's globals.
+    let cluster = match config.source.databases {
+        Databases::All(_) => {
+            let mut params = source_params(config)?;
+            if let Some(secs) = config.source.connect_timeout_secs {
+                params = params.with_connect_timeout(Duration::from_secs(secs));
+            }
+            Some(
+                ClusterCapture::new(params)
+                    .recipients(recipients.clone())
+                    .passwords(config.globals.passwords),
+            )
+        }
+        _ => None,
+    };
     let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::default();
     let progress = Arc::new(progress);
     let backup_for = {
@@ -93,6 +111,9 @@ fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> 
         .list_databases(listing)
         .now(crate::commands::upkeep::injected_now()?)
         .on_event(show_events(options.json, bar.clone()));
+    if let Some(capture) = cluster {
+        run = run.cluster(capture);
+    }
     if options.then_verify {
         run = run.verify(verify_each(config, sink, progress, bar)?);
     }
@@ -197,6 +218,17 @@ fn show_events(
                     print_report(report, Annotations::None);
                 }
             }
+            RunEvent::ClusterRecorded(run) if !json => {
+                outln!(
+                    "{}  cluster run: the server's globals and {} databases (restore --cluster {})",
+                    run.run_id,
+                    run.databases.len(),
+                    run.run_id
+                );
+            }
+            RunEvent::ClusterFailed(error) => {
+                tracing::error!(error = %error_line(error), "the cluster's globals were not stored");
+            }
             RunEvent::ReplicaFailed { replica, error } => {
                 tracing::error!(replica = %replica, error = %error_line(error), "copy to a replica failed");
             }
@@ -227,7 +259,8 @@ fn print_outcome_json(outcome: &RunOutcome, verified: bool) -> Result<()> {
         return print_json(&serde_json::json!({
             "backups": outcome.committed,
             "failed": failures,
-            "reports": outcome.reports
+            "reports": outcome.reports,
+            "cluster": outcome.cluster,
         }));
     }
     let mut entries: Vec<serde_json::Value> = outcome

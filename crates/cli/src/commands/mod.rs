@@ -2,6 +2,7 @@
 
 mod backup;
 mod certificate;
+mod cluster;
 mod drill;
 mod list;
 mod restore;
@@ -133,6 +134,13 @@ async fn operate(
             ..
         } => drill::drill(config, rows, server.as_deref(), annotations, json).await,
         Command::Restore {
+            cluster: Some(run),
+            target,
+            tablespace_dirs,
+            json,
+            ..
+        } => cluster::restore(config, &run, target.as_deref(), &tablespace_dirs, json).await,
+        Command::Restore {
             backup,
             as_of,
             tables,
@@ -184,14 +192,21 @@ async fn operate(
 async fn catalog(config: &Config, file: Option<&Path>, command: Command) -> Result<()> {
     match command {
         Command::List {
+            clusters: true,
+            json,
+            ..
+        } => cluster::list(config, json).await,
+        Command::List {
             database,
             json,
             hidden: false,
+            ..
         } => list::list(config, database.as_deref(), json).await,
         Command::List {
             database,
             json,
             hidden: true,
+            ..
         } => list::hidden(config, database.as_deref(), json).await,
         Command::Undelete { backup, database } => list::undelete(config, &backup, &database).await,
         Command::Copy {

@@ -113,6 +113,10 @@ impl Inventory {
         // database → id → objects
         let mut grouped: BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>> = BTreeMap::new();
         for meta in sink.list(&prefix).await? {
+            // Cluster runs are no database's (see `catalog::cluster`).
+            if layout::is_cluster_key(&meta.key) {
+                continue;
+            }
             let mut parts = meta.key.splitn(3, '/');
             let (Some(db), Some(id), Some(_rest)) = (parts.next(), parts.next(), parts.next())
             else {

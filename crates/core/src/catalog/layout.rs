@@ -15,7 +15,14 @@
 //! <db>/<id>/<dump file><codec suffixes>     the dump (directory format: <dump file>/<file>…)
 //! <db>/<id>/settings.json.age               sealed settings
 //! <db>/<id>/files-<set>.tar<suffixes>       a file set
+//! .cluster/<run>/cluster.json               cluster run (a `databases = "all"` run's set)
+//! .cluster/<run>/globals.json<suffixes>     the cluster's globals (roles, tablespaces)
 //! ```
+//!
+//! Cluster runs live under `.cluster/`, a name no database can have in a sink
+//! ([`check_database_name`](super::check_database_name) refuses a leading `.`), so
+//! they never collide with a database's directory and no per-database reader
+//! ([`Inventory`](super::Inventory), prune, check, status) mistakes them for one.
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -31,6 +38,9 @@ const RECORDS: &str = "verify";
 const PINS: &str = "pin";
 const LEASES: &str = "lease";
 const TABLE_PROOFS: &str = "tables";
+/// The top-level directory of cluster runs.
+pub const CLUSTER_DIR: &str = ".cluster";
+const CLUSTER_RUN_NAME: &str = "cluster.json";
 
 /// The kinds of object the catalog signs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +61,8 @@ pub enum Kind {
     Adoption,
     /// `<db>/_commit.lock`.
     Lock,
+    /// `.cluster/<run>/cluster.json`.
+    ClusterRun,
 }
 
 impl Kind {
@@ -58,6 +70,8 @@ impl Kind {
     pub fn of(key: &str) -> Option<Self> {
         let parts: Vec<&str> = key.split('/').collect();
         match parts.as_slice() {
+            [CLUSTER_DIR, _, CLUSTER_RUN_NAME] => Some(Self::ClusterRun),
+            [CLUSTER_DIR, ..] => None,
             [_, LOCK_NAME] => Some(Self::Lock),
             [_, _, MANIFEST_NAME] => Some(Self::Manifest),
             [_, _, TOMBSTONE_NAME] => Some(Self::Tombstone),
@@ -84,6 +98,7 @@ impl Kind {
             Self::Tombstone => "tombstone",
             Self::Adoption => "adoption",
             Self::Lock => "commit lock",
+            Self::ClusterRun => "cluster run",
         }
     }
 }
@@ -169,6 +184,31 @@ pub fn file_set(dir: &str, set: &str, suffix: &str) -> String {
     format!("{dir}/files-{set}.tar{suffix}")
 }
 
+/// Whether `key` lies under the cluster runs' directory (and so in no database's).
+pub fn is_cluster_key(key: &str) -> bool {
+    key.split('/').next() == Some(CLUSTER_DIR)
+}
+
+/// `.cluster/`: every cluster run.
+pub fn cluster_runs() -> String {
+    format!("{CLUSTER_DIR}/")
+}
+
+/// `.cluster/<run>`: the directory of one cluster run (no trailing `/`).
+pub fn cluster_dir(run: &str) -> String {
+    format!("{CLUSTER_DIR}/{run}")
+}
+
+/// `.cluster/<run>/cluster.json`.
+pub fn cluster_run(run: &str) -> String {
+    format!("{CLUSTER_DIR}/{run}/{CLUSTER_RUN_NAME}")
+}
+
+/// `.cluster/<run>/globals.json<suffix>`.
+pub fn cluster_globals(run: &str, suffix: &str) -> String {
+    format!("{CLUSTER_DIR}/{run}/globals.json{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +229,8 @@ mod tests {
         assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
         assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));
+        assert_eq!(Kind::of(&cluster_run("1")), Some(Kind::ClusterRun));
+        assert!(is_cluster_key(&cluster_run("1")) && !is_cluster_key(&manifest("app", "1")));
         for other in [
             dump("app", "1", "dump.pgc", ".zst.age"),
             format!("{}/toc.dat.zst.age", dump("app", "1", "dump", "")),
@@ -198,6 +240,11 @@ mod tests {
             "app/1/verify/verify/x.json".into(),
             "app/1/pin/forever".into(),
             "manifest.json".into(),
+            cluster_globals("1", ".age"),
+            // No database lives under the cluster runs' directory.
+            format!("{CLUSTER_DIR}/1/manifest.json"),
+            format!("{CLUSTER_DIR}/_commit.lock"),
+            format!("{CLUSTER_DIR}/1/verify/x.json"),
         ] {
             assert_eq!(Kind::of(&other), None, "{other}");
         }

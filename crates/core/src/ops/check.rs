@@ -122,6 +122,13 @@ impl CatalogCheck {
             }
             outcome.findings.extend(findings);
         }
+        // Cluster runs belong to no database: checked with the whole sink.
+        if self.database.is_none() {
+            let (findings, bytes) =
+                super::cluster::check_runs(&*self.sink, &inventory, self.read_data).await?;
+            outcome.findings.extend(findings);
+            outcome.bytes_read += bytes;
+        }
         Ok(outcome)
     }
 

@@ -12,6 +12,7 @@
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
 //! | [`NightlyRun`] | a [`RunOutcome`]: hooks, backups, verification, replicas, retention |
+//! | [`ClusterRestore`] | a [`ClusterRestoreOutcome`]: a whole server recreated from one run, proven |
 //! | [`Status`] | a [`StatusReport`]: each database's ages, restore time and [`Breach`]es, and a verdict |
 //! | [`certificate::issue`] / [`certificate::verify`] | a signed proof certificate / what one proves |
 //!
@@ -22,6 +23,7 @@
 mod backup;
 pub mod certificate;
 mod check;
+mod cluster;
 mod copy;
 pub mod coverage;
 mod drill;
@@ -34,6 +36,7 @@ mod verify;
 
 pub use backup::{Backup, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT};
 pub use check::{CatalogCheck, CheckOutcome, Finding};
+pub use cluster::{ClusterCapture, ClusterRestore, ClusterRestoreOutcome, DatabaseProof};
 pub use copy::{CopyBackups, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use nightly::{NightlyRun, RunEvent, RunHooks, RunOutcome};

@@ -2,7 +2,10 @@
 //! the rules that keep good backups safe from a bad night.
 //!
 //! 1. The caller's `before` hook; its failure stops the run before anything starts.
-//! 2. A backup of each database; one that fails does not stop the others.
+//! 2. A backup of each database; one that fails does not stop the others. A run over
+//!    a whole server ([`cluster`](NightlyRun::cluster)) stores the server's globals
+//!    first and, once the backups are done, the signed record that ties them to the
+//!    run's backups ([`crate::catalog::cluster`]).
 //! 3. Verification of what was committed, when asked.
 //! 4. A copy of every committed backup to each replica, even after a partly failed
 //!    run (what was committed is worth having twice).
@@ -16,9 +19,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use jiff::Timestamp;
 
+use crate::catalog::cluster::ClusterRun;
 use crate::catalog::{BackupRef, Manifest};
 use crate::error::{Error, Result};
-use crate::ops::{Backup, CopyBackups, Prune, RetentionPolicy, Verify};
+use crate::ops::{Backup, ClusterCapture, CopyBackups, Prune, RetentionPolicy, Verify};
 use crate::pg::ConnParams;
 use crate::scope::Scope;
 use crate::sink::Sink;
@@ -65,6 +69,11 @@ pub enum RunEvent<'a> {
         /// Why.
         error: &'a Error,
     },
+    /// The run's cluster record was written: the globals and every committed backup.
+    ClusterRecorded(&'a ClusterRun),
+    /// The cluster's globals or the run's record could not be stored (the backups
+    /// are committed all the same).
+    ClusterFailed(&'a Error),
     /// Retention ran after a wholly successful run: backups deleted and kept.
     Pruned {
         /// Deleted (backups and leftovers).
@@ -87,6 +96,8 @@ pub struct RunOutcome {
     pub failed: Vec<(String, Error)>,
     /// The verifications of committed backups.
     pub reports: Vec<Report>,
+    /// The run's cluster record, for a run over a whole server.
+    pub cluster: Option<ClusterRun>,
 }
 
 impl Default for RunOutcome {
@@ -99,6 +110,7 @@ impl Default for RunOutcome {
             committed: Vec::new(),
             failed: Vec::new(),
             reports: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -140,6 +152,7 @@ pub struct NightlyRun {
     verify: Option<VerifyFor>,
     replicas: Vec<Arc<dyn Sink>>,
     retention: Option<RetentionPolicy>,
+    cluster: Option<ClusterCapture>,
     now: Option<Timestamp>,
     hooks: Option<Arc<dyn RunHooks>>,
     on_event: OnEvent,
@@ -160,6 +173,7 @@ impl NightlyRun {
             verify: None,
             replicas: Vec::new(),
             retention: None,
+            cluster: None,
             now: None,
             hooks: None,
             on_event: Box::new(|_| {}),
@@ -201,6 +215,14 @@ impl NightlyRun {
     /// Prunes by `policy` after a run in which everything succeeded.
     pub fn prune(mut self, policy: RetentionPolicy) -> Self {
         self.retention = Some(policy);
+        self
+    }
+
+    /// Also stores the server's globals and a cluster record of the run, so the
+    /// whole server can be recreated from it ([`ClusterRestore`](crate::ops::ClusterRestore)).
+    /// For a run over every database of the server.
+    pub fn cluster(mut self, capture: ClusterCapture) -> Self {
+        self.cluster = Some(capture);
         self
     }
 
@@ -259,6 +281,10 @@ impl NightlyRun {
             None => Vec::new(),
         };
         (self.on_event)(RunEvent::Listed(databases.len()));
+        let globals = match &self.cluster {
+            Some(capture) => Some(capture.store(&*self.sink).await),
+            None => None,
+        };
         for source in &databases {
             let database = source.dbname().to_owned();
             (self.on_event)(RunEvent::BackupStarted(&database));
@@ -277,11 +303,49 @@ impl NightlyRun {
             }
         }
         let backed_up = summarize(&outcome.failed, databases.len());
+        let clustered = match globals {
+            Some(stored) => self.record_cluster(stored, outcome).await,
+            None => Ok(()),
+        };
         let verified = self.verify_committed(outcome).await;
         let replicated = self.replicate().await;
-        match backed_up.and(verified).and(replicated) {
+        match backed_up.and(clustered).and(verified).and(replicated) {
             Ok(()) => self.retain().await,
             failed => failed,
+        }
+    }
+
+    /// Writes the run's cluster record once its backups are done (the record names the
+    /// databases that failed, and `latest` passes over such a run).
+    async fn record_cluster(
+        &self,
+        stored: Result<super::cluster::StoredGlobals>,
+        outcome: &mut RunOutcome,
+    ) -> Result<()> {
+        let failed: Vec<String> = outcome.failed.iter().map(|(db, _)| db.clone()).collect();
+        let recorded = match stored {
+            Ok(stored) => {
+                stored
+                    .record(&*self.sink, &outcome.committed, &failed)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match recorded {
+            Ok(run) => {
+                (self.on_event)(RunEvent::ClusterRecorded(&run));
+                outcome.cluster = Some(run);
+                Ok(())
+            }
+            Err(error) => {
+                (self.on_event)(RunEvent::ClusterFailed(&error));
+                Err(Error::new(
+                    error.kind(),
+                    format!(
+                        "the cluster's globals were not stored, so this run cannot recreate the whole server (each database's backup is committed all the same): {error}"
+                    ),
+                ))
+            }
         }
     }
 

@@ -111,6 +111,8 @@ pub enum KeepReason {
     },
     /// Its manifest is gone but it was committed once: left for a person to decide.
     CommittedWithoutManifest,
+    /// A cluster run (under `.cluster/`) every backup of which is kept.
+    ClusterRun,
 }
 
 impl std::fmt::Display for KeepReason {
@@ -132,6 +134,9 @@ impl std::fmt::Display for KeepReason {
             KeepReason::CommittedWithoutManifest => f.write_str(
                 "its manifest is missing but it was committed (see check); left for a person to decide",
             ),
+            KeepReason::ClusterRun => {
+                f.write_str("a cluster run whose backups are all kept")
+            }
         }
     }
 }
@@ -215,7 +220,22 @@ impl Prune {
         for (database, part) in &inventory.databases {
             decisions.extend(decide(database, part, &self.policy, now, self.orphan_grace));
         }
+        // Cluster runs belong to no database: judged when the whole sink is pruned.
+        let clusters = match &self.database {
+            None => Some(
+                super::cluster::ClusterPrune::plan(
+                    &*self.sink,
+                    &inventory,
+                    &decisions,
+                    now,
+                    self.orphan_grace,
+                )
+                .await?,
+            ),
+            Some(_) => None,
+        };
         if self.dry_run {
+            decisions.extend(clusters.iter().flat_map(|c| c.decisions()));
             return Ok(decisions);
         }
         for d in &decisions {
@@ -239,6 +259,10 @@ impl Prune {
                     }
                 }
             }
+        }
+        if let Some(clusters) = clusters {
+            clusters.execute(&*self.sink).await?;
+            decisions.extend(clusters.decisions());
         }
         Ok(decisions)
     }

@@ -370,7 +370,7 @@ impl Proof<'_> {
         Ok((checks, Some(outcome.duration.as_millis() as u64)))
     }
 
-    async fn run_verifiers(&self, target: &ConnParams) -> Result<Vec<Check>> {
+    pub(crate) async fn run_verifiers(&self, target: &ConnParams) -> Result<Vec<Check>> {
         let client = target.connect().await?;
         let restored = Restored {
             target: Some(target),

@@ -1,5 +1,6 @@
 //! PostgreSQL plumbing: connection parameters with libpq's meaning, the password file,
-//! tool discovery, exported snapshots, database-level statements and child programs.
+//! tool discovery, exported snapshots, database-level statements, the cluster's globals
+//! and child programs.
 
 // Restores create, rename and drop databases through it; the workspace tests reach
 // it (feature `testkit`) to break a swap half-way.
@@ -8,6 +9,7 @@ pub mod admin;
 #[cfg(not(feature = "testkit"))]
 pub(crate) mod admin;
 mod conn;
+pub mod globals;
 mod passfile;
 pub(crate) mod process;
 pub mod properties;
