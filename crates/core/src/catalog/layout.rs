@@ -9,6 +9,7 @@
 //! <db>/<id>/verify/<time>_<verdict>_r<ms>.json  record
 //! <db>/<id>/pin/<time>-<unique>.json        pin
 //! <db>/<id>/lease/<unique>.json             lease
+//! <db>/<id>/claim/<generation>.json         claim (a verify worker's, 20 digits)
 //! <db>/<id>/tombstone.json                  tombstone
 //! <db>/<id>/adopted.json                    adoption
 //! <db>/<id>/<dump file><codec suffixes>     the dump (directory format: <dump file>/<file>…)
@@ -29,6 +30,7 @@ const LOCK_NAME: &str = "_commit.lock";
 const RECORDS: &str = "verify";
 const PINS: &str = "pin";
 const LEASES: &str = "lease";
+const CLAIMS: &str = "claim";
 
 /// The kinds of object the catalog signs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum Kind {
     Pin,
     /// `<db>/<id>/lease/<name>.json`.
     Lease,
+    /// `<db>/<id>/claim/<generation>.json`.
+    Claim,
     /// `<db>/<id>/tombstone.json`.
     Tombstone,
     /// `<db>/<id>/adopted.json`.
@@ -62,6 +66,7 @@ impl Kind {
                 RECORDS => Some(Self::Record),
                 PINS => Some(Self::Pin),
                 LEASES => Some(Self::Lease),
+                CLAIMS => Some(Self::Claim),
                 _ => None,
             },
             _ => None,
@@ -75,6 +80,7 @@ impl Kind {
             Self::Record => "verification record",
             Self::Pin => "pin",
             Self::Lease => "lease",
+            Self::Claim => "verify claim",
             Self::Tombstone => "tombstone",
             Self::Adoption => "adoption",
             Self::Lock => "commit lock",
@@ -142,6 +148,28 @@ pub fn leases(db: &str, id: &str) -> String {
     format!("{db}/{id}/{LEASES}/")
 }
 
+/// `<db>/<id>/claim/<generation>.json`, the generation zero-padded to 20 digits so
+/// that names sort as numbers.
+pub fn claim(db: &str, id: &str, generation: u64) -> String {
+    format!("{db}/{id}/{CLAIMS}/{generation:020}.json")
+}
+
+/// `<db>/<id>/claim/`.
+pub fn claims(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{CLAIMS}/")
+}
+
+/// The generation a claim's key names, if it is one [`claim`] could have built.
+pub fn claim_generation(key: &str) -> Option<u64> {
+    if Kind::of(key) != Some(Kind::Claim) {
+        return None;
+    }
+    let digits = key.rsplit('/').next()?.strip_suffix(".json")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 /// `<db>/<id>/<file><suffix>`: the dump object (or, for a directory archive, the
 /// prefix of its files).
 pub fn dump(db: &str, id: &str, file: &str, suffix: &str) -> String {
@@ -171,6 +199,16 @@ mod tests {
         );
         assert_eq!(Kind::of(&pin("app", "1", "x.json")), Some(Kind::Pin));
         assert_eq!(Kind::of(&lease("app", "1", "x.json")), Some(Kind::Lease));
+        assert_eq!(Kind::of(&claim("app", "1", 7)), Some(Kind::Claim));
+        assert_eq!(claim_generation(&claim("app", "1", 7)), Some(7));
+        assert_eq!(claim_generation(&claim("app", "1", u64::MAX)), Some(u64::MAX));
+        for odd in [
+            "app/1/claim/7.json",
+            "app/1/claim/99999999999999999999.json",
+            "app/1/lease/00000000000000000007.json",
+        ] {
+            assert_eq!(claim_generation(odd), None, "{odd}");
+        }
         assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
         assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));

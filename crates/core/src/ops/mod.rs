@@ -8,6 +8,7 @@
 //! | [`Backup`] | the committed [`Manifest`](crate::catalog::Manifest) |
 //! | [`Restore`] | a [`RestoreOutcome`] |
 //! | [`Verify`] | the recorded [`Report`](crate::verify::Report) |
+//! | [`VerifyQueue`] | [`VerifyJob`]s: claimed backups for one of N verify workers |
 //! | [`Drill`] | a [`DrillOutcome`] |
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
@@ -26,6 +27,7 @@ mod copy;
 mod drill;
 pub mod duration;
 mod nightly;
+mod queue;
 pub mod prune;
 mod restore;
 mod status;
@@ -41,7 +43,8 @@ pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
 pub use status::{
     Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
 };
-pub use verify::{Verify, scratch_database};
+pub use queue::{DEFAULT_CLAIM_TTL, VerifyJob, VerifyQueue};
+pub use verify::{RecordGate, Verify, scratch_database};
 
 /// Registers `target`'s database, which the operation just created, to be dropped
 /// if the operation's scope is cleaned up before the guard is kept (the database

@@ -47,7 +47,14 @@ pub struct Verify {
     progress: Option<Progress>,
     ephemeral_scratch: bool,
     verified_by: Option<Signer>,
+    record_gate: Option<RecordGate>,
 }
+
+/// Asked just before a verification's record is written; an `Err` stops the
+/// verification there, without a record (a verify worker whose claim on the backup
+/// was taken over: another worker records it).
+pub type RecordGate =
+    Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
 impl Verify {
     /// Verifies `backup` from `sink` on the server `scratch` points at, with the
@@ -66,6 +73,7 @@ impl Verify {
             progress: None,
             ephemeral_scratch: false,
             verified_by: None,
+            record_gate: None,
         }
     }
 
@@ -112,6 +120,13 @@ impl Verify {
     /// Who verifies: the signing key the record will be signed with, named in it.
     pub fn verified_by(mut self, signer: Option<Signer>) -> Self {
         self.verified_by = signer;
+        self
+    }
+
+    /// Asks `gate` just before the record is written: an `Err` from it is this
+    /// operation's result, and nothing is recorded.
+    pub fn record_gate(mut self, gate: RecordGate) -> Self {
+        self.record_gate = Some(gate);
         self
     }
 
@@ -206,6 +221,9 @@ impl Verify {
         checks.extend(file_checks(&*self.sink, &manifest, identities.as_ref()).await?);
         let mut report = new_report(&manifest, &manifest_sha256, &target, checks, restore_ms);
         report.verified_by = self.verified_by;
+        if let Some(gate) = self.record_gate {
+            gate().await?;
+        }
         write_report(&*self.sink, &report).await?;
         Ok(report)
     }
