@@ -495,8 +495,8 @@ fn kubernetes_manifests_match_the_api_schemas() {
         "verify-fleet.yaml",
     ]
     .iter()
-        .map(|f| deploy(&format!("kubernetes/{f}")))
-        .collect();
+    .map(|f| deploy(&format!("kubernetes/{f}")))
+    .collect();
     for version in [None, Some(OLDEST_KUBERNETES)] {
         let mut cmd = Command::new(&validate);
         cmd.arg("--strict");
@@ -716,7 +716,10 @@ fn verify_pools_are_work_queues_the_issue_asks_for() {
     ] {
         assert!(job.contains(needle), "verify-workers.yaml lacks `{needle}`");
     }
-    assert!(!job.contains("completions:"), "a work queue has no completions");
+    assert!(
+        !job.contains("completions:"),
+        "a work queue has no completions"
+    );
     // The fleet: an Indexed Job from a CronJob, one status group per cluster.
     let fleet = read(&deploy("kubernetes/verify-fleet.yaml"));
     for needle in [
@@ -767,7 +770,11 @@ fn each_fleet_index_verifies_its_cluster_and_pushes_its_status_under_its_label()
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(completions % names.len(), 0, "every cluster gets as many workers");
+    assert_eq!(
+        completions % names.len(),
+        0,
+        "every cluster gets as many workers"
+    );
     for index in 0..completions {
         let dir = tempfile::tempdir().unwrap();
         let bin = stubs(dir.path());
@@ -797,7 +804,10 @@ fn each_fleet_index_verifies_its_cluster_and_pushes_its_status_under_its_label()
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines[0], "pgproof verify --stale 20h --worker", "{log}");
         assert_eq!(lines[1], format!("sink {sink}/{cluster}"), "{log}");
-        assert!(lines[2].starts_with("pgproof status --prometheus "), "{log}");
+        assert!(
+            lines[2].starts_with("pgproof status --prometheus "),
+            "{log}"
+        );
         assert!(
             lines[3].ends_with(&format!(
                 "http://pushgateway.test:9091/metrics/job/pgproof/cluster/{cluster}"
@@ -824,17 +834,14 @@ fn the_verify_pools_settings_pass_config_check() {
     )
     .unwrap();
     let fleet = read(&deploy("kubernetes/verify-fleet.yaml"));
-    let env: Vec<(String, String)> = [
-        "PGPROOF_VERIFY__SCRATCH_URL",
-        "PGPROOF_VERIFY__CLAIM_TTL",
-    ]
-    .iter()
-    .map(|k| ((*k).to_owned(), env_value(&fleet, k)))
-    .chain([(
-        "PGPROOF_SINK__URL".to_owned(),
-        format!("{}/east-1", env_value(&fleet, "FLEET_SINK")),
-    )])
-    .collect();
+    let env: Vec<(String, String)> = ["PGPROOF_VERIFY__SCRATCH_URL", "PGPROOF_VERIFY__CLAIM_TTL"]
+        .iter()
+        .map(|k| ((*k).to_owned(), env_value(&fleet, k)))
+        .chain([(
+            "PGPROOF_SINK__URL".to_owned(),
+            format!("{}/east-1", env_value(&fleet, "FLEET_SINK")),
+        )])
+        .collect();
     let out = config_check(&file, &env);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("claim_ttl"), "{}", text(&out));

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jiff::{SignedDuration, Timestamp};
-use pgproof_core::catalog::{
-    Claim, Keyring, SignedSink, SigningKey, Taken, VerifyClaim, layout,
-};
+use pgproof_core::catalog::{Claim, Keyring, SignedSink, SigningKey, Taken, VerifyClaim, layout};
 use pgproof_core::sink::SinkExt;
 use pgproof_core::{ErrorKind, Sink};
 use pgproof_sink_fs::FsSink;
@@ -88,7 +86,11 @@ async fn an_expired_claim_is_taken_over_and_its_holder_cannot_renew_or_record() 
     let (sink, _) = signed_sink(dir.path());
     let mut first = claimed(take(&*sink, "1", "first").await.0);
     assert!(first.renew(&*sink).await.unwrap(), "renewing a live claim");
-    assert_eq!(generations(&*sink, "1").await, [2], "the renewed-over one is gone");
+    assert_eq!(
+        generations(&*sink, "1").await,
+        [2],
+        "the renewed-over one is gone"
+    );
     match take(&*sink, "1", "second").await.0 {
         Taken::Busy { holder, .. } => assert_eq!(holder, "first"),
         Taken::Claimed(c) => panic!("a live claim was taken: {c:?}"),
@@ -139,7 +141,11 @@ async fn a_claim_not_believed_holds_nothing_and_is_kept_as_evidence() {
     assert_eq!(untrusted[0].kind(), ErrorKind::Integrity);
     assert_eq!(untrusted[0].object(), Some(forged.as_str()));
     claim.release(&*sink).await;
-    assert_eq!(generations(&*sink, "1").await, [50, 52], "the forgery stays");
+    assert_eq!(
+        generations(&*sink, "1").await,
+        [50, 52],
+        "the forgery stays"
+    );
 
     // Signed by a trusted key, but claiming the backup for a month.
     sink.put_bytes(
@@ -151,7 +157,9 @@ async fn a_claim_not_believed_holds_nothing_and_is_kept_as_evidence() {
     let (taken, untrusted) = take(&*sink, "2", "worker").await;
     assert_eq!(claimed(taken).generation(), 2);
     assert!(
-        untrusted[0].to_string().contains("longer than a claim may last"),
+        untrusted[0]
+            .to_string()
+            .contains("longer than a claim may last"),
         "{}",
         untrusted[0]
     );
@@ -307,7 +315,10 @@ async fn four_workers_one_killed_mid_verify_verify_every_backup_exactly_once() {
     eprintln!(
         "killed pid {victim_pid} verifying {victim_backup}; taken over {after:?} later; reports {reported:?}"
     );
-    assert!(after >= Duration::from_secs(2), "taken over after {after:?}");
+    assert!(
+        after >= Duration::from_secs(2),
+        "taken over after {after:?}"
+    );
     // What is left of the claims: one released marker per backup, written by a
     // worker that lived.
     for id in &ids {

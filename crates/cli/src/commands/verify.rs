@@ -11,9 +11,7 @@ use pgproof_core::ops::{Verify, VerifyQueue};
 use pgproof_core::pg::ConnParams;
 use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::sink::SinkExt;
-use pgproof_core::verify::{
-    Amcheck, ManifestChain, Report, Verifier, standard_verifiers_sharing,
-};
+use pgproof_core::verify::{Amcheck, ManifestChain, Report, Verifier, standard_verifiers_sharing};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;

@@ -86,9 +86,7 @@ impl Claim {
         now: Timestamp,
         key: &str,
     ) -> Result<()> {
-        if self.database != database
-            || self.backup_id != backup_id
-            || self.generation != generation
+        if self.database != database || self.backup_id != backup_id || self.generation != generation
         {
             return Err(refuse(
                 key,
@@ -344,7 +342,9 @@ impl VerifyClaim {
     /// Whether no generation above this claim's exists.
     async fn on_top(&self, sink: &dyn Sink) -> Result<bool> {
         let generations = generations(sink, &self.database, &self.backup_id).await?;
-        Ok(generations.first().is_none_or(|top| *top <= self.generation))
+        Ok(generations
+            .first()
+            .is_none_or(|top| *top <= self.generation))
     }
 
     async fn delete_own(&self, sink: &dyn Sink, generation: u64) {
@@ -461,7 +461,10 @@ mod tests {
         }
         let forever = claim(10 * 24 * 3600);
         let e = forever.check("app", "1", 3, now, "k").unwrap_err();
-        assert!(e.to_string().contains("longer than a claim may last"), "{e}");
+        assert!(
+            e.to_string().contains("longer than a claim may last"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -345,7 +345,8 @@ fn believed_record(
     if about.manifest_sha256.as_deref() != Some(manifest_sha256) {
         return Err(refuse(
             key,
-            "is about another manifest than the one now stored (it was replaced or edited since)".into(),
+            "is about another manifest than the one now stored (it was replaced or edited since)"
+                .into(),
         ));
     }
     Ok(v)

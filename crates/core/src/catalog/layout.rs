@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(Kind::of(&lease("app", "1", "x.json")), Some(Kind::Lease));
         assert_eq!(Kind::of(&claim("app", "1", 7)), Some(Kind::Claim));
         assert_eq!(claim_generation(&claim("app", "1", 7)), Some(7));
-        assert_eq!(claim_generation(&claim("app", "1", u64::MAX)), Some(u64::MAX));
+        assert_eq!(
+            claim_generation(&claim("app", "1", u64::MAX)),
+            Some(u64::MAX)
+        );
         for odd in [
             "app/1/claim/7.json",
             "app/1/claim/99999999999999999999.json",

@@ -27,8 +27,8 @@ mod copy;
 mod drill;
 pub mod duration;
 mod nightly;
-mod queue;
 pub mod prune;
+mod queue;
 mod restore;
 mod status;
 mod verify;
@@ -39,11 +39,11 @@ pub use copy::{CopyBackups, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use nightly::{NightlyRun, RunEvent, RunHooks, RunOutcome};
 pub use prune::{Action, Decision, KeepReason, PRUNED_BY_POLICY, Prune, RetentionPolicy};
+pub use queue::{DEFAULT_CLAIM_TTL, VerifyJob, VerifyQueue};
 pub use restore::{Restore, RestoreOutcome, drop_restored, restore_files};
 pub use status::{
     Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
 };
-pub use queue::{DEFAULT_CLAIM_TTL, VerifyJob, VerifyQueue};
 pub use verify::{RecordGate, Verify, scratch_database};
 
 /// Registers `target`'s database, which the operation just created, to be dropped
