@@ -87,8 +87,9 @@ impl VerifyQueue {
         self
     }
 
-    /// How long to wait before looking again when every due backup is held by
-    /// another worker (default: a quarter of the claim lifetime, at most 10 s).
+    /// How long to wait before looking again at the due backups other workers hold,
+    /// when no other is left (default: a quarter of the claim lifetime, at most 1 s:
+    /// one listing and one small read per such backup).
     pub fn poll(mut self, every: Duration) -> Self {
         self.poll = Some(every);
         self
@@ -151,7 +152,7 @@ impl VerifyQueue {
                     return Ok(None);
                 }
             }
-            let mut busy = 0usize;
+            let mut busy: Vec<BackupRef> = Vec::new();
             while let Some(backup) = self.pending.pop_front() {
                 let taken = VerifyClaim::take(
                     &*self.sink,
@@ -165,12 +166,14 @@ impl VerifyQueue {
                 match taken {
                     Taken::Busy { holder, expires_at } => {
                         tracing::debug!(database = %backup.database, backup_id = %backup.backup_id, %holder, %expires_at, "held by another worker");
-                        busy += 1;
+                        busy.push(backup);
                     }
                     Taken::Claimed(claim) => {
                         self.handled.insert(handled_key(&backup));
                         if self.still_due(&backup, now).await? {
                             tracing::info!(database = %backup.database, backup_id = %backup.backup_id, generation = claim.generation(), "claimed a backup to verify");
+                            // Those found busy are tried again after this job.
+                            self.pending.extend(busy);
                             return Ok(Some(VerifyJob {
                                 sink: self.sink.clone(),
                                 backup,
@@ -182,17 +185,19 @@ impl VerifyQueue {
                     }
                 }
             }
-            if busy > 0 {
+            if !busy.is_empty() {
                 // Held by others: they finish (a record: nothing left) or die (their
-                // claims expire and are taken over). Look again after a while.
+                // claims expire and are taken over). Look at those again, and only
+                // those (the catalog is read again once none is left), after a while.
                 let poll = self
                     .poll
-                    .unwrap_or_else(|| (self.claim_ttl / 4).min(Duration::from_secs(10)));
+                    .unwrap_or_else(|| (self.claim_ttl / 4).min(Duration::from_secs(1)));
                 tracing::debug!(
-                    busy,
+                    busy = busy.len(),
                     "every other due backup is held by another worker; looking again in {poll:?}"
                 );
                 tokio::time::sleep(poll).await;
+                self.pending.extend(busy);
             }
         }
     }
