@@ -245,7 +245,9 @@ async fn four_workers_one_killed_mid_verify_verify_every_backup_exactly_once() {
     let ws = Workspace::new(&cluster, "app", "custom");
     ws.verify_on(&cluster);
     let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&format!("{config}claim_ttl = \"3s\"\n"));
+    // Short, so the test waits little for the takeover; long enough that a loaded
+    // machine never delays a renewal (every 2 s) past it.
+    ws.write_config(&format!("{config}claim_ttl = \"6s\"\n"));
     const BACKUPS: usize = 6;
     let ids: BTreeSet<String> = (0..BACKUPS)
         .map(|_| ws.backup()["backup_id"].as_str().unwrap().to_owned())
@@ -310,7 +312,7 @@ async fn four_workers_one_killed_mid_verify_verify_every_backup_exactly_once() {
         assert!(names[0].contains("_passed"), "{id}: {names:?}");
     }
     // Taken over after the claim expired: it was renewed at most a third of its
-    // lifetime before the kill, so it held at least two thirds of 3 s beyond it.
+    // lifetime before the kill, so it held at least two thirds of 6 s beyond it.
     let after = taken_over_after.expect("the killed worker's backup was never taken over");
     eprintln!(
         "killed pid {victim_pid} verifying {victim_backup}; taken over {after:?} later; reports {reported:?}"
@@ -398,4 +400,81 @@ async fn a_forged_claim_does_not_keep_a_worker_from_a_backup() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].contains("_passed"), "{names:?}");
     assert!(path.exists(), "the forged claim is evidence: kept");
+}
+
+#[tokio::test]
+async fn a_worker_paused_past_its_claim_stops_and_records_nothing() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    connect(&cluster, "app")
+        .await
+        .batch_execute(
+            "CREATE TABLE padding AS SELECT g, md5(g::text) AS h, repeat('x', 200) AS t \
+             FROM generate_series(1, 300000) g",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "app", "custom");
+    ws.verify_on(&cluster);
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!("{config}claim_ttl = \"3s\"\n"));
+    let id = ws.backup()["backup_id"].as_str().unwrap().to_owned();
+
+    // A claims the backup and starts restoring it; then it is paused (SIGSTOP: a
+    // stalled VM, a process swapped out) for longer than its claim lives.
+    let paused = spawn_worker(&ws);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !leases(&ws).contains_key(&id) {
+        assert!(Instant::now() < deadline, "the worker never took a lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = paused.id().to_string();
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+
+    // B takes the backup over and verifies it (ending the paused one's session on
+    // the shared scratch server as it swaps its restore in).
+    let out = ws.pgproof(&["verify", "--stale", "1d", "--worker"]);
+    signal("-CONT");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 verified"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A resumes, finds its claim taken, stops its verification and records nothing;
+    // nothing of the round is left for it.
+    let out = paused.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports, serde_json::json!([]), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another worker took this backup over; stopping"),
+        "{}",
+        stderr(&out)
+    );
+    let names = records(&ws).remove(&id).unwrap_or_default();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].contains("_passed"), "{names:?}");
+    // The stopped verification gave its lease back; its scratch database is gone.
+    assert!(leases(&ws).is_empty(), "{:?}", leases(&ws));
+    let scratch: i64 = connect(&cluster, "postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgproof\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scratch, 0);
 }

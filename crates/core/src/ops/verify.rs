@@ -174,6 +174,15 @@ impl Verify {
             LEASE_TTL,
         )
         .await?;
+        // Given back if the operation is cancelled too (a signal, a verify worker
+        // whose claim was taken over), rather than left to protect the backup for a day.
+        let lease_undo = {
+            let (lease, sink) = (lease.clone(), self.sink.clone());
+            self.scope.undo_unless_kept(move || async move {
+                lease.release(&*sink).await;
+                Some("released the verification's lease".to_owned())
+            })
+        };
         let target = self
             .scratch
             .with_dbname(&scratch_database(&manifest.backup_id));
@@ -203,6 +212,7 @@ impl Verify {
             .restore_and_verify(restore, &target, !self.keep)
             .await;
         scratch.keep();
+        lease_undo.keep();
         lease.release(&*self.sink).await;
         let (checks, restore_ms) = proven?;
         // A backup pruned under a verification that started before its lease was
