@@ -273,6 +273,29 @@ fn every_command_line_in_deploy_is_one_the_cli_accepts() {
             .collect();
         assert_cli_accepts(&args);
     }
+
+    // The verify pools: the worker alone, and the worker then status.
+    for (file, expected) in [
+        ("verify-workers.yaml", &["verify"][..]),
+        ("verify-fleet.yaml", &["verify", "status"][..]),
+    ] {
+        let script = block_scalar(&read(&deploy(&format!("kubernetes/{file}"))), "- |");
+        let commands: Vec<Vec<&str>> = script
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("pgproof "))
+            .map(|l| l.trim_end_matches('&').split_whitespace().skip(1).collect())
+            .collect();
+        let names: Vec<&str> = commands.iter().map(|c| c[0]).collect();
+        assert_eq!(names, expected, "{file}: {script}");
+        for args in &commands {
+            assert_cli_accepts(args);
+        }
+        assert!(
+            commands[0].contains(&"--worker") && commands[0].contains(&"--stale"),
+            "{file}: {script}"
+        );
+    }
 }
 
 /// The contents of the first YAML block scalar whose header line (trimmed) is
@@ -464,10 +487,16 @@ fn kubernetes_manifests_match_the_api_schemas() {
         missing_service("kubernetes-validate (scripts/setup --tests installs it into .venv)");
         return;
     };
-    let manifests: Vec<PathBuf> = ["configmap.yaml", "cronjob.yaml", "secret.example.yaml"]
-        .iter()
-        .map(|f| deploy(&format!("kubernetes/{f}")))
-        .collect();
+    let manifests: Vec<PathBuf> = [
+        "configmap.yaml",
+        "cronjob.yaml",
+        "secret.example.yaml",
+        "verify-workers.yaml",
+        "verify-fleet.yaml",
+    ]
+    .iter()
+    .map(|f| deploy(&format!("kubernetes/{f}")))
+    .collect();
     for version in [None, Some(OLDEST_KUBERNETES)] {
         let mut cmd = Command::new(&validate);
         cmd.arg("--strict");
@@ -576,6 +605,9 @@ case "$1" in
   status)
     echo 'pgproof_status_breached{database="app"} 1' > "$3"
     exit 3 ;;
+  verify)
+    echo "sink ${PGPROOF_SINK__URL:-}" >> "$STUB_LOG"
+    exit "${STUB_VERIFY_EXIT:-0}" ;;
 esac
 exit 99
 "#,
@@ -665,4 +697,164 @@ fn cronjob_passes_sigterm_on_to_pgproof() {
     assert_eq!(status.code(), Some(143), "{log}");
     // Status is still pushed after an interrupted run.
     assert!(log.contains("pgproof status --prometheus"), "{log}");
+}
+
+#[test]
+fn verify_pools_are_work_queues_the_issue_asks_for() {
+    // A work-queue Job: parallelism, no completions (the Job is done when the
+    // workers are); its pods never restart in place (a new pod takes what is left).
+    let job = read(&deploy("kubernetes/verify-workers.yaml"));
+    for needle in [
+        "kind: Job",
+        "parallelism: 4",
+        "restartPolicy: Never",
+        "podFailurePolicy:",
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "name: pgproof-config",
+        "PGPROOF_VERIFY__CLAIM_TTL",
+    ] {
+        assert!(job.contains(needle), "verify-workers.yaml lacks `{needle}`");
+    }
+    assert!(
+        !job.contains("completions:"),
+        "a work queue has no completions"
+    );
+    // The fleet: an Indexed Job from a CronJob, one status group per cluster.
+    let fleet = read(&deploy("kubernetes/verify-fleet.yaml"));
+    for needle in [
+        "kind: CronJob",
+        "completionMode: Indexed",
+        "completions:",
+        "parallelism:",
+        "concurrencyPolicy: Forbid",
+        "JOB_COMPLETION_INDEX",
+        "/cluster/$cluster",
+    ] {
+        assert!(fleet.contains(needle), "verify-fleet.yaml lacks `{needle}`");
+    }
+    for manifest in [&job, &fleet] {
+        let uid: u32 = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runAsUser: "))
+            .expect("runAsUser")
+            .parse()
+            .unwrap();
+        let dockerfile = read(&deploy("container/Dockerfile"));
+        assert!(dockerfile.contains(&format!("--uid {uid}")));
+    }
+}
+
+/// The value of `name`'s `value:` line in a manifest's env.
+fn env_value(manifest: &str, name: &str) -> String {
+    let mut lines = manifest.lines().map(str::trim);
+    lines
+        .by_ref()
+        .find(|l| *l == format!("- name: {name}"))
+        .unwrap_or_else(|| panic!("no env {name}"));
+    let value = lines.next().unwrap().strip_prefix("value: ").unwrap();
+    value.trim_matches('"').to_owned()
+}
+
+#[test]
+fn each_fleet_index_verifies_its_cluster_and_pushes_its_status_under_its_label() {
+    let fleet = read(&deploy("kubernetes/verify-fleet.yaml"));
+    let script = block_scalar(&fleet, "- |");
+    let clusters = env_value(&fleet, "PGPROOF_CLUSTERS");
+    let sink = env_value(&fleet, "FLEET_SINK");
+    let names: Vec<&str> = clusters.split_whitespace().collect();
+    assert_eq!(names.len(), 3, "{clusters}");
+    let completions: usize = fleet
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("completions: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        completions % names.len(),
+        0,
+        "every cluster gets as many workers"
+    );
+    for index in 0..completions {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = stubs(dir.path());
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let status = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", path)
+            .env("STUB_LOG", dir.path().join("log"))
+            .env("STUB_VERIFY_EXIT", "3")
+            .env("PGPROOF_CLUSTERS", &clusters)
+            .env("FLEET_SINK", &sink)
+            .env("JOB_COMPLETION_INDEX", index.to_string())
+            .env("PUSHGATEWAY_URL", "http://pushgateway.test:9091")
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        let log = read(&dir.path().join("log"));
+        // The worker's verdict is the pod's; status is pushed all the same.
+        assert_eq!(status.code(), Some(3), "{log}");
+        let cluster = names[index % names.len()];
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines[0], "pgproof verify --stale 20h --worker", "{log}");
+        assert_eq!(lines[1], format!("sink {sink}/{cluster}"), "{log}");
+        assert!(
+            lines[2].starts_with("pgproof status --prometheus "),
+            "{log}"
+        );
+        assert!(
+            lines[3].ends_with(&format!(
+                "http://pushgateway.test:9091/metrics/job/pgproof/cluster/{cluster}"
+            )),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn the_verify_pools_settings_pass_config_check() {
+    let yaml = read(&deploy("kubernetes/configmap.yaml"));
+    let toml = block_scalar(&yaml, "pgproof.toml: |");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path());
+    let signing = dir.path().join("signing.key");
+    signing_keygen(&signing);
+    let file = dir.path().join("pgproof.toml");
+    std::fs::write(
+        &file,
+        toml.replace(RECIPIENT_PLACEHOLDER, &public)
+            .replace("/etc/pgproof/secret/age.key", key.to_str().unwrap())
+            .replace("/etc/pgproof/secret/signing.key", signing.to_str().unwrap()),
+    )
+    .unwrap();
+    let fleet = read(&deploy("kubernetes/verify-fleet.yaml"));
+    let env: Vec<(String, String)> = ["PGPROOF_VERIFY__SCRATCH_URL", "PGPROOF_VERIFY__CLAIM_TTL"]
+        .iter()
+        .map(|k| ((*k).to_owned(), env_value(&fleet, k)))
+        .chain([(
+            "PGPROOF_SINK__URL".to_owned(),
+            format!("{}/east-1", env_value(&fleet, "FLEET_SINK")),
+        )])
+        .collect();
+    let out = config_check(&file, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("claim_ttl"), "{}", text(&out));
+    let job = read(&deploy("kubernetes/verify-workers.yaml"));
+    assert_eq!(
+        env_value(&job, "PGPROOF_VERIFY__CLAIM_TTL"),
+        env_value(&fleet, "PGPROOF_VERIFY__CLAIM_TTL")
+    );
+
+    // A claim lifetime out of bounds is refused by name.
+    let mut short = env.clone();
+    short[1].1 = "1s".into();
+    let out = config_check(&file, &short);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("verify.claim_ttl"), "{}", text(&out));
 }

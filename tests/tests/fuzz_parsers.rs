@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use pgproof_core::catalog::files::FileSetInfo;
 use pgproof_core::catalog::trust::Adoption;
-use pgproof_core::catalog::{Keyring, Lease, Manifest, Pin, SigningKey, Tombstone, Verification};
+use pgproof_core::catalog::{
+    Claim, Keyring, Lease, Manifest, Pin, SigningKey, Tombstone, Verification,
+};
 use pgproof_core::ops::certificate;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -188,6 +190,14 @@ fn catalog_documents_never_panic_their_readers() {
     fuzz("lease", json_inputs(lease.into()), |bytes| {
         if let Ok(l) = serde_json::from_slice::<Lease>(&bytes) {
             let _ = l.check(jiff::Timestamp::now(), "k");
+        }
+        Ok(())
+    });
+    let claim = r#"{"database": "app", "backup_id": "x", "generation": 3, "holder": "w", "claimed_at": "2026-12-03T00:00:00Z", "expires_at": "2026-12-03T00:05:00Z", "released": false}"#;
+    fuzz("verify claim", json_inputs(claim.into()), |bytes| {
+        if let Ok(c) = serde_json::from_slice::<Claim>(&bytes) {
+            let now = jiff::Timestamp::now();
+            let _ = (c.check("app", "x", 3, now, "k"), c.live(now));
         }
         Ok(())
     });

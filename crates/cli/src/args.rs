@@ -155,6 +155,15 @@ pub enum Command {
         /// not recorded.
         #[arg(long, value_name = "DURATION", conflicts_with_all = ["backup", "all", "stale", "adopt"])]
         budget: Option<String>,
+        /// With --stale: be one of N workers on this catalog (processes, or pods of a
+        /// Job with `parallelism: N`). Takes the least recently attempted backup no
+        /// other worker holds, claims it (verify.claim_ttl, renewed while it works),
+        /// checks it is still due, verifies it, and goes on until every backup was
+        /// attempted within AGE, passed or failed; waits for backups other workers
+        /// hold (a killed worker's claim expires and is taken over). No two workers
+        /// verify one backup at once, and each backup once per round.
+        #[arg(long, requires = "stale")]
+        worker: bool,
         /// Database whose backups to verify.
         #[arg(long)]
         database: Option<String>,

@@ -133,6 +133,28 @@ pub struct VerifyConfig {
     /// `sql` and optionally `expect`): run in the dump's snapshot at backup time and
     /// again on every restore, which must give the same result.
     pub invariants: Vec<Invariant>,
+    /// `verify --worker`: how long a worker's claim on a backup lives unless renewed
+    /// (renewed every third of it); a killed worker's backup is taken over this long
+    /// after it died. Default 5m, from 3s to 24h.
+    #[serde(with = "pgproof_core::ops::duration::option")]
+    pub claim_ttl: Option<jiff::SignedDuration>,
+}
+
+impl VerifyConfig {
+    /// `claim_ttl`, or the default; an error naming the key when out of bounds.
+    pub fn claim_ttl(&self) -> Result<std::time::Duration> {
+        let Some(ttl) = self.claim_ttl else {
+            return Ok(pgproof_core::ops::DEFAULT_CLAIM_TTL);
+        };
+        std::time::Duration::try_from(ttl)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                pgproof_core::catalog::check_claim_ttl(d)
+                    .map(|()| d)
+                    .map_err(|e| e.message().to_owned())
+            })
+            .map_err(|e| Error::config(format!("verify.claim_ttl: {e}")))
+    }
 }
 
 /// `[source]`.

@@ -111,6 +111,7 @@ async fn operate(
             all,
             stale,
             limit,
+            worker,
             database,
             keep,
             adopt,
@@ -122,6 +123,7 @@ async fn operate(
                 all,
                 stale: stale.as_deref(),
                 limit,
+                worker,
                 database: database.as_deref(),
             };
             verify::verify(config, which, adopt, keep, json, &progress).await

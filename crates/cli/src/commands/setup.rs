@@ -124,6 +124,9 @@ pub async fn config_check(config: &Config, file: Option<&Path>, json: bool) -> R
     if let Err(e) = open_sink(config) {
         problems.push(error_line(&e));
     }
+    if let Err(e) = config.verify.claim_ttl() {
+        problems.push(error_line(&e));
+    }
     // Keys by fingerprint, as `ssh-keygen -l` shows them: enough to compare with
     // the hosts that hold them, nothing secret.
     let keyring = crate::engines::keyring(config).ok();

@@ -7,9 +7,11 @@ use pgproof_core::catalog::{
 };
 use pgproof_core::codec::sha256_hex;
 use pgproof_core::error::ErrorKind;
-use pgproof_core::ops::Verify;
+use pgproof_core::ops::{Verify, VerifyQueue};
+use pgproof_core::pg::ConnParams;
+use pgproof_core::scratch::EphemeralCluster;
 use pgproof_core::sink::SinkExt;
-use pgproof_core::verify::{Amcheck, ManifestChain, Report, standard_verifiers_sharing};
+use pgproof_core::verify::{Amcheck, ManifestChain, Report, Verifier, standard_verifiers_sharing};
 use pgproof_core::{Error, Result, Sink};
 
 use crate::args::Annotations;
@@ -27,6 +29,8 @@ pub struct Which<'a> {
     pub stale: Option<&'a str>,
     /// At most this many of the stale ones.
     pub limit: Option<usize>,
+    /// As one of N workers on the catalog (with `stale`).
+    pub worker: bool,
     /// Only this database's.
     pub database: Option<&'a str>,
 }
@@ -41,6 +45,11 @@ pub async fn verify(
     json: bool,
     progress: &ProgressOutput,
 ) -> Result<()> {
+    if which.worker
+        && let Some(age) = which.stale
+    {
+        return work(config, age, &which, keep, json, progress).await;
+    }
     let signed = open_signed(config)?;
     let sink: Arc<dyn Sink> = signed.clone();
     let mut untrusted = None;
@@ -108,46 +117,142 @@ pub async fn verify_all(
             .pg_bin_dir(config.source.pg_bin_dir.clone())
             .ephemeral_scratch(ephemeral)
             .verified_by(verifier.clone())
-            .verifiers({
-                let mut verifiers =
-                    standard_verifiers_sharing(&chain, config.verify.invariants.clone());
-                if config.verify.amcheck {
-                    verifiers.push(Box::new(Amcheck));
-                }
-                verifiers
-            })
+            .verifiers(verifiers(config, &chain))
             .keep(keep)
             .progress(callback)
             .run()
             .await;
         bar.finish_and_clear();
-        // Identities that cannot open one backup among several (`verify --all`, a key
-        // rotated since) must say which backup: the library's message names the keys.
-        let report = report.map_err(|e| match e.kind() {
-            ErrorKind::Key => {
-                let named = Error::new(
-                    e.kind(),
-                    format!(
-                        "backup {} ({}): {}",
-                        target.backup_id,
-                        target.database,
-                        e.message()
-                    ),
-                )
-                .with_object(target.backup_id.to_string());
-                match e.setting() {
-                    Some(setting) => named.with_setting(setting),
-                    None => named,
-                }
-            }
-            _ => e,
-        })?;
+        let report = report.map_err(|e| name_backup(e, target))?;
         if !json {
             print_report(&report, Annotations::None);
         }
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// The verifiers of one verification: the standard ones sharing `chain`, the
+/// configured invariants, amcheck when configured.
+fn verifiers(config: &Config, chain: &ManifestChain) -> Vec<Box<dyn Verifier>> {
+    let mut verifiers = standard_verifiers_sharing(chain, config.verify.invariants.clone());
+    if config.verify.amcheck {
+        verifiers.push(Box::new(Amcheck));
+    }
+    verifiers
+}
+
+/// Identities that cannot open one backup among several (`verify --all`, a key
+/// rotated since) must say which backup: the library's message names the keys.
+fn name_backup(e: Error, target: &BackupRef) -> Error {
+    match e.kind() {
+        ErrorKind::Key => {
+            let named = Error::new(
+                e.kind(),
+                format!(
+                    "backup {} ({}): {}",
+                    target.backup_id,
+                    target.database,
+                    e.message()
+                ),
+            )
+            .with_object(target.backup_id.to_string());
+            match e.setting() {
+                Some(setting) => named.with_setting(setting),
+                None => named,
+            }
+        }
+        _ => e,
+    }
+}
+
+/// `verify --stale AGE --worker`: one of N workers on the catalog
+/// ([`VerifyQueue`]): claimed backups verified one after another until none of the
+/// round is left; then the verdict on them all, and catalog objects that were not
+/// trusted fail the command at the end.
+async fn work(
+    config: &Config,
+    age: &str,
+    which: &Which<'_>,
+    keep: bool,
+    json: bool,
+    progress: &ProgressOutput,
+) -> Result<()> {
+    let max_age = parse_duration("--stale", age)?;
+    let ttl = config.verify.claim_ttl()?;
+    let sink: Arc<dyn Sink> = open_signed(config)?;
+    let identities = identities(config)?;
+    let verifier = crate::engines::keyring(config)?.signer();
+    let mut queue = VerifyQueue::new(sink.clone(), max_age)
+        .database(which.database.map(str::to_owned))
+        .claim_ttl(ttl)
+        .now(crate::commands::upkeep::injected_now()?);
+    let chain = ManifestChain::default();
+    // Started with the first job: a worker with nothing to do starts no cluster.
+    let mut scratch: Option<(ConnParams, Option<EphemeralCluster>)> = None;
+    let mut reports: Vec<Report> = Vec::new();
+    let mut taken_over = 0usize;
+    let mut limited = false;
+    while let Some(job) = queue.next().await? {
+        let target = job.backup().clone();
+        let (server, cluster) = match &scratch {
+            Some(s) => s,
+            None => scratch.insert(scratch_server(config, keep)?),
+        };
+        let (bar, callback) = progress.start(format!("verify {}", target.backup_id));
+        let verify = Verify::new(sink.clone(), target.clone(), server.clone())
+            .identities(identities.clone())
+            .pg_bin_dir(config.source.pg_bin_dir.clone())
+            .ephemeral_scratch(cluster.is_some())
+            .verified_by(verifier.clone())
+            .verifiers(verifiers(config, &chain))
+            .keep(keep)
+            .progress(callback);
+        let outcome = job.run(verify).await;
+        bar.finish_and_clear();
+        match outcome.map_err(|e| name_backup(e, &target))? {
+            Some(report) => {
+                if !json {
+                    print_report(&report, Annotations::None);
+                }
+                reports.push(report);
+            }
+            None => {
+                taken_over += 1;
+                tracing::warn!(database = %target.database, backup_id = %target.backup_id, "its claim was taken over by another worker, which verifies it; nothing recorded here");
+            }
+        }
+        if which.limit.is_some_and(|n| reports.len() + taken_over >= n) {
+            limited = true;
+            break;
+        }
+    }
+    if json {
+        print_json(&reports)?;
+    } else {
+        outln!(
+            "worker: {} verified{}; {}",
+            reports.len(),
+            if taken_over > 0 {
+                format!(", {taken_over} taken over by other workers")
+            } else {
+                String::new()
+            },
+            if limited {
+                "stopped at --limit".to_owned()
+            } else {
+                format!("no backup of the round (attempted within {age}) is left to take")
+            }
+        );
+    }
+    for f in queue.findings() {
+        eprintln!(
+            "pgproof: not trusted: {}",
+            pgproof_core::error::printable(&f.problem)
+        );
+    }
+    pgproof_core::verify::verdict(&reports)?;
+    queue.untrusted_verdict()
 }
 
 /// `verify --adopt`: each target whose manifest is unsigned is verified as it is and,

@@ -322,19 +322,7 @@ async fn load_entry(
             Some(got) => got,
             None => sink.get_bytes(key, MANIFEST_LIMIT).await,
         };
-        let record = got.and_then(|body| {
-            let v = parse::<Verification>(key, &body)?;
-            v.check(now, key)?;
-            // A record proves the manifest it read, not whatever now bears the name.
-            let about: RecordBinding = parse(key, &body)?;
-            if about.manifest_sha256.as_deref() != Some(manifest_sha256.as_str()) {
-                return Err(refuse(
-                    key,
-                    "is about another manifest than the one now stored (it was replaced or edited since)".into(),
-                ));
-            }
-            Ok(v)
-        });
+        let record = got.and_then(|body| believed_record(key, &body, now, &manifest_sha256));
         match record {
             Ok(v) => {
                 verifications.push(v);
@@ -379,13 +367,7 @@ fn table_proofs(
         let proof = match fetched.get(key) {
             Some(Ok(body)) => parse::<TableProof>(key, body).and_then(|p| {
                 p.check(now, key)?;
-                let about: RecordBinding = parse(key, body)?;
-                if about.manifest_sha256.as_deref() != Some(manifest_sha256) {
-                    return Err(refuse(
-                        key,
-                        "is about another manifest than the one now stored (it was replaced or edited since)".into(),
-                    ));
-                }
+                about_manifest(key, body, manifest_sha256)?;
                 Ok(p)
             }),
             Some(Err(e)) if e.kind() == ErrorKind::Integrity => Err(e.clone()),
@@ -398,6 +380,67 @@ fn table_proofs(
     }
     proofs.sort_by_key(|p| p.verified_at);
     proofs
+}
+
+/// A verification record read from `key`, if it is believed: readable, not from the
+/// future, named for what it says, and about the manifest whose stored bytes hash to
+/// `manifest_sha256`.
+fn believed_record(
+    key: &str,
+    body: &[u8],
+    now: Timestamp,
+    manifest_sha256: &str,
+) -> Result<Verification> {
+    let v = parse::<Verification>(key, body)?;
+    v.check(now, key)?;
+    about_manifest(key, body, manifest_sha256)?;
+    Ok(v)
+}
+
+/// Refuses a record (a verification or a table proof) that is about another manifest
+/// than the one whose stored bytes hash to `manifest_sha256`: a record proves the
+/// manifest it read, not whatever now bears the name.
+fn about_manifest(key: &str, body: &[u8], manifest_sha256: &str) -> Result<()> {
+    let about: RecordBinding = parse(key, body)?;
+    if about.manifest_sha256.as_deref() != Some(manifest_sha256) {
+        return Err(refuse(
+            key,
+            "is about another manifest than the one now stored (it was replaced or edited since)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The newest believed verification record of one backup whose manifest's stored
+/// bytes hash to `manifest_sha256`, read fresh (one listing of its records, then
+/// newest first until one is believed): what a verify worker re-checks after it
+/// claimed a backup, without reading the whole catalog again. Records that are not
+/// believed are logged and skipped.
+pub async fn newest_verification(
+    sink: &dyn Sink,
+    backup: &BackupRef,
+    manifest_sha256: &str,
+) -> Result<Option<Verification>> {
+    let objects = sink
+        .list(&layout::records(&backup.database, &backup.backup_id))
+        .await?;
+    let now = Timestamp::now();
+    for key in records_newest_first(&objects) {
+        let record = sink
+            .get_bytes(key, MANIFEST_LIMIT)
+            .await
+            .and_then(|body| believed_record(key, &body, now, manifest_sha256));
+        match record {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                tracing::warn!(key, problem = %e, "catalog object not trusted");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 impl Inventory {
@@ -482,6 +525,39 @@ impl Inventory {
         stale.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
         stale
             .into_iter()
+            .map(|(_, b)| b)
+            .take(limit.unwrap_or(usize::MAX))
+            .collect()
+    }
+
+    /// The trusted backups no verification attempted within `max_age` at `now`,
+    /// passed or failed (or never attempted): what a round of verify workers takes,
+    /// each once — a backup that failed in this round stays failed until the next
+    /// (its FAIL is the verdict `status` shows). Never attempted first, then the
+    /// longest ago; at most `limit`.
+    pub fn unattempted(
+        &self,
+        now: Timestamp,
+        max_age: SignedDuration,
+        limit: Option<usize>,
+    ) -> Vec<BackupRef> {
+        let mut due: Vec<(Option<Timestamp>, BackupRef)> = Vec::new();
+        for (db, part) in &self.databases {
+            for entry in part.backups.iter().filter(|b| b.manifest.is_ok()) {
+                let attempted = entry.verifications.last().map(|v| v.verified_at);
+                if attempted.is_none_or(|at| now.duration_since(at) > max_age) {
+                    due.push((
+                        attempted,
+                        BackupRef {
+                            database: db.clone(),
+                            backup_id: entry.backup_id.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        due.sort_by(|a, b| (a.0, &a.1.backup_id).cmp(&(b.0, &b.1.backup_id)));
+        due.into_iter()
             .map(|(_, b)| b)
             .take(limit.unwrap_or(usize::MAX))
             .collect()

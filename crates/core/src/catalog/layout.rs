@@ -10,6 +10,7 @@
 //! <db>/<id>/tables/<time>_<verdict>.json    table proof (a rolling verification's)
 //! <db>/<id>/pin/<time>-<unique>.json        pin
 //! <db>/<id>/lease/<unique>.json             lease
+//! <db>/<id>/claim/<generation>.json         claim (a verify worker's, 20 digits)
 //! <db>/<id>/tombstone.json                  tombstone
 //! <db>/<id>/adopted.json                    adoption
 //! <db>/<id>/<dump file><codec suffixes>     the dump (directory format: <dump file>/<file>…)
@@ -41,6 +42,7 @@ const TABLE_PROOFS: &str = "tables";
 /// The top-level directory of cluster runs.
 pub const CLUSTER_DIR: &str = ".cluster";
 const CLUSTER_RUN_NAME: &str = "cluster.json";
+const CLAIMS: &str = "claim";
 
 /// The kinds of object the catalog signs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub enum Kind {
     Lease,
     /// `<db>/<id>/tables/<name>.json`.
     TableProof,
+    /// `<db>/<id>/claim/<generation>.json`.
+    Claim,
     /// `<db>/<id>/tombstone.json`.
     Tombstone,
     /// `<db>/<id>/adopted.json`.
@@ -81,6 +85,7 @@ impl Kind {
                 PINS => Some(Self::Pin),
                 LEASES => Some(Self::Lease),
                 TABLE_PROOFS => Some(Self::TableProof),
+                CLAIMS => Some(Self::Claim),
                 _ => None,
             },
             _ => None,
@@ -95,6 +100,7 @@ impl Kind {
             Self::Pin => "pin",
             Self::Lease => "lease",
             Self::TableProof => "table proof",
+            Self::Claim => "verify claim",
             Self::Tombstone => "tombstone",
             Self::Adoption => "adoption",
             Self::Lock => "commit lock",
@@ -168,6 +174,28 @@ pub fn leases(db: &str, id: &str) -> String {
     format!("{db}/{id}/{LEASES}/")
 }
 
+/// `<db>/<id>/claim/<generation>.json`, the generation zero-padded to 20 digits so
+/// that names sort as numbers.
+pub fn claim(db: &str, id: &str, generation: u64) -> String {
+    format!("{db}/{id}/{CLAIMS}/{generation:020}.json")
+}
+
+/// `<db>/<id>/claim/`.
+pub fn claims(db: &str, id: &str) -> String {
+    format!("{db}/{id}/{CLAIMS}/")
+}
+
+/// The generation a claim's key names, if it is one [`claim`] could have built.
+pub fn claim_generation(key: &str) -> Option<u64> {
+    if Kind::of(key) != Some(Kind::Claim) {
+        return None;
+    }
+    let digits = key.rsplit('/').next()?.strip_suffix(".json")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
 /// `<db>/<id>/<file><suffix>`: the dump object (or, for a directory archive, the
 /// prefix of its files).
 pub fn dump(db: &str, id: &str, file: &str, suffix: &str) -> String {
@@ -226,6 +254,19 @@ mod tests {
             Kind::of(&table_proof("app", "1", "x_passed.json")),
             Some(Kind::TableProof)
         );
+        assert_eq!(Kind::of(&claim("app", "1", 7)), Some(Kind::Claim));
+        assert_eq!(claim_generation(&claim("app", "1", 7)), Some(7));
+        assert_eq!(
+            claim_generation(&claim("app", "1", u64::MAX)),
+            Some(u64::MAX)
+        );
+        for odd in [
+            "app/1/claim/7.json",
+            "app/1/claim/99999999999999999999.json",
+            "app/1/lease/00000000000000000007.json",
+        ] {
+            assert_eq!(claim_generation(odd), None, "{odd}");
+        }
         assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
         assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));

@@ -1,6 +1,7 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+mod claim;
 pub mod cluster;
 pub mod files;
 mod id;
@@ -11,8 +12,9 @@ mod manifest;
 mod records;
 pub mod trust;
 
+pub use claim::{Claim, MAX_CLAIM_TTL, MIN_CLAIM_TTL, Taken, VerifyClaim, check_claim_ttl};
 pub use id::BackupId;
-pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory};
+pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory, newest_verification};
 pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};
 pub use manifest::{

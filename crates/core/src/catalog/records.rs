@@ -307,7 +307,7 @@ fn summary_in_key(key: &str) -> Option<Verification> {
 
 /// A lease on one backup, taken with [`take`](BackupLease::take) and given back with
 /// [`release`](BackupLease::release) (one that is not released expires).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BackupLease {
     key: String,
 }

@@ -8,6 +8,7 @@
 //! | [`Backup`] | the committed [`Manifest`](crate::catalog::Manifest) |
 //! | [`Restore`] | a [`RestoreOutcome`] |
 //! | [`Verify`] | the recorded [`Report`](crate::verify::Report) |
+//! | [`VerifyQueue`] | [`VerifyJob`]s: claimed backups for one of N verify workers |
 //! | [`Drill`] | a [`DrillOutcome`] |
 //! | [`Prune`] | every retention [`Decision`] |
 //! | [`CatalogCheck`] | a [`CheckOutcome`] with every [`Finding`] |
@@ -30,6 +31,7 @@ mod drill;
 pub mod duration;
 mod nightly;
 pub mod prune;
+mod queue;
 mod restore;
 mod status;
 mod verify;
@@ -41,11 +43,12 @@ pub use copy::{CopyBackups, CopyOutcome};
 pub use drill::{DRILL_DATABASE, Drill, DrillOutcome};
 pub use nightly::{NightlyRun, RunEvent, RunHooks, RunOutcome};
 pub use prune::{Action, Decision, KeepReason, PRUNED_BY_POLICY, Prune, RetentionPolicy};
+pub use queue::{DEFAULT_CLAIM_TTL, VerifyJob, VerifyQueue};
 pub use restore::{LeftOut, PartialProof, Restore, RestoreOutcome, drop_restored, restore_files};
 pub use status::{
     Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
 };
-pub use verify::{Verify, scratch_database};
+pub use verify::{RecordGate, Verify, scratch_database};
 
 /// Registers `target`'s database, which the operation just created, to be dropped
 /// if the operation's scope is cleaned up before the guard is kept (the database

@@ -49,7 +49,14 @@ pub struct Verify {
     ephemeral_scratch: bool,
     verified_by: Option<Signer>,
     tables: Option<Filter>,
+    record_gate: Option<RecordGate>,
 }
+
+/// Asked just before a verification's record is written; an `Err` stops the
+/// verification there, without a record (a verify worker whose claim on the backup
+/// was taken over: another worker records it).
+pub type RecordGate =
+    Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
 impl Verify {
     /// Verifies `backup` from `sink` on the server `scratch` points at, with the
@@ -69,6 +76,7 @@ impl Verify {
             ephemeral_scratch: false,
             verified_by: None,
             tables: None,
+            record_gate: None,
         }
     }
 
@@ -115,6 +123,13 @@ impl Verify {
     /// Who verifies: the signing key the record will be signed with, named in it.
     pub fn verified_by(mut self, signer: Option<Signer>) -> Self {
         self.verified_by = signer;
+        self
+    }
+
+    /// Asks `gate` just before the record is written: an `Err` from it is this
+    /// operation's result, and nothing is recorded.
+    pub fn record_gate(mut self, gate: RecordGate) -> Self {
+        self.record_gate = Some(gate);
         self
     }
 
@@ -173,6 +188,15 @@ impl Verify {
             LEASE_TTL,
         )
         .await?;
+        // Given back if the operation is cancelled too (a signal, a verify worker
+        // whose claim was taken over), rather than left to protect the backup for a day.
+        let lease_undo = {
+            let (lease, sink) = (lease.clone(), self.sink.clone());
+            self.scope.undo_unless_kept(move || async move {
+                lease.release(&*sink).await;
+                Some("released the verification's lease".to_owned())
+            })
+        };
         let target = self
             .scratch
             .with_dbname(&scratch_database(&manifest.backup_id));
@@ -209,6 +233,7 @@ impl Verify {
             .restore_and_verify(restore, &target, !self.keep)
             .await;
         scratch.keep();
+        lease_undo.keep();
         lease.release(&*self.sink).await;
         let (checks, restore_ms) = proven?;
         // A backup pruned under a verification that started before its lease was
@@ -235,6 +260,9 @@ impl Verify {
         }
         let mut report = new_report(&manifest, &manifest_sha256, &target, checks, restore_ms);
         report.verified_by = self.verified_by;
+        if let Some(gate) = self.record_gate {
+            gate().await?;
+        }
         if partial {
             write_table_proof(&*self.sink, &report).await?;
         } else {

@@ -185,15 +185,29 @@ impl Admin {
     /// them), then the memberships and per-role settings they had.
     pub async fn create_roles(&self, missing: &[&RoleInfo]) -> Result<()> {
         for role in missing {
-            self.client
+            let created = self
+                .client
                 .batch_execute(&format!(
                     "CREATE ROLE {} WITH {}",
                     quote_ident(&role.name),
                     role.attributes()
                 ))
-                .await
-                .map_err(db_err("creating a role the backup needs"))?;
-            tracing::info!(role = %role.name, "created role");
+                .await;
+            match created {
+                Ok(()) => tracing::info!(role = %role.name, "created role"),
+                // Another restore on this server (a second verify worker) created it
+                // since it was found missing (at once: a unique violation on the
+                // catalog); the roles check judges its attributes.
+                Err(e)
+                    if e.code().is_some_and(|c| {
+                        *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
+                            || *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    }) =>
+                {
+                    tracing::debug!(role = %role.name, "role created meanwhile by another run");
+                }
+                Err(e) => return Err(db_err("creating a role the backup needs")(e)),
+            }
         }
         for role in missing {
             for parent in &role.member_of {
