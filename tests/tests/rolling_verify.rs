@@ -176,3 +176,62 @@ async fn a_forged_table_proof_proves_nothing() {
         "{status}"
     );
 }
+
+/// A table that takes longer than the budget is left unfinished alone, recorded as
+/// attempted and not proven; the next run proves the others instead of trying it
+/// again, and status names it as unproven.
+#[tokio::test]
+async fn a_table_too_big_for_the_budget_holds_up_no_other() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let db = create_database(&cluster, "rolling_big").await;
+    db.batch_execute(
+        "CREATE TABLE a_big (id bigint PRIMARY KEY, v text);
+         INSERT INTO a_big SELECT g, md5(g::text) FROM generate_series(1, 3000000) g;",
+    )
+    .await
+    .unwrap();
+    for i in 1..=4 {
+        db.batch_execute(&format!(
+            "CREATE TABLE s{i} (v int); INSERT INTO s{i} SELECT generate_series(1, 50);"
+        ))
+        .await
+        .unwrap();
+    }
+    let ws = Workspace::new(&cluster, "rolling_big", "custom");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&format!(
+        "{config}\n[status]\nmax_table_unproven_age = \"7d\"\n"
+    ));
+    ws.backup();
+
+    let out = ws.pgproof(&["verify", "--budget", "1s", "--tables-per-run", "4"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "no verdict on the backup: {said}{}",
+        stderr(&out)
+    );
+    assert!(
+        said.contains("budget reached while proving public.a_big"),
+        "{said}"
+    );
+    let out = ws.pgproof_ok(&[
+        "verify",
+        "--budget",
+        "10m",
+        "--tables-per-run",
+        "4",
+        "--json",
+    ]);
+    let batches = proven(&serde_json::from_str(&out).unwrap());
+    assert_eq!(
+        batches[0],
+        BTreeSet::from(["public.s1", "public.s2", "public.s3", "public.s4"].map(String::from)),
+        "the small tables first: {out}"
+    );
+    let (_, status) = status_at(&ws, &later(0));
+    let proven_now = status["tables_proven"].as_u64().unwrap();
+    assert!(proven_now >= 4, "{status}");
+}

@@ -150,9 +150,10 @@ pub enum Command {
         #[arg(long, value_name = "N", conflicts_with_all = ["backup", "all", "stale", "adopt"])]
         tables_per_run: Option<usize>,
         /// Rolling verification of tables within a time budget (`2h`): batches of the
-        /// least recently proven tables (of --tables-per-run, or a tenth of the tables)
-        /// while the next one fits; a batch still running when it ends is stopped and
-        /// not recorded.
+        /// least recently proven tables (of --tables-per-run, or a tenth of the tables;
+        /// a table bigger than a batch's share alone) while the next one fits; a batch
+        /// still running when it ends is stopped and recorded as unfinished (attempted,
+        /// not proven), so the next run takes the others first.
         #[arg(long, value_name = "DURATION", conflicts_with_all = ["backup", "all", "stale", "adopt"])]
         budget: Option<String>,
         /// With --stale: be one of N workers on this catalog (processes, or pods of a

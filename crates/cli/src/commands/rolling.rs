@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use pgproof_core::catalog::Inventory;
 use pgproof_core::dump::toc::{Filter, TablePattern, unquote_qualified};
-use pgproof_core::ops::Verify;
 use pgproof_core::ops::coverage::TableLedger;
+use pgproof_core::ops::{Verify, record_unfinished};
 use pgproof_core::scope::Scope;
 use pgproof_core::verify::Report;
 use pgproof_core::{Error, ErrorKind, Result, Sink};
@@ -60,21 +60,27 @@ pub async fn rolling(
         let Some(ledger) = TableLedger::of(name, part) else {
             continue;
         };
-        let order = ledger.rotation();
         let size = share
             .tables_per_run
-            .unwrap_or_else(|| order.len().div_ceil(10).max(1));
-        // Seconds per table of the last batch, to tell whether the next one fits.
+            .unwrap_or_else(|| ledger.tables.len().div_ceil(10).max(1));
+        // Seconds per row of the batches done, to tell whether the next one fits.
         let mut pace: Option<f64> = None;
-        for batch in order.chunks(size) {
+        for batch in ledger.batches(size) {
+            let rows: i64 = batch.iter().filter_map(|t| ledger.rows.get(t)).sum();
             let left = match budget {
                 None => None,
                 Some(budget) => {
                     let left = budget.saturating_sub(started.elapsed());
-                    let needs = pace.map(|p| Duration::from_secs_f64(p * batch.len() as f64));
-                    if left.is_zero() || needs.is_some_and(|n| n > left) {
+                    if left.is_zero() {
                         out_of_time = true;
                         break 'databases;
+                    }
+                    // One that would not fit is left for the next run, which takes
+                    // it first; a smaller one after it may still fit.
+                    let needs = pace.map(|p| Duration::from_secs_f64(p * rows.max(1) as f64));
+                    if needs.is_some_and(|n| n > left) {
+                        out_of_time = true;
+                        continue;
                     }
                     Some(left)
                 }
@@ -91,7 +97,7 @@ pub async fn rolling(
                 .pg_bin_dir(config.source.pg_bin_dir.clone())
                 .ephemeral_scratch(cluster.is_some())
                 .verified_by(verifier.clone())
-                .tables(filter(batch)?)
+                .tables(filter(&batch)?)
                 .keep(keep)
                 .progress(callback)
                 .scope(scope.clone());
@@ -99,17 +105,32 @@ pub async fn rolling(
             bar.finish_and_clear();
             let report = match report {
                 Err(e) if e.kind() == ErrorKind::Cancelled && left.is_some() => {
+                    // Attempted, not proven: the next run takes other tables first, so
+                    // a table too big for the budget holds up no other.
+                    record_unfinished(
+                        &*sink,
+                        &ledger.newest,
+                        &batch,
+                        clock.elapsed(),
+                        verifier.clone(),
+                    )
+                    .await?;
                     outln!(
-                        "budget reached: the batch of {} tables of {} was stopped and not recorded",
-                        batch.len(),
-                        ledger.newest.backup_id
+                        "budget reached while proving {} of {}; recorded as unfinished{}",
+                        describe(&batch),
+                        ledger.newest.backup_id,
+                        if batch.len() == 1 {
+                            ": a table that takes longer than the budget is never proven by a rolling run; raise --budget, or verify the backup whole"
+                        } else {
+                            ""
+                        }
                     );
                     out_of_time = true;
                     break 'databases;
                 }
                 other => other?,
             };
-            pace = Some(clock.elapsed().as_secs_f64() / batch.len() as f64);
+            pace = Some(clock.elapsed().as_secs_f64() / rows.max(1) as f64);
             if !json {
                 print_report(&report, Annotations::None);
             }
@@ -158,6 +179,13 @@ async fn within<T>(
     let result = body.await;
     watch.abort();
     result
+}
+
+fn describe(batch: &[String]) -> String {
+    match batch {
+        [one] => one.clone(),
+        many => format!("{} tables", many.len()),
+    }
 }
 
 /// Exactly the tables `keys` (as fingerprints name them).

@@ -189,21 +189,35 @@ struct ProofCheck {
 }
 
 impl TableProof {
-    /// The record's file name under `<db>/<id>/tables/`.
-    pub fn record_name(verified_at: Timestamp, passed: bool) -> String {
+    /// The record's file name under `<db>/<id>/tables/`: the time and `passed`,
+    /// `failed` or [`UNFINISHED`](Self::UNFINISHED).
+    pub fn record_name(verified_at: Timestamp, verdict: &str) -> String {
         format!(
-            "{}_{}.json",
-            verified_at.strftime("%Y%m%dT%H%M%S%.fZ"),
-            if passed { "passed" } else { "failed" }
+            "{}_{verdict}.json",
+            verified_at.strftime("%Y%m%dT%H%M%S%.fZ")
         )
     }
 
-    /// Each table it restored (as fingerprints name them) and whether it was proven.
+    /// The verdict of a record of tables a budget ran out on before they were proven:
+    /// attempted, not proven, and no verdict on the backup.
+    pub const UNFINISHED: &'static str = "unfinished";
+
+    /// The check prefix naming a table such a record attempted.
+    pub const UNFINISHED_CHECK: &'static str = "unfinished:";
+
+    /// Each table it attempted (as fingerprints name them) and whether it was proven:
+    /// restored and compared (`fingerprint:`), or left unfinished when a budget ran
+    /// out (never proven).
     pub fn tables(&self) -> impl Iterator<Item = (&str, bool)> {
         self.checks.iter().filter_map(|c| {
             c.name
                 .strip_prefix("fingerprint:")
                 .map(|table| (table, c.passed))
+                .or_else(|| {
+                    c.name
+                        .strip_prefix(Self::UNFINISHED_CHECK)
+                        .map(|table| (table, false))
+                })
         })
     }
 

@@ -30,6 +30,8 @@ pub struct TableLedger {
     pub newest: BackupRef,
     /// Each table of the newest backup, with its latest attempt if any.
     pub tables: BTreeMap<String, Option<Attempt>>,
+    /// Each table's rows in the newest backup: what a batch costs.
+    pub rows: BTreeMap<String, i64>,
 }
 
 /// How many of a database's tables were proven within a window.
@@ -116,7 +118,38 @@ impl TableLedger {
                 backup_id: newest.backup_id.clone(),
             },
             tables,
+            rows: fingerprint
+                .tables
+                .iter()
+                .map(|(t, f)| (t.clone(), f.rows))
+                .collect(),
         })
+    }
+
+    /// The rotation cut into batches of `size` tables; a table holding more rows
+    /// than `size` average tables goes alone, so a table too big for a budget holds
+    /// up no other (it is left unfinished alone, and the rest moves on).
+    pub fn batches(&self, size: usize) -> Vec<Vec<String>> {
+        let size = size.max(1);
+        let total: i64 = self.rows.values().map(|r| r.max(&0)).sum();
+        let cap = (total as f64 * size as f64 / self.tables.len().max(1) as f64).ceil() as i64;
+        let mut batches: Vec<Vec<String>> = Vec::new();
+        let mut current: Vec<String> = Vec::new();
+        for table in self.rotation() {
+            let rows = self.rows.get(&table).copied().unwrap_or(0).max(0);
+            let alone = rows > cap;
+            if !current.is_empty() && (alone || current.len() == size) {
+                batches.push(std::mem::take(&mut current));
+            }
+            current.push(table);
+            if alone {
+                batches.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        batches
     }
 
     /// The tables in the order a rolling verification takes them: never attempted
@@ -146,5 +179,76 @@ impl TableLedger {
                 .filter(|t| !proven(&self.tables[t]))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(rows: &[(&str, i64)]) -> TableLedger {
+        TableLedger {
+            newest: BackupRef {
+                database: "app".into(),
+                backup_id: crate::catalog::BackupId::parse("1").unwrap(),
+            },
+            tables: rows.iter().map(|(t, _)| ((*t).to_owned(), None)).collect(),
+            rows: rows.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_table_bigger_than_its_share_is_batched_alone_in_rotation_order() {
+        let l = ledger(&[
+            ("a", 10),
+            ("b", 10),
+            ("big", 10_000),
+            ("c", 10),
+            ("d", 10),
+            ("e", 10),
+        ]);
+        assert_eq!(
+            l.batches(2),
+            [
+                vec!["a".to_owned(), "b".to_owned()],
+                vec!["big".to_owned()],
+                vec!["c".to_owned(), "d".to_owned()],
+                vec!["e".to_owned()],
+            ]
+        );
+        let all: usize = l.batches(4).iter().map(Vec::len).sum();
+        assert_eq!(all, 6);
+    }
+
+    #[test]
+    fn the_least_recently_attempted_come_first_and_a_window_counts_the_proven() {
+        let mut l = ledger(&[("a", 1), ("b", 1), ("c", 1)]);
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        l.tables.insert(
+            "a".into(),
+            Some(Attempt {
+                at: at("2026-12-01T00:00:00Z"),
+                passed: true,
+            }),
+        );
+        l.tables.insert(
+            "b".into(),
+            Some(Attempt {
+                at: at("2026-11-01T00:00:00Z"),
+                passed: false,
+            }),
+        );
+        assert_eq!(l.rotation(), ["c", "b", "a"]);
+        let c = l.coverage(
+            at("2026-12-03T00:00:00Z"),
+            SignedDuration::from_hours(24 * 7),
+        );
+        assert_eq!((c.tables, c.proven), (3, 1));
+        assert_eq!(c.unproven, ["c", "b"]);
+        let c = l.coverage(
+            at("2026-12-30T00:00:00Z"),
+            SignedDuration::from_hours(24 * 7),
+        );
+        assert_eq!(c.proven, 0);
     }
 }

@@ -48,7 +48,7 @@ pub use restore::{LeftOut, PartialProof, Restore, RestoreOutcome, drop_restored,
 pub use status::{
     Breach, DatabaseStatus, ReplicaStatus, Status, StatusPolicy, StatusReport, short_age,
 };
-pub use verify::{RecordGate, Verify, scratch_database};
+pub use verify::{RecordGate, Verify, record_unfinished, scratch_database};
 
 /// Registers `target`'s database, which the operation just created, to be dropped
 /// if the operation's scope is cleaned up before the guard is kept (the database

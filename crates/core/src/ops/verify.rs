@@ -445,9 +445,57 @@ pub(crate) fn new_report(
     }
 }
 
+/// Records that a rolling verification's budget ran out before `tables` of `backup`
+/// were proven (after `ran`): they count as attempted, so the next run takes others
+/// first, and stay unproven. No verdict on the backup.
+pub async fn record_unfinished(
+    sink: &dyn Sink,
+    backup: &BackupRef,
+    tables: &[String],
+    ran: std::time::Duration,
+    verified_by: Option<Signer>,
+) -> Result<()> {
+    let (manifest, manifest_sha256) = catalog::load_manifest(sink, backup).await?;
+    let checks = tables
+        .iter()
+        .map(|t| {
+            Check::fail(
+                format!("{}{t}", TableProof::UNFINISHED_CHECK),
+                format!(
+                    "not proven: the budget ran out after {:.1}s, before the batch holding it was",
+                    ran.as_secs_f64()
+                ),
+            )
+        })
+        .collect();
+    let mut report = Report {
+        backup_id: manifest.backup_id.clone(),
+        database: manifest.database.clone(),
+        manifest_sha256,
+        verified_at: Timestamp::now(),
+        passed: false,
+        restore_ms: None,
+        restored_into: String::new(),
+        tool: ToolInfo::current(),
+        checks,
+        verified_by: None,
+    };
+    report.verified_by = verified_by;
+    write_proof(sink, &report, TableProof::UNFINISHED).await
+}
+
 /// Records a partial verification's report as a table proof.
 async fn write_table_proof(sink: &dyn Sink, report: &Report) -> Result<()> {
-    let name = TableProof::record_name(report.verified_at, report.passed);
+    write_proof(
+        sink,
+        report,
+        if report.passed { "passed" } else { "failed" },
+    )
+    .await
+}
+
+async fn write_proof(sink: &dyn Sink, report: &Report, verdict: &str) -> Result<()> {
+    let name = TableProof::record_name(report.verified_at, verdict);
     let key = catalog::layout::table_proof(&report.database, &report.backup_id, &name);
     let mut body = serde_json::to_vec_pretty(report)
         .map_err(|e| Error::tool(format!("cannot serialize the table proof: {e}")))?;
