@@ -259,7 +259,7 @@ pub enum Command {
         #[arg(long = "tablespace-dir", value_name = "NAME=DIR", requires = "cluster")]
         tablespace_dirs: Vec<String>,
         /// Database to restore into (libpq URI); must not exist, or be empty,
-        /// unless --clean.
+        /// unless --clean (with --table, it may hold other tables, never touched).
         #[arg(long, value_name = "URL", required_unless_present = "files")]
         target: Option<String>,
         /// Also (or, without --target, only) write the backup's file sets under
