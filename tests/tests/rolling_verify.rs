@@ -38,6 +38,19 @@ fn status_at(ws: &Workspace, now: &str) -> (bool, Value) {
     (out.status.success(), report[0].clone())
 }
 
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
 fn later(days: i64) -> String {
     (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days)).to_string()
 }
@@ -114,6 +127,15 @@ async fn rolling_verification_reaches_every_table_within_the_window() {
         text.contains("pgproof_table_coverage_ratio{database=\"rolling\"} 1"),
         "{text}"
     );
+
+    // A copy carries the table proofs: the replica's coverage is the same.
+    let replica = ws.dir.path().join("replica");
+    ws.pgproof_ok(&["copy", "--to", &format!("file://{}", replica.display())]);
+    let copied = walk(&replica)
+        .into_iter()
+        .filter(|p| p.contains("/tables/"))
+        .count();
+    assert_eq!(copied, 3, "one table proof per night");
 
     // A budget takes batches until none is left: the whole rotation in one run.
     let out = ws.pgproof_ok(&[

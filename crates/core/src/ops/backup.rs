@@ -295,8 +295,8 @@ impl Backup {
         let manifest = committed?;
         tracing::info!(
             backup_id = %manifest.backup_id,
-            raw_bytes = manifest.object.raw_bytes,
-            stored_bytes = manifest.object.stored_bytes,
+            raw_bytes = manifest.dump_raw_bytes(),
+            stored_bytes = manifest.dump_stored_bytes(),
             seconds = clock.elapsed().as_secs_f64(),
             "backup committed"
         );

@@ -194,7 +194,7 @@ impl CopyBackups {
         Ok(bytes)
     }
 
-    /// Verification records the destination lacks.
+    /// Verification records and table proofs the destination lacks.
     async fn copy_records<'a>(
         &self,
         entry: &CatalogEntry,
@@ -202,7 +202,8 @@ impl CopyBackups {
     ) -> Result<()> {
         let present: Vec<&str> = present.collect();
         for object in &entry.objects {
-            if Kind::of(&object.key) != Some(Kind::Record) || present.contains(&object.key.as_str())
+            if !matches!(Kind::of(&object.key), Some(Kind::Record | Kind::TableProof))
+                || present.contains(&object.key.as_str())
             {
                 continue;
             }
