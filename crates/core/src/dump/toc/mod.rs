@@ -9,10 +9,13 @@
 //! recognised only by the schema and name its fingerprint recorded, and an ambiguous
 //! line is refused rather than guessed.
 
+mod listing;
 mod pattern;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+pub use listing::unquote_qualified;
+use listing::{bad_listing, parse_line};
 pub use pattern::{SchemaPattern, TablePattern};
 
 use crate::error::{Error, Result};
@@ -106,75 +109,6 @@ impl Entry {
         ((schema != "-").then_some(schema), tag)
     }
 }
-
-/// Entry kinds, longest first: a listing separates them from names by a space only.
-const KINDS: &[&str] = &[
-    "MATERIALIZED VIEW DATA",
-    "PUBLICATION TABLES IN SCHEMA",
-    "TEXT SEARCH CONFIGURATION",
-    "TEXT SEARCH DICTIONARY",
-    "TEXT SEARCH TEMPLATE",
-    "TEXT SEARCH PARSER",
-    "FOREIGN DATA WRAPPER",
-    "SEQUENCE OWNED BY",
-    "DATABASE PROPERTIES",
-    "PROCEDURAL LANGUAGE",
-    "SUBSCRIPTION TABLE",
-    "PUBLICATION TABLE",
-    "MATERIALIZED VIEW",
-    "CHECK CONSTRAINT",
-    "STATISTICS DATA",
-    "OPERATOR FAMILY",
-    "OPERATOR CLASS",
-    "SECURITY LABEL",
-    "BLOB METADATA",
-    "EVENT TRIGGER",
-    "FK CONSTRAINT",
-    "FOREIGN TABLE",
-    "ACCESS METHOD",
-    "INDEX ATTACH",
-    "LARGE OBJECT",
-    "SEQUENCE SET",
-    "TABLE ATTACH",
-    "ROW SECURITY",
-    "USER MAPPING",
-    "DEFAULT ACL",
-    "SHELL TYPE",
-    "TABLE DATA",
-    "SUBSCRIPTION",
-    "PUBLICATION",
-    "SEARCHPATH",
-    "STDSTRINGS",
-    "STATISTICS",
-    "CONSTRAINT",
-    "CONVERSION",
-    "COLLATION",
-    "EXTENSION",
-    "PROCEDURE",
-    "TRANSFORM",
-    "AGGREGATE",
-    "FUNCTION",
-    "OPERATOR",
-    "SEQUENCE",
-    "ENCODING",
-    "DATABASE",
-    "TRIGGER",
-    "COMMENT",
-    "DEFAULT",
-    "SCHEMA",
-    "SERVER",
-    "POLICY",
-    "DOMAIN",
-    "BLOBS",
-    "INDEX",
-    "TABLE",
-    "RULE",
-    "VIEW",
-    "TYPE",
-    "CAST",
-    "BLOB",
-    "ACL",
-];
 
 /// Kinds that are part of the object they depend on rather than something other
 /// objects need: they come with a selected table (or with what it needs).
@@ -541,62 +475,6 @@ impl Toc {
     fn name(&self, id: u32) -> String {
         self.get(id)
             .map_or_else(|| format!("entry {id}"), Entry::describe)
-    }
-}
-
-/// `216; 1259 16395 TABLE app items postgres`.
-fn parse_line(line: &str) -> Option<Entry> {
-    let (id, rest) = line.split_once("; ")?;
-    let id = id.trim().parse().ok()?;
-    let mut words = rest.splitn(3, ' ');
-    let (_catalog, _oid, rest) = (words.next()?, words.next()?, words.next()?);
-    let desc = KINDS
-        .iter()
-        .find(|k| rest.starts_with(*k) && rest[k.len()..].starts_with(' '))?;
-    Some(Entry {
-        id,
-        desc,
-        rest: rest[desc.len() + 1..].to_owned(),
-        deps: Vec::new(),
-    })
-}
-
-fn bad_listing(line: &str) -> Error {
-    Error::tool(format!(
-        "pg_restore --list printed a line pgproof does not understand: {}",
-        crate::error::printable(line)
-    ))
-}
-
-/// `schema.name` as `format('%I.%I')` wrote it, unquoted: `"My Schema".t` →
-/// (`My Schema`, `t`).
-pub fn unquote_qualified(key: &str) -> Option<(String, String)> {
-    let (schema, rest) = unquote_one(key)?;
-    let rest = rest.strip_prefix('.')?;
-    let (name, rest) = unquote_one(rest)?;
-    rest.is_empty().then_some((schema, name))
-}
-
-fn unquote_one(text: &str) -> Option<(String, &str)> {
-    if let Some(quoted) = text.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = quoted.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c == '"' {
-                if quoted[i + 1..].starts_with('"') {
-                    out.push('"');
-                    chars.next();
-                } else {
-                    return Some((out, &quoted[i + 1..]));
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        None
-    } else {
-        let end = text.find('.').unwrap_or(text.len());
-        Some((text[..end].to_owned(), &text[end..]))
     }
 }
 
