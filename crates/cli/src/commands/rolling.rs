@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgproof_core::catalog::Inventory;
+use pgproof_core::catalog::trust::Signer;
+use pgproof_core::codec::Identities;
 use pgproof_core::dump::toc::{Filter, TablePattern, unquote_qualified};
 use pgproof_core::ops::coverage::TableLedger;
 use pgproof_core::ops::{Verify, record_unfinished};
+use pgproof_core::pg::ConnParams;
 use pgproof_core::scope::Scope;
 use pgproof_core::verify::Report;
 use pgproof_core::{Error, ErrorKind, Result, Sink};
@@ -46,14 +49,21 @@ pub async fn rolling(
             "--tables-per-run 0 proves nothing; give 1 or more",
         ));
     }
-    let signed = open_signed(config)?;
-    let sink: Arc<dyn Sink> = signed.clone();
+    let sink: Arc<dyn Sink> = open_signed(config)?;
     let inventory = Inventory::load(&*sink, database).await?;
     let untrusted = crate::commands::list::untrusted(&inventory).err();
-    let identities = identities(config)?;
     let (scratch, cluster) = scratch_server(config, keep)?;
-    let verifier = crate::engines::keyring(config)?.signer();
-    let started = Instant::now();
+    let runner = Runner {
+        config,
+        identities: identities(config)?,
+        verifier: crate::engines::keyring(config)?.signer(),
+        scratch,
+        ephemeral: cluster.is_some(),
+        keep,
+        sink,
+        progress,
+        started: Instant::now(),
+    };
     let mut reports: Vec<Report> = Vec::new();
     let mut out_of_time = false;
     'databases: for (name, part) in &inventory.databases {
@@ -70,7 +80,7 @@ pub async fn rolling(
             let left = match budget {
                 None => None,
                 Some(budget) => {
-                    let left = budget.saturating_sub(started.elapsed());
+                    let left = budget.saturating_sub(runner.started.elapsed());
                     if left.is_zero() {
                         out_of_time = true;
                         break 'databases;
@@ -85,50 +95,10 @@ pub async fn rolling(
                     Some(left)
                 }
             };
-            let (bar, callback) = progress.start(format!(
-                "verify {} tables of {}",
-                batch.len(),
-                ledger.newest.backup_id
-            ));
             let clock = Instant::now();
-            let scope = Scope::new();
-            let verify = Verify::new(sink.clone(), ledger.newest.clone(), scratch.clone())
-                .identities(identities.clone())
-                .pg_bin_dir(config.source.pg_bin_dir.clone())
-                .ephemeral_scratch(cluster.is_some())
-                .verified_by(verifier.clone())
-                .tables(filter(&batch)?)
-                .keep(keep)
-                .progress(callback)
-                .scope(scope.clone());
-            let report = within(&scope, left, verify.run()).await;
-            bar.finish_and_clear();
-            let report = match report {
-                Err(e) if e.kind() == ErrorKind::Cancelled && left.is_some() => {
-                    // Attempted, not proven: the next run takes other tables first, so
-                    // a table too big for the budget holds up no other.
-                    record_unfinished(
-                        &*sink,
-                        &ledger.newest,
-                        &batch,
-                        clock.elapsed(),
-                        verifier.clone(),
-                    )
-                    .await?;
-                    outln!(
-                        "budget reached while proving {} of {}; recorded as unfinished{}",
-                        describe(&batch),
-                        ledger.newest.backup_id,
-                        if batch.len() == 1 {
-                            ": a table that takes longer than the budget is never proven by a rolling run; raise --budget, or verify the backup whole"
-                        } else {
-                            ""
-                        }
-                    );
-                    out_of_time = true;
-                    break 'databases;
-                }
-                other => other?,
+            let Some(report) = runner.prove(&ledger, &batch, left).await? else {
+                out_of_time = true;
+                break 'databases;
             };
             pace = Some(clock.elapsed().as_secs_f64() / rows.max(1) as f64);
             if !json {
@@ -147,12 +117,85 @@ pub async fn rolling(
             "budget of {} used: {} batches proven in {:.1}s",
             share.budget.unwrap_or("-"),
             reports.len(),
-            started.elapsed().as_secs_f64()
+            runner.started.elapsed().as_secs_f64()
         );
     }
     drop(cluster);
     pgproof_core::verify::verdict(&reports)?;
     untrusted.map_or(Ok(()), Err)
+}
+
+/// What every batch of a run shares.
+struct Runner<'a> {
+    config: &'a Config,
+    identities: Option<Identities>,
+    verifier: Option<Signer>,
+    scratch: ConnParams,
+    ephemeral: bool,
+    keep: bool,
+    sink: Arc<dyn Sink>,
+    progress: &'a ProgressOutput,
+    started: Instant,
+}
+
+impl Runner<'_> {
+    /// Proves `batch` of `ledger`'s newest backup within `left`; `None` when the
+    /// budget stopped it (recorded as unfinished: attempted, not proven, so the next
+    /// run takes other tables first and a table too big for the budget holds up no
+    /// other).
+    async fn prove(
+        &self,
+        ledger: &TableLedger,
+        batch: &[String],
+        left: Option<Duration>,
+    ) -> Result<Option<Report>> {
+        let (bar, callback) = self.progress.start(format!(
+            "verify {} tables of {}",
+            batch.len(),
+            ledger.newest.backup_id
+        ));
+        let clock = Instant::now();
+        let scope = Scope::new();
+        let verify = Verify::new(
+            self.sink.clone(),
+            ledger.newest.clone(),
+            self.scratch.clone(),
+        )
+        .identities(self.identities.clone())
+        .pg_bin_dir(self.config.source.pg_bin_dir.clone())
+        .ephemeral_scratch(self.ephemeral)
+        .verified_by(self.verifier.clone())
+        .tables(filter(batch)?)
+        .keep(self.keep)
+        .progress(callback)
+        .scope(scope.clone());
+        let report = within(&scope, left, verify.run()).await;
+        bar.finish_and_clear();
+        match report {
+            Err(e) if e.kind() == ErrorKind::Cancelled && left.is_some() => {
+                record_unfinished(
+                    &*self.sink,
+                    &ledger.newest,
+                    batch,
+                    clock.elapsed(),
+                    self.verifier.clone(),
+                )
+                .await?;
+                outln!(
+                    "budget reached while proving {} of {}; recorded as unfinished{}",
+                    describe(batch),
+                    ledger.newest.backup_id,
+                    if batch.len() == 1 {
+                        ": a table that takes longer than the budget is never proven by a rolling run; raise --budget, or verify the backup whole"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
 }
 
 /// Runs `body` in `scope`, cancelling it after `limit` (or when the scope the
