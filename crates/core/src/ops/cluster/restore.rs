@@ -87,21 +87,7 @@ impl ClusterRestore {
         }
         let backups = self.load_backups(&run).await?;
         let globals = self.load_globals(&run).await?;
-        for name in self.tablespace_dirs.keys() {
-            if !globals.tablespaces.iter().any(|t| &t.name == name) {
-                let recorded: Vec<&str> = globals
-                    .tablespaces
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect();
-                return Err(Error::config(format!(
-                    "a directory is given for tablespace {name:?}, which cluster run {} does not have (it has: {})",
-                    run.run_id,
-                    if recorded.is_empty() { "none".to_owned() } else { recorded.join(", ") }
-                ))
-                .with_setting(Setting::TablespaceDir));
-            }
-        }
+        self.check_tablespace_dirs(&run, &globals)?;
 
         // Connected through template1: the run's databases (`postgres` among them)
         // may be replaced while this session lives.
@@ -187,34 +173,7 @@ impl ClusterRestore {
             }
         }
 
-        let verifiers = standard_verifiers();
-        let mut databases = Vec::with_capacity(restored.len());
-        for ((db, manifest, manifest_sha256), restore_ms) in restored {
-            let proof = Proof {
-                sink: &*self.sink,
-                manifest,
-                manifest_sha256,
-                verifiers: &verifiers,
-            };
-            let target = self.target.with_dbname(&db.database);
-            let mut checks = vec![Check::pass(
-                "restore",
-                format!(
-                    "restored into {} in {:.2}s",
-                    target.describe(),
-                    restore_ms as f64 / 1000.0
-                ),
-            )];
-            checks.extend(proof.run_verifiers(&target).await?);
-            databases.push(DatabaseProof {
-                database: db.database.clone(),
-                backup_id: db.backup_id.clone(),
-                restore_ms,
-                passed: checks.iter().all(|c| c.passed),
-                checks,
-            });
-        }
-
+        let databases = self.prove_databases(restored).await?;
         let databases_restored: BTreeSet<String> =
             databases.iter().map(|d| d.database.clone()).collect();
         let globals_checks = compare_globals(
@@ -252,6 +211,62 @@ impl ClusterRestore {
             passed,
             duration_ms: clock.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Every `--tablespace-dir` names a tablespace the run has.
+    fn check_tablespace_dirs(&self, run: &ClusterRun, globals: &Globals) -> Result<()> {
+        for name in self.tablespace_dirs.keys() {
+            if !globals.tablespaces.iter().any(|t| &t.name == name) {
+                let recorded: Vec<&str> = globals
+                    .tablespaces
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect();
+                return Err(Error::config(format!(
+                    "a directory is given for tablespace {name:?}, which cluster run {} does not have (it has: {})",
+                    run.run_id,
+                    if recorded.is_empty() { "none".to_owned() } else { recorded.join(", ") }
+                ))
+                .with_setting(Setting::TablespaceDir));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each restored database proven with the standard verifiers.
+    async fn prove_databases(
+        &self,
+        restored: Vec<(&(ClusterDatabase, Manifest, String), u64)>,
+    ) -> Result<Vec<DatabaseProof>> {
+        let verifiers = standard_verifiers();
+        let mut databases = Vec::with_capacity(restored.len());
+        for ((db, manifest, manifest_sha256), restore_ms) in restored {
+            let proof = Proof {
+                sink: &*self.sink,
+                manifest,
+                manifest_sha256,
+                verifiers: &verifiers,
+            };
+            let target = self.target.with_dbname(&db.database);
+            let mut checks = vec![Check::pass(
+                "restore",
+                format!(
+                    "restored into {} in {:.2}s",
+                    target.describe(),
+                    restore_ms as f64 / 1000.0
+                ),
+            )];
+            checks.extend(proof.run_verifiers(&target).await?);
+            databases.push(DatabaseProof {
+                database: db.database.clone(),
+                backup_id: db.backup_id.clone(),
+                restore_ms,
+                passed: checks.iter().all(|c| c.passed),
+                checks,
+            });
+        }
+
+        Ok(databases)
     }
 
     /// Each database's manifest, which must be trusted and be exactly the one the run
