@@ -41,6 +41,20 @@ pub fn differences(
     expect: &Expectations<'_>,
 ) -> GlobalsDifferences {
     let mut out = GlobalsDifferences::default();
+    compare_roles(recorded, found, expect, &mut out);
+    compare_memberships(recorded, found, expect, &mut out);
+    compare_role_settings(recorded, found, expect, &mut out);
+    compare_tablespaces(recorded, found, expect, &mut out);
+    out
+}
+
+/// Roles (attributes, validity, comments, verifiers), missing or not recorded.
+fn compare_roles(
+    recorded: &Globals,
+    found: &Globals,
+    expect: &Expectations<'_>,
+    out: &mut GlobalsDifferences,
+) {
     let found_roles: BTreeMap<&str, &GlobalRole> =
         found.roles.iter().map(|r| (r.name.as_str(), r)).collect();
     for role in &recorded.roles {
@@ -98,6 +112,15 @@ pub fn differences(
             ));
         }
     }
+}
+
+/// Memberships, with the options a server before 16 did not record left out.
+fn compare_memberships(
+    recorded: &Globals,
+    found: &Globals,
+    expect: &Expectations<'_>,
+    out: &mut GlobalsDifferences,
+) {
     let recorded_m: BTreeSet<&Membership> = recorded.memberships.iter().collect();
     let found_m: BTreeSet<&Membership> = found
         .memberships
@@ -131,6 +154,15 @@ pub fn differences(
             describe_membership(m)
         ));
     }
+}
+
+/// Role settings, everywhere and in the databases restored.
+fn compare_role_settings(
+    recorded: &Globals,
+    found: &Globals,
+    expect: &Expectations<'_>,
+    out: &mut GlobalsDifferences,
+) {
     let in_scope = |s: &&RoleSetting| {
         s.database
             .as_ref()
@@ -173,6 +205,15 @@ pub fn differences(
             ));
         }
     }
+}
+
+/// Tablespaces, at their recorded (or remapped) locations.
+fn compare_tablespaces(
+    recorded: &Globals,
+    found: &Globals,
+    expect: &Expectations<'_>,
+    out: &mut GlobalsDifferences,
+) {
     let found_ts: BTreeMap<&str, &Tablespace> = found
         .tablespaces
         .iter()
@@ -202,7 +243,6 @@ pub fn differences(
             ));
         }
     }
-    out
 }
 
 fn describe_membership(m: &Membership) -> String {
