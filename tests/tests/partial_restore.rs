@@ -513,3 +513,71 @@ async fn a_table_is_restored_beside_the_live_one_under_another_name() {
         500
     );
 }
+
+/// A child table restored under a parent the target has would add its rows to that
+/// parent's queries: refused, nothing touched; into a new database it comes with its
+/// parent's definition (no rows) and is proven.
+#[tokio::test]
+async fn a_child_is_never_restored_under_a_live_parent() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_database(&cluster, "part_kids")
+        .await
+        .batch_execute(
+            "CREATE TABLE base (id int, v text);
+             CREATE TABLE kid (extra int) INHERITS (base);
+             INSERT INTO base VALUES (1, 'parent row');
+             INSERT INTO kid SELECT g, 'kid ' || g, g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "part_kids", "custom");
+    ws.backup();
+    connect(&cluster, "part_kids")
+        .await
+        .batch_execute("DROP TABLE kid")
+        .await
+        .unwrap();
+    let refused = ws.pgproof(&[
+        "restore",
+        "latest",
+        "-t",
+        "kid",
+        "--target",
+        &cluster.url("part_kids"),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("TABLE public base"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!exists(&cluster, "part_kids", "public.kid").await);
+    assert_eq!(count(&cluster, "part_kids", "base").await, 1);
+    let renamed = ws.pgproof(&[
+        "restore",
+        "latest",
+        "-t",
+        "kid",
+        "--rename-to",
+        "kid_back",
+        "--target",
+        &cluster.url("part_kids"),
+    ]);
+    assert!(!renamed.status.success());
+    assert_eq!(count(&cluster, "part_kids", "base").await, 1);
+
+    let out = json(&ws.pgproof_ok(&[
+        "restore",
+        "latest",
+        "-t",
+        "kid",
+        "--target",
+        &cluster.url("part_kids_new"),
+        "--json",
+    ]));
+    assert_eq!(out["partial"]["passed"], true, "{out}");
+    assert_eq!(count(&cluster, "part_kids_new", "ONLY base").await, 0);
+    assert_eq!(count(&cluster, "part_kids_new", "kid").await, 30);
+}

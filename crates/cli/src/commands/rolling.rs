@@ -5,6 +5,7 @@
 //! proven within `status.max_table_unproven_age`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pgproof_core::catalog::Inventory;
@@ -96,9 +97,13 @@ pub async fn rolling(
                 }
             };
             let clock = Instant::now();
-            let Some(report) = runner.prove(&ledger, &batch, left).await? else {
-                out_of_time = true;
-                break 'databases;
+            let report = match runner.prove(&ledger, &batch, left).await? {
+                Batch::Proven(report) => *report,
+                Batch::Unrestorable => continue,
+                Batch::OutOfTime => {
+                    out_of_time = true;
+                    break 'databases;
+                }
             };
             pace = Some(clock.elapsed().as_secs_f64() / rows.max(1) as f64);
             if !json {
@@ -138,17 +143,27 @@ struct Runner<'a> {
     started: Instant,
 }
 
+/// How a batch ended.
+enum Batch {
+    /// Restored and compared (passed or failed).
+    Proven(Box<Report>),
+    /// Not restorable in part (recorded as unfinished, with the reason).
+    Unrestorable,
+    /// Stopped by the budget (recorded as unfinished).
+    OutOfTime,
+}
+
 impl Runner<'_> {
-    /// Proves `batch` of `ledger`'s newest backup within `left`; `None` when the
-    /// budget stopped it (recorded as unfinished: attempted, not proven, so the next
-    /// run takes other tables first and a table too big for the budget holds up no
-    /// other).
+    /// Proves `batch` of `ledger`'s newest backup within `left`. Tables attempted
+    /// and not proven (the budget stopped them, they cannot be restored in part, the
+    /// archive does not list them) are recorded as unfinished, so the next run takes
+    /// others first and no table holds up the rest.
     async fn prove(
         &self,
         ledger: &TableLedger,
         batch: &[String],
         left: Option<Duration>,
-    ) -> Result<Option<Report>> {
+    ) -> Result<Batch> {
         let (bar, callback) = self.progress.start(format!(
             "verify {} tables of {}",
             batch.len(),
@@ -169,18 +184,25 @@ impl Runner<'_> {
         .keep(self.keep)
         .progress(callback)
         .scope(scope.clone());
-        let report = within(&scope, left, verify.run()).await;
+        let (report, budget_ran_out) = within(&scope, left, verify.run()).await;
         bar.finish_and_clear();
+        let unfinished = |tables: Vec<String>, why: String| async move {
+            record_unfinished(
+                &*self.sink,
+                &ledger.newest,
+                &tables,
+                &why,
+                self.verifier.clone(),
+            )
+            .await
+        };
         match report {
-            Err(e) if e.kind() == ErrorKind::Cancelled && left.is_some() => {
-                record_unfinished(
-                    &*self.sink,
-                    &ledger.newest,
-                    batch,
-                    clock.elapsed(),
-                    self.verifier.clone(),
-                )
-                .await?;
+            Err(e) if e.kind() == ErrorKind::Cancelled && budget_ran_out => {
+                let why = format!(
+                    "the budget ran out after {:.1}s, before the batch holding it was proven",
+                    clock.elapsed().as_secs_f64()
+                );
+                unfinished(batch.to_vec(), why).await?;
                 outln!(
                     "budget reached while proving {} of {}; recorded as unfinished{}",
                     describe(batch),
@@ -191,28 +213,64 @@ impl Runner<'_> {
                         ""
                     }
                 );
-                Ok(None)
+                Ok(Batch::OutOfTime)
             }
-            other => other.map(Some),
+            Err(e) if matches!(e.kind(), ErrorKind::Config | ErrorKind::NotFound) => {
+                let why = format!("it cannot be restored in part: {}", e.message());
+                outln!(
+                    "{} of {} cannot be restored in part, recorded as unfinished: {}",
+                    describe(batch),
+                    ledger.newest.backup_id,
+                    e.message()
+                );
+                unfinished(batch.to_vec(), why).await?;
+                Ok(Batch::Unrestorable)
+            }
+            Err(e) => Err(e),
+            Ok(report) => {
+                let compared: Vec<&str> = report
+                    .checks
+                    .iter()
+                    .filter_map(|c| c.name.strip_prefix("fingerprint:"))
+                    .collect();
+                let missing: Vec<String> = batch
+                    .iter()
+                    .filter(|t| !compared.contains(&t.as_str()))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() && report.checks.iter().all(|c| c.passed) {
+                    outln!(
+                        "{} of {} not found in the archive's table of contents, recorded as unfinished",
+                        describe(&missing),
+                        ledger.newest.backup_id
+                    );
+                    let why =
+                        "the archive's table of contents does not name it as the fingerprint does"
+                            .to_owned();
+                    unfinished(missing, why).await?;
+                }
+                Ok(Batch::Proven(Box::new(report)))
+            }
         }
     }
 }
 
 /// Runs `body` in `scope`, cancelling it after `limit` (or when the scope the
-/// command runs in is cancelled).
+/// command runs in is cancelled); also says whether `limit` was what stopped it.
 async fn within<T>(
     scope: &Scope,
     limit: Option<Duration>,
     body: impl Future<Output = Result<T>>,
-) -> Result<T> {
+) -> (Result<T>, bool) {
     let outer = Scope::current_or_new();
+    let ran_out = Arc::new(AtomicBool::new(false));
     let watch = {
-        let scope = scope.clone();
+        let (scope, ran_out) = (scope.clone(), ran_out.clone());
         tokio::spawn(async move {
             match limit {
                 Some(limit) => tokio::select! {
                     () = outer.cancelled() => {}
-                    () = tokio::time::sleep(limit) => {}
+                    () = tokio::time::sleep(limit) => ran_out.store(true, Ordering::SeqCst),
                 },
                 None => outer.cancelled().await,
             }
@@ -221,7 +279,7 @@ async fn within<T>(
     };
     let result = body.await;
     watch.abort();
-    result
+    (result, ran_out.load(Ordering::SeqCst))
 }
 
 fn describe(batch: &[String]) -> String {
@@ -231,7 +289,8 @@ fn describe(batch: &[String]) -> String {
     }
 }
 
-/// Exactly the tables `keys` (as fingerprints name them).
+/// Exactly the tables `keys` (as fingerprints name them); never an empty filter,
+/// which would restore everything.
 fn filter(keys: &[String]) -> Result<Filter> {
     let tables = keys
         .iter()
@@ -241,6 +300,12 @@ fn filter(keys: &[String]) -> Result<Filter> {
             TablePattern::parse("--table", &format!("{}.{}", quote(&schema), quote(&table)))
         })
         .collect::<Result<Vec<_>>>()?;
+    if tables.is_empty() {
+        return Err(Error::config(format!(
+            "the tables {} are named in no way pgproof can select",
+            keys.join(", ")
+        )));
+    }
     Ok(Filter {
         tables,
         ..Filter::default()

@@ -193,6 +193,7 @@ async fn work(
     let mut reports: Vec<Report> = Vec::new();
     let mut taken_over = 0usize;
     let mut limited = false;
+    let mut unverifiable: Vec<Error> = Vec::new();
     while let Some(job) = queue.next().await? {
         let target = job.backup().clone();
         let (server, cluster) = match &scratch {
@@ -210,6 +211,17 @@ async fn work(
             .progress(callback);
         let outcome = job.run(verify).await;
         bar.finish_and_clear();
+        let outcome = match outcome {
+            // A backup whose objects are not what the catalog says (a damaged sealed
+            // settings object, say) is that backup's failure; the pool goes on.
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                let e = name_backup(e, &target);
+                eprintln!("pgproof: {}", pgproof_core::error::printable(e.message()));
+                unverifiable.push(e);
+                continue;
+            }
+            other => other,
+        };
         match outcome.map_err(|e| name_backup(e, &target))? {
             Some(report) => {
                 if !json {
@@ -252,6 +264,9 @@ async fn work(
         );
     }
     pgproof_core::verify::verdict(&reports)?;
+    if let Some(first) = unverifiable.into_iter().next() {
+        return Err(first);
+    }
     queue.untrusted_verdict()
 }
 

@@ -205,20 +205,31 @@ impl TableProof {
     /// The check prefix naming a table such a record attempted.
     pub const UNFINISHED_CHECK: &'static str = "unfinished:";
 
-    /// Each table it attempted (as fingerprints name them) and whether it was proven:
-    /// restored and compared (`fingerprint:`), or left unfinished when a budget ran
-    /// out (never proven).
-    pub fn tables(&self) -> impl Iterator<Item = (&str, bool)> {
+    /// Each table it attempted (as fingerprints name them) and its result: whether it
+    /// was proven once restored and compared (`fingerprint:`), or `None` when it was
+    /// left unfinished (a budget ran out, or it could not be restored in part), which
+    /// says nothing of the table.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, Option<bool>)> {
         self.checks.iter().filter_map(|c| {
             c.name
                 .strip_prefix("fingerprint:")
-                .map(|table| (table, c.passed))
+                .map(|table| (table, Some(c.passed)))
                 .or_else(|| {
                     c.name
                         .strip_prefix(Self::UNFINISHED_CHECK)
-                        .map(|table| (table, false))
+                        .map(|table| (table, None))
                 })
         })
+    }
+
+    /// Whether it failed as a verdict (a table differs, or the archive or its
+    /// restore failed), not merely unfinished.
+    pub fn failed(&self) -> bool {
+        !self.passed
+            && self
+                .checks
+                .iter()
+                .any(|c| !c.passed && !c.name.starts_with(Self::UNFINISHED_CHECK))
     }
 
     /// Refuses a record made in the future.

@@ -105,6 +105,19 @@ pub trait StoringArchive: Send + Sync {
     async fn abort(self: Box<Self>, cause: Error) -> Error;
 }
 
+impl Reading {
+    /// The kind of error a failure of the program is: reading the whole archive into
+    /// a database of its own, the backup's fault ([`ErrorKind::Rejected`]); reading
+    /// part of it, often into a database others shaped (an object there differs, a
+    /// privilege is missing), the program's ([`ErrorKind::Tool`]), never a verdict.
+    pub fn failure_kind(self) -> ErrorKind {
+        match self {
+            Reading::Whole => ErrorKind::Rejected,
+            Reading::Part => ErrorKind::Tool,
+        }
+    }
+}
+
 /// How much of an archive the restore program reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

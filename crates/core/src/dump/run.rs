@@ -93,7 +93,7 @@ pub(crate) fn restore(
         // A program reading part of the archive has read all it wanted: every byte
         // it saw was checked, and its exit status says whether it succeeded.
         Err(PumpError::Output(_)) if gone.load(Ordering::SeqCst) => {
-            child.wait(ErrorKind::Rejected)?;
+            child.wait(reading.failure_kind())?;
             return Ok(0);
         }
         Err(e @ PumpError::Input(_)) | Err(e @ PumpError::Output(_)) => {
@@ -107,7 +107,7 @@ pub(crate) fn restore(
     }
     let program_left_early = stdin.stdin.is_none();
     drop(stdin); // end of input: the restore program commits now
-    child.wait(ErrorKind::Rejected)?;
+    child.wait(reading.failure_kind())?;
     if program_left_early && reading == Reading::Whole {
         // It exited with status 0 without reading all of a verified archive.
         return Err(crate::Error::rejected(format!(
@@ -401,7 +401,7 @@ mod tests {
         };
         part("head -c 10 >/dev/null").unwrap();
         let err = part("head -c 10 >/dev/null; exit 2").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Tool, "{err}");
         // Reading it whole, the same early stop is a rejection.
         let err = restore(
             sh("head -c 10 >/dev/null"),

@@ -28,8 +28,14 @@ pub struct Attempt {
 pub struct TableLedger {
     /// The newest trusted backup, whose tables these are.
     pub newest: BackupRef,
-    /// Each table of the newest backup, with its latest attempt if any.
+    /// Each table of the newest backup, with its latest result if any.
     pub tables: BTreeMap<String, Option<Attempt>>,
+    /// When each table was last attempted, its result known or not (a batch left
+    /// unfinished): the rotation's order.
+    pub attempted: BTreeMap<String, Timestamp>,
+    /// The newest backup's latest table proof failed as a verdict (a table differs,
+    /// or the archive or its restore failed).
+    pub newest_failed: bool,
     /// Each table's rows in the newest backup: what a batch costs.
     pub rows: BTreeMap<String, i64>,
 }
@@ -73,11 +79,17 @@ impl TableLedger {
             .keys()
             .map(|t| (t.clone(), None))
             .collect();
-        let mut note = |table: &str, attempt: Attempt| {
-            if let Some(latest) = tables.get_mut(table)
-                && latest.is_none_or(|l| l.at <= attempt.at)
+        let mut attempted: BTreeMap<String, Timestamp> = BTreeMap::new();
+        let mut note = |table: &str, at: Timestamp, passed: Option<bool>| {
+            let Some(latest) = tables.get_mut(table) else {
+                return;
+            };
+            let last = attempted.entry(table.to_owned()).or_insert(at);
+            *last = (*last).max(at);
+            if let Some(passed) = passed
+                && latest.is_none_or(|l| l.at <= at)
             {
-                *latest = Some(attempt);
+                *latest = Some(Attempt { at, passed });
             }
         };
         for backup in &part.backups {
@@ -91,33 +103,28 @@ impl TableLedger {
                 && let Some(f) = &manifest.fingerprint
             {
                 for table in f.tables.keys() {
-                    note(
-                        table,
-                        Attempt {
-                            at: whole.verified_at,
-                            passed: true,
-                        },
-                    );
+                    note(table, whole.verified_at, Some(true));
                 }
             }
             for proof in &backup.table_proofs {
                 for (table, passed) in proof.tables() {
-                    note(
-                        table,
-                        Attempt {
-                            at: proof.verified_at,
-                            passed,
-                        },
-                    );
+                    note(table, proof.verified_at, passed);
                 }
             }
         }
+        let newest_failed = newest
+            .table_proofs
+            .iter()
+            .rfind(|p| p.tables().any(|(_, r)| r.is_some()) || p.failed())
+            .is_some_and(|p| p.failed());
         Some(Self {
             newest: BackupRef {
                 database: database.to_owned(),
                 backup_id: newest.backup_id.clone(),
             },
             tables,
+            attempted,
+            newest_failed,
             rows: fingerprint
                 .tables
                 .iter()
@@ -158,8 +165,8 @@ impl TableLedger {
     pub fn rotation(&self) -> Vec<String> {
         let mut order: Vec<(&String, Option<Timestamp>)> = self
             .tables
-            .iter()
-            .map(|(table, attempt)| (table, attempt.map(|a| a.at)))
+            .keys()
+            .map(|table| (table, self.attempted.get(table).copied()))
             .collect();
         order.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0)));
         order.into_iter().map(|(table, _)| table.clone()).collect()
@@ -193,6 +200,8 @@ mod tests {
                 backup_id: crate::catalog::BackupId::parse("1").unwrap(),
             },
             tables: rows.iter().map(|(t, _)| ((*t).to_owned(), None)).collect(),
+            attempted: BTreeMap::new(),
+            newest_failed: false,
             rows: rows.iter().map(|(t, r)| ((*t).to_owned(), *r)).collect(),
         }
     }
@@ -238,7 +247,10 @@ mod tests {
                 passed: false,
             }),
         );
-        assert_eq!(l.rotation(), ["c", "b", "a"]);
+        l.attempted.insert("a".into(), at("2026-12-01T00:00:00Z"));
+        // Left unfinished since: later in the rotation, still proven.
+        l.attempted.insert("b".into(), at("2026-12-02T00:00:00Z"));
+        assert_eq!(l.rotation(), ["c", "a", "b"]);
         let c = l.coverage(
             at("2026-12-03T00:00:00Z"),
             SignedDuration::from_hours(24 * 7),

@@ -154,7 +154,7 @@ impl VerifyQueue {
             }
             let mut busy: Vec<BackupRef> = Vec::new();
             while let Some(backup) = self.pending.pop_front() {
-                let taken = VerifyClaim::take(
+                let taken = match VerifyClaim::take(
                     &*self.sink,
                     &backup.database,
                     &backup.backup_id,
@@ -162,7 +162,19 @@ impl VerifyQueue {
                     self.claim_ttl,
                     &mut self.untrusted,
                 )
-                .await?;
+                .await
+                {
+                    Ok(taken) => taken,
+                    // Claims planted to jam one backup (a generation no claim can
+                    // follow) are that backup's finding; the pool goes on with the rest.
+                    Err(e) if e.kind() == ErrorKind::Integrity => {
+                        tracing::warn!(database = %backup.database, backup_id = %backup.backup_id, problem = %e, "cannot claim this backup; skipped");
+                        self.handled.insert(handled_key(&backup));
+                        self.untrusted.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 match taken {
                     Taken::Busy { holder, expires_at } => {
                         tracing::debug!(database = %backup.database, backup_id = %backup.backup_id, %holder, %expires_at, "held by another worker");

@@ -197,9 +197,17 @@ impl Verify {
                 Some("released the verification's lease".to_owned())
             })
         };
-        let target = self
-            .scratch
-            .with_dbname(&scratch_database(&manifest.backup_id));
+        // A rolling verification's scratch database is its own: a whole one of the
+        // same backup may run beside it on a shared scratch server.
+        let name = match &self.tables {
+            None => scratch_database(&manifest.backup_id),
+            Some(_) => format!(
+                "{}_t{}",
+                scratch_database(&manifest.backup_id),
+                std::process::id()
+            ),
+        };
+        let target = self.scratch.with_dbname(&name);
         let identities = self.identities.clone();
         let partial = self.tables.is_some();
         if partial {
@@ -445,14 +453,15 @@ pub(crate) fn new_report(
     }
 }
 
-/// Records that a rolling verification's budget ran out before `tables` of `backup`
-/// were proven (after `ran`): they count as attempted, so the next run takes others
-/// first, and stay unproven. No verdict on the backup.
+/// Records that `tables` of `backup` were attempted by a rolling verification but
+/// not proven, and `why` (its budget ran out; they cannot be restored in part): the
+/// next run takes other tables first, and these keep whatever result they had. No
+/// verdict on the backup.
 pub async fn record_unfinished(
     sink: &dyn Sink,
     backup: &BackupRef,
     tables: &[String],
-    ran: std::time::Duration,
+    why: &str,
     verified_by: Option<Signer>,
 ) -> Result<()> {
     let (manifest, manifest_sha256) = catalog::load_manifest(sink, backup).await?;
@@ -461,10 +470,7 @@ pub async fn record_unfinished(
         .map(|t| {
             Check::fail(
                 format!("{}{t}", TableProof::UNFINISHED_CHECK),
-                format!(
-                    "not proven: the budget ran out after {:.1}s, before the batch holding it was",
-                    ran.as_secs_f64()
-                ),
+                format!("not proven: {why}"),
             )
         })
         .collect();

@@ -28,7 +28,8 @@ use crate::sink::Sink;
 /// program opens it. Each object's tallies are checked before its pipe closes; a
 /// damaged object kills the program before it sees the end of that file. A program
 /// that fails on sound objects, or succeeds without reading one, has rejected the
-/// backup ([`ErrorKind::Rejected`]), unless it reads only [`Reading::Part`].
+/// backup ([`ErrorKind::Rejected`]), unless it reads only [`Reading::Part`] (then
+/// [`Reading::failure_kind`]).
 pub(super) async fn restore(
     mut cmd: Command,
     program: &str,
@@ -138,7 +139,7 @@ pub(super) async fn restore(
         drop(held_open);
         return Err(e);
     }
-    tokio::task::spawn_blocking(move || child.wait(ErrorKind::Rejected))
+    tokio::task::spawn_blocking(move || child.wait(reading.failure_kind()))
         .await
         .unwrap_or_else(|e| Err(Error::tool(format!("waiting for the restore failed: {e}"))))?;
     if let Some(e) = broken_pipe {

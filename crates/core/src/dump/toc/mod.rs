@@ -239,16 +239,19 @@ impl Toc {
                 .iter()
                 .filter(|(_, (schema, name))| entry.is_about(schema, name))
                 .collect();
+            // An ambiguous line between tables nobody asked for stops nothing.
+            if !known
+                .iter()
+                .any(|(_, (schema, name))| filter.selects(schema, name))
+            {
+                continue;
+            }
             match known.as_slice() {
                 [] => {}
-                [(key, (schema, name))] => {
-                    if filter.selects(schema, name) {
-                        selected.push(SelectedTable {
-                            id: entry.id,
-                            key: Some((*key).clone()),
-                        });
-                    }
-                }
+                [(key, _)] => selected.push(SelectedTable {
+                    id: entry.id,
+                    key: Some((*key).clone()),
+                }),
                 many => {
                     return Err(Error::config(format!(
                         "the backup's table of contents line \"{}\" may name any of {}; pgproof cannot tell which, so it does not restore them in part",
@@ -298,14 +301,7 @@ impl Toc {
         // The tables a selected one inherits from come as definitions (no rows): a
         // child cannot be created without its parents.
         let mut relations = seeds.clone();
-        let mut stack: Vec<u32> = seeds.iter().copied().collect();
-        while let Some(id) = stack.pop() {
-            for &dep in self.get(id).map(|e| e.deps.as_slice()).unwrap_or_default() {
-                if self.get(dep).is_some_and(|e| e.desc == "TABLE") && relations.insert(dep) {
-                    stack.push(dep);
-                }
-            }
-        }
+        relations.extend(self.parents(&tables).iter().map(|e| e.id));
         let mut included = BTreeSet::new();
         for table in &tables {
             if let Err(missing) = self.close(table.id, &relations, present, &mut included) {
@@ -382,6 +378,25 @@ impl Toc {
             created,
             present: present_used,
         })
+    }
+
+    /// The tables `tables` inherit from or are partitions of (and theirs), which are
+    /// not selected themselves.
+    pub fn parents(&self, tables: &[SelectedTable]) -> Vec<&Entry> {
+        let seeds: HashSet<u32> = tables.iter().map(|t| t.id).collect();
+        let mut found: BTreeSet<u32> = BTreeSet::new();
+        let mut stack: Vec<u32> = seeds.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            for &dep in self.get(id).map(|e| e.deps.as_slice()).unwrap_or_default() {
+                if self.get(dep).is_some_and(|e| e.desc == "TABLE")
+                    && !seeds.contains(&dep)
+                    && found.insert(dep)
+                {
+                    stack.push(dep);
+                }
+            }
+        }
+        found.iter().filter_map(|id| self.get(*id)).collect()
     }
 
     /// The shared objects (kinds in [`SHARED`]) restoring `tables` would create if

@@ -231,6 +231,9 @@ fn an_ambiguous_line_is_refused() {
     ]);
     let err = toc.tables(&tables, &Filter::default()).unwrap_err();
     assert!(err.to_string().contains("cannot tell"), "{err}");
+    // Nobody asked for either: nothing to refuse.
+    let other = filter(&["x.y"]);
+    assert!(toc.tables(&tables, &other).unwrap().is_empty());
 }
 
 #[test]

@@ -222,6 +222,21 @@ impl Restore {
             )));
         }
         let present = present_in(&client, part.toc.shared_needs(&chosen)?).await;
+        // A child created under a parent the target has would add its rows to every
+        // query of that parent: a table others use.
+        let live_parents: Vec<String> = part
+            .toc
+            .parents(&chosen)
+            .iter()
+            .filter(|e| present.contains(&e.id))
+            .map(|e| e.describe())
+            .collect();
+        if !created && !live_parents.is_empty() {
+            return Err(Error::config(format!(
+                "the tables selected inherit from (or are partitions of) {}, which {database} has: restored there, their rows would show in that table's queries; restore into a new database instead",
+                live_parents.join(", ")
+            )));
+        }
         let selection = part.toc.select(chosen, &present, part.sequences)?;
         let list = part.stage.join("restore.list");
         std::fs::write(&list, part.toc.use_list(&selection))
@@ -317,7 +332,7 @@ pub(super) struct Part<'a> {
     chain: &'a CodecChain,
     pub(super) tools: &'a PgTools,
     stage: &'a Path,
-    toc: &'a Toc,
+    pub(super) toc: &'a Toc,
     sequences: &'a BTreeMap<String, (String, String)>,
     pub(super) method: Method,
 }

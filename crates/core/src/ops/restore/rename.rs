@@ -47,6 +47,20 @@ impl Restore {
             )));
         }
         check_name(name)?;
+        // pg_dump --table writes a child's INHERITS (or a partition's ATTACH): the copy
+        // would join the live parent, and its rows every query of it.
+        let parents: Vec<String> = part
+            .toc
+            .parents(&chosen)
+            .iter()
+            .map(|e| e.describe())
+            .collect();
+        if !parents.is_empty() {
+            return Err(Error::config(format!(
+                "--rename-to restores a table without parents, and {key} inherits from (or is a partition of) {}: restore it into a new database instead",
+                parents.join(", ")
+            )));
+        }
         let Some((schema, table)) = unquote_qualified(&key) else {
             return Err(Error::integrity(format!(
                 "the backup's fingerprint names a table {key} pgproof cannot read"
@@ -58,7 +72,14 @@ impl Restore {
         // rows are the backup's.
         let apart = self.target.with_dbname(&format!(
             "pgproof_part_{}",
-            &sha256_hex(format!("{database}\n{key}\n{}", std::process::id()).as_bytes())[..12]
+            &sha256_hex(
+                format!(
+                    "{database}\n{key}\n{}\n{}",
+                    std::process::id(),
+                    jiff::Timestamp::now().as_nanosecond()
+                )
+                .as_bytes()
+            )[..12]
         ));
         admin.drop(apart.dbname()).await?;
         admin

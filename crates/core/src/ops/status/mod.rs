@@ -75,6 +75,9 @@ pub enum Breach {
         /// The least recently proven.
         first: String,
     },
+    /// The newest backup's latest rolling verification failed (a table differs, or
+    /// the archive or its restore failed).
+    TablesFailed(BackupId),
     /// No committed backup.
     NoBackup,
     /// The latest verification of these backups failed.
@@ -134,6 +137,10 @@ impl fmt::Display for Breach {
             } => write!(
                 f,
                 "{count} of {total} tables not proven within status.max_table_unproven_age {max:#} (first {first})"
+            ),
+            Breach::TablesFailed(id) => write!(
+                f,
+                "the latest rolling verification of {id} (verify --tables-per-run/--budget) failed"
             ),
             Breach::NoBackup => f.write_str("no backup"),
             Breach::FailedVerification(ids) => {
@@ -465,8 +472,14 @@ impl Status {
                 });
             }
         }
+        let ledger = TableLedger::of(&s.database, part);
+        if let Some(ledger) = &ledger
+            && ledger.newest_failed
+        {
+            breaches.push(Breach::TablesFailed(ledger.newest.backup_id.clone()));
+        }
         if let Some(max) = self.policy.max_table_unproven_age
-            && let Some(ledger) = TableLedger::of(&s.database, part)
+            && let Some(ledger) = ledger
         {
             let coverage = ledger.coverage(now, max);
             s.tables = Some(coverage.tables);

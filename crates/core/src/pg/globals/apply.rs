@@ -168,7 +168,10 @@ async fn apply_into(
         created.roles.push(role.name.clone());
         tracing::info!(role = %role.name, "created role");
     }
-    for role in &globals.roles {
+    // The kept roles (the target's bootstrap superuser, the role connected) stay as
+    // they are: a recorded setting on them (a statement_timeout, read-only
+    // transactions) would reach every restore that follows as that role.
+    for role in globals.roles.iter().filter(|r| !kept.contains(&r.name)) {
         if let Some(comment) = &role.comment {
             formatted(
                 client,
@@ -217,7 +220,7 @@ async fn apply_into(
     for entry in globals
         .role_settings
         .iter()
-        .filter(|s| s.database.is_none())
+        .filter(|s| s.database.is_none() && !kept.contains(&s.role))
     {
         for setting in &entry.settings {
             set_role_setting(client, &entry.role, setting).await?;

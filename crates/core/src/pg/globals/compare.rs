@@ -91,7 +91,11 @@ fn compare_roles(
             ));
         }
     }
-    for role in &recorded.roles {
+    for role in recorded
+        .roles
+        .iter()
+        .filter(|r| !expect.kept.contains(&r.name))
+    {
         if let Some(there) = found_roles.get(role.name.as_str())
             && role.comment != there.comment
         {
@@ -168,6 +172,7 @@ fn compare_role_settings(
             .as_ref()
             .is_none_or(|db| expect.databases.contains(db))
             && !expect.preexisting.contains(&s.role)
+            && !expect.kept.contains(&s.role)
     };
     let recorded_s: BTreeSet<&RoleSetting> =
         recorded.role_settings.iter().filter(in_scope).collect();
