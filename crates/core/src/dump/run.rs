@@ -333,6 +333,28 @@ mod tests {
         (stored, info)
     }
 
+    /// `restore` of `stored` by `cmd`, with no identities and no progress.
+    fn feed(
+        cmd: Command,
+        program: &str,
+        chain: &CodecChain,
+        stored: &[u8],
+        info: &ObjectInfo,
+        reading: Reading,
+    ) -> Result<u64> {
+        restore(
+            cmd,
+            program,
+            chain,
+            None,
+            stored,
+            info,
+            None,
+            &Scope::new(),
+            reading,
+        )
+    }
+
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", script]).stderr(Stdio::piped());
@@ -344,15 +366,12 @@ mod tests {
         let chain = CodecChain::new(Some(Compress::Gzip { level: 1 }), false);
         let raw = vec![b'x'; 4 << 20];
         let (stored, info) = object(&chain, &raw);
-        let err = restore(
+        let err = feed(
             sh("head -c 10 >/dev/null; echo 'ERROR: bad' >&2; exit 3"),
             "psql",
             &chain,
-            None,
-            &stored[..],
+            &stored,
             &info,
-            None,
-            &Scope::new(),
             Reading::Whole,
         )
         .unwrap_err();
@@ -366,15 +385,12 @@ mod tests {
         let raw = vec![b'y'; 1 << 20];
         let (mut stored, info) = object(&chain, &raw);
         stored[1000] ^= 1;
-        let err = restore(
+        let err = feed(
             sh("head -c 10 >/dev/null; exit 1"),
             "pg_restore",
             &chain,
-            None,
-            &stored[..],
+            &stored,
             &info,
-            None,
-            &Scope::new(),
             Reading::Whole,
         )
         .unwrap_err();
@@ -387,15 +403,12 @@ mod tests {
         let raw: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
         let (stored, info) = object(&chain, &raw);
         let part = |script: &str| {
-            restore(
+            feed(
                 sh(script),
                 "pg_restore",
                 &chain,
-                None,
-                &stored[..],
+                &stored,
                 &info,
-                None,
-                &Scope::new(),
                 Reading::Part,
             )
         };
@@ -403,15 +416,12 @@ mod tests {
         let err = part("head -c 10 >/dev/null; exit 2").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Tool, "{err}");
         // Reading it whole, the same early stop is a rejection.
-        let err = restore(
+        let err = feed(
             sh("head -c 10 >/dev/null"),
             "pg_restore",
             &chain,
-            None,
-            &stored[..],
+            &stored,
             &info,
-            None,
-            &Scope::new(),
             Reading::Whole,
         )
         .unwrap_err();
@@ -426,15 +436,12 @@ mod tests {
         stored[10] ^= 1;
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("fed");
-        let err = restore(
+        let err = feed(
             sh(&format!("head -c 100 > {}", out.display())),
             "pg_restore",
             &chain,
-            None,
-            &stored[..],
+            &stored,
             &info,
-            None,
-            &Scope::new(),
             Reading::Part,
         )
         .unwrap_err();
@@ -449,15 +456,12 @@ mod tests {
         let (stored, info) = object(&chain, &raw);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("fed");
-        let n = restore(
+        let n = feed(
             sh(&format!("cat > {}", out.display())),
             "cat",
             &chain,
-            None,
-            &stored[..],
+            &stored,
             &info,
-            None,
-            &Scope::new(),
             Reading::Whole,
         )
         .unwrap();
