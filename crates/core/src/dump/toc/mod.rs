@@ -264,25 +264,37 @@ impl Toc {
                 }
             }
         }
-        // Partitions and inheritance children come with their parents.
+        // Partitions and inheritance children come with their parents; a child the
+        // fingerprint names as a table of its own (an inheritance child, a table of
+        // a selected one's row type) can be left out with --exclude-table. A
+        // partition cannot: its rows are in its parent's fingerprint.
         let mut ids: HashSet<u32> = selected.iter().map(|t| t.id).collect();
+        let mut excluded: HashSet<u32> = HashSet::new();
         loop {
             let children: Vec<&Entry> = self
                 .entries
                 .iter()
-                .filter(|e| e.desc == "TABLE" && !ids.contains(&e.id))
+                .filter(|e| e.desc == "TABLE" && !ids.contains(&e.id) && !excluded.contains(&e.id))
                 .filter(|e| e.deps.iter().any(|d| ids.contains(d)))
                 .collect();
             if children.is_empty() {
                 break;
             }
             for child in children {
-                ids.insert(child.id);
-                let key = tables
+                let named = tables
                     .iter()
-                    .find(|(_, (schema, name))| child.is_about(schema, name))
-                    .map(|(key, _)| key.clone());
-                selected.push(SelectedTable { id: child.id, key });
+                    .find(|(_, (schema, name))| child.is_about(schema, name));
+                if let Some((_, (schema, name))) = named
+                    && filter.exclude.iter().any(|p| p.matches(schema, name))
+                {
+                    excluded.insert(child.id);
+                    continue;
+                }
+                ids.insert(child.id);
+                selected.push(SelectedTable {
+                    id: child.id,
+                    key: named.map(|(key, _)| key.clone()),
+                });
             }
         }
         Ok(selected)

@@ -161,6 +161,17 @@ fn partitions_children_identity_and_triggers_come_along() {
         list.contains(&"TABLE DATA app child postgres".to_owned()),
         "{list:?}"
     );
+    // An inheritance child, a table of its own, can be left out; a partition cannot.
+    let toc = Toc::parse(MORE).unwrap();
+    let mut without_child = filter(&["app.other", "app.events"]);
+    without_child.exclude = vec![
+        TablePattern::parse("--exclude-table", "app.child").unwrap(),
+        TablePattern::parse("--exclude-table", "app.events_2026").unwrap(),
+    ];
+    let chosen = toc.tables(&tables(), &without_child).unwrap();
+    let ids: Vec<u32> = chosen.iter().map(|t| t.id).collect();
+    assert!(!ids.contains(&223), "app.child left out: {ids:?}");
+    assert!(ids.contains(&222), "the partition comes: {ids:?}");
 
     let (toc, selection) = selected(MORE, &["app.items"], &[]);
     let list = listed(&toc, &selection);
