@@ -94,27 +94,22 @@ async fn formatted(client: &Client, doing: &str, template: &str, args: &[&str]) 
     })
 }
 
-/// A role's attribute keywords; the recorded values are booleans and a number, so
+/// A role's attribute keywords, written as a restore writes a backup's roles
+/// ([`RoleInfo::attributes`](crate::pg::properties::RoleInfo::attributes)); the recorded values are booleans and a number, so
 /// nothing here comes from the backup's text.
 pub(super) fn attributes(role: &GlobalRole) -> String {
-    let flag = |on: bool, name: &str| {
-        if on {
-            name.to_owned()
-        } else {
-            format!("NO{name}")
-        }
-    };
-    [
-        flag(role.superuser, "SUPERUSER"),
-        flag(role.inherit, "INHERIT"),
-        flag(role.createrole, "CREATEROLE"),
-        flag(role.createdb, "CREATEDB"),
-        flag(role.login, "LOGIN"),
-        flag(role.replication, "REPLICATION"),
-        flag(role.bypassrls, "BYPASSRLS"),
-        format!("CONNECTION LIMIT {}", role.connection_limit),
-    ]
-    .join(" ")
+    crate::pg::properties::RoleInfo {
+        superuser: role.superuser,
+        inherit: role.inherit,
+        createrole: role.createrole,
+        createdb: role.createdb,
+        login: role.login,
+        replication: role.replication,
+        bypassrls: role.bypassrls,
+        connection_limit: role.connection_limit,
+        ..Default::default()
+    }
+    .attributes()
 }
 
 /// Creates `globals` on the server `client` is connected to (a superuser's session):
