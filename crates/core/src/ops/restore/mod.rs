@@ -205,15 +205,7 @@ impl Restore {
         if let Err(e) = admin.reap_abandoned().await {
             tracing::warn!(error = %e, "could not look for databases that dead runs left");
         }
-        let min_major = admin
-            .server()
-            .major()
-            .max(leading_major(&m.pg_dump_version));
-        let tools = PgTools::find(
-            self.pg_bin_dir.as_deref(),
-            min_major,
-            &[dumper.restore_program()],
-        )?;
+        let tools = self.tools(&admin, &[dumper.restore_program()])?;
         let missing = admin.missing_roles(&m.roles).await?;
         self.check_roles(&missing)?;
         let exists = admin.exists(&database).await?;
@@ -312,6 +304,16 @@ impl Restore {
                 ))
             }),
         }
+    }
+
+    /// The PostgreSQL programs `programs`, of a major at least the target server's
+    /// and the dump's.
+    fn tools(&self, admin: &Admin, programs: &[&str]) -> Result<PgTools> {
+        let min_major = admin
+            .server()
+            .major()
+            .max(leading_major(&self.manifest.pg_dump_version));
+        PgTools::find(self.pg_bin_dir.as_deref(), min_major, programs)
     }
 
     /// Refuses to go on when the server lacks roles the backup needs and the

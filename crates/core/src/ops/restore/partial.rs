@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{Restore, RestoreOutcome, leading_major};
+use super::{Restore, RestoreOutcome};
 use crate::catalog::{self, Manifest};
 use crate::codec::CodecChain;
 use crate::dump::toc::{Entry, SelectedTable, Selection, Toc, unquote_qualified};
@@ -70,16 +70,12 @@ impl Restore {
         let (method, tables, sequences) = recorded(m)?;
         let chain = CodecChain::from_names(&m.codecs)?;
         let admin = Admin::connect(&self.target).await?;
-        let min_major = admin
-            .server()
-            .major()
-            .max(leading_major(&m.pg_dump_version));
         let programs: &[&str] = if self.rename_to.is_some() {
             &["pg_restore", "pg_dump"]
         } else {
             &["pg_restore"]
         };
-        let tools = PgTools::find(self.pg_bin_dir.as_deref(), min_major, programs)?;
+        let tools = self.tools(&admin, programs)?;
         let stage = tempfile::Builder::new()
             .prefix("pgproof-list-")
             .tempdir()
