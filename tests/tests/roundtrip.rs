@@ -425,3 +425,108 @@ async fn directory_dumps_of_many_tables_with_more_jobs_than_cores() {
     );
     assert_eq!(before["<large objects>"].0, 40);
 }
+
+/// pg_dump's own sequential scans of `table` so far, as the server's statistics
+/// count them (a TID range scan is not one).
+async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .batch_execute("SET stats_fetch_consistency = none")
+        .await
+        .unwrap();
+    client
+        .query_one(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A table larger than a piece is fingerprinted in step with pg_dump's COPY, by TID
+/// ranges, even where the database turns TID scans off: the only sequential scan of
+/// it is pg_dump's, so each page is read once (scripts/bench --cold measures the
+/// reads), and the pieces add up to what a restore's whole scan finds.
+async fn large_tables_are_read_once(format: &str) {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let database = format!("pieces_{format}");
+    let source = pgproof_tests::create_database(&cluster, &database).await;
+    source
+        .batch_execute(&format!(
+            "CREATE TABLE wide AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS note,
+                    g * 0.5 AS amount FROM generate_series(1, 300000) g;
+             DELETE FROM wide WHERE id % 97 = 0;
+             CREATE TABLE parted (id int, at date) PARTITION BY RANGE (at);
+             CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM ('2020-01-01') TO ('2030-01-01');
+             INSERT INTO parted SELECT g, '2024-01-01'::date + g % 300 FROM generate_series(1, 5000) g;
+             CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n FROM wide;
+             ALTER DATABASE {database} SET enable_tidscan = off"
+        ))
+        .await
+        .unwrap();
+    source.batch_execute("VACUUM ANALYZE").await.unwrap();
+    // The setup's own scans (the view's query) must be counted before, not after.
+    source
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let pages: i64 = source
+        .query_one(
+            "SELECT pg_relation_size('wide') / current_setting('block_size')::int8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let piece_pages = pgproof_core::evidence::fingerprint::PIECE_BYTES / 8192;
+    assert!(
+        pages > 2 * piece_pages,
+        "wide is {pages} pages: several pieces"
+    );
+    let before = seq_scans(&source, "wide").await;
+
+    let ws = Workspace::new(&cluster, &database, format);
+    ws.verify_on(&cluster);
+    let manifest = ws.backup();
+    assert_eq!(
+        manifest["fingerprint"]["tables"]["public.wide"]["rows"],
+        300000 - 300000 / 97
+    );
+    // Statistics reach the server as each backend exits.
+    let mut after = before;
+    for _ in 0..50 {
+        after = seq_scans(&source, "wide").await;
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(after - before, 1, "pg_dump's COPY only");
+    let out = ws.pgproof(&["verify", "latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for check in [
+        "fingerprint:public.wide",
+        "fingerprint:public.parted",
+        "materialized-view:public.totals",
+    ] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains("ok") && l.contains(check)),
+            "{check} in {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn large_tables_are_read_once_custom() {
+    large_tables_are_read_once("custom").await;
+}
+
+#[tokio::test]
+async fn large_tables_are_read_once_directory() {
+    large_tables_are_read_once("directory").await;
+}

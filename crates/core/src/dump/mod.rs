@@ -96,6 +96,12 @@ pub trait Dumper: Send + Sync + fmt::Debug {
     /// The command that restores into `target`.
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command;
 
+    /// How many tables the dump program reads at once (its jobs): the source's
+    /// fingerprint reads beside each.
+    fn readers(&self) -> usize {
+        1
+    }
+
     /// How the archive travels; one stream ([`StreamLayout`]) unless said otherwise.
     fn layout(&self) -> Arc<dyn ArchiveLayout> {
         Arc::new(StreamLayout)

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -18,7 +18,7 @@ use crate::dump::{ArchiveTarget, CustomDumper, Dumper, StoredArchive, StoringArc
 use crate::error::{Error, Result, Setting};
 use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
-use crate::evidence::fingerprint::{Fingerprint, Plan};
+use crate::evidence::fingerprint::{DumpWatch, Fingerprint, Method, Plan};
 use crate::evidence::invariant::{Invariant, InvariantResult};
 use crate::pg::{ConnParams, PgTools, ServerInfo, SnapshotSession};
 use crate::scope::Scope;
@@ -224,9 +224,11 @@ impl Backup {
             "backup started"
         );
 
-        let cmd =
+        let mut cmd =
             self.dumper
                 .dump_command(&tools, &self.source, session.snapshot_id(), self.lock_wait);
+        // The fingerprint finds pg_dump's connections by this name to read in step.
+        cmd.env("PGAPPNAME", dump_application_name(&session));
         let storing = self.dumper.layout().store(
             cmd,
             ArchiveTarget {
@@ -240,9 +242,9 @@ impl Backup {
             },
         );
         let (mut dump_job, pending) = (storing.program, storing.archive);
-        // The fingerprint runs on the snapshot's own connection while pg_dump streams
-        // on another core: same snapshot, no table data sent to the client. Its own
-        // duration is recorded, not the wait for pg_dump: that is its cost.
+        // The fingerprint runs in the snapshot while pg_dump streams, reading each table
+        // as pg_dump does: same snapshot, no table data sent to the client. The time
+        // its queries took is recorded, not the wait for pg_dump: that is its cost.
         let fingerprint_ms = AtomicU64::new(0);
         let outcome = self
             .beside_the_dump(&session, plan, &mut dump_job, &*pending, &fingerprint_ms)
@@ -331,10 +333,10 @@ impl Backup {
         pending: &dyn StoringArchive,
         fingerprint_ms: &AtomicU64,
     ) -> Result<Evidence> {
+        let dump_exited = AtomicBool::new(false);
         let fingerprint = async {
-            let clock = Instant::now();
-            let result = plan.compute(session.client()).await;
-            fingerprint_ms.store(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let (fingerprint, busy) = self.fingerprint(session, plan, &dump_exited).await?;
+            fingerprint_ms.store(busy.as_millis() as u64, Ordering::Relaxed);
             let mut invariants = Vec::new();
             for invariant in &self.invariants {
                 let outcome = invariant.run_in_transaction(session.client()).await?;
@@ -343,7 +345,7 @@ impl Backup {
                 }
                 invariants.push(invariant.record(&outcome));
             }
-            result.map(|fingerprint| Evidence {
+            Ok(Evidence {
                 fingerprint,
                 invariants,
             })
@@ -351,14 +353,16 @@ impl Backup {
         tokio::pin!(fingerprint);
         tokio::select! {
             joined = &mut *dump_job => {
+                dump_exited.store(true, Ordering::Release);
                 let dumped = flatten_join(joined);
-                if dumped.is_err() {
-                    // pg_dump is gone; a fingerprint query waiting on a lock would
-                    // wait forever.
+                if let Err(e) = dumped {
+                    // pg_dump is gone: its error is the backup's. The fingerprint is
+                    // abandoned, and its query cancelled: one waiting on a lock would
+                    // wait forever, and the snapshot cannot close under it.
                     let _ = session.client().cancel_token().cancel_query(tokio_postgres::NoTls).await;
+                    return Err(e);
                 }
-                let fingerprinted = fingerprint.await;
-                dumped.and(fingerprinted)
+                fingerprint.await
             }
             fingerprinted = &mut fingerprint => {
                 // A failed fingerprint ends the backup: stop pg_dump at its next chunk
@@ -370,6 +374,55 @@ impl Backup {
                 fingerprinted.and_then(|fp| dumped.map(|()| fp))
             }
         }
+    }
+
+    /// The source's fingerprint in the snapshot and the time its queries took: in
+    /// step with pg_dump where the server reports COPY progress (PostgreSQL 14 on,
+    /// where the method reads in pieces), else table by table beside it.
+    async fn fingerprint(
+        &self,
+        session: &SnapshotSession,
+        plan: Plan,
+        dump_exited: &AtomicBool,
+    ) -> Result<(Fingerprint, Duration)> {
+        if plan.method() >= Method::V4 {
+            match self.follow_connections(session).await {
+                Ok((monitor, helpers)) => {
+                    let watch = DumpWatch {
+                        monitor,
+                        application_name: dump_application_name(session),
+                        finished: dump_exited,
+                    };
+                    let result = plan
+                        .compute_following(session.client(), &helpers, watch)
+                        .await;
+                    for helper in &helpers {
+                        let _ = helper.batch_execute("COMMIT").await;
+                    }
+                    return result;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no connections to spare for reading in step with pg_dump; the fingerprint reads each table on its own")
+                }
+            }
+        }
+        let clock = Instant::now();
+        let fingerprint = plan.compute(session.client()).await?;
+        Ok((fingerprint, clock.elapsed()))
+    }
+
+    /// A connection that watches pg_dump, and one joining the snapshot per table
+    /// pg_dump reads at once.
+    async fn follow_connections(
+        &self,
+        session: &SnapshotSession,
+    ) -> Result<(tokio_postgres::Client, Vec<tokio_postgres::Client>)> {
+        let monitor = self.source.connect().await?;
+        let mut helpers = Vec::new();
+        for _ in 0..self.dumper.readers() {
+            helpers.push(session.join(&self.source).await?);
+        }
+        Ok((monitor, helpers))
     }
 
     /// Stores the file sets beside the dump; on a failure, removes what this run
@@ -535,6 +588,11 @@ impl Backup {
             shown.join("; ")
         )))
     }
+}
+
+/// The `application_name` of this backup's pg_dump connections.
+fn dump_application_name(session: &SnapshotSession) -> String {
+    format!("pgproof dump {}", session.snapshot_id())
 }
 
 fn flatten_join<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {

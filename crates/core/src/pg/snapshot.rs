@@ -14,6 +14,8 @@ pub struct SnapshotSession {
     snapshot_id: String,
     server: ServerInfo,
     encoding: String,
+    /// The transaction's settings, for connections that join the snapshot.
+    settings: String,
 }
 
 impl SnapshotSession {
@@ -30,13 +32,15 @@ impl SnapshotSession {
         // The session idles while pg_dump works: a server-side idle timeout must not
         // end the snapshot under pg_dump. The server's own statement_timeout is
         // replaced by pgproof's, which is about its own queries.
+        let settings = format!(
+            "SET LOCAL statement_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = 0; \
+             SET LOCAL lock_timeout = '{}s'",
+            statement_timeout.as_millis(),
+            lock_wait.as_secs().max(1)
+        );
         client
             .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
-                 SET LOCAL statement_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = 0; \
-                 SET LOCAL lock_timeout = '{}s'",
-                statement_timeout.as_millis(),
-                lock_wait.as_secs().max(1)
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; {settings}"
             ))
             .await
             .map_err(db_err("opening the snapshot transaction"))?;
@@ -54,7 +58,24 @@ impl SnapshotSession {
             encoding: row.get(1),
             client,
             server,
+            settings,
         })
+    }
+
+    /// Another connection inside the same snapshot, with the same settings (the
+    /// snapshot id came from the server, so it is safe to quote).
+    pub async fn join(&self, params: &ConnParams) -> Result<Client> {
+        let client = params.connect().await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
+                 SET TRANSACTION SNAPSHOT '{}'; {}",
+                self.snapshot_id.replace('\'', "''"),
+                self.settings
+            ))
+            .await
+            .map_err(db_err("joining the snapshot transaction"))?;
+        Ok(client)
     }
 
     /// The exported snapshot's id, for `pg_dump --snapshot`.

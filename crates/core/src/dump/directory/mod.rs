@@ -66,6 +66,10 @@ impl Dumper for DirectoryDumper {
         "pg_restore"
     }
 
+    fn readers(&self) -> usize {
+        self.jobs as usize
+    }
+
     fn layout(&self) -> Arc<dyn ArchiveLayout> {
         Arc::new(DirectoryLayout { jobs: self.jobs })
     }

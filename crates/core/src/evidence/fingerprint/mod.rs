@@ -17,6 +17,7 @@
 //! The same computation over the source (in the dump's snapshot) and over a restore
 //! must agree table by table; a difference names the table.
 
+mod follow;
 mod plan;
 mod rows;
 
@@ -29,6 +30,7 @@ use crate::error::Result;
 use crate::evidence::audit::ChainState;
 use crate::pg::{ConnParams, db_err};
 
+pub use follow::{DumpWatch, LEAD, PIECE_BYTES};
 pub use plan::{Plan, large_object_hash, large_objects, sequences};
 
 /// Names the row encoding and combination of the fingerprints this version takes, so

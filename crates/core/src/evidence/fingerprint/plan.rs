@@ -18,23 +18,29 @@ use super::*;
 /// sequences read — they are not transactional, so reading them before pg_dump makes
 /// the dumped values at least these.
 pub struct Plan {
-    method: Method,
-    text_encoding: &'static str,
-    tables: Vec<TableToHash>,
-    sequences: BTreeMap<String, SequenceState>,
+    pub(super) method: Method,
+    pub(super) text_encoding: &'static str,
+    pub(super) tables: Vec<TableToHash>,
+    pub(super) sequences: BTreeMap<String, SequenceState>,
 }
 
-struct TableToHash {
-    oid: u32,
-    name: String,
+pub(super) struct TableToHash {
+    pub(super) oid: u32,
+    pub(super) name: String,
+    /// Schema and name unquoted: pg_dump dumps tables' data in this order when it
+    /// runs alone.
+    pub(super) order: (String, String),
     /// An inheritance child (not a partition): its physical column order may change.
-    inherits: bool,
+    pub(super) inherits: bool,
     /// A partitioned table's root: hashed with all its partitions.
-    partitioned: bool,
+    pub(super) partitioned: bool,
     /// A materialized view (method v3 on), recorded apart from the tables.
-    materialized: bool,
-    /// Its size in pages (with its partitions), for spreading tables over connections.
-    pages: i64,
+    pub(super) materialized: bool,
+    /// Its size in pages as the catalog last estimated it (with its partitions), for
+    /// spreading tables over connections; pg_dump orders a parallel dump by it.
+    pub(super) pages: i64,
+    /// Its size in blocks now (its own, without partitions).
+    pub(super) blocks: i64,
 }
 
 /// The user relations a fingerprint covers, for `WHERE {relations} AND` this.
@@ -93,7 +99,9 @@ impl Plan {
                             EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid), \
                             c.relkind = 'p', c.relkind = 'm', \
                             coalesce((SELECT sum(p.relpages) FROM pg_partition_tree(c.oid) t \
-                                      JOIN pg_class p ON p.oid = t.relid), c.relpages)::int8 \
+                                      JOIN pg_class p ON p.oid = t.relid), c.relpages)::int8, \
+                            n.nspname::text, c.relname::text, \
+                            pg_relation_size(c.oid) / current_setting('block_size')::int8 \
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                      WHERE {relations} AND {USER_RELATION} ORDER BY 2"
                 ),
@@ -110,6 +118,8 @@ impl Plan {
                 partitioned: r.get(3),
                 materialized: r.get(4),
                 pages: r.get(5),
+                order: (r.get(6), r.get(7)),
+                blocks: r.get(8),
             })
             .collect();
         // A partitioned root is locked with its partitions (no ONLY), as pg_dump locks
@@ -147,6 +157,11 @@ impl Plan {
         })
     }
 
+    /// The method this plan hashes with.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
     /// Hashes every table and finishes the fingerprint.
     pub async fn compute(self, client: &Client) -> Result<Fingerprint> {
         self.compute_on(client, &[]).await
@@ -159,13 +174,8 @@ impl Plan {
     /// connection hashed which table, so the result is the same.
     pub async fn compute_on(self, client: &Client, helpers: &[Client]) -> Result<Fingerprint> {
         let method = self.method;
-        let mut fingerprint = self.tables_on(client, helpers).await?;
-        fingerprint.large_objects = large_objects(client).await?;
-        if method >= Method::V3 {
-            fingerprint.large_object_hash = Some(large_object_hash(client).await?);
-        }
-        fingerprint.audit_chain = audit::chain_state(client).await?;
-        Ok(fingerprint)
+        let fingerprint = self.tables_on(client, helpers).await?;
+        finish(fingerprint, method, client).await
     }
 
     /// Tables, materialized views and sequences only (what the table verifiers judge;
@@ -201,7 +211,8 @@ impl Plan {
             |(worker, (_, share))| async move {
                 let mut hashed = Vec::with_capacity(share.len());
                 for table in share {
-                    let fp = hash_table(worker, &table, method, encoding).await?;
+                    let row_hash = table.row_hash(worker, method, encoding).await?;
+                    let fp = table.hash(worker, &row_hash, Blocks::All).await?;
                     hashed.push((table.name, table.materialized, fp));
                 }
                 Ok::<_, Error>(hashed)
@@ -221,33 +232,83 @@ impl Plan {
     }
 }
 
-/// One table's count and hash sum, on `client` (settings pinned).
-async fn hash_table(
-    client: &Client,
-    table: &TableToHash,
+/// The rest of a whole database's fingerprint, after its tables.
+pub(super) async fn finish(
+    mut fingerprint: Fingerprint,
     method: Method,
-    encoding: &str,
-) -> Result<TableFingerprint> {
-    let columns = table_columns(client, table.oid).await?;
-    let row_hash = row_hash(&columns, table.inherits, method, encoding);
-    let only = if table.partitioned { "" } else { "ONLY " };
-    // A partitioned table is summed per partition in the same scan, so the leaves can
-    // be reported for information; the root's sum is what counts.
-    let (leaf, group) = if table.partitioned {
-        ("t.tableoid::regclass::text", " GROUP BY 1")
-    } else {
-        ("NULL::text", "")
-    };
-    let name = &table.name;
-    let sql = format!(
-        "SELECT {leaf}, count(*), coalesce(sum({row_hash}), 0)::text \
-         FROM {only}{name} t{group}"
-    );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(|e| db_err("fingerprinting a table")(e).with_object(name.clone()))?;
-    combine(&rows, table.partitioned).map_err(|e| e.with_object(name.clone()))
+    client: &Client,
+) -> Result<Fingerprint> {
+    fingerprint.large_objects = large_objects(client).await?;
+    if method >= Method::V3 {
+        fingerprint.large_object_hash = Some(large_object_hash(client).await?);
+    }
+    fingerprint.audit_chain = audit::chain_state(client).await?;
+    Ok(fingerprint)
+}
+
+/// Which of a table's rows one query hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Blocks {
+    /// Every row.
+    All,
+    /// The rows stored in blocks `from..to` (`to` open: to the table's end), read by a
+    /// TID range scan. Row hashes are summed, so the sums of ranges that cover the
+    /// table add up to its whole sum: the same fingerprint, read in pieces.
+    Range { from: i64, to: Option<i64> },
+}
+
+impl TableToHash {
+    /// SQL for one of this table's row hashes, with `t` as the row alias.
+    pub(super) async fn row_hash(
+        &self,
+        client: &Client,
+        method: Method,
+        encoding: &str,
+    ) -> Result<String> {
+        let columns = table_columns(client, self.oid).await?;
+        Ok(row_hash(&columns, self.inherits, method, encoding))
+    }
+
+    /// The count and hash sum of the rows in `blocks`, on `client` (settings pinned).
+    pub(super) async fn hash(
+        &self,
+        client: &Client,
+        row_hash: &str,
+        blocks: Blocks,
+    ) -> Result<TableFingerprint> {
+        let name = &self.name;
+        let sql = self.hash_sql(row_hash, blocks);
+        let rows = client
+            .query(&sql, &[])
+            .await
+            .map_err(|e| db_err("fingerprinting a table")(e).with_object(name.clone()))?;
+        combine(&rows, self.partitioned).map_err(|e| e.with_object(name.clone()))
+    }
+
+    pub(super) fn hash_sql(&self, row_hash: &str, blocks: Blocks) -> String {
+        let only = if self.partitioned { "" } else { "ONLY " };
+        // A partitioned table is summed per partition in the same scan, so the leaves
+        // can be reported for information; the root's sum is what counts.
+        let (leaf, group) = if self.partitioned {
+            ("t.tableoid::regclass::text", " GROUP BY 1")
+        } else {
+            ("NULL::text", "")
+        };
+        let range = match blocks {
+            Blocks::All => String::new(),
+            Blocks::Range { from, to } => {
+                let to = to
+                    .map(|to| format!(" AND t.ctid < '({to},0)'::tid"))
+                    .unwrap_or_default();
+                format!(" WHERE t.ctid >= '({from},0)'::tid{to}")
+            }
+        };
+        let name = &self.name;
+        format!(
+            "SELECT {leaf}, count(*), coalesce(sum({row_hash}), 0)::text \
+             FROM {only}{name} t{range}{group}"
+        )
+    }
 }
 
 /// One table's fingerprint from its per-partition (or single) count and hash sum.
