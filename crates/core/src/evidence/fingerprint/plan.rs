@@ -24,6 +24,7 @@ pub struct Plan {
     pub(super) sequences: BTreeMap<String, SequenceState>,
 }
 
+#[derive(Clone)]
 pub(super) struct TableToHash {
     pub(super) oid: u32,
     pub(super) name: String,

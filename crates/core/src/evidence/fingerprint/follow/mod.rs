@@ -31,6 +31,9 @@ use crate::pg::db_err;
 
 use super::plan::{Blocks, TableToHash, finish};
 use super::*;
+use units::Unit;
+
+mod units;
 
 /// How often pg_dump's progress is read.
 const POLL: Duration = Duration::from_millis(20);
@@ -86,8 +89,13 @@ impl Plan {
             sequences: self.sequences,
             ..Fingerprint::default()
         };
+        let names: Vec<(String, bool)> = self
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.materialized))
+            .collect();
         let follower = Follower {
-            tables: self.tables,
+            units: units::of(client, self.tables, method).await?,
             jobs: Mutex::new(Jobs::default()),
             busy_ms: AtomicU64::new(0),
             method,
@@ -106,20 +114,49 @@ impl Plan {
             .jobs
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        for (table, job) in follower.tables.into_iter().zip(jobs.tables) {
-            let hashed = job.total().map_err(|e| e.with_object(table.name.clone()))?;
-            if table.materialized {
-                fingerprint.materialized_views.insert(table.name, hashed);
+        let mut totals: Vec<Option<TableFingerprint>> = vec![None; names.len()];
+        for (unit, job) in follower.units.into_iter().zip(jobs.units) {
+            let name = &names[unit.of].0;
+            let mut hashed = job.total().map_err(|e| e.with_object(name.clone()))?;
+            if let Some(leaf) = unit.leaf {
+                hashed.partitions.insert(leaf, hashed.rows);
+            }
+            totals[unit.of] = Some(match totals[unit.of].take() {
+                Some(sum) => add(sum, hashed).map_err(|e| e.with_object(name.clone()))?,
+                None => hashed,
+            });
+        }
+        for ((name, materialized), total) in names.into_iter().zip(totals) {
+            let total = total.ok_or_else(|| {
+                Error::database("a table was not hashed").with_object(name.clone())
+            })?;
+            if materialized {
+                fingerprint.materialized_views.insert(name, total);
             } else {
-                fingerprint.tables.insert(table.name, hashed);
+                fingerprint.tables.insert(name, total);
             }
         }
         Ok((finish(fingerprint, method, client).await?, busy))
     }
 }
 
+/// Two parts of one table's rows, together.
+fn add(a: TableFingerprint, b: TableFingerprint) -> Result<TableFingerprint> {
+    let sum = |h: &str| {
+        h.parse::<i128>()
+            .map_err(|e| Error::database(format!("a hash sum {h:?} is not an integer: {e}")))
+    };
+    let mut partitions = a.partitions;
+    partitions.extend(b.partitions);
+    Ok(TableFingerprint {
+        rows: a.rows + b.rows,
+        hash: (sum(&a.hash)? + sum(&b.hash)?).to_string(),
+        partitions,
+    })
+}
+
 struct Follower<'a> {
-    tables: Vec<TableToHash>,
+    units: Vec<Unit>,
     jobs: Mutex<Jobs>,
     busy_ms: AtomicU64,
     method: Method,
@@ -130,7 +167,7 @@ struct Follower<'a> {
 /// Which piece to hash next, and what pg_dump has been seen doing.
 #[derive(Default)]
 struct Jobs {
-    tables: Vec<TableJob>,
+    units: Vec<TableJob>,
     /// Tables pg_dump is copying, by OID, with the rows it has sent so far.
     copying: HashMap<u32, i64>,
     /// Tables pg_dump was seen copying and no longer is.
@@ -143,7 +180,7 @@ struct Jobs {
 
 #[derive(Default)]
 struct TableJob {
-    /// Pieces: one for a small table, a partitioned root or a materialized view.
+    /// Pieces: one for a small table, or one read whole.
     pieces: usize,
     blocks_per_piece: i64,
     issued: usize,
@@ -176,23 +213,17 @@ impl TableJob {
             hash: "0".into(),
             partitions: BTreeMap::new(),
         };
-        let mut sum = 0i128;
         for piece in self.hashed {
             let piece =
                 piece.ok_or_else(|| Error::database("a piece of a table was not hashed"))?;
-            total.rows += piece.rows;
-            sum += piece.hash.parse::<i128>().map_err(|e| {
-                Error::database(format!("a piece's hash sum is not an integer: {e}"))
-            })?;
-            total.partitions.extend(piece.partitions);
+            total = add(total, piece)?;
         }
-        total.hash = sum.to_string();
         Ok(total)
     }
 }
 
 enum Next {
-    Hash { table: usize, piece: usize },
+    Hash { unit: usize, piece: usize },
     Wait,
     Done,
 }
@@ -204,15 +235,14 @@ impl Follower<'_> {
 
     fn plan_pieces(&self, block_size: i64) {
         let per_piece = (PIECE_BYTES / block_size.max(1)).max(1);
-        self.jobs().tables = self
-            .tables
+        self.jobs().units = self
+            .units
             .iter()
-            .map(|t| {
-                let whole = t.partitioned || t.materialized || self.method < Method::V4;
-                let pieces = if whole {
+            .map(|u| {
+                let pieces = if u.anytime || self.method < Method::V4 {
                     1
                 } else {
-                    (t.blocks.max(1) as usize).div_ceil(per_piece as usize)
+                    (u.read.blocks.max(1) as usize).div_ceil(per_piece as usize)
                 };
                 TableJob {
                     pieces,
@@ -227,9 +257,9 @@ impl Follower<'_> {
     /// Hashes pieces on `client` until none is left.
     async fn work(&self, client: &Client) -> Result<()> {
         loop {
-            let next = self.jobs().next(&self.tables);
-            let (table, piece) = match next {
-                Next::Hash { table, piece } => (table, piece),
+            let next = self.jobs().next(&self.units);
+            let (index, piece) = match next {
+                Next::Hash { unit, piece } => (unit, piece),
                 Next::Wait => {
                     tokio::time::sleep(POLL / 2).await;
                     continue;
@@ -237,19 +267,22 @@ impl Follower<'_> {
                 Next::Done => return Ok(()),
             };
             let clock = Instant::now();
-            let to_hash = &self.tables[table];
-            let cached = self.jobs().tables[table].row_hash.clone();
+            let unit = &self.units[index];
+            let cached = self.jobs().units[index].row_hash.clone();
             let row_hash = match cached {
                 Some(sql) => sql,
                 None => {
-                    let sql = to_hash.row_hash(client, self.method, self.encoding).await?;
-                    self.jobs().tables[table].row_hash = Some(sql.clone());
+                    let sql = unit
+                        .hashed_as
+                        .row_hash(client, self.method, self.encoding)
+                        .await?;
+                    self.jobs().units[index].row_hash = Some(sql.clone());
                     sql
                 }
             };
-            let blocks = self.jobs().tables[table].blocks(piece);
-            let hashed = to_hash.hash(client, &row_hash, blocks).await?;
-            self.jobs().tables[table].hashed[piece] = Some(hashed);
+            let blocks = self.jobs().units[index].blocks(piece);
+            let hashed = unit.read.hash(client, &row_hash, blocks).await?;
+            self.jobs().units[index].hashed[piece] = Some(hashed);
             self.busy_ms
                 .fetch_add(clock.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
@@ -296,7 +329,7 @@ impl Follower<'_> {
 
 impl Jobs {
     fn all_issued(&self) -> bool {
-        self.tables.iter().all(|j| j.issued == j.pieces)
+        self.units.iter().all(|j| j.issued == j.pieces)
     }
 
     fn saw(&mut self, now: HashMap<u32, i64>) {
@@ -313,16 +346,17 @@ impl Jobs {
 
     /// The next piece worth reading now: first those of tables pg_dump is copying (in
     /// step with it), then tables it copied or has probably passed (likely still in
-    /// the cache), then those pg_dump never reads (materialized views, partitioned
-    /// roots, hashed whole); everything once pg_dump has exited.
-    fn next(&mut self, tables: &[TableToHash]) -> Next {
+    /// the cache), then what pg_dump never reads as such (materialized views,
+    /// partitioned tables read whole); everything once pg_dump has exited.
+    fn next(&mut self, units: &[Unit]) -> Next {
         if self.all_issued() {
             return Next::Done;
         }
         // How far pg_dump has been seen going, in its own order: a table before that
         // was probably dumped already.
-        let seen = tables
+        let seen = units
             .iter()
+            .map(|u| &u.read)
             .filter(|t| self.copying.contains_key(&t.oid) || self.copied.contains(&t.oid));
         let (mut furthest_name, mut smallest) = (None, None);
         for t in seen {
@@ -337,12 +371,12 @@ impl Jobs {
             }
         };
         let mut choice = None;
-        for (i, job) in self.tables.iter().enumerate() {
+        for (i, job) in self.units.iter().enumerate() {
             if job.issued == job.pieces {
                 continue;
             }
-            let table = &tables[i];
-            let rank = if let Some(&sent) = self.copying.get(&table.oid) {
+            let read = &units[i].read;
+            let rank = if let Some(&sent) = self.copying.get(&read.oid) {
                 let piece = job.issued;
                 let ahead_ok = piece < LEAD
                     || job
@@ -352,11 +386,11 @@ impl Jobs {
                     continue;
                 }
                 0
-            } else if self.copied.contains(&table.oid) || self.finished {
+            } else if self.copied.contains(&read.oid) || self.finished {
                 1
-            } else if passed(table) {
+            } else if passed(read) {
                 2
-            } else if table.partitioned || table.materialized {
+            } else if units[i].anytime {
                 3
             } else {
                 continue;
@@ -366,19 +400,19 @@ impl Jobs {
             }
         }
         match choice {
-            Some((rank, table)) => {
-                let job = &mut self.tables[table];
+            Some((rank, unit)) => {
+                let job = &mut self.units[unit];
                 let piece = job.issued;
                 job.issued += 1;
                 tracing::trace!(
-                    table = %tables[table].name,
+                    table = %units[unit].read.name,
                     piece,
                     pieces = job.pieces,
                     rank,
-                    pg_dump_sent = ?self.copying.get(&tables[table].oid),
+                    pg_dump_sent = ?self.copying.get(&units[unit].read.oid),
                     "fingerprinting a piece"
                 );
-                Next::Hash { table, piece }
+                Next::Hash { unit, piece }
             }
             None => Next::Wait,
         }
@@ -386,186 +420,4 @@ impl Jobs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table(oid: u32, name: &str, blocks: i64) -> TableToHash {
-        TableToHash {
-            oid,
-            name: format!("public.{name}"),
-            order: ("public".into(), name.into()),
-            inherits: false,
-            partitioned: false,
-            materialized: false,
-            pages: blocks,
-            blocks,
-        }
-    }
-
-    fn jobs(tables: &[TableToHash], pieces: &[usize]) -> Jobs {
-        assert_eq!(tables.len(), pieces.len());
-        Jobs {
-            tables: pieces
-                .iter()
-                .map(|&n| TableJob {
-                    pieces: n,
-                    blocks_per_piece: 1024,
-                    hashed: vec![None; n],
-                    ..TableJob::default()
-                })
-                .collect(),
-            ..Jobs::default()
-        }
-    }
-
-    impl Jobs {
-        fn hashed(&mut self, table: usize, piece: usize, rows: i64) {
-            self.tables[table].hashed[piece] = Some(TableFingerprint {
-                rows,
-                hash: "1".into(),
-                partitions: BTreeMap::new(),
-            });
-        }
-    }
-
-    fn issued(next: Next) -> (usize, usize) {
-        match next {
-            Next::Hash { table, piece } => (table, piece),
-            Next::Wait => panic!("waits"),
-            Next::Done => panic!("done"),
-        }
-    }
-
-    #[test]
-    fn nothing_is_read_before_pg_dump_reads_it() {
-        let tables = [table(1, "a", 5000), table(2, "b", 10)];
-        let mut jobs = jobs(&tables, &[5, 1]);
-        assert!(matches!(jobs.next(&tables), Next::Wait));
-        jobs.saw(HashMap::from([(1, 0)]));
-        // LEAD pieces may go ahead of the COPY, then no more until it has sent the
-        // first piece's rows.
-        assert_eq!(issued(jobs.next(&tables)), (0, 0));
-        assert_eq!(issued(jobs.next(&tables)), (0, 1));
-        assert!(matches!(jobs.next(&tables), Next::Wait));
-        jobs.hashed(0, 0, 100);
-        jobs.saw(HashMap::from([(1, 99)]));
-        assert!(matches!(jobs.next(&tables), Next::Wait));
-        jobs.saw(HashMap::from([(1, 100)]));
-        assert_eq!(issued(jobs.next(&tables)), (0, 2));
-        // Once the COPY is over, the rest goes at once.
-        jobs.saw(HashMap::new());
-        assert_eq!(issued(jobs.next(&tables)), (0, 3));
-        assert_eq!(issued(jobs.next(&tables)), (0, 4));
-        // b sorts after a: pg_dump, alone, has not passed it yet.
-        assert!(matches!(jobs.next(&tables), Next::Wait));
-        jobs.finished = true;
-        assert_eq!(issued(jobs.next(&tables)), (1, 0));
-        assert!(matches!(jobs.next(&tables), Next::Done));
-    }
-
-    #[test]
-    fn tables_pg_dump_has_passed_go_before_the_rest() {
-        let tables = [
-            table(1, "a", 10),
-            table(2, "b", 10),
-            table(3, "c", 5000),
-            table(4, "d", 10),
-        ];
-        let mut jobs = jobs(&tables, &[1, 1, 5, 1]);
-        jobs.saw(HashMap::from([(3, 0)]));
-        // c in step first, then a and b (before c by name), never d.
-        assert_eq!(issued(jobs.next(&tables)), (2, 0));
-        assert_eq!(issued(jobs.next(&tables)), (2, 1));
-        assert_eq!(issued(jobs.next(&tables)), (0, 0));
-        assert_eq!(issued(jobs.next(&tables)), (1, 0));
-        assert!(matches!(jobs.next(&tables), Next::Wait));
-    }
-
-    #[test]
-    fn jobs_are_followed_largest_first() {
-        let tables = [
-            table(1, "a", 9000),
-            table(2, "b", 10),
-            table(3, "c", 5000),
-            table(4, "d", 7000),
-        ];
-        let mut jobs = jobs(&tables, &[9, 1, 5, 7]);
-        jobs.tables[0].issued = 9;
-        jobs.saw(HashMap::from([(1, 10), (3, 0)]));
-        // Two at once: pg_dump runs jobs, largest first, so d (larger than c) was
-        // dumped already while b (smaller) was not.
-        assert!(jobs.parallel);
-        let mut next = Vec::new();
-        while let Next::Hash { table, .. } = jobs.next(&tables) {
-            next.push(table);
-        }
-        assert!(next.contains(&3), "{next:?}");
-        assert!(!next.contains(&1), "{next:?}");
-    }
-
-    #[test]
-    fn pieces_cover_the_table_with_the_last_one_open() {
-        let job = TableJob {
-            pieces: 3,
-            blocks_per_piece: 1024,
-            hashed: vec![None; 3],
-            ..TableJob::default()
-        };
-        assert_eq!(
-            job.blocks(0),
-            Blocks::Range {
-                from: 0,
-                to: Some(1024)
-            }
-        );
-        assert_eq!(
-            job.blocks(1),
-            Blocks::Range {
-                from: 1024,
-                to: Some(2048)
-            }
-        );
-        assert_eq!(
-            job.blocks(2),
-            Blocks::Range {
-                from: 2048,
-                to: None
-            }
-        );
-        let one = TableJob {
-            pieces: 1,
-            hashed: vec![None],
-            ..TableJob::default()
-        };
-        assert_eq!(one.blocks(0), Blocks::All);
-    }
-
-    #[test]
-    fn pieces_add_up_and_an_unhashed_piece_is_an_error() {
-        let mut job = TableJob {
-            pieces: 2,
-            hashed: vec![None; 2],
-            ..TableJob::default()
-        };
-        job.hashed[0] = Some(TableFingerprint {
-            rows: 2,
-            hash: "-5".into(),
-            partitions: BTreeMap::new(),
-        });
-        let missing = TableJob {
-            hashed: job.hashed.clone(),
-            ..TableJob::default()
-        };
-        assert!(missing.total().is_err());
-        job.hashed[1] = Some(TableFingerprint {
-            rows: 3,
-            hash: "18446744073709551615".into(),
-            partitions: BTreeMap::new(),
-        });
-        let total = job.total().unwrap();
-        assert_eq!(
-            (total.rows, total.hash.as_str()),
-            (5, "18446744073709551610")
-        );
-    }
-}
+mod tests;
