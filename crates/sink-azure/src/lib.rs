@@ -102,6 +102,7 @@ pub fn from_builder(
     let mut builder = builder
         .with_container_name(&location.bucket)
         .with_retry(options.retry_config())
+        .with_http_connector(pgproof_sink_object_store::Transport)
         .with_config(
             AzureConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}s", options.request_timeout.as_secs()),

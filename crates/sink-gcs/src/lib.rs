@@ -66,6 +66,7 @@ pub fn from_builder(
     let mut builder = builder
         .with_bucket_name(&location.bucket)
         .with_retry(options.retry_config())
+        .with_http_connector(pgproof_sink_object_store::Transport)
         .with_config(
             GoogleConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}s", options.request_timeout.as_secs()),

@@ -25,14 +25,15 @@
 //!   small manifest written afterwards, which always takes the single-request,
 //!   server-enforced create-only path.
 //! - **Retries and error kinds.** object_store retries transient failures (5xx, 429,
-//!   timeouts, refused or reset connections) with exponential backoff per
-//!   [`UploadOptions`]; what is left is mapped onto pgproof's [`Error`] kinds with a
+//!   timeouts, refused, reset or unready connections: [`Transport`]) with exponential
+//!   backoff per [`UploadOptions`]; what is left is mapped onto pgproof's [`Error`] kinds with a
 //!   message naming the service, bucket, operation and key and what to check, and
 //!   never a credential: server bodies are reduced to their error code and message.
 
 mod config;
 mod errors;
 mod location;
+mod transport;
 
 use std::fmt;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ use pgproof_core::sink::{ByteStream, ObjectMeta, Sink, validate_key};
 pub use config::{MAX_PART_SIZE_MIB, MAX_PARTS, MIN_PART_SIZE_MIB, ObjectLockConfig, SinkConfig};
 pub use errors::Op;
 pub use location::{Location, Service, check_endpoint};
+pub use transport::Transport;
 
 /// What an object store must offer to back a sink: the object API and raw-prefix
 /// paginated listing (so `list("p/a")` also finds `p/ab/…`, as the contract asks).

@@ -101,6 +101,7 @@ pub(crate) fn build(config: &SinkConfig, builder: AmazonS3Builder) -> Result<(Am
     let mut builder = builder
         .with_bucket_name(&location.bucket)
         .with_retry(options.retry_config())
+        .with_http_connector(pgproof_sink_object_store::Transport)
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
             format!("{}s", options.request_timeout.as_secs()),
@@ -178,5 +179,40 @@ mod tests {
         c.endpoint = Some("http://127.0.0.1:9".into());
         let e = from_builder(&c, AmazonS3Builder::new()).unwrap_err();
         assert!(e.to_string().contains("allow_http"), "{e}");
+    }
+
+    /// An endpoint that accepts connections and closes them at once (a server or
+    /// load balancer coming back from an outage) is retried like a refused one,
+    /// however the transport reports the closed connection.
+    #[tokio::test]
+    async fn connections_closed_before_the_request_are_retried() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::spawn({
+            let accepted = accepted.clone();
+            move || {
+                for conn in listener.incoming() {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(conn);
+                }
+            }
+        });
+        let mut c = config("s3://bucket/backups");
+        c.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        c.allow_http = true;
+        c.max_retries = 3;
+        c.retry_timeout_secs = 30;
+        let builder = AmazonS3Builder::new()
+            .with_access_key_id("AKIAEXAMPLE")
+            .with_secret_access_key("secret");
+        let sink = from_builder(&c, builder).unwrap();
+        for attempt in 0..3 {
+            let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+            let e = sink.list("").await.unwrap_err();
+            let tries = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+            assert_eq!(tries, 4, "attempt {attempt}: {tries} connections for {e}");
+            assert!(e.to_string().contains("after 3 retries"), "{e}");
+        }
     }
 }
