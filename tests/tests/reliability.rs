@@ -408,6 +408,52 @@ async fn a_slow_fingerprint_query_stops_at_the_statement_timeout_and_commits_not
         .unwrap();
 }
 
+/// A backup role at its connection limit: the fingerprint's extra connections (a
+/// monitor and one per pg_dump job, to read in step with pg_dump) would take the slot
+/// pg_dump needs. pgproof counts the room first and, with none to spare, reads each
+/// table on its own beside pg_dump, every time, with a warning saying why.
+#[tokio::test]
+async fn a_role_at_its_connection_limit_backs_up_without_taking_pg_dumps_slot() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let admin = pgproof_tests::connect(&cluster, "postgres").await;
+    for sql in [
+        "CREATE ROLE tight LOGIN CONNECTION LIMIT 2",
+        "CREATE DATABASE tight OWNER tight",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    pgproof_tests::connect(&cluster, "tight")
+        .await
+        .batch_execute(
+            "SET ROLE tight; \
+             CREATE TABLE wide AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 200000) g",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "tight", "custom");
+    let superuser_url = cluster.url("tight");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    assert!(config.contains(&superuser_url));
+    ws.write_config(&config.replace(
+        &superuser_url,
+        &superuser_url.replace("postgres@", "tight@"),
+    ));
+    ws.verify_on(&cluster);
+    for round in 0..3 {
+        let out = ws.pgproof(&["backup"]);
+        let log = stderr(&out);
+        assert!(out.status.success(), "round {round}: {log}");
+        assert!(
+            log.contains("connection limits leave room for 1 more connections"),
+            "round {round}: {log}"
+        );
+    }
+    let out = ws.pgproof(&["verify", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// The `--clean` swap when renaming the restored copy into place fails (here: the copy
 /// is gone): the original is renamed back and keeps its data.
 #[tokio::test]

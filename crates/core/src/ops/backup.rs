@@ -412,11 +412,23 @@ impl Backup {
     }
 
     /// A connection that watches pg_dump, and one joining the snapshot per table
-    /// pg_dump reads at once.
+    /// pg_dump reads at once; an error when the source's connection limits leave no
+    /// room for them beside every connection pg_dump opens (it may not have opened
+    /// them yet: pgproof's must never take a slot pg_dump needs).
     async fn follow_connections(
         &self,
         session: &SnapshotSession,
     ) -> Result<(tokio_postgres::Client, Vec<tokio_postgres::Client>)> {
+        let readers = self.dumper.readers() as i64;
+        let ours = 1 + readers;
+        // pg_dump --jobs keeps a leader connection beside its workers.
+        let pg_dumps = if readers > 1 { readers + 1 } else { 1 };
+        let free = session.connections_free().await?;
+        if free < ours + pg_dumps {
+            return Err(Error::database(format!(
+                "the source's connection limits leave room for {free} more connections; reading in step needs {ours} beside pg_dump's {pg_dumps}"
+            )));
+        }
         let monitor = self.source.connect().await?;
         let mut helpers = Vec::new();
         for _ in 0..self.dumper.readers() {
