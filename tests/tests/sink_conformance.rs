@@ -93,7 +93,9 @@ async fn fs_sink_failed_put_leaves_no_hidden_temp_file() {
 /// when their body ended without error, and never replace one another.
 #[derive(Debug, Default)]
 struct MemorySink {
-    objects: Mutex<BTreeMap<String, Bytes>>,
+    /// Each object with the number of the put that stored it: its identity.
+    objects: Mutex<BTreeMap<String, (u64, Bytes)>>,
+    puts: std::sync::atomic::AtomicU64,
 }
 
 #[async_trait]
@@ -117,12 +119,18 @@ impl Sink for MemorySink {
             return Err(Error::already_exists(format!("{key} exists")));
         }
         let n = data.len() as u64;
-        objects.insert(key.to_owned(), data.freeze());
+        let put = self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        objects.insert(key.to_owned(), (put, data.freeze()));
         Ok(n)
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream> {
-        let data = self.objects.lock().unwrap().get(key).cloned();
+        let data = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|(_, data)| data.clone());
         match data {
             Some(data) => {
                 let chunks: Vec<Result<Bytes>> = data
@@ -142,9 +150,10 @@ impl Sink for MemorySink {
             .unwrap()
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectMeta {
+            .map(|(k, (put, v))| ObjectMeta {
                 key: k.clone(),
                 size: v.len() as u64,
+                identity: Some(put.to_string()),
             })
             .collect())
     }

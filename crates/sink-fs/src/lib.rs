@@ -421,15 +421,34 @@ fn walk(root: &OwnedFd, start: &str, prefix: &str, shown: &Path) -> io::Result<V
                     Err(e) => return Err(e),
                 }
             } else if kind.is_file() && key.starts_with(prefix) {
+                let meta = entry.metadata()?;
                 found.push(ObjectMeta {
                     key,
-                    size: entry.metadata()?.len(),
+                    size: meta.len(),
+                    identity: Some(identity(&meta)),
                 });
             }
         }
     }
     found.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(found)
+}
+
+/// A file's identity: its inode, and its modification and change times to the
+/// nanosecond. A file replaced under its name (unlinked, published again) gets a new
+/// change time at least, even where the inode number is reused; only a replacement
+/// within one tick of the kernel's file clock (a few milliseconds) could repeat all
+/// three, and then with the same size too.
+fn identity(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}.{:09}:{}.{:09}",
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    )
 }
 
 #[cfg(test)]

@@ -427,9 +427,17 @@ impl Sink for ObjectStoreSink {
                     continue;
                 };
                 if key.starts_with(prefix) && !key.is_empty() {
+                    // The ETag changes with the bytes stored; a backend without one
+                    // may still version its objects, and every one dates them.
+                    let identity = object
+                        .e_tag
+                        .clone()
+                        .or_else(|| object.version.clone())
+                        .unwrap_or_else(|| object.last_modified.to_rfc3339());
                     found.push(ObjectMeta {
                         key: key.to_owned(),
                         size: object.size,
+                        identity: Some(identity),
                     });
                 }
             }

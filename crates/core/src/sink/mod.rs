@@ -27,6 +27,11 @@ pub struct ObjectMeta {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// What tells this stored object from another one stored under the same key with
+    /// the same size (an object store's ETag, else its version, else its modification
+    /// time; a file's inode and times), if the backend has such a thing. A cache keyed
+    /// by key, size and identity (the catalog index) is only as good as this.
+    pub identity: Option<String>,
 }
 
 /// A place for backup objects: a local directory, an S3 bucket, a GCS bucket.
@@ -44,6 +49,9 @@ pub struct ObjectMeta {
 /// - MUST return [`ErrorKind::NotFound`] from `get` and `delete` for a missing key;
 /// - MUST list every committed object whose key starts with `prefix`, recursively,
 ///   sorted by key, and nothing that is not committed;
+/// - SHOULD list each object with an [`identity`](ObjectMeta::identity) that differs
+///   from the one it listed before whenever other bytes were stored under the key since
+///   (deleted and put again), and give `None` where the backend has nothing of the kind;
 /// - MUST map backend errors onto [`Error`] kinds (not found, already exists, auth,
 ///   transient, exhausted retries, …) with a message naming the operation, the key and
 ///   what to check, and never a credential;

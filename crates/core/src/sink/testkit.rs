@@ -33,6 +33,7 @@ pub async fn run_all(sink: &dyn Sink) {
     failed_large_body_leaves_nothing(sink).await;
     large_streamed_object_round_trips(sink).await;
     listing_honours_prefixes(sink).await;
+    replaced_objects_list_with_another_identity(sink).await;
     unicode_keys(sink).await;
     missing_objects_are_not_found(sink).await;
     keys_cannot_escape(sink).await;
@@ -245,6 +246,40 @@ pub async fn listing_honours_prefixes(sink: &dyn Sink) {
     for k in keys {
         sink.delete(k).await.expect("delete");
     }
+}
+
+/// An object deleted and stored again with other bytes of the same size lists with
+/// another identity, where the sink gives identities at all (a cache keyed by key,
+/// size and identity must never take the new bytes for the old).
+pub async fn replaced_objects_list_with_another_identity(sink: &dyn Sink) {
+    let identity = |listed: Vec<ObjectMeta>| {
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        listed[0].identity.clone()
+    };
+    sink.put_bytes("identity/x", Bytes::from_static(b"first"))
+        .await
+        .expect("put");
+    let first = identity(sink.list("identity/").await.expect("list"));
+    assert_eq!(
+        identity(sink.list("identity/").await.expect("list")),
+        first,
+        "an unchanged object listed with another identity"
+    );
+    // Past the tick of the coarse clock that stamps files (a few milliseconds), which
+    // a file's identity relies on.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    sink.delete("identity/x").await.expect("delete");
+    sink.put_bytes("identity/x", Bytes::from_static(b"other"))
+        .await
+        .expect("put again");
+    let second = identity(sink.list("identity/").await.expect("list"));
+    if first.is_some() {
+        assert!(
+            second.is_some() && second != first,
+            "replaced bytes listed with the same identity {first:?}"
+        );
+    }
+    sink.delete("identity/x").await.expect("delete");
 }
 
 /// Keys with non-ASCII characters and spaces work.
