@@ -1,17 +1,18 @@
 //! `pgproof list` and `pgproof show`: the committed backups, read from their manifests.
 
 use pgproof_core::catalog::{self, CatalogEntry, Inventory};
-use pgproof_core::{Error, Result};
+use pgproof_core::{Error, Result, Sink};
 
 use crate::config::Config;
-use crate::engines::open_sink;
+use crate::engines::{open_signed, open_sink};
 use crate::render::{human_bytes, outln, print_json};
 
 pub async fn list(config: &Config, database: Option<&str>, json: bool) -> Result<()> {
-    let sink = open_sink(config)?;
+    let sink = open_signed(config)?;
     let now = crate::commands::upkeep::now()?;
-    // One pass over the catalog: each manifest and record read once.
-    let inventory = Inventory::load(&*sink, database).await?;
+    // One pass over the catalog: each manifest and record read once, or taken from the
+    // catalog index where it covers them as listed.
+    let inventory = Inventory::load_indexed(&sink, database).await?;
     let mut entries: Vec<(&CatalogEntry, &str)> = inventory
         .databases
         .iter()

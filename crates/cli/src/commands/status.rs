@@ -10,11 +10,11 @@ use pgproof_core::{Error, Result};
 
 use crate::commands::upkeep::now;
 use crate::config::{Config, Databases};
-use crate::engines::{open_sink, open_sink_with};
+use crate::engines::{open_signed, open_sink_with};
 use crate::render::{human_bytes, outln, print_json};
 
 pub async fn status(config: &Config, json: bool, prometheus: Option<&Path>) -> Result<()> {
-    let mut status = Status::new(open_sink(config)?, config.status.clone())
+    let mut status = Status::indexed(open_signed(config)?, config.status.clone())
         .alert_policy(config.alerts)
         .now(now()?);
     if let Databases::Named(configured) = &config.source.databases {

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <db>/_commit.lock                         lock
+//! <db>/_index.json                          catalog index (a signed cache of the objects below)
 //! <db>/<id>/manifest.json                   manifest (the commit point)
 //! <db>/<id>/verify/<time>_<verdict>_r<ms>.json  record
 //! <db>/<id>/tables/<time>_<verdict>.json    table proof (a rolling verification's)
@@ -35,6 +36,7 @@ pub const TOMBSTONE_NAME: &str = "tombstone.json";
 pub const ADOPTION_NAME: &str = "adopted.json";
 
 const LOCK_NAME: &str = "_commit.lock";
+const INDEX_NAME: &str = "_index.json";
 const RECORDS: &str = "verify";
 const PINS: &str = "pin";
 const LEASES: &str = "lease";
@@ -65,6 +67,8 @@ pub enum Kind {
     Adoption,
     /// `<db>/_commit.lock`.
     Lock,
+    /// `<db>/_index.json`.
+    Index,
     /// `.cluster/<run>/cluster.json`.
     ClusterRun,
 }
@@ -77,6 +81,7 @@ impl Kind {
             [CLUSTER_DIR, _, CLUSTER_RUN_NAME] => Some(Self::ClusterRun),
             [CLUSTER_DIR, ..] => None,
             [_, LOCK_NAME] => Some(Self::Lock),
+            [_, INDEX_NAME] => Some(Self::Index),
             [_, _, MANIFEST_NAME] => Some(Self::Manifest),
             [_, _, TOMBSTONE_NAME] => Some(Self::Tombstone),
             [_, _, ADOPTION_NAME] => Some(Self::Adoption),
@@ -104,6 +109,7 @@ impl Kind {
             Self::Tombstone => "tombstone",
             Self::Adoption => "adoption",
             Self::Lock => "commit lock",
+            Self::Index => "catalog index",
             Self::ClusterRun => "cluster run",
         }
     }
@@ -137,6 +143,11 @@ pub fn adoption(db: &str, id: &str) -> String {
 /// `<db>/_commit.lock`.
 pub fn lock(db: &str) -> String {
     format!("{db}/{LOCK_NAME}")
+}
+
+/// `<db>/_index.json`.
+pub fn index(db: &str) -> String {
+    format!("{db}/{INDEX_NAME}")
 }
 
 /// `<db>/<id>/verify/<name>`.
@@ -270,6 +281,7 @@ mod tests {
         assert_eq!(Kind::of(&tombstone("app", "1")), Some(Kind::Tombstone));
         assert_eq!(Kind::of(&adoption("app", "1")), Some(Kind::Adoption));
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));
+        assert_eq!(Kind::of(&index("app")), Some(Kind::Index));
         assert_eq!(Kind::of(&cluster_run("1")), Some(Kind::ClusterRun));
         assert!(is_cluster_key(&cluster_run("1")) && !is_cluster_key(&manifest("app", "1")));
         for other in [
@@ -285,6 +297,8 @@ mod tests {
             // No database lives under the cluster runs' directory.
             format!("{CLUSTER_DIR}/1/manifest.json"),
             format!("{CLUSTER_DIR}/_commit.lock"),
+            format!("{CLUSTER_DIR}/_index.json"),
+            "app/1/_index.json".into(),
             format!("{CLUSTER_DIR}/1/verify/x.json"),
         ] {
             assert_eq!(Kind::of(&other), None, "{other}");

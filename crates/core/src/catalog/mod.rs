@@ -5,6 +5,7 @@ mod claim;
 pub mod cluster;
 pub mod files;
 mod id;
+mod index;
 mod inventory;
 pub mod layout;
 mod lock;
@@ -14,6 +15,7 @@ pub mod trust;
 
 pub use claim::{Claim, MAX_CLAIM_TTL, MIN_CLAIM_TTL, Taken, VerifyClaim, check_claim_ttl};
 pub use id::BackupId;
+pub use index::INDEX_LIMIT;
 pub use inventory::{CatalogEntry, DatabaseInventory, Finding, Inventory, newest_verification};
 pub use layout::{MANIFEST_NAME, TOMBSTONE_NAME};
 pub use lock::{CommitLock, LOCK_TTL, LOCK_WAIT};

@@ -3,9 +3,9 @@
 //!
 //! The sink is untrusted storage: whoever can write to the bucket can write any object
 //! and knows every public key. So every object a later decision reads — manifests,
-//! verification records, pins, leases, tombstones, commit locks, adoptions — is signed
-//! by the host that wrote it, and nothing of the kind is believed on the way back
-//! unless a trusted key signed it *for that very object key*.
+//! verification records, pins, leases, tombstones, commit locks, adoptions, catalog
+//! indexes — is signed by the host that wrote it, and nothing of the kind is believed
+//! on the way back unless a trusted key signed it *for that very object key*.
 //!
 //! # Format
 //!
@@ -309,6 +309,12 @@ impl Keyring {
     }
 }
 
+/// Whether `stored` carries a signature of its own (an adopted manifest does not: its
+/// adoption vouches for it).
+pub(crate) fn carries_signature(stored: &[u8]) -> bool {
+    split(stored).is_some()
+}
+
 /// Splits a stored object at the line where its signature starts.
 fn split(stored: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut from = 0;
@@ -386,7 +392,12 @@ impl SignedSink {
     /// Reads and checks the catalog object under `key`; returns the payload and its
     /// signer (for an adopted manifest, the adoption's).
     pub async fn get_signed(&self, key: &str) -> Result<(Vec<u8>, Signer)> {
-        let stored = self.inner.get_bytes(key, MANIFEST_LIMIT).await?;
+        // A catalog index holds a whole database's small objects: it may be larger.
+        let limit = match Kind::of(key) {
+            Some(Kind::Index) => super::index::INDEX_LIMIT,
+            _ => MANIFEST_LIMIT,
+        };
+        let stored = self.inner.get_bytes(key, limit).await?;
         self.open_stored(key, stored).await
     }
 

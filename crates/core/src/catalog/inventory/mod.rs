@@ -10,7 +10,9 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
+use crate::catalog::index::Indexes;
 use crate::catalog::layout::{self, Kind};
+use crate::catalog::trust::SignedSink;
 use crate::catalog::{BackupId, BackupRef, MANIFEST_LIMIT, Manifest, check_database_name};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
@@ -108,6 +110,23 @@ use read::{load_entry, prefetch};
 impl Inventory {
     /// Reads the catalog of one database, or of all.
     pub async fn load(sink: &dyn Sink, database: Option<&str>) -> Result<Self> {
+        Self::read(sink, database, None).await
+    }
+
+    /// [`load`](Self::load) through the signature gate with each database's catalog
+    /// index (`<db>/_index.json`): the objects it covers as they are listed now are
+    /// taken from it instead of read one by one, and an index that no longer matches
+    /// is written again when `sink` signs (a failure to write it is a warning). The
+    /// inventory is the one `load` reads, whatever the index holds.
+    pub async fn load_indexed(sink: &SignedSink, database: Option<&str>) -> Result<Self> {
+        Self::read(sink, database, Some(sink)).await
+    }
+
+    async fn read(
+        sink: &dyn Sink,
+        database: Option<&str>,
+        signed: Option<&SignedSink>,
+    ) -> Result<Self> {
         let prefix = match database {
             Some(db) => {
                 check_database_name(db)?;
@@ -117,7 +136,12 @@ impl Inventory {
         };
         // database → id → objects
         let mut grouped: BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>> = BTreeMap::new();
-        for meta in sink.list(&prefix).await? {
+        let listing = sink.list(&prefix).await?;
+        let mut indexes = match signed {
+            Some(signed) => Some(Indexes::open(signed, &listing).await),
+            None => None,
+        };
+        for meta in listing {
             // Cluster runs are no database's (see `catalog::cluster`).
             if layout::is_cluster_key(&meta.key) {
                 continue;
@@ -134,7 +158,7 @@ impl Inventory {
                 .or_default()
                 .push(meta);
         }
-        let mut fetched = prefetch(sink, &grouped).await?;
+        let mut fetched = prefetch(sink, &grouped, indexes.as_mut()).await?;
         let mut inventory = Inventory::default();
         for (db, ids) in grouped {
             let mut part = DatabaseInventory::default();
@@ -177,6 +201,9 @@ impl Inventory {
                 part.backups.push(entry);
             }
             inventory.databases.insert(db, part);
+        }
+        if let Some(indexes) = indexes {
+            indexes.refresh().await;
         }
         Ok(inventory)
     }

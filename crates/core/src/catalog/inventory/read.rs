@@ -2,15 +2,18 @@
 //! once its signature, its time and the manifest it is about are checked.
 
 use super::*;
+use crate::catalog::index::Entry;
 
 /// The small catalog objects `load` reads (tombstones, manifests, the newest
 /// verification record of each backup, leases, pins), fetched many at a time: on an
 /// object store each read is a round trip, and a catalog of a thousand backups must
 /// still list in seconds. Failures are kept per key: one object that is not trusted
-/// must not hide the rest of the catalog.
+/// must not hide the rest of the catalog. With `indexes`, what they cover is taken
+/// from them, and what is read is kept for their next version.
 pub(super) async fn prefetch(
     sink: &dyn Sink,
     grouped: &BTreeMap<String, BTreeMap<String, Vec<ObjectMeta>>>,
+    mut indexes: Option<&mut Indexes<'_>>,
 ) -> Result<Fetched> {
     let keys: Vec<String> = grouped
         .values()
@@ -38,16 +41,32 @@ pub(super) async fn prefetch(
             })
         })
         .collect();
-    let fetched: Vec<(String, Result<Vec<u8>>)> = futures::stream::iter(keys)
+    let mut out = HashMap::with_capacity(keys.len());
+    let mut unindexed = Vec::with_capacity(keys.len());
+    for key in keys {
+        match indexes.as_deref_mut().and_then(|ix| ix.take(&key)) {
+            Some(payload) => {
+                out.insert(key, Ok(payload));
+            }
+            None => unindexed.push(key),
+        }
+    }
+    let reader = indexes.as_deref();
+    let fetched: Vec<(String, Result<Vec<u8>>, Option<Entry>)> = futures::stream::iter(unindexed)
         .map(|key| async move {
-            let got = sink.get_bytes(&key, MANIFEST_LIMIT).await;
-            (key, got)
+            let (got, entry) = match reader {
+                Some(indexes) => indexes.read(&key).await,
+                None => (sink.get_bytes(&key, MANIFEST_LIMIT).await, None),
+            };
+            (key, got, entry)
         })
         .buffer_unordered(CATALOG_READS_IN_FLIGHT)
         .collect()
         .await;
-    let mut out = HashMap::with_capacity(fetched.len());
-    for (key, got) in fetched {
+    for (key, got, entry) in fetched {
+        if let (Some(indexes), Some(entry)) = (indexes.as_deref_mut(), entry) {
+            indexes.keep(entry);
+        }
         match got {
             Err(e) if !matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Integrity) => {
                 return Err(e);
