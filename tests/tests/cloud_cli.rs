@@ -133,7 +133,8 @@ async fn s3_backup_list_show_verify_restore_on_moto() {
         "{text}"
     );
 
-    // What is in the bucket: the dump and its manifest under the prefix, nothing else.
+    // What is in the bucket: the dump and its manifest under the prefix, and the
+    // catalog index `list` wrote; nothing else.
     let sink = moto.sink(BUCKET, "", 5, 2);
     let objects = sink.list("").await.unwrap();
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
@@ -141,7 +142,8 @@ async fn s3_backup_list_show_verify_restore_on_moto() {
         keys,
         [
             format!("{PREFIX}/app/{id}/dump.pgc.zst.age"),
-            format!("{PREFIX}/app/{id}/manifest.json")
+            format!("{PREFIX}/app/{id}/manifest.json"),
+            format!("{PREFIX}/app/_index.json")
         ]
     );
     assert_eq!(
@@ -539,11 +541,13 @@ async fn gcs_backup_list_restore_on_the_in_process_server() {
     let manifest = ws.backup();
     let id = manifest["backup_id"].as_str().unwrap();
     assert_eq!(backup_ids(&ws), [id]);
+    // The backup's objects, and the catalog index `list` wrote.
     assert_eq!(
         server.object_names(BUCKET),
         [
             format!("{PREFIX}/app/{id}/dump.sql.gz.age"),
-            format!("{PREFIX}/app/{id}/manifest.json")
+            format!("{PREFIX}/app/{id}/manifest.json"),
+            format!("{PREFIX}/app/_index.json")
         ]
     );
     // The manifest was committed create-only.
@@ -734,7 +738,8 @@ async fn azure_backup_list_show_verify_restore_on_azurite() {
         "{text}"
     );
 
-    // What is in the container: the dump and its manifest under the prefix.
+    // What is in the container: the dump and its manifest under the prefix, and the
+    // catalog index `list` wrote.
     let sink = azurite.sink(CONTAINER, "", 5, 2);
     let objects = sink.list("").await.unwrap();
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
@@ -742,7 +747,8 @@ async fn azure_backup_list_show_verify_restore_on_azurite() {
         keys,
         [
             format!("{PREFIX}/app/{id}/dump.pgc.zst.age"),
-            format!("{PREFIX}/app/{id}/manifest.json")
+            format!("{PREFIX}/app/{id}/manifest.json"),
+            format!("{PREFIX}/app/_index.json")
         ]
     );
     assert_eq!(

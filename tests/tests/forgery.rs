@@ -104,6 +104,15 @@ fn forge_plain_backup(ws: &Workspace, head: &Value, raw: &[u8]) -> (String, Stri
     (id, key, payload)
 }
 
+/// Every file in the sink but the catalog index, which `list` and `status` rewrite
+/// as a cache of what they believed.
+fn written_but_the_index(ws: &Workspace) -> Vec<String> {
+    ws.sink_files()
+        .into_iter()
+        .filter(|f| f != "app/_index.json")
+        .collect()
+}
+
 /// The `\!` attack: a plain backup whose script runs a shell command in psql. Forged
 /// unsigned, or signed by the attacker's own key, it is refused by every command
 /// before any byte reaches psql: nothing runs, no database is created, no record is
@@ -151,7 +160,7 @@ async fn a_forged_plain_backup_runs_nothing_anywhere() {
         ),
     ] {
         std::fs::write(ws.sink.join(&key), &stored).unwrap();
-        let files_before = ws.sink_files();
+        let files_before = written_but_the_index(&ws);
 
         let out = ws.pgproof(&["verify", "latest"]);
         refused(&out, &key);
@@ -179,9 +188,15 @@ async fn a_forged_plain_backup_runs_nothing_anywhere() {
             .unwrap();
         assert!(mallory.is_none(), "{variant}: the forged role was created");
         assert_eq!(
-            ws.sink_files(),
+            written_but_the_index(&ws),
             files_before,
             "{variant}: something was written"
+        );
+        // `list` writes the catalog index, a cache of what it believed: never the forgery.
+        let index = std::fs::read_to_string(ws.sink.join("app/_index.json")).unwrap();
+        assert!(
+            !index.contains(&key),
+            "{variant}: the forged manifest is in the catalog index"
         );
     }
 
