@@ -257,9 +257,15 @@ impl Keyring {
         let finding =
             |why: String| Error::integrity(format!("{what} {key} {why}")).with_object(key);
         let Some((payload, armored)) = split(stored) else {
-            return Err(finding(
-                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted (if your backup logs show this host took it before pgproof signed its catalog, verify it and adopt it)".into(),
-            ));
+            // Only a manifest can be adopted; any other unsigned object is just refused.
+            let adoption = if Kind::of(key) == Some(Kind::Manifest) {
+                " (if your backup logs show this host took it before pgproof signed its catalog, verify it and adopt it)"
+            } else {
+                ""
+            };
+            return Err(finding(format!(
+                "is not signed: pgproof signs every catalog object it writes, so this one is not trusted{adoption}"
+            )));
         };
         let signature = SshSig::from_pem(armored).map_err(|e| {
             finding(format!(
@@ -554,6 +560,11 @@ mod tests {
             .open("app/1/manifest.json", b"{\"a\":1}\n")
             .unwrap_err();
         assert!(e.message().contains("is not signed"), "{e}");
+        assert!(e.message().contains("adopt it"), "{e}");
+        // Only a manifest can be adopted: other objects are not offered it.
+        let e = keys.open("app/_index.json", b"{}\n").unwrap_err();
+        assert!(e.message().contains("is not signed"), "{e}");
+        assert!(!e.message().contains("adopt"), "{e}");
 
         let stranger = keyring();
         let e = stranger.open("app/1/manifest.json", &signed).unwrap_err();
