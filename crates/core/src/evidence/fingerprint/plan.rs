@@ -313,18 +313,23 @@ impl TableToHash {
 }
 
 /// One table's fingerprint from its per-partition (or single) count and hash sum.
+/// A table's hash sum as the server printed it. Each term is a 64-bit hash, so any
+/// table's sum fits in 128 bits.
+pub(super) fn hash_sum(text: &str) -> Result<i128> {
+    text.parse::<i128>().map_err(|e| {
+        Error::database(format!(
+            "a table's hash sum {text:?} is not an integer: {e}"
+        ))
+    })
+}
+
 fn combine(rows: &[tokio_postgres::Row], partitioned: bool) -> Result<TableFingerprint> {
     let (mut count, mut sum) = (0i64, 0i128);
     let mut partitions = BTreeMap::new();
     for row in rows {
         let rows_here: i64 = row.get(1);
         let text: String = row.get(2);
-        // Each term is a 64-bit hash, so any table's sum fits in 128 bits.
-        sum += text.parse::<i128>().map_err(|e| {
-            Error::database(format!(
-                "a table's hash sum {text:?} is not an integer: {e}"
-            ))
-        })?;
+        sum += hash_sum(&text)?;
         count += rows_here;
         if partitioned {
             partitions.insert(row.get::<_, String>(0), rows_here);

@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result};
 use crate::pg::db_err;
 
-use super::plan::{Blocks, TableToHash, finish};
+use super::plan::{Blocks, TableToHash, finish, hash_sum};
 use super::*;
 use units::Unit;
 
@@ -142,15 +142,11 @@ impl Plan {
 
 /// Two parts of one table's rows, together.
 fn add(a: TableFingerprint, b: TableFingerprint) -> Result<TableFingerprint> {
-    let sum = |h: &str| {
-        h.parse::<i128>()
-            .map_err(|e| Error::database(format!("a hash sum {h:?} is not an integer: {e}")))
-    };
     let mut partitions = a.partitions;
     partitions.extend(b.partitions);
     Ok(TableFingerprint {
         rows: a.rows + b.rows,
-        hash: (sum(&a.hash)? + sum(&b.hash)?).to_string(),
+        hash: (hash_sum(&a.hash)? + hash_sum(&b.hash)?).to_string(),
         partitions,
     })
 }
