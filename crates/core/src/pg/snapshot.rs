@@ -83,8 +83,10 @@ impl SnapshotSession {
     /// superuser's exemptions ignored: an estimate that errs low).
     pub async fn connections_free(&self) -> Result<i64> {
         // Other roles' sessions show a NULL backend_type to a role without
-        // pg_read_all_stats: counted as clients, to err low.
-        let clients = "backend_type IS NULL OR backend_type = 'client backend'";
+        // pg_read_all_stats: counted as clients, to err low. The server's own
+        // processes (checkpointer, walwriter…) have no user and take no slot.
+        let clients =
+            "usesysid IS NOT NULL AND (backend_type IS NULL OR backend_type = 'client backend')";
         let sql = format!(
             "SELECT least( \
                current_setting('max_connections')::int \
