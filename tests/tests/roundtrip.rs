@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use pgproof_core::evidence::fingerprint::{Fingerprint, Method};
 use pgproof_tests::{
     Workspace, connect, create_sample_database, database_exists, missing_service, start_cluster,
     stderr, table_summary,
@@ -428,6 +429,12 @@ async fn directory_dumps_of_many_tables_with_more_jobs_than_cores() {
 
 /// pg_dump's own sequential scans of `table` so far, as the server's statistics
 /// count them (a TID range scan is not one).
+fn rowhash_method(manifest: &serde_json::Value) -> &str {
+    manifest["fingerprint"]["method"]
+        .as_str()
+        .expect("the manifest names its fingerprint method")
+}
+
 async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
     client
         .batch_execute("SET stats_fetch_consistency = none")
@@ -448,7 +455,8 @@ async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
 /// it is pg_dump's, so each page is read once (scripts/bench --cold measures the
 /// reads), and the pieces add up to what a restore's whole scan finds. So is a
 /// partition, with its root's row hash; a partitioned table whose partitions are laid
-/// out otherwise than the root (a dropped column) is read whole.
+/// out otherwise than the root (a dropped column) is read whole. A restore is hashed
+/// in pieces too, on several connections.
 async fn large_tables_are_read_once(format: &str) {
     let Some(cluster) = start_cluster() else {
         return;
@@ -522,6 +530,47 @@ async fn large_tables_are_read_once(format: &str) {
         }
         assert_eq!(after - before, 1, "{table}: pg_dump's COPY only");
     }
+    // A restore is hashed in the same pieces, spread over connections: one whole
+    // scan of each table is the independent check that the pieces miss no row.
+    let params = cluster.params(&database).unwrap();
+    let method = Method::parse(rowhash_method(&manifest)).unwrap();
+    let mut before = Vec::new();
+    for table in big {
+        before.push(seq_scans(&source, table).await);
+    }
+    let pieces = Fingerprint::tables_parallel(&params, method, 3)
+        .await
+        .unwrap();
+    // One scan each, not one per parallel worker.
+    source
+        .batch_execute("SET max_parallel_workers_per_gather = 0")
+        .await
+        .unwrap();
+    let whole = Fingerprint::compute(&source).await.unwrap();
+    assert_eq!(pieces.tables, whole.tables);
+    assert_eq!(pieces.materialized_views, whole.materialized_views);
+    source
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    for (table, before) in big.into_iter().zip(before) {
+        let mut after = before;
+        for _ in 0..50 {
+            after = seq_scans(&source, table).await;
+            if after > before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let settled = seq_scans(&source, table).await;
+        assert_eq!(
+            (after - before, settled - before),
+            (1, 1),
+            "{table}: the whole scan's only, the pieces are TID range scans"
+        );
+    }
+
     let out = ws.pgproof(&["verify", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = String::from_utf8_lossy(&out.stdout);

@@ -277,7 +277,8 @@ impl Fingerprint {
     /// The tables, materialized views and sequences of
     /// [`compute_with`](Self::compute_with) (not the large objects or the audit chain,
     /// which their own verifiers read) on `connections` connections to a database
-    /// nothing writes to (a restore being verified), hashing tables in parallel.
+    /// nothing writes to (a restore being verified), hashing tables in parallel and
+    /// large ones in pieces, so that one large table keeps every connection busy.
     pub async fn tables_parallel(
         params: &ConnParams,
         method: Method,
@@ -298,7 +299,10 @@ impl Fingerprint {
             .await
             .map_err(db_err("starting the fingerprint transaction"))?;
         let result = match Plan::prepare_with(&client, method).await {
-            Ok(plan) => plan.tables_on(&client, &helpers).await,
+            Ok(plan) => plan
+                .tables_in_pieces(&client, &helpers, None)
+                .await
+                .map(|(tables, _)| tables),
             Err(e) => Err(e),
         };
         for c in helpers.iter().chain([&client]) {
