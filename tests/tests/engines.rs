@@ -298,6 +298,7 @@ async fn every_verifier_conforms_and_judges_a_changed_restore() {
         manifest_sha256: &sha,
         sink: &*sink,
         client: &restored_client,
+        hashed_while_restoring: &Default::default(),
     };
     let mut verifiers = standard_verifiers();
     verifiers.push(Box::new(RowsAtLeast {

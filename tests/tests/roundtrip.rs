@@ -2,9 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
-use pgproof_core::evidence::fingerprint::{Fingerprint, Method};
+use pgproof_core::evidence::fingerprint::{Fingerprint, TableFingerprint};
 use pgproof_tests::{
     Workspace, connect, create_sample_database, database_exists, missing_service, start_cluster,
     stderr, table_summary,
@@ -429,12 +430,6 @@ async fn directory_dumps_of_many_tables_with_more_jobs_than_cores() {
 
 /// pg_dump's own sequential scans of `table` so far, as the server's statistics
 /// count them (a TID range scan is not one).
-fn rowhash_method(manifest: &serde_json::Value) -> &str {
-    manifest["fingerprint"]["method"]
-        .as_str()
-        .expect("the manifest names its fingerprint method")
-}
-
 async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
     client
         .batch_execute("SET stats_fetch_consistency = none")
@@ -455,8 +450,7 @@ async fn seq_scans(client: &tokio_postgres::Client, table: &str) -> i64 {
 /// it is pg_dump's, so each page is read once (scripts/bench --cold measures the
 /// reads), and the pieces add up to what a restore's whole scan finds. So is a
 /// partition, with its root's row hash; a partitioned table whose partitions are laid
-/// out otherwise than the root (a dropped column) is read whole. A restore is hashed
-/// in pieces too, on several connections.
+/// out otherwise than the root (a dropped column) is read whole.
 async fn large_tables_are_read_once(format: &str) {
     let Some(cluster) = start_cluster() else {
         return;
@@ -530,46 +524,12 @@ async fn large_tables_are_read_once(format: &str) {
         }
         assert_eq!(after - before, 1, "{table}: pg_dump's COPY only");
     }
-    // A restore is hashed in the same pieces, spread over connections: one whole
-    // scan of each table is the independent check that the pieces miss no row.
-    let params = cluster.params(&database).unwrap();
-    let method = Method::parse(rowhash_method(&manifest)).unwrap();
-    let mut before = Vec::new();
-    for table in big {
-        before.push(seq_scans(&source, table).await);
-    }
-    let pieces = Fingerprint::tables_parallel(&params, method, 3)
-        .await
-        .unwrap();
-    // One scan each, not one per parallel worker.
-    source
-        .batch_execute("SET max_parallel_workers_per_gather = 0")
-        .await
-        .unwrap();
+    // One whole scan of each table (the source is at rest) is the independent check
+    // that the pieces miss no row and count partitions as a scan does.
     let whole = Fingerprint::compute(&source).await.unwrap();
-    assert_eq!(pieces.tables, whole.tables);
-    assert_eq!(pieces.materialized_views, whole.materialized_views);
-    source
-        .batch_execute("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    for (table, before) in big.into_iter().zip(before) {
-        let mut after = before;
-        for _ in 0..50 {
-            after = seq_scans(&source, table).await;
-            if after > before {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let settled = seq_scans(&source, table).await;
-        assert_eq!(
-            (after - before, settled - before),
-            (1, 1),
-            "{table}: the whole scan's only, the pieces are TID range scans"
-        );
-    }
+    let recorded: BTreeMap<String, TableFingerprint> =
+        serde_json::from_value(manifest["fingerprint"]["tables"].clone()).unwrap();
+    assert_eq!(recorded, whole.tables);
 
     let out = ws.pgproof(&["verify", "latest"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -597,4 +557,88 @@ async fn large_tables_are_read_once_custom() {
 #[tokio::test]
 async fn large_tables_are_read_once_directory() {
     large_tables_are_read_once("directory").await;
+}
+
+/// Verifying a directory backup (pg_restore --jobs, a transaction per table)
+/// fingerprints each table as soon as its data commits, beside the rest of the
+/// restore; the verdicts are those of a hash after it (here: every table as the
+/// source held it, the empty one too).
+#[tokio::test]
+async fn a_directory_restore_is_fingerprinted_as_each_table_commits() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let source = pgproof_tests::create_database(&cluster, "loaded").await;
+    source
+        .batch_execute(
+            "CREATE TABLE a AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
+             CREATE TABLE b AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
+             ALTER TABLE b ADD PRIMARY KEY (id);
+             CREATE TABLE c AS SELECT g AS id, repeat(md5(g::text), 4) AS note
+               FROM generate_series(1, 200000) g;
+             CREATE TABLE empty (id int)",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "loaded", "directory");
+    ws.verify_on(&cluster);
+    ws.backup();
+    let out = ws.pgproof(&["verify", "latest"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    let restore = report
+        .lines()
+        .find(|l| l.contains("restored into"))
+        .unwrap_or_else(|| panic!("a restore check in {report}"));
+    let early: usize = restore
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("tables fingerprinted while restoring, in {restore}"));
+    assert!((1..=3).contains(&early), "{restore}");
+    for table in ["a", "b", "c", "empty"] {
+        assert!(
+            report.lines().any(|l| l.trim_start().starts_with("ok")
+                && l.contains(&format!("fingerprint:public.{table} "))),
+            "{table} in {report}"
+        );
+    }
+}
+
+/// A table written by the restore after its COPY (a materialized view whose query
+/// inserts rows, run when pg_restore refreshes it at the end) holds more than the
+/// source did: hashed while restoring or not, verify finds the extra row.
+#[tokio::test]
+async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let source = pgproof_tests::create_database(&cluster, "refreshing").await;
+    source
+        .batch_execute(
+            // `log` large enough that its COPY is seen running, so it is hashed while
+            // restoring; `bulk` larger, so the refresh (after all data) comes later.
+            "CREATE TABLE log AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 600000) g;
+             CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 1500000) g;
+             CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.log VALUES (0, 'refreshed'); RETURN 1; END $$;
+             CREATE MATERIALIZED VIEW refreshes AS SELECT noisy() AS n",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "refreshing", "directory");
+    ws.verify_on(&cluster);
+    ws.backup();
+    let out = ws.pgproof(&["verify", "latest"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    let log = report
+        .lines()
+        .find(|l| l.contains("fingerprint:public.log "))
+        .unwrap_or_else(|| panic!("fingerprint:public.log in {report}"));
+    assert!(
+        log.trim_start().starts_with("FAIL") && log.contains("600002 rows"),
+        "{log}"
+    );
 }

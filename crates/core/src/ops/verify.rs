@@ -1,7 +1,9 @@
 //! Verify: restore into a scratch database, run the verifiers, record the report.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use jiff::Timestamp;
@@ -12,6 +14,7 @@ use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::dump::toc::Filter;
 use crate::error::{Error, ErrorKind, Result};
+use crate::evidence::fingerprint::{self, Method, TableFingerprint, hashing_connections};
 use crate::ops::drop_on_cancel;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::pg::ConnParams;
@@ -369,7 +372,31 @@ impl Proof<'_> {
                 )
             },
         );
-        let outcome = match restore.run().await {
+        // Tables are fingerprinted as their data commits where the restore shows
+        // them before it ends; kept only if it then succeeds.
+        let restored = AtomicBool::new(false);
+        let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
+        let early = async {
+            let method = self
+                .manifest
+                .fingerprint
+                .as_ref()
+                .and_then(|f| Method::parse(&f.method));
+            match (loading_rx.await, method) {
+                (Ok(()), Some(method)) => {
+                    fingerprint::while_restoring(target, method, hashing_connections(), &restored)
+                        .await
+                }
+                _ => BTreeMap::new(),
+            }
+        };
+        let restoring = async {
+            let outcome = restore.on_loading(loading_tx).run().await;
+            restored.store(true, Ordering::Release);
+            outcome
+        };
+        let (outcome, hashed_while_restoring) = futures::future::join(restoring, early).await;
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) if e.kind() == ErrorKind::Integrity => {
                 return Ok((vec![Check::fail("archive", e.to_string())], None));
@@ -382,14 +409,19 @@ impl Proof<'_> {
             }
             Err(e) => return Err(e),
         };
+        let hashed_while_restoring = fingerprint::untouched(target, hashed_while_restoring).await;
         let mut checks = vec![
             archive_ok,
             Check::pass(
                 "restore",
                 format!(
-                    "restored into {} in {:.2}s",
+                    "restored into {} in {:.2}s{}",
                     target.describe(),
-                    outcome.duration.as_secs_f64()
+                    outcome.duration.as_secs_f64(),
+                    match hashed_while_restoring.len() {
+                        0 => String::new(),
+                        n => format!("; {n} table(s) fingerprinted while it ran"),
+                    }
                 ),
             ),
         ];
@@ -397,7 +429,7 @@ impl Proof<'_> {
         // whole databases only.
         let ran = match &outcome.proof {
             Some(proof) => Ok(proof.checks.clone()),
-            None => self.run_verifiers(target).await,
+            None => self.run_verifiers(target, &hashed_while_restoring).await,
         };
         if drop_after && let Err(e) = drop_restored(target).await {
             tracing::error!(error = %e, database = %target.dbname(), "could not drop the scratch database; drop it by hand");
@@ -406,7 +438,11 @@ impl Proof<'_> {
         Ok((checks, Some(outcome.duration.as_millis() as u64)))
     }
 
-    pub(crate) async fn run_verifiers(&self, target: &ConnParams) -> Result<Vec<Check>> {
+    pub(crate) async fn run_verifiers(
+        &self,
+        target: &ConnParams,
+        hashed_while_restoring: &BTreeMap<String, TableFingerprint>,
+    ) -> Result<Vec<Check>> {
         let client = target.connect().await?;
         let restored = Restored {
             target: Some(target),
@@ -414,6 +450,7 @@ impl Proof<'_> {
             manifest_sha256: self.manifest_sha256,
             sink: self.sink,
             client: &client,
+            hashed_while_restoring,
         };
         let mut checks = Vec::new();
         for verifier in self.verifiers {

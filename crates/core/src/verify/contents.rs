@@ -57,9 +57,9 @@ impl Verifier for TableFingerprints {
         // now, so every core helps).
         let found = match r.target {
             Some(target) => {
-                let connections =
-                    std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                Fingerprint::tables_parallel(target, method, connections).await?
+                let connections = fingerprint::hashing_connections();
+                Fingerprint::tables_parallel(target, method, connections, r.hashed_while_restoring)
+                    .await?
             }
             None => Fingerprint::compute_with(r.client, method).await?,
         };

@@ -20,6 +20,8 @@ mod properties;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,7 @@ pub use properties::{DatabaseProperties, Invariants, Roles};
 
 use crate::catalog::{Manifest, ToolInfo};
 use crate::error::Result;
+use crate::evidence::fingerprint::TableFingerprint;
 use crate::evidence::invariant::Invariant;
 use crate::pg::ConnParams;
 use crate::sink::Sink;
@@ -91,6 +94,9 @@ pub struct Restored<'a> {
     /// Where the restored database is, for verifiers that open connections of their
     /// own (the table fingerprints, in parallel); `None`: `client` only.
     pub target: Option<&'a ConnParams>,
+    /// Tables already fingerprinted while the restore ran, each in a snapshot that saw
+    /// its data committed (a restore in several transactions); empty otherwise.
+    pub hashed_while_restoring: &'a BTreeMap<String, TableFingerprint>,
 }
 
 /// Checks a restored database against what a backup's evidence promises.

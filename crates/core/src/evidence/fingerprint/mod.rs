@@ -18,6 +18,7 @@
 //! must agree table by table; a difference names the table.
 
 mod follow;
+mod loaded;
 mod plan;
 mod rows;
 
@@ -31,6 +32,7 @@ use crate::evidence::audit::ChainState;
 use crate::pg::{ConnParams, db_err};
 
 pub use follow::{DumpWatch, LEAD, PIECE_BYTES};
+pub(crate) use loaded::{untouched, while_restoring};
 pub use plan::{Plan, large_object_hash, large_objects, sequences};
 
 /// Names the row encoding and combination of the fingerprints this version takes, so
@@ -277,12 +279,16 @@ impl Fingerprint {
     /// The tables, materialized views and sequences of
     /// [`compute_with`](Self::compute_with) (not the large objects or the audit chain,
     /// which their own verifiers read) on `connections` connections to a database
-    /// nothing writes to (a restore being verified), hashing tables in parallel and
-    /// large ones in pieces, so that one large table keeps every connection busy.
+    /// nothing writes to (a restore being verified), hashing tables in parallel (a
+    /// large one with the server's parallel workers: whole scans, independent of the
+    /// TID ranges the source was read in).
+    /// Tables in `hashed_already` (fingerprinted while the restore ran, once their data
+    /// had committed) are taken from there where they still are plain tables.
     pub async fn tables_parallel(
         params: &ConnParams,
         method: Method,
         connections: usize,
+        hashed_already: &BTreeMap<String, TableFingerprint>,
     ) -> Result<Self> {
         let client = params.connect().await?;
         let mut helpers = Vec::new();
@@ -299,10 +305,23 @@ impl Fingerprint {
             .await
             .map_err(db_err("starting the fingerprint transaction"))?;
         let result = match Plan::prepare_with(&client, method).await {
-            Ok(plan) => plan
-                .tables_in_pieces(&client, &helpers, None)
-                .await
-                .map(|(tables, _)| tables),
+            Ok(mut plan) => {
+                let mut reused = BTreeMap::new();
+                plan.tables.retain(|t| {
+                    let hashed = hashed_already.get(&t.name);
+                    match hashed {
+                        Some(fingerprint) if !t.partitioned && !t.materialized => {
+                            reused.insert(t.name.clone(), fingerprint.clone());
+                            false
+                        }
+                        _ => true,
+                    }
+                });
+                plan.tables_on(&client, &helpers).await.map(|mut found| {
+                    found.tables.extend(reused);
+                    found
+                })
+            }
             Err(e) => Err(e),
         };
         for c in helpers.iter().chain([&client]) {
@@ -310,6 +329,12 @@ impl Fingerprint {
         }
         result
     }
+}
+
+/// How many connections hash a restore at once: one per core, up to four (the
+/// server's cores, when it runs on this host as a scratch server does).
+pub(crate) fn hashing_connections() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// One difference between what a backup recorded and what a restore holds.

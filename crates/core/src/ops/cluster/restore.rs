@@ -256,7 +256,7 @@ impl ClusterRestore {
                     restore_ms as f64 / 1000.0
                 ),
             )];
-            checks.extend(proof.run_verifiers(&target).await?);
+            checks.extend(proof.run_verifiers(&target, &Default::default()).await?);
             databases.push(DatabaseProof {
                 database: db.database.clone(),
                 backup_id: db.backup_id.clone(),

@@ -48,6 +48,7 @@ pub struct Restore {
     progress: Option<Progress>,
     filter: Filter,
     rename_to: Option<String>,
+    loading: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A finished restore.
@@ -83,7 +84,16 @@ impl Restore {
             progress: None,
             filter: Filter::default(),
             rename_to: None,
+            loading: None,
         }
+    }
+
+    /// Told when the restore program starts loading a database pgproof created under
+    /// the target's name in several transactions, where each table is visible once
+    /// its data commits (a directory archive); dropped untold otherwise.
+    pub(crate) fn on_loading(mut self, loading: tokio::sync::oneshot::Sender<()>) -> Self {
+        self.loading = Some(loading);
+        self
     }
 
     /// The age identities that open an encrypted backup.
@@ -252,6 +262,13 @@ impl Restore {
             cmd.envs(properties.restore_env());
         }
         let program = dumper.restore_program();
+        if let Some(loading) = self.loading.take()
+            && created
+            && !replace
+            && !atomic
+        {
+            let _ = loading.send(());
+        }
         let fed = archive.feed(cmd, program).await;
         let result = self
             .finish(&admin, fed, &load, &database, created, replace)

@@ -67,22 +67,6 @@ impl Plan {
         helpers: &[Client],
         dump: DumpWatch<'_>,
     ) -> Result<(Fingerprint, Duration)> {
-        let method = self.method;
-        let (fingerprint, busy) = self.tables_in_pieces(client, helpers, Some(&dump)).await?;
-        Ok((finish(fingerprint, method, client).await?, busy))
-    }
-
-    /// The tables, materialized views and sequences, large tables hashed in pieces
-    /// spread over `client` and `helpers` (connections seeing the same data, as for
-    /// [`compute_on`](Plan::compute_on)): in step with `dump` when given, else every
-    /// piece at once, largest tables first, so one large table keeps every
-    /// connection busy. Returns them and the time the connections spent hashing.
-    pub(in crate::evidence::fingerprint) async fn tables_in_pieces(
-        mut self,
-        client: &Client,
-        helpers: &[Client],
-        dump: Option<&DumpWatch<'_>>,
-    ) -> Result<(Fingerprint, Duration)> {
         for helper in helpers {
             pin_settings(helper).await?;
         }
@@ -102,7 +86,7 @@ impl Plan {
         let method = self.method;
         let mut fingerprint = Fingerprint {
             method: method.name().to_owned(),
-            sequences: std::mem::take(&mut self.sequences),
+            sequences: self.sequences,
             ..Fingerprint::default()
         };
         let names: Vec<(String, bool)> = self
@@ -110,23 +94,13 @@ impl Plan {
             .iter()
             .map(|t| (t.name.clone(), t.materialized))
             .collect();
-        let mut units = units::of(client, self.tables, method).await?;
-        if dump.is_none() {
-            // Pieces are handed out in unit order: the long tail would be a large
-            // table whose pieces start last. The catalog's estimate may be missing
-            // (a restore not yet analyzed), the size now is not.
-            units.sort_by_key(|u| std::cmp::Reverse(u.read.blocks.max(u.read.pages)));
-        }
         let follower = Follower {
-            units,
-            jobs: Mutex::new(Jobs {
-                finished: dump.is_none(),
-                ..Jobs::default()
-            }),
+            units: units::of(client, self.tables, method).await?,
+            jobs: Mutex::new(Jobs::default()),
             busy_ms: AtomicU64::new(0),
             method,
             encoding: self.text_encoding,
-            dump,
+            dump: &dump,
         };
         follower.plan_pieces(block_size);
         let workers = [client].into_iter().chain(helpers);
@@ -165,7 +139,7 @@ impl Plan {
                 fingerprint.tables.insert(name, total);
             }
         }
-        Ok((fingerprint, busy))
+        Ok((finish(fingerprint, method, client).await?, busy))
     }
 }
 
@@ -186,8 +160,7 @@ struct Follower<'a> {
     busy_ms: AtomicU64,
     method: Method,
     encoding: &'static str,
-    /// None: nothing to follow, every piece may be read now.
-    dump: Option<&'a DumpWatch<'a>>,
+    dump: &'a DumpWatch<'a>,
 }
 
 /// Which piece to hash next, and what pg_dump has been seen doing.
@@ -323,14 +296,16 @@ impl Follower<'_> {
             if self.jobs().all_issued() {
                 return Ok(());
             }
-            let Some(dump) = self.dump else {
-                return Ok(());
-            };
-            if dump.finished.load(Ordering::Acquire) {
+            if self.dump.finished.load(Ordering::Acquire) {
                 self.jobs().finished = true;
                 return Ok(());
             }
-            match dump.monitor.query(sql, &[&dump.application_name]).await {
+            match self
+                .dump
+                .monitor
+                .query(sql, &[&self.dump.application_name])
+                .await
+            {
                 Ok(rows) => {
                     let now = rows
                         .iter()

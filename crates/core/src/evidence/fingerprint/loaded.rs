@@ -1,0 +1,306 @@
+//! A restore's tables fingerprinted while the restore still runs, each once its data
+//! has committed, so the hash overlaps the rest of the restore (other tables' COPY,
+//! index builds) instead of following it.
+//!
+//! Only a restore in several transactions shows a table before it ends (pg_restore
+//! `--jobs` commits each table's `TRUNCATE; COPY` on its own). pg_restore writes a
+//! table's rows with exactly one COPY, in one transaction: once any of its rows is
+//! visible, all are, and nothing of the restore writes them again. So a table is
+//! hashed here inside one REPEATABLE READ transaction that first finds a row in it;
+//! a table found empty (empty, or its COPY not committed yet in that snapshot) is
+//! left to the hash after the restore. Partitioned tables and partitions are left
+//! there too: with `--load-via-partition-root` one partition's rows come from several
+//! COPYs. The caller keeps these hashes only if the restore then succeeds, and only
+//! for tables that nothing wrote or rewrote after their COPY ([`untouched`]): a restore runs
+//! user code after loading tables (a materialized view's query on refresh may
+//! insert rows), and the hash after the restore would have seen what it wrote.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::error::Result;
+use crate::pg::{ConnParams, db_err};
+
+use super::{Method, Plan, TableFingerprint};
+
+/// How often the restore's COPY progress is read.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long the restore's sessions may take to end before the tables hashed while
+/// it ran are hashed again instead.
+const SESSIONS_GONE: Duration = Duration::from_secs(5);
+
+/// How many polls a table whose COPY ended may still look empty before it is left to
+/// the hash after the restore (its COMMIT follows the COPY by a round trip).
+const EMPTY_RETRIES: u32 = 4;
+
+/// A table fingerprinted while the restore ran, with the file its rows were read
+/// from (a TRUNCATE or a rewrite after would give it another).
+pub(crate) struct HashedEarly {
+    fingerprint: TableFingerprint,
+    relfilenode: u32,
+}
+
+/// Fingerprints the tables of the database at `target` as the restore into it
+/// commits them, on `workers` connections, until `restored` is set; returns the
+/// tables hashed, by name. Anything that goes wrong (a server without
+/// `pg_stat_progress_copy`, a lost connection) ends it with what it has, logged: the
+/// hash after the restore covers the rest.
+pub(crate) async fn while_restoring(
+    target: &ConnParams,
+    method: Method,
+    workers: usize,
+    restored: &AtomicBool,
+) -> BTreeMap<String, HashedEarly> {
+    if method < Method::V2 {
+        // v1 hashes partitions one by one, which a restore may fill from several
+        // COPYs.
+        return BTreeMap::new();
+    }
+    let watch = Watch {
+        queue: Mutex::new(VecDeque::new()),
+        hashed: Mutex::new(BTreeMap::new()),
+        restored,
+    };
+    let mut connections = Vec::new();
+    for _ in 0..workers.max(1) + 1 {
+        match target.connect().await {
+            Ok(c) => connections.push(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "no connection to fingerprint tables while restoring");
+                return BTreeMap::new();
+            }
+        }
+    }
+    let monitor = connections.remove(0);
+    // Before 15 the statistics `untouched` reads arrive late (or not at all): every
+    // table would be hashed twice.
+    match monitor
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+    {
+        Ok(row) if row.get::<_, i32>(0) >= 150000 => {}
+        _ => return BTreeMap::new(),
+    }
+    let hashing = futures::future::join_all(connections.iter().map(|c| watch.work(c, method)));
+    let _ = futures::future::join(watch.poll(&monitor), hashing).await;
+    let hashed = watch.hashed.into_inner().unwrap_or_else(|e| e.into_inner());
+    tracing::debug!(tables = hashed.len(), "fingerprinted while restoring");
+    hashed
+}
+
+struct Watch<'a> {
+    /// Tables whose COPY ended, with how many times each was found empty.
+    queue: Mutex<VecDeque<(u32, u32)>>,
+    hashed: Mutex<BTreeMap<String, HashedEarly>>,
+    restored: &'a AtomicBool,
+}
+
+impl Watch<'_> {
+    fn done(&self) -> bool {
+        self.restored.load(Ordering::Acquire)
+    }
+
+    /// Queues each table whose COPY is no longer running.
+    async fn poll(&self, monitor: &Client) {
+        let sql = "SELECT relid FROM pg_stat_progress_copy \
+                   WHERE datname = current_database() AND command = 'COPY FROM'";
+        let mut copying: HashSet<u32> = HashSet::new();
+        while !self.done() {
+            let now: HashSet<u32> = match monitor.query(sql, &[]).await {
+                Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the restore's COPY progress; fingerprinting after it");
+                    return;
+                }
+            };
+            self.queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(copying.difference(&now).map(|&oid| (oid, 0)));
+            copying = now;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Hashes queued tables on `client` until the restore ends.
+    async fn work(&self, client: &Client, method: Method) {
+        while !self.done() {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            let Some((oid, empty)) = next else {
+                tokio::time::sleep(POLL / 2).await;
+                continue;
+            };
+            match table_if_loaded(client, method, oid).await {
+                Ok(Loaded::Hashed(name, hashed)) => {
+                    self.hashed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name, hashed);
+                }
+                Ok(Loaded::Empty) if empty < EMPTY_RETRIES => {
+                    tokio::time::sleep(POLL).await;
+                    self.queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((oid, empty + 1));
+                }
+                Ok(Loaded::Empty | Loaded::NotHere) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, oid, "could not fingerprint a table while restoring; it is hashed after the restore");
+                }
+            }
+        }
+    }
+}
+
+enum Loaded {
+    Hashed(String, HashedEarly),
+    /// No row visible: empty, or its COPY not committed yet.
+    Empty,
+    /// Not a table hashed on its own here (partitioned, a partition, a view).
+    NotHere,
+}
+
+/// One table's fingerprint, in a snapshot that sees its COPY committed.
+async fn table_if_loaded(client: &Client, method: Method, oid: u32) -> Result<Loaded> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(db_err("starting a fingerprint transaction"))?;
+    let loaded = async {
+        let plan = Plan::prepare_only(client, method, &[oid]).await?;
+        let [table] = plan.tables.as_slice() else {
+            return Ok(Loaded::NotHere);
+        };
+        if table.partitioned || table.materialized || is_partition(client, oid).await? {
+            return Ok(Loaded::NotHere);
+        }
+        let any: bool = client
+            .query_one(
+                &format!("SELECT EXISTS (SELECT FROM ONLY {})", table.name),
+                &[],
+            )
+            .await
+            .map_err(db_err("looking for a restored table's rows"))?
+            .get(0);
+        if !any {
+            return Ok(Loaded::Empty);
+        }
+        let name = table.name.clone();
+        // In this snapshot: the file holding the rows it sees.
+        let relfilenode: u32 = client
+            .query_one("SELECT relfilenode FROM pg_class WHERE oid = $1", &[&oid])
+            .await
+            .map_err(db_err("reading a restored table's file"))?
+            .get(0);
+        let found = plan.tables_on(client, &[]).await?;
+        Ok(match found.tables.into_iter().next() {
+            Some((_, fingerprint)) => Loaded::Hashed(
+                name,
+                HashedEarly {
+                    fingerprint,
+                    relfilenode,
+                },
+            ),
+            None => Loaded::NotHere,
+        })
+    }
+    .await;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(db_err("ending a fingerprint transaction"))?;
+    loaded
+}
+
+async fn is_partition(client: &Client, oid: u32) -> Result<bool> {
+    Ok(client
+        .query_one(
+            "SELECT relispartition FROM pg_class WHERE oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(db_err("reading whether a table is a partition"))?
+        .get(0))
+}
+
+/// The tables of `hashed` that nothing wrote or rewrote after their COPY: once every
+/// other session on the database at `target` is gone (the restore's, whose
+/// statistics are flushed as they end), each still has the file it was read from and
+/// shows exactly the rows hashed as inserted, none updated or deleted. Anything else
+/// (a late writer, a TRUNCATE, statistics not in yet) drops the table, which is then
+/// hashed after the restore like the rest.
+pub(crate) async fn untouched(
+    target: &ConnParams,
+    hashed: BTreeMap<String, HashedEarly>,
+) -> BTreeMap<String, TableFingerprint> {
+    if hashed.is_empty() {
+        return BTreeMap::new();
+    }
+    let counted = async {
+        let client = target.connect().await?;
+        let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                      AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+        let mut waited = Duration::ZERO;
+        loop {
+            let n: i64 = client
+                .query_one(others, &[])
+                .await
+                .map_err(db_err("waiting for the restore's sessions to end"))?
+                .get(0);
+            if n == 0 {
+                break;
+            }
+            if waited >= SESSIONS_GONE {
+                return Ok(BTreeMap::new());
+            }
+            tokio::time::sleep(POLL).await;
+            waited += POLL;
+        }
+        let rows = client
+            .query(
+                "SELECT format('%I.%I', schemaname, relname), pg_relation_filenode(relid), \
+                        n_tup_ins, n_tup_upd, n_tup_del \
+                 FROM pg_stat_user_tables",
+                &[],
+            )
+            .await
+            .map_err(db_err("reading the restored tables' statistics"))?;
+        Ok::<_, crate::error::Error>(
+            rows.iter()
+                .map(|r| {
+                    let file: Option<u32> = r.get(1);
+                    (r.get::<_, String>(0), (file, r.get(2), r.get(3), r.get(4)))
+                })
+                .collect::<BTreeMap<String, (Option<u32>, i64, i64, i64)>>(),
+        )
+    };
+    let counts = match counted.await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot confirm the tables hashed while restoring; hashing them again");
+            BTreeMap::new()
+        }
+    };
+    hashed
+        .into_iter()
+        .filter(|(name, early)| {
+            let unchanged = (Some(early.relfilenode), early.fingerprint.rows, 0, 0);
+            let kept = counts.get(name) == Some(&unchanged);
+            if !kept {
+                tracing::debug!(table = %name, found = ?counts.get(name), hashed = ?unchanged, "written after its COPY, or not counted yet: hashed again");
+            }
+            kept
+        })
+        .map(|(name, early)| (name, early.fingerprint))
+        .collect()
+}
