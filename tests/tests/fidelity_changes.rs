@@ -243,4 +243,23 @@ async fn each_caught_hazard_fails_verify_when_it_happens() {
         .find(|(n, _)| n == "restore")
         .unwrap_or_else(|| panic!("the restore check did not fail: {failures:#?}"));
     assert!(restore.1.contains("division by zero"), "{restore:?}");
+    // Verify's scratch restore commits table by table: the tables before the failure
+    // were in, and not one is judged on its own; the scratch database is gone.
+    let judged: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(judged, ["archive", "restore"], "{report:#}");
+    let left: i64 = connect(&cluster, "postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgproof\\_verify\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "a scratch database was left behind");
 }

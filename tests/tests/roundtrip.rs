@@ -559,16 +559,16 @@ async fn large_tables_are_read_once_directory() {
     large_tables_are_read_once("directory").await;
 }
 
-/// Verifying a directory backup (pg_restore --jobs, a transaction per table)
-/// fingerprints each table as soon as its data commits, beside the rest of the
-/// restore; the verdicts are those of a hash after it (here: every table as the
-/// source held it, the empty one too).
-#[tokio::test]
-async fn a_directory_restore_is_fingerprinted_as_each_table_commits() {
+/// Verify restores into its scratch database table by table (no single
+/// transaction: it is dropped whatever happens) and fingerprints each table as soon
+/// as its data commits, beside the rest of the restore; the verdicts are those of a
+/// hash after it (here: every table as the source held it, the empty one too).
+async fn a_restore_is_fingerprinted_as_each_table_commits(format: &str) {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let source = pgproof_tests::create_database(&cluster, "loaded").await;
+    let database = format!("loaded_{format}");
+    let source = pgproof_tests::create_database(&cluster, &database).await;
     source
         .batch_execute(
             "CREATE TABLE a AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
@@ -580,7 +580,7 @@ async fn a_directory_restore_is_fingerprinted_as_each_table_commits() {
         )
         .await
         .unwrap();
-    let ws = Workspace::new(&cluster, "loaded", "directory");
+    let ws = Workspace::new(&cluster, &database, format);
     ws.verify_on(&cluster);
     ws.backup();
     let out = ws.pgproof(&["verify", "latest"]);
@@ -606,28 +606,45 @@ async fn a_directory_restore_is_fingerprinted_as_each_table_commits() {
     }
 }
 
-/// A table written by the restore after its COPY (a materialized view whose query
-/// inserts rows, run when pg_restore refreshes it at the end) holds more than the
-/// source did: hashed while restoring or not, verify finds the extra row.
 #[tokio::test]
-async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it() {
+async fn a_custom_restore_is_fingerprinted_as_each_table_commits() {
+    a_restore_is_fingerprinted_as_each_table_commits("custom").await;
+}
+
+#[tokio::test]
+async fn a_plain_restore_is_fingerprinted_as_each_table_commits() {
+    a_restore_is_fingerprinted_as_each_table_commits("plain").await;
+}
+
+#[tokio::test]
+async fn a_directory_restore_is_fingerprinted_as_each_table_commits() {
+    a_restore_is_fingerprinted_as_each_table_commits("directory").await;
+}
+
+/// A table written by the restore after its COPY (a materialized view whose query
+/// inserts rows, run when the restore refreshes it at the end) holds more than the
+/// source did: hashed while restoring or not, verify finds the extra row.
+async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it(format: &str) {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let source = pgproof_tests::create_database(&cluster, "refreshing").await;
+    let database = format!("refreshing_{format}");
+    let source = pgproof_tests::create_database(&cluster, &database).await;
     source
         .batch_execute(
             // `log` large enough that its COPY is seen running, so it is hashed while
-            // restoring; `bulk` larger, so the refresh (after all data) comes later.
+            // restoring; `bulk` larger and indexed, so the refresh (after all data and
+            // indexes) comes later.
             "CREATE TABLE log AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 600000) g;
              CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 1500000) g;
+             ALTER TABLE bulk ADD PRIMARY KEY (id);
              CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql AS
                $$ BEGIN INSERT INTO public.log VALUES (0, 'refreshed'); RETURN 1; END $$;
              CREATE MATERIALIZED VIEW refreshes AS SELECT noisy() AS n",
         )
         .await
         .unwrap();
-    let ws = Workspace::new(&cluster, "refreshing", "directory");
+    let ws = Workspace::new(&cluster, &database, format);
     ws.verify_on(&cluster);
     ws.backup();
     let out = ws.pgproof(&["verify", "latest"]);
@@ -641,4 +658,14 @@ async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it() {
         log.trim_start().starts_with("FAIL") && log.contains("600002 rows"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it_custom() {
+    a_table_written_after_its_copy_is_judged_as_the_restore_left_it("custom").await;
+}
+
+#[tokio::test]
+async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it_directory() {
+    a_table_written_after_its_copy_is_judged_as_the_restore_left_it("directory").await;
 }

@@ -55,17 +55,29 @@ impl Dumper for CustomDumper {
     }
 
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
-        let mut cmd = client_command(tools, "pg_restore", target);
-        cmd.args([
-            "--exit-on-error",
-            "--single-transaction",
-            "--no-password",
-            "--dbname",
-            target.dbname(),
-        ])
-        .stdout(Stdio::null());
+        let mut cmd = pg_restore_command(tools, target);
+        cmd.arg("--single-transaction");
         cmd
     }
+
+    fn scratch_restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        let mut cmd = pg_restore_command(tools, target);
+        cmd.envs(scratch_env());
+        cmd
+    }
+}
+
+/// `pg_restore --exit-on-error` into `target`, the archive on stdin.
+fn pg_restore_command(tools: &PgTools, target: &ConnParams) -> Command {
+    let mut cmd = client_command(tools, "pg_restore", target);
+    cmd.args([
+        "--exit-on-error",
+        "--no-password",
+        "--dbname",
+        target.dbname(),
+    ])
+    .stdout(Stdio::null());
+    cmd
 }
 
 /// `pg_dump -Fc --compress=0`, compressed by pgproof with zstd (multithreaded) instead
@@ -114,6 +126,10 @@ impl Dumper for ZstdCustomDumper {
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
         CustomDumper.restore_command(tools, target)
     }
+
+    fn scratch_restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        CustomDumper.scratch_restore_command(tools, target)
+    }
 }
 
 impl Dumper for PlainDumper {
@@ -146,16 +162,40 @@ impl Dumper for PlainDumper {
     }
 
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
-        let mut cmd = client_command(tools, "psql", target);
-        cmd.args([
-            "--no-psqlrc",
-            "--quiet",
-            "--no-password",
-            "--set=ON_ERROR_STOP=1",
-            "--single-transaction",
-            "--file=-",
-        ])
-        .stdout(Stdio::null());
+        let mut cmd = psql_command(tools, target);
+        cmd.arg("--single-transaction");
         cmd
     }
+
+    fn scratch_restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        let mut cmd = psql_command(tools, target);
+        cmd.envs(scratch_env());
+        cmd
+    }
+}
+
+/// `psql` stopping at the first error, the script on stdin.
+fn psql_command(tools: &PgTools, target: &ConnParams) -> Command {
+    let mut cmd = client_command(tools, "psql", target);
+    cmd.args([
+        "--no-psqlrc",
+        "--quiet",
+        "--no-password",
+        "--set=ON_ERROR_STOP=1",
+        "--file=-",
+    ])
+    .stdout(Stdio::null());
+    cmd
+}
+
+/// A scratch restore commits statement by statement: none of them need wait for its
+/// WAL to reach disk, the database is thrown away (a crash loses nothing kept).
+fn scratch_env() -> [(&'static str, String); 1] {
+    let inherited = std::env::var("PGOPTIONS").unwrap_or_default();
+    [(
+        "PGOPTIONS",
+        format!("{inherited} -c synchronous_commit=off")
+            .trim_start()
+            .to_owned(),
+    )]
 }

@@ -96,6 +96,15 @@ pub trait Dumper: Send + Sync + fmt::Debug {
     /// The command that restores into `target`.
     fn restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command;
 
+    /// The command that restores into a scratch database pgproof created and drops
+    /// after judging it (verify). It MAY commit as it goes, and SHOULD where the
+    /// restore program can: each table committed on its own is fingerprinted while
+    /// the rest restores. A failure is judged like one of
+    /// [`restore_command`](Dumper::restore_command)'s, and the database dropped.
+    fn scratch_restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        self.restore_command(tools, target)
+    }
+
     /// How many tables the dump program reads at once (its jobs): the source's
     /// fingerprint reads beside each.
     fn readers(&self) -> usize {

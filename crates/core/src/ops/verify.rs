@@ -375,6 +375,7 @@ impl Proof<'_> {
         // Tables are fingerprinted as their data commits where the restore shows
         // them before it ends; kept only if it then succeeds.
         let restored = AtomicBool::new(false);
+        let restore_ended = tokio::sync::Notify::new();
         let (loading_tx, loading_rx) = tokio::sync::oneshot::channel();
         let early = async {
             let method = self
@@ -382,8 +383,14 @@ impl Proof<'_> {
                 .fingerprint
                 .as_ref()
                 .and_then(|f| Method::parse(&f.method));
-            match (loading_rx.await, method) {
-                (Ok(()), Some(method)) => {
+            // Never waits past the restore, whatever became of the signal.
+            let started = tokio::select! {
+                biased;
+                started = loading_rx => started.is_ok(),
+                () = restore_ended.notified() => false,
+            };
+            match method {
+                Some(method) if started => {
                     fingerprint::while_restoring(target, method, hashing_connections(), &restored)
                         .await
                 }
@@ -391,8 +398,9 @@ impl Proof<'_> {
             }
         };
         let restoring = async {
-            let outcome = restore.on_loading(loading_tx).run().await;
+            let outcome = restore.scratch(loading_tx).run().await;
             restored.store(true, Ordering::Release);
+            restore_ended.notify_one();
             outcome
         };
         let (outcome, hashed_while_restoring) = futures::future::join(restoring, early).await;

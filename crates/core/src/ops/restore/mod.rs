@@ -88,10 +88,11 @@ impl Restore {
         }
     }
 
-    /// Told when the restore program starts loading a database pgproof created under
-    /// the target's name in several transactions, where each table is visible once
-    /// its data commits (a directory archive); dropped untold otherwise.
-    pub(crate) fn on_loading(mut self, loading: tokio::sync::oneshot::Sender<()>) -> Self {
+    /// Restores into a scratch database, to be judged and dropped (verify): with the
+    /// dumper's [`scratch_restore_command`](Dumper::scratch_restore_command), which
+    /// commits table by table where it can. `loading` is told when it starts on a
+    /// database it created under the target's name (dropped untold otherwise).
+    pub(crate) fn scratch(mut self, loading: tokio::sync::oneshot::Sender<()>) -> Self {
         self.loading = Some(loading);
         self
     }
@@ -257,7 +258,10 @@ impl Restore {
             None
         };
 
-        let mut cmd = dumper.restore_command(&tools, &load);
+        let mut cmd = match self.loading {
+            Some(_) => dumper.scratch_restore_command(&tools, &load),
+            None => dumper.restore_command(&tools, &load),
+        };
         if let Some(properties) = &m.properties {
             cmd.envs(properties.restore_env());
         }
@@ -265,7 +269,6 @@ impl Restore {
         if let Some(loading) = self.loading.take()
             && created
             && !replace
-            && !atomic
         {
             let _ = loading.send(());
         }
