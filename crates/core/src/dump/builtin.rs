@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::codec::Compress;
-use crate::dump::{Dumper, pg_dump_command};
+use crate::dump::{Dumper, pg_dump_command, scratch_env};
 use crate::pg::process::client_command;
 use crate::pg::{ConnParams, PgTools};
 
@@ -186,16 +186,4 @@ fn psql_command(tools: &PgTools, target: &ConnParams) -> Command {
     ])
     .stdout(Stdio::null());
     cmd
-}
-
-/// A scratch restore commits statement by statement: none of them need wait for its
-/// WAL to reach disk, the database is thrown away (a crash loses nothing kept).
-fn scratch_env() -> [(&'static str, String); 1] {
-    let inherited = std::env::var("PGOPTIONS").unwrap_or_default();
-    [(
-        "PGOPTIONS",
-        format!("{inherited} -c synchronous_commit=off")
-            .trim_start()
-            .to_owned(),
-    )]
 }

@@ -140,6 +140,18 @@ pub fn pg_dump_command(
     cmd
 }
 
+/// A scratch restore commits statement by statement: none of them need wait for its
+/// WAL to reach disk, the database is thrown away (a crash loses nothing kept).
+pub(crate) fn scratch_env() -> [(&'static str, String); 1] {
+    let inherited = std::env::var("PGOPTIONS").unwrap_or_default();
+    [(
+        "PGOPTIONS",
+        format!("{inherited} -c synchronous_commit=off")
+            .trim_start()
+            .to_owned(),
+    )]
+}
+
 /// The built-in formats, by the name a config file uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

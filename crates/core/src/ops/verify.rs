@@ -14,7 +14,7 @@ use crate::codec::{Identities, Progress};
 use crate::dump::Dumper;
 use crate::dump::toc::Filter;
 use crate::error::{Error, ErrorKind, Result};
-use crate::evidence::fingerprint::{self, Method, TableFingerprint, hashing_connections};
+use crate::evidence::fingerprint::{self, Hashing, Method, TableFingerprint, hashing_connections};
 use crate::ops::drop_on_cancel;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::pg::ConnParams;
@@ -386,13 +386,17 @@ impl Proof<'_> {
             // Never waits past the restore, whatever became of the signal.
             let started = tokio::select! {
                 biased;
-                started = loading_rx => started.is_ok(),
-                () = restore_ended.notified() => false,
+                started = loading_rx => started.ok(),
+                () = restore_ended.notified() => None,
             };
-            match method {
-                Some(method) if started => {
-                    fingerprint::while_restoring(target, method, hashing_connections(), &restored)
-                        .await
+            match (method, started) {
+                (Some(method), Some(restore_connections)) => {
+                    let hashing = Hashing {
+                        method,
+                        workers: hashing_connections(),
+                        beside: restore_connections,
+                    };
+                    fingerprint::while_restoring(target, hashing, &restored).await
                 }
                 _ => BTreeMap::new(),
             }

@@ -22,6 +22,7 @@ pub use admin::connectable_databases;
 pub use conn::ConnParams;
 pub use process::{client_command, is_running};
 pub use snapshot::SnapshotSession;
+pub(crate) use snapshot::connections_free;
 pub(crate) use sql::query_count;
 pub use sql::{ServerInfo, db_err, quote_ident};
 pub use tools::{PgTools, parse_version_output};

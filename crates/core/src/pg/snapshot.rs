@@ -82,30 +82,7 @@ impl SnapshotSession {
     /// tightest of the server's, the database's and the role's limits (the
     /// superuser's exemptions ignored: an estimate that errs low).
     pub async fn connections_free(&self) -> Result<i64> {
-        // Other roles' sessions show a NULL backend_type to a role without
-        // pg_read_all_stats: counted as clients, to err low. The server's own
-        // processes (checkpointer, walwriter…) have no user and take no slot.
-        let clients =
-            "usesysid IS NOT NULL AND (backend_type IS NULL OR backend_type = 'client backend')";
-        let sql = format!(
-            "SELECT least( \
-               current_setting('max_connections')::int \
-                 - current_setting('superuser_reserved_connections')::int \
-                 - coalesce(current_setting('reserved_connections', true)::int, 0) \
-                 - (SELECT count(*) FROM pg_stat_activity WHERE {clients}), \
-               CASE WHEN d.datconnlimit < 0 THEN NULL ELSE d.datconnlimit \
-                 - (SELECT count(*) FROM pg_stat_activity WHERE datid = d.oid AND ({clients})) END, \
-               CASE WHEN r.rolconnlimit < 0 THEN NULL ELSE r.rolconnlimit \
-                 - (SELECT count(*) FROM pg_stat_activity WHERE usesysid = r.oid AND ({clients})) END)::int8 \
-             FROM pg_database d, pg_roles r \
-             WHERE d.datname = current_database() AND r.rolname = current_user"
-        );
-        let row = self
-            .client
-            .query_one(&sql, &[])
-            .await
-            .map_err(db_err("counting the source's free connections"))?;
-        Ok(row.get(0))
+        connections_free(&self.client).await
     }
 
     /// The exported snapshot's id, for `pg_dump --snapshot`.
@@ -135,4 +112,33 @@ impl SnapshotSession {
             .await
             .map_err(db_err("closing the snapshot transaction"))
     }
+}
+
+/// How many more connections the connected role may open to its database now, under
+/// the tightest of the server's, the database's and the role's limits (the
+/// superuser's exemptions ignored: an estimate that errs low).
+pub(crate) async fn connections_free(client: &Client) -> Result<i64> {
+    // Other roles' sessions show a NULL backend_type to a role without
+    // pg_read_all_stats: counted as clients, to err low. The server's own
+    // processes (checkpointer, walwriter…) have no user and take no slot.
+    let clients =
+        "usesysid IS NOT NULL AND (backend_type IS NULL OR backend_type = 'client backend')";
+    let sql = format!(
+        "SELECT least( \
+           current_setting('max_connections')::int \
+             - current_setting('superuser_reserved_connections')::int \
+             - coalesce(current_setting('reserved_connections', true)::int, 0) \
+             - (SELECT count(*) FROM pg_stat_activity WHERE {clients}), \
+           CASE WHEN d.datconnlimit < 0 THEN NULL ELSE d.datconnlimit \
+             - (SELECT count(*) FROM pg_stat_activity WHERE datid = d.oid AND ({clients})) END, \
+           CASE WHEN r.rolconnlimit < 0 THEN NULL ELSE r.rolconnlimit \
+             - (SELECT count(*) FROM pg_stat_activity WHERE usesysid = r.oid AND ({clients})) END)::int8 \
+         FROM pg_database d, pg_roles r \
+         WHERE d.datname = current_database() AND r.rolname = current_user"
+    );
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .map_err(db_err("counting the server's free connections"))?;
+    Ok(row.get(0))
 }

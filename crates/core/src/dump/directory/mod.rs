@@ -100,6 +100,12 @@ impl Dumper for DirectoryDumper {
             .stdout(Stdio::null());
         cmd
     }
+
+    fn scratch_restore_command(&self, tools: &PgTools, target: &ConnParams) -> Command {
+        let mut cmd = self.restore_command(tools, target);
+        cmd.envs(crate::dump::scratch_env());
+        cmd
+    }
 }
 
 /// A directory of files, each its own object (`<backup>/<file_name>/<file>`). The

@@ -45,17 +45,31 @@ pub(crate) struct HashedEarly {
     relfilenode: u32,
 }
 
+/// How the tables are hashed while the restore runs.
+pub(crate) struct Hashing {
+    /// The backup's fingerprint method.
+    pub method: Method,
+    /// Connections hashing tables (one more watches the restore).
+    pub workers: usize,
+    /// Connections the restore program may open: never taken from it.
+    pub beside: usize,
+}
+
 /// Fingerprints the tables of the database at `target` as the restore into it
-/// commits them, on `workers` connections, until `restored` is set; returns the
-/// tables hashed, by name. Anything that goes wrong (a server without
-/// `pg_stat_progress_copy`, a lost connection) ends it with what it has, logged: the
-/// hash after the restore covers the rest.
+/// commits them, until `restored` is set; returns the tables hashed, by name.
+/// Anything that goes wrong (a server without `pg_stat_progress_copy`, a lost
+/// connection, no connection to spare beside the restore's) ends it with what it
+/// has, logged: the hash after the restore covers the rest.
 pub(crate) async fn while_restoring(
     target: &ConnParams,
-    method: Method,
-    workers: usize,
+    hashing: Hashing,
     restored: &AtomicBool,
 ) -> BTreeMap<String, HashedEarly> {
+    let Hashing {
+        method,
+        workers,
+        beside,
+    } = hashing;
     if method < Method::V2 {
         // v1 hashes partitions one by one, which a restore may fill from several
         // COPYs.
@@ -66,17 +80,13 @@ pub(crate) async fn while_restoring(
         hashed: Mutex::new(BTreeMap::new()),
         restored,
     };
-    let mut connections = Vec::new();
-    for _ in 0..workers.max(1) + 1 {
-        match target.connect().await {
-            Ok(c) => connections.push(c),
-            Err(e) => {
-                tracing::debug!(error = %e, "no connection to fingerprint tables while restoring");
-                return BTreeMap::new();
-            }
+    let monitor = match target.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "no connection to fingerprint tables while restoring");
+            return BTreeMap::new();
         }
-    }
-    let monitor = connections.remove(0);
+    };
     // Before 15 the statistics `untouched` reads arrive late (or not at all): every
     // table would be hashed twice.
     match monitor
@@ -85,6 +95,35 @@ pub(crate) async fn while_restoring(
     {
         Ok(row) if row.get::<_, i32>(0) >= 150000 => {}
         _ => return BTreeMap::new(),
+    }
+    // The restore program may not have opened all of its connections yet: the
+    // hashing ones must never take a slot it needs (it would fail the restore).
+    let workers = workers.max(1);
+    match crate::pg::connections_free(&monitor).await {
+        Ok(free) if free >= (workers + beside) as i64 => {}
+        Ok(free) => {
+            tracing::debug!(
+                free,
+                workers,
+                beside,
+                "no connections to spare beside the restore; fingerprinting after it"
+            );
+            return BTreeMap::new();
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot count the scratch server's free connections; fingerprinting after the restore");
+            return BTreeMap::new();
+        }
+    }
+    let mut connections = Vec::new();
+    for _ in 0..workers {
+        match target.connect().await {
+            Ok(c) => connections.push(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "no connection to fingerprint tables while restoring");
+                return BTreeMap::new();
+            }
+        }
     }
     let hashing = futures::future::join_all(connections.iter().map(|c| watch.work(c, method)));
     let _ = futures::future::join(watch.poll(&monitor), hashing).await;

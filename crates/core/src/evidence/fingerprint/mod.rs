@@ -32,7 +32,7 @@ use crate::evidence::audit::ChainState;
 use crate::pg::{ConnParams, db_err};
 
 pub use follow::{DumpWatch, LEAD, PIECE_BYTES};
-pub(crate) use loaded::{untouched, while_restoring};
+pub(crate) use loaded::{Hashing, untouched, while_restoring};
 pub use plan::{Plan, large_object_hash, large_objects, sequences};
 
 /// Names the row encoding and combination of the fingerprints this version takes, so

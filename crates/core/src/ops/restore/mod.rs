@@ -48,7 +48,7 @@ pub struct Restore {
     progress: Option<Progress>,
     filter: Filter,
     rename_to: Option<String>,
-    loading: Option<tokio::sync::oneshot::Sender<()>>,
+    loading: Option<tokio::sync::oneshot::Sender<usize>>,
 }
 
 /// A finished restore.
@@ -90,9 +90,10 @@ impl Restore {
 
     /// Restores into a scratch database, to be judged and dropped (verify): with the
     /// dumper's [`scratch_restore_command`](Dumper::scratch_restore_command), which
-    /// commits table by table where it can. `loading` is told when it starts on a
-    /// database it created under the target's name (dropped untold otherwise).
-    pub(crate) fn scratch(mut self, loading: tokio::sync::oneshot::Sender<()>) -> Self {
+    /// commits table by table where it can. `loading` is told, with how many
+    /// connections the restore program may open, when it starts on a database it
+    /// created under the target's name (dropped untold otherwise).
+    pub(crate) fn scratch(mut self, loading: tokio::sync::oneshot::Sender<usize>) -> Self {
         self.loading = Some(loading);
         self
     }
@@ -270,7 +271,9 @@ impl Restore {
             && created
             && !replace
         {
-            let _ = loading.send(());
+            // pg_restore --jobs keeps a leader connection beside its workers.
+            let readers = dumper.readers();
+            let _ = loading.send(if readers > 1 { readers + 1 } else { 1 });
         }
         let fed = archive.feed(cmd, program).await;
         let result = self
