@@ -15,7 +15,7 @@
 //! user code after loading tables (a materialized view's query on refresh may
 //! insert rows), and the hash after the restore would have seen what it wrote.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -273,11 +273,13 @@ async fn is_partition(client: &Client, oid: u32) -> Result<bool> {
 }
 
 /// The tables of `hashed` that nothing wrote or rewrote after their COPY: once every
-/// other session on the database at `target` is gone (the restore's, whose
-/// statistics are flushed as they end), each still has the file it was read from and
-/// shows exactly the rows hashed as inserted, none updated or deleted. Anything else
-/// (a late writer, a TRUNCATE, statistics not in yet) drops the table, which is then
-/// hashed after the restore like the rest.
+/// other session on the database at `target` is gone (the restore's: a session
+/// flushes its statistics as it ends), each still has the file it was read from and
+/// shows exactly the rows hashed as inserted, none updated or deleted, in two reads
+/// [`POLL`] apart (a session leaves `pg_stat_activity` a moment before its
+/// statistics are in). Anything else (a late writer, a TRUNCATE, statistics not in
+/// within [`SESSIONS_GONE`]) drops the table, which is then hashed after the restore
+/// like the rest.
 pub(crate) async fn untouched(
     target: &ConnParams,
     hashed: BTreeMap<String, HashedEarly>,
@@ -285,26 +287,60 @@ pub(crate) async fn untouched(
     if hashed.is_empty() {
         return BTreeMap::new();
     }
-    let counted = async {
-        let client = target.connect().await?;
-        let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                      AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
-        let mut waited = Duration::ZERO;
-        loop {
-            let n: i64 = client
-                .query_one(others, &[])
-                .await
-                .map_err(db_err("waiting for the restore's sessions to end"))?
-                .get(0);
-            if n == 0 {
-                break;
-            }
-            if waited >= SESSIONS_GONE {
-                return Ok(BTreeMap::new());
-            }
-            tokio::time::sleep(POLL).await;
-            waited += POLL;
+    match confirm(target, &hashed).await {
+        Ok(kept) => hashed
+            .into_iter()
+            .filter(|(name, _)| kept.contains(name))
+            .map(|(name, early)| (name, early.fingerprint))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot confirm the tables hashed while restoring; hashing them again");
+            BTreeMap::new()
         }
+    }
+}
+
+/// What the statistics say of one table since the restore began.
+#[derive(Debug, PartialEq, Eq)]
+enum Since {
+    /// The file read and exactly the rows hashed inserted, nothing else.
+    AsHashed,
+    /// Fewer rows counted than hashed, nothing else: statistics still coming.
+    NotYet,
+    /// Written or rewritten after the hash, or gone.
+    Changed,
+}
+
+/// The names of the tables of `hashed` the statistics show unchanged twice running.
+async fn confirm(
+    target: &ConnParams,
+    hashed: &BTreeMap<String, HashedEarly>,
+) -> Result<BTreeSet<String>> {
+    let client = target.connect().await?;
+    let others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    let mut waited = Duration::ZERO;
+    loop {
+        let n: i64 = client
+            .query_one(others, &[])
+            .await
+            .map_err(db_err("waiting for the restore's sessions to end"))?
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        if waited >= SESSIONS_GONE {
+            return Ok(BTreeSet::new());
+        }
+        tokio::time::sleep(POLL).await;
+        waited += POLL;
+    }
+    let mut seen_once: BTreeSet<String> = BTreeSet::new();
+    let mut kept: BTreeSet<String> = BTreeSet::new();
+    let mut undecided: BTreeSet<&String> = hashed.keys().collect();
+    while !undecided.is_empty() && waited < SESSIONS_GONE {
+        tokio::time::sleep(POLL).await;
+        waited += POLL;
         let rows = client
             .query(
                 "SELECT format('%I.%I', schemaname, relname), pg_relation_filenode(relid), \
@@ -314,32 +350,41 @@ pub(crate) async fn untouched(
             )
             .await
             .map_err(db_err("reading the restored tables' statistics"))?;
-        Ok::<_, crate::error::Error>(
-            rows.iter()
-                .map(|r| {
-                    let file: Option<u32> = r.get(1);
-                    (r.get::<_, String>(0), (file, r.get(2), r.get(3), r.get(4)))
-                })
-                .collect::<BTreeMap<String, (Option<u32>, i64, i64, i64)>>(),
-        )
-    };
-    let counts = match counted.await {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot confirm the tables hashed while restoring; hashing them again");
-            BTreeMap::new()
-        }
-    };
-    hashed
-        .into_iter()
-        .filter(|(name, early)| {
-            let unchanged = (Some(early.relfilenode), early.fingerprint.rows, 0, 0);
-            let kept = counts.get(name) == Some(&unchanged);
-            if !kept {
-                tracing::debug!(table = %name, found = ?counts.get(name), hashed = ?unchanged, "written after its COPY, or not counted yet: hashed again");
+        let counts: BTreeMap<String, (Option<u32>, i64, i64, i64)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+            .collect();
+        undecided.retain(|name| {
+            let early = &hashed[*name];
+            let since = match counts.get(*name) {
+                Some(&(Some(file), inserted, 0, 0)) if file == early.relfilenode => {
+                    match inserted.cmp(&early.fingerprint.rows) {
+                        std::cmp::Ordering::Equal => Since::AsHashed,
+                        std::cmp::Ordering::Less => Since::NotYet,
+                        std::cmp::Ordering::Greater => Since::Changed,
+                    }
+                }
+                _ => Since::Changed,
+            };
+            match since {
+                Since::AsHashed if seen_once.contains(*name) => {
+                    kept.insert((*name).clone());
+                    false
+                }
+                Since::AsHashed => {
+                    seen_once.insert((*name).clone());
+                    true
+                }
+                Since::NotYet => {
+                    seen_once.remove(*name);
+                    true
+                }
+                Since::Changed => {
+                    tracing::debug!(table = %name, found = ?counts.get(*name), rows = early.fingerprint.rows, "written after its COPY: hashed again");
+                    false
+                }
             }
-            kept
-        })
-        .map(|(name, early)| (name, early.fingerprint))
-        .collect()
+        });
+    }
+    Ok(kept)
 }
