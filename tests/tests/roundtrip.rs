@@ -562,7 +562,8 @@ async fn large_tables_are_read_once_directory() {
 /// Verify restores into its scratch database table by table (no single
 /// transaction: it is dropped whatever happens) and fingerprints each table as soon
 /// as its data commits, beside the rest of the restore; the verdicts are those of a
-/// hash after it (here: every table as the source held it, the empty one too).
+/// hash after it (here: every table as the source held it, the empty one and one
+/// with a hostile name too).
 async fn a_restore_is_fingerprinted_as_each_table_commits(format: &str) {
     let Some(cluster) = start_cluster() else {
         return;
@@ -574,7 +575,7 @@ async fn a_restore_is_fingerprinted_as_each_table_commits(format: &str) {
             "CREATE TABLE a AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
              CREATE TABLE b AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
              ALTER TABLE b ADD PRIMARY KEY (id);
-             CREATE TABLE c AS SELECT g AS id, repeat(md5(g::text), 4) AS note
+             CREATE TABLE \"c'; DROP TABLE a; --\" AS SELECT g AS id, repeat(md5(g::text), 4) AS note
                FROM generate_series(1, 200000) g;
              CREATE TABLE empty (id int)",
         )
@@ -597,7 +598,8 @@ async fn a_restore_is_fingerprinted_as_each_table_commits(format: &str) {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("tables fingerprinted while restoring, in {restore}"));
     assert!((1..=3).contains(&early), "{restore}");
-    for table in ["a", "b", "c", "empty"] {
+    // A hostile name reaches the server only quoted by it (`format('%I')`).
+    for table in ["a", "b", "\"c'; DROP TABLE a; --\"", "empty"] {
         assert!(
             report.lines().any(|l| l.trim_start().starts_with("ok")
                 && l.contains(&format!("fingerprint:public.{table} "))),
