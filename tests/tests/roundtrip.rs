@@ -671,3 +671,45 @@ async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it_custom(
 async fn a_table_written_after_its_copy_is_judged_as_the_restore_left_it_directory() {
     a_table_written_after_its_copy_is_judged_as_the_restore_left_it("directory").await;
 }
+
+/// The hash while restoring opens its connections only where the scratch server has
+/// room for them beside every connection the restore program may open; with none
+/// under the limits it counts (here the role's, which the superuser restoring is
+/// exempt from, so the restore itself goes on) every table is hashed after the
+/// restore instead, with the same verdicts.
+#[tokio::test]
+async fn no_table_is_hashed_while_restoring_without_connections_to_spare() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let source = pgproof_tests::create_database(&cluster, "crowded").await;
+    source
+        .batch_execute(
+            "CREATE TABLE a AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g;
+             CREATE TABLE b AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 400000) g",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "crowded", "directory");
+    ws.verify_on(&cluster);
+    ws.backup();
+    source
+        .batch_execute("ALTER ROLE postgres CONNECTION LIMIT 2")
+        .await
+        .unwrap();
+    let out = ws.pgproof(&["verify", "latest"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    let restore = report
+        .lines()
+        .find(|l| l.contains("restored into"))
+        .unwrap_or_else(|| panic!("a restore check in {report}"));
+    assert!(!restore.contains("while it ran"), "{restore}");
+    for table in ["a", "b"] {
+        assert!(
+            report.lines().any(|l| l.trim_start().starts_with("ok")
+                && l.contains(&format!("fingerprint:public.{table} "))),
+            "{table} in {report}"
+        );
+    }
+}
