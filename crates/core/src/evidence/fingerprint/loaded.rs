@@ -216,31 +216,29 @@ async fn table_if_loaded(client: &Client, method: Method, oid: u32) -> Result<Lo
         .await
         .map_err(db_err("starting a fingerprint transaction"))?;
     let loaded = async {
+        // Partitions are not among the plan's relations (v2 on).
         let plan = Plan::prepare_only(client, method, &[oid]).await?;
         let [table] = plan.tables.as_slice() else {
             return Ok(Loaded::NotHere);
         };
-        if table.partitioned || table.materialized || is_partition(client, oid).await? {
+        if table.partitioned || table.materialized {
             return Ok(Loaded::NotHere);
         }
-        let any: bool = client
+        // In this snapshot: whether a row is there, and the file holding the rows.
+        let row = client
             .query_one(
-                &format!("SELECT EXISTS (SELECT FROM ONLY {})", table.name),
-                &[],
+                &format!(
+                    "SELECT EXISTS (SELECT FROM ONLY {}), c.relfilenode FROM pg_class c WHERE c.oid = $1",
+                    table.name
+                ),
+                &[&oid],
             )
             .await
-            .map_err(db_err("looking for a restored table's rows"))?
-            .get(0);
-        if !any {
+            .map_err(db_err("looking for a restored table's rows"))?;
+        if !row.get::<_, bool>(0) {
             return Ok(Loaded::Empty);
         }
-        let name = table.name.clone();
-        // In this snapshot: the file holding the rows it sees.
-        let relfilenode: u32 = client
-            .query_one("SELECT relfilenode FROM pg_class WHERE oid = $1", &[&oid])
-            .await
-            .map_err(db_err("reading a restored table's file"))?
-            .get(0);
+        let (name, relfilenode) = (table.name.clone(), row.get(1));
         let found = plan.tables_on(client, &[]).await?;
         Ok(match found.tables.into_iter().next() {
             Some((_, fingerprint)) => Loaded::Hashed(
@@ -259,17 +257,6 @@ async fn table_if_loaded(client: &Client, method: Method, oid: u32) -> Result<Lo
         .await
         .map_err(db_err("ending a fingerprint transaction"))?;
     loaded
-}
-
-async fn is_partition(client: &Client, oid: u32) -> Result<bool> {
-    Ok(client
-        .query_one(
-            "SELECT relispartition FROM pg_class WHERE oid = $1",
-            &[&oid],
-        )
-        .await
-        .map_err(db_err("reading whether a table is a partition"))?
-        .get(0))
 }
 
 /// The tables of `hashed` that nothing wrote or rewrote after their COPY: once every

@@ -307,15 +307,12 @@ impl Fingerprint {
         let result = match Plan::prepare_with(&client, method).await {
             Ok(mut plan) => {
                 let mut reused = BTreeMap::new();
-                plan.tables.retain(|t| {
-                    let hashed = hashed_already.get(&t.name);
-                    match hashed {
-                        Some(fingerprint) if !t.partitioned && !t.materialized => {
-                            reused.insert(t.name.clone(), fingerprint.clone());
-                            false
-                        }
-                        _ => true,
+                plan.tables.retain(|t| match hashed_already.get(&t.name) {
+                    Some(fingerprint) if !t.partitioned && !t.materialized => {
+                        reused.insert(t.name.clone(), fingerprint.clone());
+                        false
                     }
+                    _ => true,
                 });
                 plan.tables_on(&client, &helpers).await.map(|mut found| {
                     found.tables.extend(reused);

@@ -312,7 +312,6 @@ impl TableToHash {
     }
 }
 
-/// One table's fingerprint from its per-partition (or single) count and hash sum.
 /// A table's hash sum as the server printed it. Each term is a 64-bit hash, so any
 /// table's sum fits in 128 bits.
 pub(super) fn hash_sum(text: &str) -> Result<i128> {
@@ -323,6 +322,7 @@ pub(super) fn hash_sum(text: &str) -> Result<i128> {
     })
 }
 
+/// One table's fingerprint from its per-partition (or single) count and hash sum.
 fn combine(rows: &[tokio_postgres::Row], partitioned: bool) -> Result<TableFingerprint> {
     let (mut count, mut sum) = (0i64, 0i128);
     let mut partitions = BTreeMap::new();
