@@ -85,6 +85,8 @@ struct DatabaseIndex {
     next: BTreeMap<String, Entry>,
     /// How many objects were taken from it.
     taken: usize,
+    /// How many objects of an indexed kind the listing holds for it.
+    objects: usize,
 }
 
 /// The indexes of the databases one catalog read covers.
@@ -117,10 +119,12 @@ impl<'a> Indexes<'a> {
                     covered: HashMap::new(),
                     next: BTreeMap::new(),
                     taken: 0,
+                    objects: 0,
                 });
             if Kind::of(&meta.key) == Some(Kind::Index) {
                 part.listed = Some(meta.clone());
             } else if indexed(&meta.key) {
+                part.objects += 1;
                 listed.insert(meta.key.clone(), meta.clone());
             }
         }
@@ -132,7 +136,12 @@ impl<'a> Indexes<'a> {
             .collect();
         for (db, part) in &mut databases {
             let Some(meta) = &part.listed else { continue };
-            let file = match read_index(sink, db, meta).await {
+            // Nothing listed for it to cover: not worth a byte (planted indexes of
+            // made-up databases must not cost a download each).
+            if part.objects == 0 {
+                continue;
+            }
+            let file = match read_index(sink, db, meta, index_limit(part.objects)).await {
                 Ok(file) => file,
                 Err(e) => {
                     tracing::warn!(
@@ -260,13 +269,27 @@ impl<'a> Indexes<'a> {
 }
 
 /// Reads and checks the index `meta` of `db`.
-async fn read_index(sink: &SignedSink, db: &str, meta: &ObjectMeta) -> Result<IndexFile> {
-    if meta.size > INDEX_LIMIT as u64 {
+/// The most an index covering `objects` listed objects can take: each entry holds one
+/// manifest or record (well under [`ENTRY_ROOM`]), within [`INDEX_LIMIT`].
+fn index_limit(objects: usize) -> u64 {
+    ((1 << 20) + objects.saturating_mul(ENTRY_ROOM)).min(INDEX_LIMIT) as u64
+}
+
+/// Room for one entry when bounding an index's size before reading it.
+const ENTRY_ROOM: usize = 64 << 10;
+
+async fn read_index(
+    sink: &SignedSink,
+    db: &str,
+    meta: &ObjectMeta,
+    limit: u64,
+) -> Result<IndexFile> {
+    if meta.size > limit {
         return Err(Error::integrity(format!(
-            "catalog index {} is {} bytes, more than the {} MiB pgproof reads",
+            "catalog index {} is {} bytes, more than an index of this database's listed objects can be ({limit} bytes; never more than {} MiB)",
             meta.key,
             meta.size,
-            INDEX_LIMIT >> 20
+            INDEX_LIMIT >> 20,
         ))
         .with_object(&meta.key));
     }
@@ -275,11 +298,17 @@ async fn read_index(sink: &SignedSink, db: &str, meta: &ObjectMeta) -> Result<In
         Error::integrity(format!("catalog index {} is not readable: {e}", meta.key))
             .with_object(&meta.key)
     })?;
-    if file.format != INDEX_FORMAT || file.database != db {
+    if file.format != INDEX_FORMAT {
         return Err(Error::integrity(format!(
-            "catalog index {} is of format {} for database {:?}; this pgproof reads format {INDEX_FORMAT}",
+            "catalog index {} is of format {}, this pgproof reads format {INDEX_FORMAT}",
+            meta.key, file.format
+        ))
+        .with_object(&meta.key));
+    }
+    if file.database != db {
+        return Err(Error::integrity(format!(
+            "catalog index {} names the database {:?}",
             meta.key,
-            file.format,
             crate::error::printable(&file.database)
         ))
         .with_object(&meta.key));

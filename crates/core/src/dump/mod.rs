@@ -140,6 +140,15 @@ pub fn pg_dump_command(
     cmd
 }
 
+/// The connections the dump or restore program of `dumper` may open: one per table it
+/// reads at once, and with `--jobs` a leader beside its workers.
+pub(crate) fn program_connections(dumper: &dyn Dumper) -> usize {
+    match dumper.readers() {
+        jobs if jobs > 1 => jobs + 1,
+        _ => 1,
+    }
+}
+
 /// A scratch restore commits statement by statement: none of them need wait for its
 /// WAL to reach disk, the database is thrown away (a crash loses nothing kept).
 pub(crate) fn scratch_env() -> [(&'static str, String); 1] {

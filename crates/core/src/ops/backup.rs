@@ -14,7 +14,7 @@ use crate::catalog::{
     self, BackupRef, CommitLock, EncryptionInfo, Manifest, ObjectInfo, SourceInfo, ToolInfo,
 };
 use crate::codec::{CodecChain, Progress, Recipients};
-use crate::dump::{ArchiveTarget, CustomDumper, Dumper, StoredArchive, StoringArchive};
+use crate::dump::{self, ArchiveTarget, CustomDumper, Dumper, StoredArchive, StoringArchive};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::alerts::{self, AlertPolicy};
 use crate::evidence::database::{self, DatabaseProperties, RoleInfo};
@@ -419,11 +419,9 @@ impl Backup {
         &self,
         session: &SnapshotSession,
     ) -> Result<(tokio_postgres::Client, Vec<tokio_postgres::Client>)> {
-        let readers = self.dumper.readers() as i64;
-        let ours = 1 + readers;
-        // pg_dump --jobs keeps a leader connection beside its workers.
-        let pg_dumps = if readers > 1 { readers + 1 } else { 1 };
-        let free = session.connections_free().await?;
+        let ours = 1 + self.dumper.readers() as i64;
+        let pg_dumps = dump::program_connections(&*self.dumper) as i64;
+        let free = crate::pg::connections_free(session.client()).await?;
         if free < ours + pg_dumps {
             return Err(Error::database(format!(
                 "the source's connection limits leave room for {free} more connections; reading in step needs {ours} beside pg_dump's {pg_dumps}"

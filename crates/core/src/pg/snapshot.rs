@@ -78,13 +78,6 @@ impl SnapshotSession {
         Ok(client)
     }
 
-    /// How many more connections this role may open to this database now, under the
-    /// tightest of the server's, the database's and the role's limits (the
-    /// superuser's exemptions ignored: an estimate that errs low).
-    pub async fn connections_free(&self) -> Result<i64> {
-        connections_free(&self.client).await
-    }
-
     /// The exported snapshot's id, for `pg_dump --snapshot`.
     pub fn snapshot_id(&self) -> &str {
         &self.snapshot_id

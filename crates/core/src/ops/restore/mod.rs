@@ -271,9 +271,7 @@ impl Restore {
             && created
             && !replace
         {
-            // pg_restore --jobs keeps a leader connection beside its workers.
-            let readers = dumper.readers();
-            let _ = loading.send(if readers > 1 { readers + 1 } else { 1 });
+            let _ = loading.send(dump::program_connections(&*dumper));
         }
         let fed = archive.feed(cmd, program).await;
         let result = self
