@@ -207,8 +207,18 @@ async fn an_index_changes_nothing_but_speed(cluster: &EphemeralCluster, setup: &
     setup.same_as_without_index("an empty index", b"").await;
 
     // (c) forged: unsigned, signed by another key, a signature made for another key.
+    // Each carries the genuine entries with the verified backup's record turned into
+    // a failure: believed, it would change what list shows.
     let payload = setup.index_json().await;
-    let unsigned = serde_json::to_string(&payload).unwrap() + "\n";
+    let record_prefix = format!("app/{}/verify/", ids[1]);
+    let mut edited = payload.clone();
+    for entry in edited["entries"].as_array_mut().unwrap() {
+        if entry["key"].as_str().unwrap().starts_with(&record_prefix) {
+            let r = entry["payload"].as_str().unwrap().replace("true", "false");
+            entry["payload"] = Value::from(r);
+        }
+    }
+    let unsigned = serde_json::to_string(&edited).unwrap() + "\n";
     setup
         .same_as_without_index("an unsigned index", unsigned.as_bytes())
         .await;
@@ -224,13 +234,13 @@ async fn an_index_changes_nothing_but_speed(cluster: &EphemeralCluster, setup: &
     setup
         .same_as_without_index(
             "an index signed by a key not trusted",
-            &Setup::signed(&attacker, INDEX, &payload),
+            &Setup::signed(&attacker, INDEX, &edited),
         )
         .await;
     setup
         .same_as_without_index(
             "an index signature made for another object",
-            &Setup::signed(&setup.ws.signing_key, "app/_commit.lock", &payload),
+            &Setup::signed(&setup.ws.signing_key, "app/_commit.lock", &edited),
         )
         .await;
 
@@ -239,7 +249,6 @@ async fn an_index_changes_nothing_but_speed(cluster: &EphemeralCluster, setup: &
     // failure under the right identity but signed by a key not trusted, a backup that
     // does not exist, and the index of another database. None is believed.
     let manifest_key = format!("app/{}/manifest.json", ids[1]);
-    let record_prefix = format!("app/{}/verify/", ids[1]);
     let mut forged = payload.clone();
     let mut invented = None;
     for entry in forged["entries"].as_array_mut().unwrap() {
@@ -272,7 +281,7 @@ async fn an_index_changes_nothing_but_speed(cluster: &EphemeralCluster, setup: &
         .await;
     let (list, _) = setup.run(&["list", "--json"]);
     assert!(!list.contains("20010101T000000Z-beef"), "{list}");
-    let mut other = payload.clone();
+    let mut other = edited.clone();
     other["database"] = Value::from("billing");
     setup
         .same_as_without_index(
