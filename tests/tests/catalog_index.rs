@@ -328,6 +328,19 @@ async fn an_index_on_a_local_directory_changes_nothing_but_speed() {
         std::fs::metadata(setup.ws.sink.join(INDEX)).unwrap().len() < 1 << 20,
         "the oversized index was not replaced"
     );
+
+    // An index planted for a database that has no backup covers nothing: it is not
+    // read at all (each would cost a download before any signature check).
+    let ghost = setup.ws.sink.join("ghost");
+    std::fs::create_dir_all(&ghost).unwrap();
+    std::fs::File::create(ghost.join("_index.json"))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let out = setup.ws.pgproof_at(NOW, &["list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("ghost"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&ghost).unwrap();
 }
 
 #[tokio::test]
