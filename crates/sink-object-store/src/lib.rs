@@ -132,6 +132,16 @@ pub struct ObjectStoreSink {
     location: Location,
     options: UploadOptions,
     retention: Option<pgproof_core::sink::RetentionLock>,
+    extender: Option<Arc<dyn LockExtender>>,
+}
+
+/// What extends the lock on a stored object, for a store whose client cannot (S3's
+/// PutObjectRetention: object_store does not make it).
+#[async_trait]
+pub trait LockExtender: Send + Sync {
+    /// Sets the lock on the current version of the object at `full_key` (the key
+    /// with the location's prefix) to `lock`. It MUST never shorten a lock.
+    async fn extend(&self, full_key: &str, lock: &pgproof_core::sink::RetentionLock) -> Result<()>;
 }
 
 impl fmt::Debug for ObjectStoreSink {
@@ -154,13 +164,19 @@ impl ObjectStoreSink {
             location,
             options,
             retention: None,
+            extender: None,
         }
     }
 
     /// Records the lock the store's client puts on every object (see
-    /// [`Sink::retention`]).
-    pub fn with_retention(mut self, retention: Option<pgproof_core::sink::RetentionLock>) -> Self {
+    /// [`Sink::retention`]), and what extends it on an object stored before.
+    pub fn with_retention(
+        mut self,
+        retention: Option<pgproof_core::sink::RetentionLock>,
+        extender: Option<Arc<dyn LockExtender>>,
+    ) -> Self {
         self.retention = retention;
+        self.extender = extender;
         self
     }
 
@@ -370,6 +386,20 @@ impl Sink for ObjectStoreSink {
 
     fn retention(&self) -> Option<pgproof_core::sink::RetentionLock> {
         self.retention.clone()
+    }
+
+    async fn extend_retention(&self, key: &str) -> Result<()> {
+        let Some(lock) = &self.retention else {
+            return Ok(());
+        };
+        validate_key(key)?;
+        match &self.extender {
+            Some(extender) => extender.extend(&self.location.full_key(key), lock).await,
+            None => Err(Error::config(format!(
+                "{} locks what it stores but cannot extend a lock (needed for {key}): not built for this store",
+                self.location.describe()
+            ))),
+        }
     }
 
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<u64> {

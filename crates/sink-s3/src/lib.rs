@@ -71,10 +71,20 @@ pub fn from_builder(config: &SinkConfig, mut builder: AmazonS3Builder) -> Result
             .with_client_options(ClientOptions::new().with_default_headers(headers))
             .with_checksum_algorithm(Checksum::SHA256);
     }
+    // A lock is extended by a request object_store does not make: the bucket's own
+    // presigned one, signed the same way.
+    let extender = match &retention {
+        Some(_) => Some(std::sync::Arc::new(versions::Bucket::from_builder(
+            config,
+            builder.clone(),
+        )?)
+            as std::sync::Arc<dyn pgproof_sink_object_store::LockExtender>),
+        None => None,
+    };
     let (store, location) = build(config, builder)?;
     Ok(
         ObjectStoreSink::new(std::sync::Arc::new(store), location, options)
-            .with_retention(retention),
+            .with_retention(retention, extender),
     )
 }
 

@@ -42,6 +42,8 @@ pub struct Bucket {
     store: AmazonS3,
     location: Location,
     client: reqwest::Client,
+    /// The sink's retry budget: attempts, and the time after which none starts.
+    retries: (usize, Duration),
 }
 
 impl Bucket {
@@ -70,6 +72,7 @@ impl Bucket {
             store,
             location,
             client,
+            retries: (options.max_retries, options.retry_timeout),
         })
     }
 
@@ -173,8 +176,46 @@ impl Bucket {
     }
 
     async fn request(&self, method: Method, key: &str, query: &[(&str, &str)]) -> Result<String> {
-        let url = self.presign(method.clone(), key, query).await?;
-        let response = self.client.request(method, url).send().await.map_err(|e| {
+        self.request_with(method, key, query, None).await
+    }
+
+    /// [`request`](Self::request) with an XML body, sent with its Content-MD5 (which
+    /// S3 requires of Object Lock requests). A transient failure (no answer, 5xx,
+    /// throttling) is tried again within the sink's retry budget: these requests
+    /// are idempotent.
+    async fn request_with(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<String> {
+        let (max_retries, budget) = self.retries;
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            match self.attempt(method.clone(), key, query, body.clone()).await {
+                Err(e) if e.kind() == pgproof_core::ErrorKind::Transient => {
+                    attempt += 1;
+                    if attempt > max_retries || started.elapsed() + backoff > budget {
+                        return Err(Error::new(
+                            pgproof_core::ErrorKind::Exhausted,
+                            format!("{} (after {attempt} attempts)", e.message()),
+                        ));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Sends a presigned request; no answer is transient, and the error never
+    /// carries the signed URL.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        request.send().await.map_err(|e| {
             Error::transient(format!(
                 "cannot reach the bucket {}: {}",
                 self.location.describe(),
@@ -184,7 +225,30 @@ impl Bucket {
                     chain(&e.without_url())
                 }
             ))
-        })?;
+        })
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        key: &str,
+        query: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<String> {
+        let url = self.presign(method.clone(), key, query).await?;
+        let mut request = self.client.request(method, url);
+        if let Some(body) = body {
+            use base64::Engine;
+            use md5::Digest;
+            let digest = md5::Md5::digest(body.as_bytes());
+            request = request
+                .header(
+                    "Content-MD5",
+                    base64::engine::general_purpose::STANDARD.encode(digest),
+                )
+                .body(body);
+        }
+        let response = self.send(request).await?;
         let status = response.status();
         let body = response.text().await.map_err(|e| {
             Error::transient(format!(
@@ -203,11 +267,78 @@ impl Bucket {
             self.location.bucket
         );
         Err(match status.as_u16() {
+            429 | 500..=599 => Error::transient(message),
+            404 => Error::new(pgproof_core::ErrorKind::NotFound, message),
             401 | 403 => Error::auth(format!(
-                "{message}; the credentials need s3:GetBucketVersioning, s3:GetBucketObjectLockConfiguration, s3:ListBucketVersions and s3:DeleteObjectVersion"
+                "{message}; the credentials need s3:GetBucketVersioning, s3:GetBucketObjectLockConfiguration, s3:ListBucketVersions, s3:DeleteObjectVersion and, with dedup and sink.object_lock, s3:PutObjectRetention and s3:GetObjectRetention"
             )),
             _ => Error::database(message),
         })
+    }
+}
+
+/// Extends a stored object's lock with PutObjectRetention on its current version: a
+/// deduplicated backup's shared chunks stay locked as long as the newest backup that
+/// uses them. S3 itself refuses to shorten a lock in compliance mode; in governance
+/// mode it refuses without the bypass permission, which pgproof never asks for.
+#[async_trait::async_trait]
+impl pgproof_sink_object_store::LockExtender for Bucket {
+    async fn extend(&self, full_key: &str, lock: &pgproof_core::sink::RetentionLock) -> Result<()> {
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+            lock.mode.as_str().to_ascii_uppercase(),
+            lock.retain_until.strftime("%Y-%m-%dT%H:%M:%SZ")
+        );
+        match self
+            .request_with(Method::PUT, full_key, &[("retention", "")], Some(body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Refused: S3 will not shorten a lock or weaken its mode (a lowered
+            // `days`, compliance turned into governance, an overlapping backup that
+            // locked the chunk later). What counts is that it is locked at least as
+            // long, at least as strongly.
+            Err(e) if e.kind() == pgproof_core::ErrorKind::Auth => {
+                match self.current_lock(full_key).await? {
+                    Some((mode, until))
+                        if until >= lock.retain_until
+                            && (mode == pgproof_core::sink::LockMode::Compliance
+                                || lock.mode == pgproof_core::sink::LockMode::Governance) =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Bucket {
+    /// The lock on the current version of `full_key`, as HEAD shows it (`None`: no
+    /// lock, or none S3 shows these credentials).
+    async fn current_lock(
+        &self,
+        full_key: &str,
+    ) -> Result<Option<(pgproof_core::sink::LockMode, jiff::Timestamp)>> {
+        let url = self.presign(Method::HEAD, full_key, &[]).await?;
+        let response = self.send(self.client.request(Method::HEAD, url)).await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mode = match header("x-amz-object-lock-mode").as_deref() {
+            Some("COMPLIANCE") => pgproof_core::sink::LockMode::Compliance,
+            Some("GOVERNANCE") => pgproof_core::sink::LockMode::Governance,
+            _ => return Ok(None),
+        };
+        let until = header("x-amz-object-lock-retain-until-date")
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok());
+        Ok(until.map(|until| (mode, until)))
     }
 }
 
@@ -253,6 +384,9 @@ mod tests {
             path_style: Some(path_style),
             endpoint: endpoint.map(str::to_owned),
             allow_http: endpoint.is_some(),
+            // An unreachable endpoint is tried again within this budget only.
+            max_retries: 2,
+            retry_timeout_secs: 1,
             ..SinkConfig::default()
         };
         let builder = AmazonS3Builder::new()
@@ -294,6 +428,9 @@ mod tests {
             .unwrap_err();
         let text = e.to_string();
         assert!(text.contains("cannot reach the bucket"), "{text}");
+        // Tried again within the sink's retry budget, then given up.
+        assert_eq!(e.kind(), pgproof_core::ErrorKind::Exhausted, "{text}");
+        assert!(text.contains("attempts"), "{text}");
         for secret in ["X-Amz-Signature", "X-Amz-Credential", SECRET, TOKEN] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }

@@ -82,6 +82,20 @@ pub trait Sink: Send + Sync + fmt::Debug {
     fn retention(&self) -> Option<RetentionLock> {
         None
     }
+
+    /// Extends the lock on the stored object `key` to [`retention`](Self::retention)'s
+    /// (a deduplicated backup's shared chunks stay locked as long as the newest
+    /// backup that uses them). A sink that locks objects MUST implement it, and MUST
+    /// never shorten a lock; the default, for sinks that lock nothing, does nothing.
+    async fn extend_retention(&self, key: &str) -> Result<()> {
+        match self.retention() {
+            None => Ok(()),
+            Some(_) => Err(Error::config(format!(
+                "{} locks what it stores but cannot extend a lock (needed for {key}): not built for this sink",
+                self.describe()
+            ))),
+        }
+    }
 }
 
 /// A write-once lock on stored objects: until `retain_until` the stored versions

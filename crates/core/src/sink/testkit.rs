@@ -37,6 +37,7 @@ pub async fn run_all(sink: &dyn Sink) {
     unicode_keys(sink).await;
     missing_objects_are_not_found(sink).await;
     keys_cannot_escape(sink).await;
+    locks_are_extended_or_there_are_none(sink).await;
     let left: Vec<String> = sink
         .list("")
         .await
@@ -48,6 +49,21 @@ pub async fn run_all(sink: &dyn Sink) {
         left.is_empty(),
         "the checks deleted what they stored: {left:?}"
     );
+}
+
+/// A sink that locks nothing extends nothing and says so by succeeding; one that
+/// locks objects extends the lock of an object it stored (the lock itself is read
+/// back by the S3 tests, which can see it).
+pub async fn locks_are_extended_or_there_are_none(sink: &dyn Sink) {
+    let key = "pgproof-kit/locked";
+    sink.put_bytes(key, Bytes::from_static(b"locked"))
+        .await
+        .unwrap();
+    sink.extend_retention(key)
+        .await
+        .unwrap_or_else(|e| panic!("extending the lock of {key}: {e}"));
+    assert_eq!(sink.get_bytes(key, LIMIT).await.unwrap(), b"locked");
+    sink.delete(key).await.unwrap();
 }
 
 /// `n` bytes of a pattern that differs per `seed`, in 1 MiB chunks.
