@@ -182,8 +182,10 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Creates keys and a config for `cluster`'s database `database`, format `format`,
-    /// backing up into the local directory [`sink`](Self::sink).
+    /// Creates keys and a config for `cluster`'s database `database`, format `format`
+    /// (`dedup`: the directory format, deduplicated in chunks of 16 KiB on average, so
+    /// that small test tables cut into several), backing up into the local directory
+    /// [`sink`](Self::sink).
     pub fn new(cluster: &EphemeralCluster, database: &str, format: &str) -> Self {
         Self::with_sink(cluster, database, format, None)
     }
@@ -236,6 +238,10 @@ impl Workspace {
             Some(section) => section.to_owned(),
             None => format!("url = \"file://{}\"\n", ws.sink.display()),
         };
+        let (format, dedup) = match format {
+            "dedup" => ("directory", "dedup = true\ndedup_chunk_kib = 16\n"),
+            other => (other, ""),
+        };
         ws.write_config(&format!(
             r#"[source]
 url = "{url}"
@@ -243,7 +249,7 @@ pg_bin_dir = "{bin}"
 
 [dump]
 format = "{format}"
-
+{dedup}
 [encryption]
 recipients = ["{public}"]
 identity_file = "{key}"
@@ -260,6 +266,14 @@ key_file = "{signing}"
             signing = ws.signing_key.display(),
         ));
         ws
+    }
+
+    /// Gives every `pgproof` run the moto test server's credentials.
+    pub fn use_moto_credentials(&mut self) {
+        self.env
+            .push(("AWS_ACCESS_KEY_ID".into(), moto::ACCESS_KEY.into()));
+        self.env
+            .push(("AWS_SECRET_ACCESS_KEY".into(), moto::SECRET_KEY.into()));
     }
 
     /// Makes `verify` restore into `cluster` (its `postgres` database's server)

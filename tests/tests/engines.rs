@@ -93,6 +93,12 @@ impl Verifier for RowsAtLeast {
     }
 }
 
+/// Deduplication with small chunks, so that the suites' small tables cut into several.
+fn small_chunks() -> pgproof_core::dump::Chunking {
+    let ids = pgproof_core::dump::ChunkIds::new(zeroize::Zeroizing::new([7; 32]));
+    pgproof_core::dump::Chunking::new(4096, Arc::new(ids)).unwrap()
+}
+
 #[tokio::test]
 async fn built_in_dumpers_conform() {
     let Some(cluster) = start_cluster() else {
@@ -103,7 +109,8 @@ async fn built_in_dumpers_conform() {
         Format::Custom.dumper(6),
         Format::Plain.dumper(1),
         Format::Directory.dumper(6),
-        Format::Directory.dumper_with(6, Some(3), Some(2)),
+        Format::Directory.dumper_with(6, Some(3), Some(2), None),
+        Format::Directory.dumper_with(6, Some(3), Some(2), Some(small_chunks())),
     ] {
         dump::testkit::run_all(&*dumper, &server, None).await;
     }
@@ -339,10 +346,11 @@ async fn every_archive_layout_conforms() {
         return;
     };
     let server = cluster.params("postgres").unwrap();
-    let dumpers: [Arc<dyn Dumper>; 4] = [
+    let dumpers: [Arc<dyn Dumper>; 5] = [
         Format::Custom.dumper(6),
         Format::Directory.dumper(6),
-        Format::Directory.dumper_with(6, Some(3), Some(2)),
+        Format::Directory.dumper_with(6, Some(3), Some(2), None),
+        Format::Directory.dumper_with(6, Some(3), Some(2), Some(small_chunks())),
         Arc::new(Spooled(Format::Custom.dumper(6))),
     ];
     for dumper in dumpers {

@@ -54,7 +54,7 @@ async fn nan_bit_patterns_and_partitioned_tables_verify_in_every_format() {
         "this server makes canonical NaNs; the test proves nothing here"
     );
 
-    for format in ["custom", "plain", "directory"] {
+    for format in ["custom", "plain", "directory", "dedup"] {
         let ws = Workspace::new(&cluster, "fid", format);
         ws.verify_on(&cluster);
         ws.backup();
@@ -418,7 +418,7 @@ async fn sql_ascii_databases_with_latin1_bytes_verify() {
         )
         .await
         .unwrap();
-    for format in ["custom", "plain", "directory"] {
+    for format in ["custom", "plain", "directory", "dedup"] {
         let ws = Workspace::new(&cluster, "latin", format);
         ws.verify_on(&cluster);
         ws.backup();

@@ -39,8 +39,9 @@ use serde_json::Value;
 
 const DEFAULT_CASES: usize = 2400;
 
-/// Every built-in archive format; each batch goes through all of them.
-const FORMATS: [&str; 3] = ["custom", "plain", "directory"];
+/// Every built-in archive format (and the directory format deduplicated); each batch
+/// goes through all of them.
+const FORMATS: [&str; 4] = ["custom", "plain", "directory", "dedup"];
 /// Pipeline runs one shrink may spend on simplifying the last row.
 const MAX_SIMPLIFY_STEPS: usize = 24;
 

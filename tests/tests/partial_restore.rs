@@ -186,6 +186,11 @@ async fn one_table_of_a_directory_backup_is_restored_and_proven() {
     one_table_is_restored_and_proven("directory").await;
 }
 
+#[tokio::test]
+async fn one_table_of_a_deduplicated_backup_is_restored_and_proven() {
+    one_table_is_restored_and_proven("dedup").await;
+}
+
 /// A restore whose rows differ from the backup's fails its check by name: here
 /// pg_restore is wrapped by a program that changes a row once it is done.
 #[tokio::test]

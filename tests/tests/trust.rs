@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use pgproof_tests::{Workspace, create_database, start_cluster, stderr};
 use serde_json::Value;
 
@@ -462,14 +464,7 @@ async fn object_lock_protects_backups_until_their_date() {
             moto.endpoint()
         )),
     );
-    ws.env.push((
-        "AWS_ACCESS_KEY_ID".into(),
-        pgproof_tests::moto::ACCESS_KEY.into(),
-    ));
-    ws.env.push((
-        "AWS_SECRET_ACCESS_KEY".into(),
-        pgproof_tests::moto::SECRET_KEY.into(),
-    ));
+    ws.use_moto_credentials();
     let first = ws.backup();
     ws.backup();
     assert_eq!(first["object_lock"]["mode"], "governance", "{first:#}");
@@ -549,4 +544,97 @@ async fn object_lock_protects_backups_until_their_date() {
     let out = ws.pgproof(&["config", "check"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("Object Lock off"), "{}", stderr(&out));
+}
+
+/// S3 Object Lock with deduplicated backups, on moto: a chunk stays locked as long as
+/// the newest backup that uses it (each backup extends the lock of the chunks it
+/// reuses to its own), while a chunk only an older backup uses keeps that one's.
+#[tokio::test]
+async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let Some(moto) = pgproof_tests::moto::Moto::start() else {
+        return;
+    };
+    boto(
+        &moto,
+        "s3.create_bucket(Bucket='chunklock', ObjectLockEnabledForBucket=True)",
+    );
+    let client = create_database(&cluster, "locked_chunks").await;
+    client
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, body text);
+             INSERT INTO notes SELECT g, md5(g::text) || md5((g * 3)::text) FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .unwrap();
+    let section = |days: u32| {
+        format!(
+            "url = \"s3://chunklock/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nobject_lock = {{ mode = \"governance\", days = {days} }}\n",
+            moto.endpoint()
+        )
+    };
+    let mut ws = Workspace::with_sink(&cluster, "locked_chunks", "dedup", Some(&section(2)));
+    ws.use_moto_credentials();
+    ws.verify_on(&cluster);
+    let first = ws.backup();
+    client
+        .batch_execute("UPDATE notes SET body = upper(body) WHERE id > 19000")
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("days = 2", "days = 5"));
+    let second = ws.backup();
+    assert_eq!(second["object_lock"]["mode"], "governance", "{second:#}");
+
+    let all: Vec<String> = boto(
+        &moto,
+        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    print(o['Key'])",
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    let new_in_second = second["chunks"]["new_chunks"].as_u64().unwrap();
+    assert!(new_in_second > 0 && (new_in_second as usize) < all.len());
+    // Days left on each chunk's lock: the second backup's (5 days, so 4 whole days
+    // left) on every chunk it uses, the first's (2, so 1) on those only it used.
+    let days = boto(
+        &moto,
+        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    h = s3.head_object(Bucket='chunklock', Key=o['Key'])\n    print((h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)).days)",
+    );
+    let counts: BTreeMap<&str, usize> = days.lines().fold(BTreeMap::new(), |mut m, d| {
+        *m.entry(d).or_default() += 1;
+        m
+    });
+    let used_by_second = second["chunks"]["chunks"].as_u64().unwrap() as usize;
+    assert_eq!(
+        counts.get("4").copied().unwrap_or(0),
+        used_by_second,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("1").copied().unwrap_or(0),
+        all.len() - used_by_second,
+        "{counts:?}"
+    );
+    let first_id = first["backup_id"].as_str().unwrap();
+    let out = ws.pgproof(&["verify", first_id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A shorter lock later (days lowered): S3 refuses to shorten a chunk's lock,
+    // which already lasts longer, so the backup goes on and the chunks keep theirs.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("days = 5", "days = 3"));
+    let third = ws.backup();
+    assert_eq!(third["chunks"]["new_chunks"], 0, "{third:#}");
+    let days = boto(
+        &moto,
+        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    h = s3.head_object(Bucket='chunklock', Key=o['Key'])\n    print((h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)).days)",
+    );
+    eprintln!("days left after a shorter lock: {days}");
+    assert!(
+        days.lines().filter(|d| *d == "4").count() >= used_by_second,
+        "a chunk's lock was shortened: {days}"
+    );
 }

@@ -285,6 +285,16 @@ pub struct DumpConfig {
     /// Directory format: where pg_dump's private stage goes (default: the temporary
     /// directory). It holds at most a window of plaintext table data at a time.
     pub stage_dir: Option<PathBuf>,
+    /// Directory format: deduplicate. Each data file is cut into chunks by content,
+    /// each chunk compressed and encrypted alone and stored once under
+    /// `.chunks/<database>/`, shared by every backup that uses it: a nightly full
+    /// backup stores about what changed. Chunk ids are keyed with a secret derived
+    /// from `signing.key_file`.
+    pub dedup: bool,
+    /// The average chunk of a deduplicated dump, in KiB (4 to 4096; chunks run from a
+    /// quarter of it to four times it). Smaller chunks find more of what did not
+    /// change, at more objects and requests.
+    pub dedup_chunk_kib: u32,
 }
 
 impl Default for DumpConfig {
@@ -298,6 +308,8 @@ impl Default for DumpConfig {
             lock_wait_timeout_secs: 300,
             statement_timeout_secs: 6 * 3600,
             stage_dir: None,
+            dedup: false,
+            dedup_chunk_kib: pgproof_core::dump::DEFAULT_AVERAGE_CHUNK >> 10,
         }
     }
 }
@@ -315,11 +327,15 @@ pub enum DumpCompression {
 }
 
 impl DumpConfig {
-    /// The dumper these settings choose.
+    /// The dumper these settings choose, deduplicating with `chunking` when given.
     /// Plain dumps are always gzipped (`dump.gzip_level`).
-    pub fn dumper(&self) -> std::sync::Arc<dyn pgproof_core::dump::Dumper> {
+    pub fn dumper(
+        &self,
+        chunking: Option<pgproof_core::dump::Chunking>,
+    ) -> std::sync::Arc<dyn pgproof_core::dump::Dumper> {
         let zstd = (self.compression == DumpCompression::Zstd).then_some(self.zstd_level);
-        self.format.dumper_with(self.gzip_level, zstd, self.jobs)
+        self.format
+            .dumper_with(self.gzip_level, zstd, self.jobs, chunking)
     }
 }
 
@@ -362,6 +378,26 @@ impl Config {
 
     /// Checks dump levels and jobs.
     fn validate_dump(&self) -> Result<()> {
+        if self.dump.dedup {
+            if self.dump.format != Format::Directory {
+                return Err(Error::config(format!(
+                    "dump.dedup = true needs dump.format = \"directory\" (its data files are what is cut into chunks), not {:?}",
+                    self.dump.format.to_string()
+                )));
+            }
+            let bytes = self.dump.dedup_chunk_kib.saturating_mul(1024);
+            if !pgproof_core::dump::AVERAGE_CHUNK_RANGE.contains(&bytes) {
+                return Err(Error::config(format!(
+                    "dump.dedup_chunk_kib = {} is out of range; use 4 to 4096 (default 1024)",
+                    self.dump.dedup_chunk_kib
+                )));
+            }
+            if self.dump.compression != DumpCompression::Zstd {
+                return Err(Error::config(
+                    "dump.dedup needs dump.compression = \"zstd\": pg_dump's own compression would change every chunk of a file that changed anywhere",
+                ));
+            }
+        }
         if self.dump.jobs == Some(0) {
             return Err(Error::config(
                 "dump.jobs = 0 dumps nothing; use 1 or more, or leave it out for one per core",

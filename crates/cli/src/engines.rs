@@ -74,6 +74,30 @@ pub fn keyring(config: &Config) -> Result<Keyring> {
     Ok(Keyring::new(signer, trusted))
 }
 
+/// The dumper `[dump]` describes. A deduplicating one keys its chunk ids with a
+/// secret derived from `signing.key_file`; with `throwaway` (a drill's own sink) and
+/// no key file, with a random one.
+pub fn dumper(config: &Config, throwaway: bool) -> Result<Arc<dyn pgproof_core::dump::Dumper>> {
+    use pgproof_core::dump::{ChunkIds, Chunking};
+    if !config.dump.dedup {
+        return Ok(config.dump.dumper(None));
+    }
+    let ids = match config.signing.key_file.as_deref() {
+        Some(path) => ChunkIds::from_signing_key(&SigningKey::load(path)?)?,
+        None if throwaway => ChunkIds::from_signing_key(&SigningKey::generate("pgproof drill")?)?,
+        None => {
+            return Err(Error::config(
+                "dump.dedup keys its chunk ids with a secret derived from the signing key: set signing.key_file (pgproof keygen --signing --output FILE)",
+            ));
+        }
+    };
+    let chunking = Chunking::new(
+        config.dump.dedup_chunk_kib.saturating_mul(1024),
+        Arc::new(ids),
+    )?;
+    Ok(config.dump.dumper(Some(chunking)))
+}
+
 /// The sink a `[sink]`-shaped section describes (the primary, or a replica), behind
 /// the signature gate.
 pub fn open_sink_with(config: &Config, sink: &SinkConfig) -> Result<Arc<dyn Sink>> {

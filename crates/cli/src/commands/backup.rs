@@ -79,11 +79,12 @@ fn nightly_run(config: &Config, options: &Options, progress: ProgressOutput) -> 
             (config.clone(), sink.clone(), bar.clone(), progress.clone());
         let started_at = crate::commands::upkeep::injected_now()?;
         let amcheck = options.amcheck;
+        let dumper = crate::engines::dumper(&config, false)?;
         move |source: pgproof_core::pg::ConnParams| {
             let (shown, callback) = progress.start(format!("backup {}", source.dbname()));
             *bar.lock().unwrap_or_else(PoisonError::into_inner) = Some(shown);
             let backup = Backup::new(source, sink.clone())
-                .dumper(config.dump.dumper())
+                .dumper(dumper.clone())
                 .pg_bin_dir(config.source.pg_bin_dir.clone())
                 .lock_wait(Duration::from_secs(config.dump.lock_wait_timeout_secs))
                 .statement_timeout(Duration::from_secs(config.dump.statement_timeout_secs))

@@ -66,7 +66,7 @@ pub async fn drill(
     };
     let format = config.dump.format;
     let mut drill = Drill::new(server, sink.clone())
-        .dumper(config.dump.dumper())
+        .dumper(crate::engines::dumper(config, true)?)
         .audit_rows(rows)
         .pg_bin_dir(config.source.pg_bin_dir.clone());
     match (recipients, identities) {

@@ -195,8 +195,20 @@ pub async fn show(config: &Config, which: &str, database: Option<&str>, json: bo
         outln!(
             "  and       {} more files of the archive, {} bytes stored",
             m.parts.len(),
-            m.dump_stored_bytes() - m.object.stored_bytes
+            m.parts.iter().map(|p| p.stored_bytes).sum::<u64>()
         );
+    }
+    if let Some(c) = &m.chunks {
+        outln!(
+            "  chunks    {} files of the archive, {} bytes, in {} shared chunks of {} bytes stored; {} of them ({} bytes) stored by this backup",
+            c.files,
+            c.raw_bytes,
+            c.chunks,
+            c.stored_bytes,
+            c.new_chunks,
+            c.new_bytes
+        );
+        outln!("  list      {}", c.list.key);
     }
     outln!("started     {}", m.started_at);
     outln!("took        {:.1}s", m.duration_ms as f64 / 1000.0);

@@ -57,6 +57,10 @@ pub async fn prune(
             Action::FinishPrune(n) => {
                 format!("{verb:<13} {n} objects left by an interrupted prune")
             }
+            Action::DeleteChunks(n) => {
+                format!("{verb:<13} {n} chunks no backup uses")
+            }
+            Action::KeepChunks(why) => format!("keep chunks   {why}"),
         };
         outln!("{}  {}  {what}", d.database, d.backup_id);
     }
@@ -77,6 +81,8 @@ fn decision_json(d: &Decision) -> serde_json::Value {
         Action::Delete => ("delete", serde_json::json!(PRUNED_BY_POLICY)),
         Action::DeleteOrphan(n) => ("delete-orphan", serde_json::json!(n)),
         Action::FinishPrune(n) => ("finish-prune", serde_json::json!(n)),
+        Action::DeleteChunks(n) => ("delete-chunks", serde_json::json!(n)),
+        Action::KeepChunks(why) => ("keep-chunks", serde_json::json!(why)),
     };
     serde_json::json!({
         "database": d.database,

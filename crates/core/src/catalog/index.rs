@@ -107,7 +107,7 @@ impl<'a> Indexes<'a> {
             let Some(db) = meta.key.split('/').next() else {
                 continue;
             };
-            if layout::is_cluster_key(&meta.key) {
+            if layout::in_no_database(&meta.key) {
                 continue;
             }
             let part = databases

@@ -17,14 +17,19 @@
 //! <db>/<id>/<dump file><codec suffixes>     the dump (directory format: <dump file>/<file>…)
 //! <db>/<id>/settings.json.age               sealed settings
 //! <db>/<id>/files-<set>.tar<suffixes>       a file set
+//! <db>/<id>/<dump file>/chunks.json.zst     chunk list (a deduplicated dump's files, chunk by chunk)
+//! <db>/<id>/<dump file>/chunks.pending      a deduplicated dump under way (until its chunk list)
+//! .chunks/<db>/<chunk id>-<sha256>         a chunk of deduplicated dumps, shared by every backup
+//!                                           of <db> that lists it (compressed and encrypted alone)
 //! .cluster/<run>/cluster.json               cluster run (a `databases = "all"` run's set)
 //! .cluster/<run>/globals.json<suffixes>     the cluster's globals (roles, tablespaces)
 //! ```
 //!
-//! Cluster runs live under `.cluster/`, a name no database can have in a sink
-//! ([`check_database_name`](super::check_database_name) refuses a leading `.`), so
-//! they never collide with a database's directory and no per-database reader
-//! ([`Inventory`](super::Inventory), prune, check, status) mistakes them for one.
+//! Cluster runs live under `.cluster/` and chunks under `.chunks/`, names no database
+//! can have in a sink ([`check_database_name`](super::check_database_name) refuses a
+//! leading `.`), so they never collide with a database's directory and no
+//! per-database reader ([`Inventory`](super::Inventory), prune, check, status)
+//! mistakes them for one.
 
 /// The manifest's file name inside a backup's directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -43,6 +48,10 @@ const LEASES: &str = "lease";
 const TABLE_PROOFS: &str = "tables";
 /// The top-level directory of cluster runs.
 pub const CLUSTER_DIR: &str = ".cluster";
+/// The top-level directory of deduplicated dumps' chunks.
+pub const CHUNKS_DIR: &str = ".chunks";
+/// The chunk list's file name inside a backup's directory.
+pub const CHUNK_LIST_NAME: &str = "chunks.json.zst";
 const CLUSTER_RUN_NAME: &str = "cluster.json";
 const CLAIMS: &str = "claim";
 
@@ -80,6 +89,8 @@ impl Kind {
         match parts.as_slice() {
             [CLUSTER_DIR, _, CLUSTER_RUN_NAME] => Some(Self::ClusterRun),
             [CLUSTER_DIR, ..] => None,
+            // Chunks, and whatever else lies in a directory no database can have.
+            [dir, ..] if dir.starts_with('.') => None,
             [_, LOCK_NAME] => Some(Self::Lock),
             [_, INDEX_NAME] => Some(Self::Index),
             [_, _, MANIFEST_NAME] => Some(Self::Manifest),
@@ -223,9 +234,36 @@ pub fn file_set(dir: &str, set: &str, suffix: &str) -> String {
     format!("{dir}/files-{set}.tar{suffix}")
 }
 
-/// Whether `key` lies under the cluster runs' directory (and so in no database's).
-pub fn is_cluster_key(key: &str) -> bool {
-    key.split('/').next() == Some(CLUSTER_DIR)
+/// Whether `key` lies outside every database's directory (cluster runs, chunks: a
+/// first segment no database name can have).
+pub fn in_no_database(key: &str) -> bool {
+    key.starts_with('.')
+}
+
+/// `<dir>/chunks.json.zst`, in a directory archive's directory `dir`.
+pub fn chunk_list(dir: &str) -> String {
+    format!("{dir}/{CHUNK_LIST_NAME}")
+}
+
+/// `<dir>/chunks.pending`, in a directory archive's directory `dir`: there from
+/// before a deduplicated dump stores its first chunk until its chunk list is written,
+/// so that prune sees a backup under way that may use chunks no list names yet.
+pub fn chunks_pending(dir: &str) -> String {
+    format!("{dir}/chunks.pending")
+}
+
+/// `.chunks/<db>/`: every chunk of the database's deduplicated dumps.
+pub fn chunks(db: &str) -> String {
+    format!("{CHUNKS_DIR}/{db}/")
+}
+
+/// `.chunks/<db>/<id>-<stored sha256>`: the chunk whose plaintext has the keyed id
+/// `id`, stored as the bytes whose sha256 the key ends with. One key, one content: a
+/// chunk stored again (after a sweep, or by a run that found no list to reuse) is
+/// another encryption, so another key, and a copy never finds a same-named object
+/// with other bytes.
+pub fn chunk(db: &str, id: &str, stored_sha256: &str) -> String {
+    format!("{CHUNKS_DIR}/{db}/{id}-{stored_sha256}")
 }
 
 /// `.cluster/`: every cluster run.
@@ -283,7 +321,8 @@ mod tests {
         assert_eq!(Kind::of(&lock("app")), Some(Kind::Lock));
         assert_eq!(Kind::of(&index("app")), Some(Kind::Index));
         assert_eq!(Kind::of(&cluster_run("1")), Some(Kind::ClusterRun));
-        assert!(is_cluster_key(&cluster_run("1")) && !is_cluster_key(&manifest("app", "1")));
+        assert!(in_no_database(&cluster_run("1")) && !in_no_database(&manifest("app", "1")));
+        assert!(in_no_database(&chunk("app", "ab", "cd")));
         for other in [
             dump("app", "1", "dump.pgc", ".zst.age"),
             format!("{}/toc.dat.zst.age", dump("app", "1", "dump", "")),
@@ -298,6 +337,11 @@ mod tests {
             format!("{CLUSTER_DIR}/1/manifest.json"),
             format!("{CLUSTER_DIR}/_commit.lock"),
             format!("{CLUSTER_DIR}/_index.json"),
+            // Nor under the chunks' directory.
+            chunk("app", "manifest", "json"),
+            format!("{CHUNKS_DIR}/app/1/manifest.json"),
+            format!("{CHUNKS_DIR}/_commit.lock"),
+            chunk_list(&backup_dir("app", "1")),
             "app/1/_index.json".into(),
             format!("{CLUSTER_DIR}/1/verify/x.json"),
         ] {

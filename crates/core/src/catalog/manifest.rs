@@ -11,6 +11,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::chunks::ChunkedDump;
 use crate::catalog::files::FileSetInfo;
 use crate::codec::{Tallies, Tally, sha256_hex};
 use crate::error::{Error, Result};
@@ -53,6 +54,10 @@ pub struct Manifest {
     /// The other files of a directory archive, each its own object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<ObjectInfo>,
+    /// A deduplicated directory archive's data files, stored as shared chunks: their
+    /// chunk list and sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<ChunkedDump>,
     /// The exported snapshot the dump was taken in.
     pub snapshot_id: String,
     /// When the backup started (UTC).
@@ -170,22 +175,40 @@ impl Manifest {
         std::iter::once(&self.object).chain(&self.parts)
     }
 
-    /// Every object the backup stored: the dump's, the file sets', the sealed
-    /// settings'.
+    /// Every object the backup stored in its own directory: the dump's, the chunk
+    /// list, the file sets', the sealed settings'. (The shared chunks a chunk list
+    /// names are not among them.)
     pub fn objects(&self) -> impl Iterator<Item = &ObjectInfo> {
         self.dump_objects()
+            .chain(self.chunks.iter().map(|c| &c.list))
             .chain(self.files.iter().map(|f| &f.object))
             .chain(self.sealed.iter())
     }
 
     /// The dump's size as pg_dump wrote it, all files together.
     pub fn dump_raw_bytes(&self) -> u64 {
-        self.dump_objects().map(|o| o.raw_bytes).sum()
+        self.dump_objects().map(|o| o.raw_bytes).sum::<u64>()
+            + self.chunks.as_ref().map_or(0, |c| c.raw_bytes)
     }
 
-    /// The dump's size as stored, all files together.
+    /// What this backup added to the sink: its dump's objects and, of a deduplicated
+    /// dump, its chunk list and the chunks it stored itself.
+    pub fn stored_bytes_added(&self) -> u64 {
+        self.dump_objects().map(|o| o.stored_bytes).sum::<u64>()
+            + self
+                .chunks
+                .as_ref()
+                .map_or(0, |c| c.new_bytes + c.list.stored_bytes)
+    }
+
+    /// The dump's size as stored, all files together (a chunked dump's chunks
+    /// counted whole, though other backups share them).
     pub fn dump_stored_bytes(&self) -> u64 {
-        self.dump_objects().map(|o| o.stored_bytes).sum()
+        self.dump_objects().map(|o| o.stored_bytes).sum::<u64>()
+            + self
+                .chunks
+                .as_ref()
+                .map_or(0, |c| c.stored_bytes + c.list.stored_bytes)
     }
 
     /// Checks that the manifest read from `database`/`backup_id` describes that backup

@@ -1,6 +1,7 @@
 //! The catalog: what a sink holds, read from its manifests. A backup exists once its
 //! manifest is committed; the manifests of one database form a hash chain.
 
+pub mod chunks;
 mod claim;
 pub mod cluster;
 pub mod files;

@@ -124,6 +124,23 @@ impl SigningKey {
         crate::codec::write_key_file(path, self.to_openssh()?.as_bytes())
     }
 
+    /// A secret for `purpose` derived from the private key (HMAC-SHA256 keyed with
+    /// its Ed25519 seed): a second host secret, such as the key of deduplicated
+    /// chunks' ids, without a second key file; nobody without the private key can
+    /// compute it, and it changes when the key does.
+    pub fn derive_secret(&self, purpose: &str) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        use hmac::{KeyInit, Mac};
+        let pair =
+            self.key.key_data().ed25519().ok_or_else(|| {
+                Error::new(ErrorKind::Key, "the signing key is not an Ed25519 key")
+            })?;
+        let seed = zeroize::Zeroizing::new(pair.private.to_bytes());
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&*seed)
+            .map_err(|e| Error::tool(format!("cannot key HMAC-SHA256: {e}")))?;
+        mac.update(purpose.as_bytes());
+        Ok(zeroize::Zeroizing::new(mac.finalize().into_bytes().into()))
+    }
+
     /// Its public half, for every reader's `[trust] keys`.
     pub fn public_key(&self) -> TrustedKey {
         TrustedKey(self.key.public_key().clone())
@@ -525,6 +542,10 @@ impl Sink for SignedSink {
 
     fn retention(&self) -> Option<RetentionLock> {
         self.inner.retention()
+    }
+
+    async fn extend_retention(&self, key: &str) -> Result<()> {
+        self.inner.extend_retention(key).await
     }
 }
 

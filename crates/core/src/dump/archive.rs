@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::{Manifest, ObjectInfo};
+use crate::catalog::chunks::{ChunkList, ChunkedDump};
+use crate::catalog::{BackupRef, Manifest, ObjectInfo};
 use crate::codec::{CodecChain, Identities, Progress, Recipients, Tallies};
 use crate::error::{Error, ErrorKind, Result};
 use crate::scope::Scope;
@@ -37,6 +38,9 @@ pub enum ArchiveIo {
 pub struct ArchiveTarget {
     /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// The backup being taken (a layout that shares objects between backups of one
+    /// database keeps them by database).
+    pub backup: BackupRef,
     /// The archive's key (a layout of several objects stores them under it).
     pub key: String,
     /// The codec chain every object goes through.
@@ -79,6 +83,8 @@ pub struct StoredArchive {
     pub object: ObjectInfo,
     /// The manifest's `parts`.
     pub parts: Vec<ObjectInfo>,
+    /// The manifest's `chunks`, with the chunk list itself (a deduplicated archive's).
+    pub chunks: Option<(ChunkedDump, ChunkList)>,
 }
 
 /// A dump under way: the dump program's thread, and what it has stored.
@@ -156,10 +162,13 @@ pub trait OpenedArchive: Send {
 ///
 /// An implementation:
 /// - MUST store every byte the dump program writes through the target's codec chain,
-///   under keys at or below the target's key, and MUST report in [`StoredArchive`]
-///   each object's tallies as stored, so that the manifest holds their hashes;
-/// - MUST leave nothing in the sink once [`StoringArchive::abort`] returns, and MUST
-///   commit nothing that [`StoringArchive::commit`] does not return;
+///   under keys at or below the target's key (or, shared between backups, as chunks
+///   under [`layout::chunks`](crate::catalog::layout::chunks) of the database, listed
+///   in a chunk list), and MUST report in [`StoredArchive`] each object's tallies as
+///   stored, so that the manifest holds their hashes;
+/// - MUST leave nothing it stored in the sink once [`StoringArchive::abort`] returns
+///   (shared chunks that other backups stored stay), and MUST commit nothing that
+///   [`StoringArchive::commit`] does not return;
 /// - MUST, when restoring, check every byte against the manifest's hashes before the
 ///   restore program sees it (a damaged object kills the program: it must never
 ///   commit what it read), and fail [`open`](ArchiveLayout::open) with
@@ -273,6 +282,7 @@ impl StoringArchive for StreamStoring {
         Ok(StoredArchive {
             object: ObjectInfo::new(self.key, tallies),
             parts: Vec::new(),
+            chunks: None,
         })
     }
 

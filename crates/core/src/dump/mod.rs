@@ -31,7 +31,10 @@ pub use archive::{
     Storing, StoringArchive, StreamLayout,
 };
 pub use builtin::{CustomDumper, PlainDumper, ZstdCustomDumper};
-pub use directory::{DirectoryDumper, DirectoryLayout};
+pub use directory::{
+    AVERAGE_CHUNK_RANGE, ChunkIds, Chunking, DEFAULT_AVERAGE_CHUNK, DirectoryDumper,
+    DirectoryLayout,
+};
 
 use crate::codec::Compress;
 use crate::pg::process::client_command;
@@ -184,6 +187,7 @@ impl Format {
             Format::Directory => Arc::new(DirectoryDumper {
                 jobs: cores(),
                 compression: None,
+                chunking: None,
             }),
         }
     }
@@ -191,12 +195,14 @@ impl Format {
     /// [`dumper`](Self::dumper), with custom and directory dumps compressed by pgproof
     /// with zstd at `zstd_level` when given: a custom dump's on every core but the one
     /// pg_dump uses, each file of a directory dump's on the thread that stores it.
-    /// `jobs` sets a directory dump's parallelism (default: one per core).
+    /// `jobs` sets a directory dump's parallelism (default: one per core), `chunking`
+    /// deduplicates its data files (other formats have no data files to cut).
     pub fn dumper_with(
         self,
         gzip_level: u32,
         zstd_level: Option<i32>,
         jobs: Option<u32>,
+        chunking: Option<Chunking>,
     ) -> Arc<dyn Dumper> {
         match (self, zstd_level) {
             (Format::Custom, Some(level)) => Arc::new(ZstdCustomDumper {
@@ -206,6 +212,7 @@ impl Format {
             (Format::Directory, level) => Arc::new(DirectoryDumper {
                 jobs: jobs.unwrap_or_else(cores).max(1),
                 compression: level.map(|level| Compress::Zstd { level, workers: 0 }),
+                chunking,
             }),
             _ => self.dumper(gzip_level),
         }

@@ -447,7 +447,7 @@ pub async fn layout_conforms(
         .map(|(dir, _)| dir.to_owned())
         .unwrap();
     let listed = sink.list(&format!("{}/", source.dbname())).await.unwrap();
-    let dump_keys: Vec<&str> = manifest.dump_objects().map(|o| o.key.as_str()).collect();
+    let dump_keys: Vec<&str> = manifest.objects().map(|o| o.key.as_str()).collect();
     for meta in &listed {
         if meta.key.ends_with("/manifest.json") {
             continue;
@@ -462,6 +462,21 @@ pub async fn layout_conforms(
             "{} lies outside the archive's directory {stem}",
             meta.key
         );
+    }
+    // Shared chunks, if the layout stores any: each one listed.
+    if let Some(list) = crate::catalog::chunks::load_chunk_list(&*sink, &manifest)
+        .await
+        .unwrap()
+    {
+        let used = list.chunks();
+        let chunks_dir = crate::catalog::layout::chunks(source.dbname());
+        for meta in sink.list(&chunks_dir).await.unwrap() {
+            assert!(
+                used.contains_key(&meta.key),
+                "the layout stored the chunk {} but the chunk list does not list it",
+                meta.key
+            );
+        }
     }
     let restore = |target: &str| {
         crate::ops::Restore::new(sink.clone(), manifest.clone(), server.with_dbname(target))
@@ -524,6 +539,10 @@ pub async fn layout_conforms(
         ),
         ArchiveTarget {
             sink: sink.clone(),
+            backup: crate::catalog::BackupRef {
+                database: "pgproof_layoutkit_abort".into(),
+                backup_id: crate::catalog::BackupId::parse("run").unwrap(),
+            },
             key,
             chain,
             recipients: None,
@@ -536,7 +555,12 @@ pub async fn layout_conforms(
     let cause = crate::Error::tool("aborted by the layout suite");
     let returned = storing.archive.abort(cause).await;
     assert!(returned.to_string().contains("aborted"), "{returned}");
-    let left = sink.list("pgproof_layoutkit_abort/").await.unwrap();
+    let mut left = sink.list("pgproof_layoutkit_abort/").await.unwrap();
+    left.extend(
+        sink.list(&crate::catalog::layout::chunks("pgproof_layoutkit_abort"))
+            .await
+            .unwrap(),
+    );
     assert!(left.is_empty(), "an aborted dump left {left:?}");
     admin.drop(source.dbname()).await.unwrap();
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
+use crate::catalog::chunks::{self, ChunkList, ChunkedDump};
 use crate::catalog::files::{FileSet, FileSetInfo};
 use crate::catalog::layout;
 use crate::catalog::{
@@ -233,6 +234,10 @@ impl Backup {
             cmd,
             ArchiveTarget {
                 sink: self.sink.clone(),
+                backup: BackupRef {
+                    database: database.clone(),
+                    backup_id: backup_id.clone(),
+                },
                 key: object_key,
                 chain: chain.clone(),
                 recipients: self.recipients.clone(),
@@ -259,7 +264,11 @@ impl Backup {
             Ok(done) => done,
             Err(e) => return Err(pending.abort(e).await),
         };
-        let StoredArchive { object, parts } = pending.commit().await?;
+        let StoredArchive {
+            object,
+            parts,
+            chunks,
+        } = pending.commit().await?;
 
         // File sets beside the dump, before the manifest commits them all.
         let files = self
@@ -269,6 +278,19 @@ impl Backup {
             started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
         // still form one line, each linked to the manifest committed just before it.
+        // A last look before the manifest names them: every chunk this backup lists
+        // is stored at its size. Prune sweeps none while this backup is uncommitted,
+        // but the sink is not pgproof's alone. (Listed before the commit lock: on a
+        // large database the listing takes longer than the lock lives.)
+        if let Some((_, list)) = &chunks {
+            let stored = chunks::stored_chunks(&*self.sink, &database).await?;
+            if let Some(gone) = chunks::missing_chunk(list, &stored) {
+                return Err(Error::tool(format!(
+                    "{}: deleted or changed while this backup ran; back up again",
+                    gone.message()
+                )));
+            }
+        }
         let lock = CommitLock::acquire(&*self.sink, &database, &backup_id).await?;
         let committed = self
             .commit(
@@ -282,6 +304,7 @@ impl Backup {
                     chain: &chain,
                     object,
                     parts,
+                    chunks,
                     evidence,
                     properties,
                     roles,
@@ -477,6 +500,7 @@ struct Committing<'a> {
     chain: &'a CodecChain,
     object: ObjectInfo,
     parts: Vec<ObjectInfo>,
+    chunks: Option<(ChunkedDump, ChunkList)>,
     evidence: Evidence,
     properties: DatabaseProperties,
     roles: Vec<RoleInfo>,
@@ -497,6 +521,7 @@ impl Backup {
         c: Committing<'_>,
     ) -> Result<Manifest> {
         let previous = catalog::previous_link(&*self.sink, database).await?;
+        let chunked = c.chunks.map(|(dump, _)| dump);
         // The previous backup's counts and size, against this one's.
         let alerts = match &previous {
             Some(p) => {
@@ -511,7 +536,9 @@ impl Backup {
                             fingerprint,
                             before.dump_raw_bytes(),
                             &c.evidence.fingerprint,
-                            c.object.raw_bytes + c.parts.iter().map(|p| p.raw_bytes).sum::<u64>(),
+                            c.object.raw_bytes
+                                + c.parts.iter().map(|p| p.raw_bytes).sum::<u64>()
+                                + chunked.as_ref().map_or(0, |d| d.raw_bytes),
                             self.alert_policy,
                         ),
                         None => Vec::new(),
@@ -544,6 +571,7 @@ impl Backup {
             }),
             object: c.object,
             parts: c.parts,
+            chunks: chunked,
             snapshot_id: c.snapshot_id,
             started_at: c.started_at,
             finished_at: c.finished_at,

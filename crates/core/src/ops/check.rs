@@ -8,6 +8,9 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
+use std::collections::{BTreeMap, HashMap};
+
+use crate::catalog::chunks;
 use crate::catalog::{DatabaseInventory, Inventory};
 use crate::error::Result;
 use crate::sink::Sink;
@@ -120,6 +123,7 @@ impl CatalogCheck {
                     }
                 }
             }
+            findings.extend(self.chunk_findings(database, part, &mut outcome).await?);
             outcome.findings.extend(findings);
         }
         // Cluster runs belong to no database: checked with the whole sink.
@@ -130,6 +134,79 @@ impl CatalogCheck {
             outcome.bytes_read += bytes;
         }
         Ok(outcome)
+    }
+
+    /// The shared chunks of `database`'s deduplicated backups: each one every backup
+    /// lists present at its listed size and, with `read_data`, hashed, once however
+    /// many backups share it; a bad chunk is a finding of every backup that lists it.
+    async fn chunk_findings(
+        &self,
+        database: &str,
+        part: &DatabaseInventory,
+        outcome: &mut CheckOutcome,
+    ) -> Result<Vec<Finding>> {
+        let mut findings = Vec::new();
+        let mut stored: Option<BTreeMap<String, u64>> = None;
+        let mut hashed: HashMap<String, String> = HashMap::new();
+        for entry in &part.backups {
+            let Ok(manifest) = &entry.manifest else {
+                continue;
+            };
+            let finding = |problem: String| Finding {
+                database: database.to_owned(),
+                backup_id: entry.backup_id.to_string(),
+                problem,
+            };
+            let list = match chunks::load_chunk_list(&*self.sink, manifest).await {
+                Ok(Some(list)) => list,
+                Ok(None) => continue,
+                Err(e) if e.about_backup() => {
+                    findings.push(finding(e.message().to_owned()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if stored.is_none() {
+                stored = Some(chunks::stored_chunks(&*self.sink, database).await?);
+            }
+            let Some(stored) = &stored else {
+                continue;
+            };
+            for (key, chunk) in list.chunks() {
+                let problem = match stored.get(&key) {
+                    None => Some(format!("chunk {key} is missing")),
+                    Some(size) if *size != chunk.stored_bytes => Some(format!(
+                        "chunk {key} has {size} bytes, the chunk list says {}",
+                        chunk.stored_bytes
+                    )),
+                    Some(_) if self.read_data => {
+                        let sha = match hashed.get(&key) {
+                            Some(sha) => sha.clone(),
+                            None => {
+                                let (sha, bytes) = self.hash(&key).await?;
+                                outcome.bytes_read += bytes;
+                                hashed.insert(key.clone(), sha.clone());
+                                sha
+                            }
+                        };
+                        (sha != chunk.stored_sha256).then(|| {
+                            format!(
+                                "chunk {key} has sha256 {sha}, the chunk list says {}",
+                                chunk.stored_sha256
+                            )
+                        })
+                    }
+                    Some(_) => None,
+                };
+                if let Some(problem) = problem {
+                    findings.push(finding(format!(
+                        "{problem} (used by {})",
+                        list.files_using(&key).join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(findings)
     }
 
     async fn hash(&self, key: &str) -> Result<(String, u64)> {

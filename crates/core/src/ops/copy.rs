@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use crate::catalog::chunks;
 use crate::catalog::layout::{self, Kind};
 use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
@@ -60,6 +61,8 @@ pub struct CopyBackups {
     to: Arc<dyn Sink>,
     database: Option<String>,
     only: Option<String>,
+    /// Chunks whose lock this run extended at the destination (or stored there).
+    locked: Mutex<std::collections::HashSet<String>>,
 }
 
 impl CopyBackups {
@@ -70,6 +73,7 @@ impl CopyBackups {
             to,
             database: None,
             only: None,
+            locked: Mutex::default(),
         }
     }
 
@@ -175,10 +179,19 @@ impl CopyBackups {
             ))
         })?;
         let mut bytes = 0;
+        // The backup's own objects first: from then on a prune at the destination sees
+        // a backup under way and sweeps none of the chunks it is about to use.
         for object in manifest.objects() {
             bytes += self
                 .copy_checked(&object.key, object.stored_bytes, &object.stored_sha256)
                 .await?;
+        }
+        if let Some(list) = chunks::load_chunk_list(&*self.from, manifest).await? {
+            // Twice: what a sweep that started before this backup's objects landed
+            // deleted meanwhile is copied again before the manifest names it.
+            for pass in 0..2 {
+                bytes += self.copy_chunks(database, entry, &list, pass == 0).await?;
+            }
         }
         // The manifest last: from now on the backup is listed at the destination.
         let key = layout::manifest(database, &entry.backup_id);
@@ -191,6 +204,55 @@ impl CopyBackups {
         put_new(&*self.to, &key, body).await?;
         self.copy_records(entry, std::iter::empty()).await?;
         tracing::info!(backup = %entry.backup_id, database, bytes, "copied");
+        Ok(bytes)
+    }
+
+    /// The chunks of `list` the destination lacks. One it has at the listed size is
+    /// taken as it is: its key ends with the sha256 of its bytes, so it is the same
+    /// chunk unless someone changed it there (check --read-data there says so); it is
+    /// never replaced, since other backups there use it; on a destination that locks
+    /// objects, with `extend`, its lock is extended to this copy's.
+    async fn copy_chunks(
+        &self,
+        database: &str,
+        entry: &CatalogEntry,
+        list: &chunks::ChunkList,
+        extend: bool,
+    ) -> Result<u64> {
+        let there = chunks::stored_chunks(&*self.to, database).await?;
+        let mut bytes = 0;
+        for (key, chunk) in list.chunks() {
+            match there.get(&key) {
+                Some(size) if *size == chunk.stored_bytes => {
+                    let first = self
+                        .locked
+                        .lock()
+                        .map_err(|_| Error::tool("a copy's lock set was poisoned"))?
+                        .insert(key.clone());
+                    if extend && first {
+                        self.to.extend_retention(&key).await?;
+                    }
+                }
+                Some(size) => {
+                    return Err(Error::integrity(format!(
+                        "the chunk {key} in {} has {size} bytes, not the {} backup {database}/{} lists; run check --read-data there",
+                        self.to.describe(),
+                        chunk.stored_bytes,
+                        entry.backup_id
+                    ))
+                    .with_object(key));
+                }
+                None => {
+                    bytes += self
+                        .copy_checked(&key, chunk.stored_bytes, &chunk.stored_sha256)
+                        .await?;
+                    // Stored by this run: it carries the destination's lock.
+                    if let Ok(mut locked) = self.locked.lock() {
+                        locked.insert(key.clone());
+                    }
+                }
+            }
+        }
         Ok(bytes)
     }
 

@@ -21,8 +21,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{
-    CatalogEntry, DatabaseInventory, Inventory, Tombstone, id_started_at, layout, leased_now,
-    pinned_now,
+    CatalogEntry, DatabaseInventory, Inventory, Tombstone, chunks, id_started_at, layout,
+    leased_now, pinned_now,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
@@ -161,6 +161,11 @@ pub enum Action {
     DeleteOrphan(usize),
     /// Leftovers beside a tombstone (an interrupted prune): deleted.
     FinishPrune(usize),
+    /// The database's shared chunks (the decision's `backup_id` is their directory):
+    /// this many, listed by no committed backup, deleted.
+    DeleteChunks(usize),
+    /// The database's shared chunks: none deleted, for this reason.
+    KeepChunks(String),
 }
 
 /// Retention for every database in a sink (or one), configured by its builder methods
@@ -236,12 +241,16 @@ impl Prune {
         };
         if self.dry_run {
             decisions.extend(clusters.iter().flat_map(|c| c.decisions()));
+            // Counted as if nothing were pruned: the chunks unused already.
+            for database in inventory.databases.keys() {
+                decisions.extend(self.sweep_chunks(database).await?);
+            }
             return Ok(decisions);
         }
         for d in &decisions {
             let part = &inventory.databases[&d.database];
             match &d.action {
-                Action::Keep(_) => {}
+                Action::Keep(_) | Action::DeleteChunks(_) | Action::KeepChunks(_) => {}
                 Action::Delete => {
                     let entry = part
                         .backups
@@ -264,7 +273,86 @@ impl Prune {
             clusters.execute(&*self.sink).await?;
             decisions.extend(clusters.decisions());
         }
+        for database in inventory.databases.keys() {
+            decisions.extend(self.sweep_chunks(database).await?);
+        }
         Ok(decisions)
+    }
+
+    /// Deletes the shared chunks of `database` that no committed backup lists (after
+    /// the backups pruned above). Without a grace period on chunks: a backup that
+    /// stores chunks keeps an uncommitted object in its directory from before its
+    /// first chunk until its manifest commits, and no chunk is deleted while any
+    /// backup of the database is uncommitted (under way, or failed and not yet past
+    /// the orphan grace). The chunks are listed before the catalog is read, so a chunk
+    /// stored after the listing is never a candidate and one stored before it belongs
+    /// to a backup the catalog shows committed or under way. A backup reuses only
+    /// chunks its predecessor lists, and the newest backup (the chain's head) is
+    /// never pruned; a backup re-lists its chunks under the commit lock anyway. Any
+    /// backup whose manifest or chunk list cannot be trusted stops the sweep: what it
+    /// lists is unknown.
+    async fn sweep_chunks(&self, database: &str) -> Result<Option<Decision>> {
+        let stored = chunks::stored_chunks(&*self.sink, database).await?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        let decision = |action| {
+            Some(Decision {
+                database: database.to_owned(),
+                backup_id: layout::chunks(database),
+                action,
+            })
+        };
+        let inventory = Inventory::load(&*self.sink, Some(database)).await?;
+        let empty = DatabaseInventory::default();
+        let part = inventory.databases.get(database).unwrap_or(&empty);
+        if let Some(id) = part
+            .uncommitted
+            .keys()
+            .find(|id| !part.tombstones.contains_key(*id))
+        {
+            return Ok(decision(Action::KeepChunks(format!(
+                "backup {id} has objects but no manifest (a backup under way, one that failed and is within the orphan grace, or one kept for a person to look at): chunks it stored may be listed nowhere yet"
+            ))));
+        }
+        let mut used = BTreeSet::new();
+        for entry in &part.backups {
+            let manifest = match &entry.manifest {
+                Ok(manifest) => manifest,
+                Err(problem) => {
+                    return Ok(decision(Action::KeepChunks(format!(
+                        "backup {} cannot be trusted ({problem}), so what it uses is unknown",
+                        entry.backup_id
+                    ))));
+                }
+            };
+            match chunks::load_chunk_list(&*self.sink, manifest).await {
+                Ok(Some(list)) => used.extend(list.chunks().into_keys()),
+                Ok(None) => {}
+                Err(e) if e.about_backup() => {
+                    return Ok(decision(Action::KeepChunks(format!(
+                        "backup {}: {}",
+                        entry.backup_id,
+                        e.message()
+                    ))));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let unused: Vec<&String> = stored.keys().filter(|k| !used.contains(*k)).collect();
+        if !self.dry_run {
+            for key in &unused {
+                delete_quietly(&*self.sink, key).await?;
+            }
+            if !unused.is_empty() {
+                tracing::info!(
+                    database,
+                    chunks = unused.len(),
+                    "deleted chunks no backup uses"
+                );
+            }
+        }
+        Ok(decision(Action::DeleteChunks(unused.len())))
     }
 
     async fn delete_backup(

@@ -358,7 +358,17 @@ impl Proof<'_> {
         let o = &self.manifest.object;
         let archive_ok = Check::pass(
             "archive",
-            if self.manifest.parts.is_empty() {
+            if let Some(c) = &self.manifest.chunks {
+                format!(
+                    "{} objects and {} files in {} shared chunks ({} stored bytes, {} dump bytes), each object's and chunk's sha256 as its manifest and chunk list (sha256 {}) recorded",
+                    self.manifest.parts.len() + 1,
+                    c.files,
+                    c.chunks,
+                    self.manifest.dump_stored_bytes(),
+                    self.manifest.dump_raw_bytes(),
+                    c.list.stored_sha256
+                )
+            } else if self.manifest.parts.is_empty() {
                 format!(
                     "{} stored bytes (sha256 {}) and {} dump bytes (sha256 {}) as recorded",
                     o.stored_bytes, o.stored_sha256, o.raw_bytes, o.raw_sha256

@@ -142,8 +142,8 @@ impl Inventory {
             None => None,
         };
         for meta in listing {
-            // Cluster runs are no database's (see `catalog::cluster`).
-            if layout::is_cluster_key(&meta.key) {
+            // Cluster runs and chunks are no database's (see `catalog::layout`).
+            if layout::in_no_database(&meta.key) {
                 continue;
             }
             let mut parts = meta.key.splitn(3, '/');

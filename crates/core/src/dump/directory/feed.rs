@@ -16,11 +16,13 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::{OpenedDirectory, is_table_of_contents, part_name, private_stage, share_of};
 use crate::catalog::ObjectInfo;
+use crate::catalog::chunks::{ChunkRef, ChunkedFile};
 use crate::codec::{CodecChain, Identities, Progress, PumpError};
 use crate::dump::archive::Reading;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::process::ChildProgram;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkExt};
+use sha2::{Digest, Sha256};
 
 /// Runs `cmd` (a directory-format restore program; the archive directory is appended)
 /// on a directory holding the tables of contents as files and every other file of
@@ -38,6 +40,8 @@ pub(super) async fn restore(
 ) -> Result<u64> {
     let OpenedDirectory {
         sink,
+        database,
+        chunked,
         chain,
         identities,
         objects,
@@ -73,8 +77,15 @@ pub(super) async fn restore(
             nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).map_err(|e| {
                 Error::io(format!("creating the pipe {}", path.display()), e.into())
             })?;
-            pipes.push((name.to_owned(), path, object.clone()));
+            pipes.push((name.to_owned(), path, Source::Object(object.clone())));
         }
+    }
+    for file in chunked {
+        // The chunk list was checked: a data file's name, each once.
+        let path = stage.path().join(&file.name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU)
+            .map_err(|e| Error::io(format!("creating the pipe {}", path.display()), e.into()))?;
+        pipes.push((file.name.clone(), path, Source::Chunks(file.clone())));
     }
 
     cmd.arg(stage.path());
@@ -82,24 +93,38 @@ pub(super) async fn restore(
     let finished = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
     let mut feeders = futures::stream::FuturesUnordered::new();
-    for (name, path, object) in pipes {
+    for (name, path, source) in pipes {
         let (sink, chain, identities) = (sink.clone(), chain.clone(), identities.cloned());
         let finished = finished.clone();
         let progress = progress.map(|p| share_of(p, &total));
+        let database = database.clone();
         feeders.push(tokio::spawn(async move {
             let Some(pipe) = open_when_read(&path, &finished).await? else {
                 return Ok(Fed::Unread(name));
             };
-            fetch_into(
-                &*sink,
-                &chain,
-                identities.as_ref(),
-                &object,
-                pipe,
-                progress.as_ref(),
-            )
-            .await
-            .map(Fed::Bytes)
+            match source {
+                Source::Object(object) => fetch_into(
+                    &*sink,
+                    &chain,
+                    identities.as_ref(),
+                    &object,
+                    pipe,
+                    progress.as_ref(),
+                )
+                .await
+                .map(Fed::Bytes),
+                Source::Chunks(file) => {
+                    let from = Chunks {
+                        sink: &sink,
+                        chain: &chain,
+                        identities: identities.as_ref(),
+                        database: &database,
+                    };
+                    from.feed(&file, pipe, progress.as_ref())
+                        .await
+                        .map(Fed::Bytes)
+                }
+            }
         }));
     }
 
@@ -158,6 +183,173 @@ pub(super) async fn restore(
 enum Fed {
     Bytes(u64),
     Unread(String),
+}
+
+/// Where a pipe's bytes come from.
+enum Source {
+    /// One object of the backup.
+    Object(ObjectInfo),
+    /// Chunks shared with other backups.
+    Chunks(ChunkedFile),
+}
+
+/// Chunks fetched ahead of the one being fed, per file: each at most four times the
+/// average chunk, so a few MiB per pipe.
+const CHUNKS_AHEAD: usize = 3;
+
+/// The chunks of one database, decoded with the backup's codec chain.
+struct Chunks<'a> {
+    sink: &'a Arc<dyn Sink>,
+    chain: &'a CodecChain,
+    identities: Option<&'a Identities>,
+    database: &'a str,
+}
+
+impl Chunks<'_> {
+    /// Feeds `file` into `output` chunk by chunk, each checked against the chunk
+    /// list's size and sha256 before a byte of it is decoded, the whole file against
+    /// its size and sha256 before the pipe closes; on any failure the error comes back
+    /// with a handle that keeps `output` open.
+    async fn feed(
+        &self,
+        file: &ChunkedFile,
+        output: File,
+        progress: Option<&Progress>,
+    ) -> std::result::Result<u64, FeedError> {
+        use futures::StreamExt;
+        let kept = output.try_clone().ok();
+        let failed = |error: Error, output_side: bool, kept: &Option<File>| FeedError {
+            error,
+            output_side,
+            pipe: kept.as_ref().and_then(|f| f.try_clone().ok()),
+        };
+        let mut fetched = futures::stream::iter(file.chunks.iter().cloned())
+            .map(|chunk| {
+                let key = chunk.key(self.database);
+                let sink = self.sink.clone();
+                async move {
+                    let limit = usize::try_from(chunk.stored_bytes).unwrap_or(usize::MAX);
+                    let got = sink.get_bytes(&key, limit.saturating_add(1)).await;
+                    (chunk, key, got)
+                }
+            })
+            .buffered(CHUNKS_AHEAD);
+        let mut state = Some((output, Sha256::new(), 0u64));
+        while let Some((chunk, key, got)) = fetched.next().await {
+            let bytes = match got {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    let e = if e.kind() == ErrorKind::NotFound {
+                        Error::integrity(format!(
+                            "the chunk {key} that {} of the backup uses is missing; the backup cannot be restored",
+                            file.name
+                        ))
+                        .with_object(key)
+                    } else {
+                        e
+                    };
+                    return Err(failed(e, false, &kept));
+                }
+            };
+            let sha256 = crate::codec::sha256_hex(&bytes);
+            if bytes.len() as u64 != chunk.stored_bytes || sha256 != chunk.stored_sha256 {
+                let e = Error::integrity(format!(
+                    "the chunk {key} (in {}) does not match the chunk list: {} bytes sha256 {sha256} found, {} bytes sha256 {} listed; the backup was altered or damaged",
+                    file.name,
+                    bytes.len(),
+                    chunk.stored_bytes,
+                    chunk.stored_sha256
+                ))
+                .with_object(key);
+                return Err(failed(e, false, &kept));
+            }
+            let (chain, identities) = (self.chain.clone(), self.identities.cloned());
+            let Some((output, whole, written)) = state.take() else {
+                break;
+            };
+            let step = tokio::task::spawn_blocking(move || {
+                decode_chunk(
+                    &chain,
+                    identities.as_ref(),
+                    &bytes,
+                    &chunk,
+                    &key,
+                    output,
+                    whole,
+                    written,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err((
+                    Error::tool(format!("the restore thread failed: {e}")),
+                    false,
+                ))
+            });
+            match step {
+                Ok(next) => {
+                    if let Some(progress) = progress {
+                        progress(next.2);
+                    }
+                    state = Some(next);
+                }
+                Err((e, output_side)) => return Err(failed(e, output_side, &kept)),
+            }
+        }
+        let Some((_output, whole, written)) = state else {
+            return Err(failed(
+                Error::tool("a chunk feeder lost its pipe"),
+                false,
+                &kept,
+            ));
+        };
+        let sha256 = hex::encode(whole.finalize());
+        if written != file.raw_bytes || sha256 != file.raw_sha256 {
+            let e = Error::integrity(format!(
+                "{} of the backup does not match its chunk list once put together: {written} bytes sha256 {sha256}, {} bytes sha256 {} listed; the backup was altered or damaged",
+                file.name, file.raw_bytes, file.raw_sha256
+            ))
+            .with_object(file.name.clone());
+            return Err(failed(e, false, &kept));
+        }
+        Ok(written)
+    }
+}
+
+/// Decodes one checked chunk and writes it to `output`; returns the pipe, the file's
+/// hash and bytes so far, or the error and whether writing failed.
+#[allow(clippy::too_many_arguments)]
+fn decode_chunk(
+    chain: &CodecChain,
+    identities: Option<&Identities>,
+    stored: &[u8],
+    chunk: &ChunkRef,
+    key: &str,
+    mut output: File,
+    mut whole: Sha256,
+    written: u64,
+) -> std::result::Result<(File, Sha256, u64), (Error, bool)> {
+    use std::io::Write;
+    let capacity = usize::try_from(chunk.raw_bytes).unwrap_or(0);
+    let (plain, _) = chain
+        .decode(stored, Vec::with_capacity(capacity), identities, None)
+        .map_err(|e| (e.into_error(), false))?;
+    if plain.len() as u64 != chunk.raw_bytes {
+        return Err((
+            Error::integrity(format!(
+                "the chunk {key} decodes to {} bytes, not the {} listed",
+                plain.len(),
+                chunk.raw_bytes
+            ))
+            .with_object(key),
+            false,
+        ));
+    }
+    whole.update(&plain);
+    output
+        .write_all(&plain)
+        .map_err(|e| (Error::io("writing to pg_restore", e), true))?;
+    Ok((output, whole, written + plain.len() as u64))
 }
 
 /// Why an object did not reach its pipe whole.

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 
-use super::{private_stage, share_of};
+use super::dedup::ChunkStore;
+use super::{is_table_of_contents, private_stage, share_of};
 use crate::catalog::ObjectInfo;
 use crate::codec::{CodecChain, Progress, Recipients, Tallies};
 use crate::error::{Error, ErrorKind, Result};
@@ -41,10 +42,12 @@ pub(crate) struct PartStore {
     pub stage_dir: Option<std::path::PathBuf>,
     /// The scope pg_dump and the uploads belong to.
     pub scope: Scope,
+    /// Where data files go when the dump is deduplicated.
+    pub dedup: Option<Arc<ChunkStore>>,
 }
 
 /// One file of the archive, stored.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct StoredPart {
     /// The file's name in the archive directory.
     pub name: String,
@@ -269,10 +272,12 @@ pub(crate) fn dump(
                             store, &name, &path, &growing, chain, recipients, progress, stop,
                             &total,
                         )?;
-                        stored
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(part);
+                        if let Some(part) = part {
+                            stored
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(part);
+                        }
                         growing.stored.store(true, Ordering::SeqCst);
                         Ok(())
                     }));
@@ -376,7 +381,8 @@ fn join_storing(handle: ScopedJoinHandle<'_, Result<()>>, failure: &mut Option<E
     }
 }
 
-/// Streams one file of the archive into its object and deletes the file.
+/// Streams one file of the archive into its object (or, deduplicated, its chunks:
+/// then `None`, the file being listed by the chunk store) and deletes the file.
 #[allow(clippy::too_many_arguments)]
 fn store_part(
     store: &PartStore,
@@ -388,7 +394,7 @@ fn store_part(
     progress: Option<&Progress>,
     stop: Arc<AtomicBool>,
     total: &Arc<AtomicU64>,
-) -> Result<StoredPart> {
+) -> Result<Option<StoredPart>> {
     // Writable too: punching out the blocks already read needs it.
     let file = File::options()
         .read(true)
@@ -403,12 +409,19 @@ fn store_part(
         freed: 0,
         stop,
     };
+    let part_progress = progress.map(|p| share_of(p, total));
+    if let Some(dedup) = &store.dedup
+        && !is_table_of_contents(name)
+    {
+        dedup.store_file(name, reader, chain, recipients, part_progress.as_ref())?;
+        let _ = std::fs::remove_file(path);
+        return Ok(None);
+    }
     let key = format!("{}{name}{}", store.prefix, store.suffix);
     let (writer, upload) = {
         let _entered = store.runtime.enter();
         Upload::start(store.sink.clone(), key.clone(), &store.scope)
     };
-    let part_progress = progress.map(|p| share_of(p, total));
     let encoded = chain.encode(reader, writer, recipients, part_progress.as_ref());
     let tallies: Tallies = match encoded {
         Ok((writer, tallies)) => {
@@ -431,8 +444,8 @@ fn store_part(
         .with_object(key));
     }
     let _ = std::fs::remove_file(path);
-    Ok(StoredPart {
+    Ok(Some(StoredPart {
         name: name.to_owned(),
         object: ObjectInfo::new(key, tallies),
-    })
+    }))
 }

@@ -14,8 +14,11 @@
 //! pgproof restores such an archive only into a database it creates, and drops it if
 //! the restore fails.
 
+mod dedup;
 mod feed;
 mod follow;
+
+pub use dedup::{AVERAGE_CHUNK_RANGE, ChunkIds, Chunking, DEFAULT_AVERAGE_CHUNK};
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::catalog::ObjectInfo;
+use crate::catalog::chunks::{ChunkedFile, load_chunk_list, missing_chunk, stored_chunks};
 use crate::codec::{CodecChain, Identities};
 use crate::codec::{Compress, Progress};
 use crate::dump::archive::{
@@ -40,13 +44,16 @@ use crate::sink::Sink;
 
 /// `pg_dump -Fd --jobs=N`, each file stored as its own object (compressed by pgproof
 /// when `compression` is set, by pg_dump's zlib otherwise), restored with
-/// `pg_restore --jobs=N` into a database pgproof creates.
-#[derive(Clone, Copy, Debug)]
+/// `pg_restore --jobs=N` into a database pgproof creates. With `chunking`, each data
+/// file is stored as chunks shared with the database's other backups instead.
+#[derive(Clone, Debug)]
 pub struct DirectoryDumper {
     /// Tables dumped (and restored) at once.
     pub jobs: u32,
     /// pgproof's compression of each file; `None` leaves it to pg_dump.
     pub compression: Option<Compress>,
+    /// Deduplication: data files cut into chunks by content, each stored once.
+    pub chunking: Option<Chunking>,
 }
 
 impl Dumper for DirectoryDumper {
@@ -71,7 +78,10 @@ impl Dumper for DirectoryDumper {
     }
 
     fn layout(&self) -> Arc<dyn ArchiveLayout> {
-        Arc::new(DirectoryLayout { jobs: self.jobs })
+        Arc::new(DirectoryLayout {
+            jobs: self.jobs,
+            chunking: self.chunking.clone(),
+        })
     }
 
     fn dump_command(
@@ -108,15 +118,19 @@ impl Dumper for DirectoryDumper {
     }
 }
 
-/// A directory of files, each its own object (`<backup>/<file_name>/<file>`). The
-/// tables of contents (`toc.dat`, `*.toc`) are written to the restore directory whole;
-/// every other file reaches the restore program through a named pipe.
-#[derive(Clone, Copy, Debug)]
+/// A directory of files, each its own object (`<backup>/<file_name>/<file>`), or with
+/// `chunking` each data file as shared chunks (`.chunks/<db>/…`, listed in the
+/// backup's chunk list). The tables of contents (`toc.dat`, `*.toc`) are written to
+/// the restore directory whole; every other file reaches the restore program through
+/// a named pipe. A restore reads chunked backups whatever `chunking` says.
+#[derive(Clone, Debug)]
 pub struct DirectoryLayout {
     /// The dump program's parallel jobs: each keeps at most two files open at once (a
     /// table's data, or a large object's and its table of contents), and pgproof reads
     /// every open file at once, or a paused dump could wait on a file nobody reads.
     pub jobs: u32,
+    /// Deduplication of what is stored.
+    pub chunking: Option<Chunking>,
 }
 
 #[async_trait]
@@ -128,8 +142,19 @@ impl ArchiveLayout for DirectoryLayout {
     fn store(&self, cmd: Command, target: ArchiveTarget) -> Storing {
         let stop = Arc::new(AtomicBool::new(false));
         let suffix = target.chain.suffix();
+        let archive_dir = target.key.strip_suffix(&suffix).unwrap_or(&target.key);
+        let dedup = self.chunking.clone().map(|chunking| {
+            Arc::new(dedup::ChunkStore::new(
+                target.sink.clone(),
+                target.backup.clone(),
+                archive_dir,
+                chunking,
+                tokio::runtime::Handle::current(),
+            ))
+        });
         let store = follow::PartStore {
             sink: target.sink.clone(),
+            dedup: dedup.clone(),
             prefix: format!(
                 "{}/",
                 target.key.strip_suffix(&suffix).unwrap_or(&target.key)
@@ -147,6 +172,11 @@ impl ArchiveLayout for DirectoryLayout {
         let program = {
             let stop = stop.clone();
             tokio::task::spawn_blocking(move || {
+                if let Some(dedup) = &store.dedup {
+                    store
+                        .runtime
+                        .block_on(dedup.begin(&target.chain, target.recipients.as_ref()))?;
+                }
                 follow::dump(
                     cmd,
                     &store,
@@ -158,12 +188,29 @@ impl ArchiveLayout for DirectoryLayout {
                 )
             })
         };
+        // Stopped before it commits (SIGTERM), the dump takes what it stored along.
+        let undo = {
+            let (sink, stored, dedup) = (target.sink.clone(), stored.clone(), dedup.clone());
+            target.scope.undo_unless_kept(move || async move {
+                let parts =
+                    std::mem::take(&mut *stored.lock().unwrap_or_else(PoisonError::into_inner));
+                for part in &parts {
+                    let _ = sink.delete(&part.object.key).await;
+                }
+                if let Some(dedup) = &dedup {
+                    dedup.abort().await;
+                }
+                Some("deleted what the stopped dump stored".to_owned())
+            })
+        };
         Storing {
             program,
             archive: Box::new(DirectoryStoring {
                 sink: target.sink,
                 stop,
                 stored,
+                dedup,
+                undo: Mutex::new(Some(undo)),
             }),
         }
     }
@@ -191,7 +238,21 @@ impl ArchiveLayout for DirectoryLayout {
             .with_object(missing.key.clone()));
         }
         drop(get_listed(&**source.sink, manifest, &manifest.object).await?);
+        let chunked = match load_chunk_list(&**source.sink, manifest).await? {
+            Some(list) => {
+                let stored = stored_chunks(&**source.sink, &manifest.database).await?;
+                if let Some(missing) = missing_chunk(&list, &stored) {
+                    let message = format!("{}; the backup cannot be restored", missing.message());
+                    return Err(Error::integrity(message)
+                        .with_object(missing.object().unwrap_or_default().to_owned()));
+                }
+                list.files
+            }
+            None => Vec::new(),
+        };
         Ok(Box::new(OpenedDirectory {
+            database: manifest.database.clone(),
+            chunked,
             sink: source.sink.clone(),
             chain: source.chain.clone(),
             identities: source.identities.cloned(),
@@ -203,16 +264,31 @@ impl ArchiveLayout for DirectoryLayout {
 }
 
 /// A directory archive's files are committed as they are complete: the stop flag, and
-/// the files stored so far.
+/// the files stored so far (and the chunks, when deduplicated).
 struct DirectoryStoring {
     sink: Arc<dyn Sink>,
     stop: Arc<AtomicBool>,
     stored: Arc<Mutex<Vec<follow::StoredPart>>>,
+    dedup: Option<Arc<dedup::ChunkStore>>,
+    /// What a cancellation deletes, until commit or abort has dealt with it.
+    undo: Mutex<Option<crate::scope::UndoGuard>>,
 }
 
 impl DirectoryStoring {
     fn take(&self) -> Vec<follow::StoredPart> {
         std::mem::take(&mut *self.stored.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Commit or abort has dealt with what was stored.
+    fn dealt_with(&self) {
+        if let Some(undo) = self
+            .undo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            undo.keep();
+        }
     }
 }
 
@@ -223,27 +299,54 @@ impl StoringArchive for DirectoryStoring {
     }
 
     async fn commit(self: Box<Self>) -> Result<StoredArchive> {
-        let mut stored = self.take();
+        // Left in place until dealt with: stopped while the chunk list is written,
+        // the undo still finds every file.
+        let mut stored = self
+            .stored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         stored.sort_by(|a, b| a.name.cmp(&b.name));
-        let Some(toc) = stored.iter().position(|p| p.name == "toc.dat") else {
-            for part in &stored {
-                let _ = self.sink.delete(&part.object.key).await;
-            }
-            return Err(Error::tool(
+        let outcome = match stored.iter().position(|p| p.name == "toc.dat") {
+            None => Err(Error::tool(
                 "pg_dump finished without writing the archive's toc.dat",
-            ));
+            )),
+            Some(toc) => match &self.dedup {
+                Some(dedup) => dedup.commit().await.map(|chunks| (toc, Some(chunks))),
+                None => Ok((toc, None)),
+            },
         };
-        let object = stored.remove(toc).object;
-        Ok(StoredArchive {
-            object,
-            parts: stored.into_iter().map(|p| p.object).collect(),
-        })
+        self.dealt_with();
+        self.take();
+        match outcome {
+            Ok((toc, chunks)) => {
+                let object = stored.remove(toc).object;
+                Ok(StoredArchive {
+                    object,
+                    parts: stored.into_iter().map(|p| p.object).collect(),
+                    chunks,
+                })
+            }
+            Err(e) => {
+                for part in &stored {
+                    let _ = self.sink.delete(&part.object.key).await;
+                }
+                if let Some(dedup) = &self.dedup {
+                    dedup.abort().await;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn abort(self: Box<Self>, cause: Error) -> Error {
         self.stop();
+        self.dealt_with();
         for part in self.take() {
             let _ = self.sink.delete(&part.object.key).await;
+        }
+        if let Some(dedup) = &self.dedup {
+            dedup.abort().await;
         }
         cause
     }
@@ -251,6 +354,10 @@ impl StoringArchive for DirectoryStoring {
 
 struct OpenedDirectory {
     sink: Arc<dyn Sink>,
+    /// The database, whose chunk area the chunked files are read from.
+    database: String,
+    /// The files stored as chunks.
+    chunked: Vec<ChunkedFile>,
     chain: CodecChain,
     identities: Option<Identities>,
     objects: Vec<ObjectInfo>,

@@ -199,7 +199,9 @@ pub struct DatabaseStatus {
     pub newest_backup_age_secs: Option<i64>,
     /// Its stored size.
     pub newest_backup_stored_bytes: Option<u64>,
-    /// The stored size of every backup.
+    /// The stored size of every backup; of a deduplicated one, the chunks it stored
+    /// itself (shared chunks are counted once, by the backup that stored them, and no
+    /// longer once that backup is pruned).
     pub total_stored_bytes: u64,
     /// The newest backup whose latest verification passed.
     pub newest_verified_backup: Option<BackupId>,
@@ -440,7 +442,7 @@ impl Status {
             newest_backup_at: newest.map(|(_, m)| m.started_at),
             newest_backup_age_secs: newest.map(|(_, m)| age(m.started_at).as_secs()),
             newest_backup_stored_bytes: newest.map(|(_, m)| m.dump_stored_bytes()),
-            total_stored_bytes: readable.iter().map(|(_, m)| m.dump_stored_bytes()).sum(),
+            total_stored_bytes: readable.iter().map(|(_, m)| m.stored_bytes_added()).sum(),
             newest_verified_backup: newest_verified.map(|(b, _)| b.backup_id.clone()),
             newest_verified_backup_at: newest_verified.map(|(_, m)| m.started_at),
             newest_verified_backup_age_secs: newest_verified

@@ -1,0 +1,401 @@
+//! Deduplication of a directory dump: each data file pg_dump writes is cut into
+//! chunks by its content (FastCDC), so an unchanged stretch of a table cuts into the
+//! same chunks night after night wherever rows were inserted or deleted around it.
+//! Each chunk is compressed and encrypted on its own and stored once, create-only,
+//! under `.chunks/<db>/<id>-<sha256>`, where the id is a keyed hash of its plaintext
+//! and the sha256 that of the stored bytes.
+//!
+//! Why keyed: an id that anyone could compute (a plain sha256) would let whoever can
+//! list the bucket test whether a chunk of known content is stored. The key is a
+//! secret of the backup host, derived from its signing key, and it also seeds the
+//! chunker's gear table, so that where a file is cut does not follow from its content
+//! alone either.
+//!
+//! Why a chunk already stored is reused only when the previous committed backup's
+//! signed chunk list vouches for it: its list gives the chunk's stored size and
+//! sha256, which this backup's list must carry for a restore to check it, and a
+//! stored object nobody vouched for could be anything. A chunk's key ends with the
+//! sha256 of its stored bytes (`<id>-<sha256>`), so a chunk stored again (after a
+//! sweep, or when no list could be reused) is another encryption under another key:
+//! nothing is overwritten, and one key always names one content. And only when the
+//! previous backup went through the same codecs to the same recipients: a chunk
+//! stored unencrypted, or for a key since rotated away, is never part of a backup
+//! that is to be encrypted for this one's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use fastcdc::v2020::{Normalization, StreamCDC};
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::chunks::{
+    CHUNK_LIST_VERSION, ChunkList, ChunkRef, ChunkedDump, ChunkedFile, load_chunk_list,
+    stored_chunks,
+};
+use crate::catalog::{self, BackupRef, SigningKey, layout};
+use crate::codec::{CodecChain, Progress, Recipients};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sink::{Sink, SinkExt};
+
+/// The default average chunk: 1 MiB (chunks run from a quarter of it to four times it).
+pub const DEFAULT_AVERAGE_CHUNK: u32 = 1 << 20;
+
+/// Chunk sizes pgproof accepts, on average.
+pub const AVERAGE_CHUNK_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(4 << 20);
+
+/// The host secret that keys chunk ids.
+pub struct ChunkIds {
+    key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ChunkIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkIds(secret)")
+    }
+}
+
+impl ChunkIds {
+    /// Ids keyed by `secret` (32 bytes nobody else has).
+    pub fn new(secret: zeroize::Zeroizing<[u8; 32]>) -> Self {
+        Self { key: secret }
+    }
+
+    /// Ids keyed by a secret derived from the host's signing key: every backup host
+    /// signs, so dedup needs no second key file; a new signing key starts new chunks.
+    pub fn from_signing_key(key: &SigningKey) -> Result<Self> {
+        Ok(Self::new(key.derive_secret("pgproof chunk ids v1")?))
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&*self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The id of a chunk whose plaintext is `data`.
+    pub fn id(&self, data: &[u8]) -> String {
+        hex::encode(self.mac(data))
+    }
+
+    fn gear_seed(&self) -> u64 {
+        let mac = self.mac(b"pgproof gear seed v1");
+        u64::from_le_bytes([
+            mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], mac[6], mac[7],
+        ])
+    }
+}
+
+/// How a deduplicated dump cuts its files.
+#[derive(Clone, Debug)]
+pub struct Chunking {
+    /// The average chunk, in bytes.
+    pub average: u32,
+    /// The keyed ids.
+    pub ids: Arc<ChunkIds>,
+}
+
+impl Chunking {
+    /// Chunks of `average` bytes on average (within [`AVERAGE_CHUNK_RANGE`]).
+    pub fn new(average: u32, ids: Arc<ChunkIds>) -> Result<Self> {
+        if !AVERAGE_CHUNK_RANGE.contains(&average) {
+            return Err(Error::config(format!(
+                "an average chunk of {average} bytes is out of range: use {} KiB to {} KiB",
+                AVERAGE_CHUNK_RANGE.start() >> 10,
+                AVERAGE_CHUNK_RANGE.end() >> 10
+            )));
+        }
+        Ok(Self { average, ids })
+    }
+}
+
+/// The chunks of one dump under way: those it may reuse, those it stored, and the
+/// files it cut.
+pub(super) struct ChunkStore {
+    sink: Arc<dyn Sink>,
+    backup: BackupRef,
+    /// Where the chunk list goes: in the archive's directory.
+    list_key: String,
+    /// The object that shows prune a dump under way.
+    pending_key: String,
+    chunking: Chunking,
+    runtime: tokio::runtime::Handle,
+    /// id → a stored chunk this dump may list: vouched for by the previous backup's
+    /// list and present, or stored by this dump.
+    known: Mutex<HashMap<String, ChunkRef>>,
+    /// Keys this dump stored and their stored sizes: an aborted dump deletes them.
+    stored: Mutex<Vec<(String, u64)>>,
+    /// Set by [`abort`](Self::abort): a chunk stored after it deletes itself.
+    aborted: std::sync::atomic::AtomicBool,
+    /// Keys locked until this backup's lock (stored by it, or extended), on a sink
+    /// that locks objects.
+    locked: Mutex<std::collections::HashSet<String>>,
+    /// The lock the previous backup recorded: every chunk its list names is locked at
+    /// least that long (stored under it, or extended to it).
+    previous_lock: Mutex<Option<crate::sink::RetentionLock>>,
+    files: Mutex<Vec<ChunkedFile>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ChunkStore {
+    pub(super) fn new(
+        sink: Arc<dyn Sink>,
+        backup: BackupRef,
+        archive_dir: &str,
+        chunking: Chunking,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            sink,
+            backup,
+            list_key: layout::chunk_list(archive_dir),
+            pending_key: layout::chunks_pending(archive_dir),
+            chunking,
+            runtime,
+            known: Mutex::default(),
+            stored: Mutex::default(),
+            aborted: Default::default(),
+            locked: Mutex::default(),
+            previous_lock: Mutex::default(),
+            files: Mutex::default(),
+        }
+    }
+
+    /// Marks the dump under way for prune, then learns the chunks the previous
+    /// committed backup lists that are still stored, if it was encoded as this one
+    /// is (`chain`, to `recipients`). A previous backup that cannot be read only costs
+    /// deduplication, never the backup (check and verify report it); a sink that
+    /// cannot be listed fails it.
+    pub(super) async fn begin(
+        &self,
+        chain: &CodecChain,
+        recipients: Option<&Recipients>,
+    ) -> Result<()> {
+        let stored = self.sink.put_bytes(&self.pending_key, Bytes::new()).await?;
+        lock(&self.stored).push((self.pending_key.clone(), stored));
+        if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            self.abort().await;
+            return Err(Error::tool("the dump was stopped"));
+        }
+        let database = &self.backup.database;
+        let Some(previous) = catalog::previous_link(&*self.sink, database).await? else {
+            return Ok(());
+        };
+        let link = BackupRef {
+            database: database.clone(),
+            backup_id: previous.backup_id,
+        };
+        let list = match catalog::load_manifest(&*self.sink, &link).await {
+            Ok((manifest, _)) => {
+                let sorted = |mut keys: Vec<String>| {
+                    keys.sort();
+                    keys
+                };
+                let encoded_alike = manifest.codecs == chain.names()
+                    && manifest
+                        .encryption
+                        .as_ref()
+                        .map(|e| sorted(e.recipients.clone()))
+                        == recipients.map(|r| sorted(r.public_keys()));
+                if !encoded_alike {
+                    tracing::info!(previous = %link.backup_id, "the previous backup was compressed or encrypted otherwise: every chunk is stored anew");
+                    return Ok(());
+                }
+                lock(&self.previous_lock).clone_from(&manifest.object_lock);
+                load_chunk_list(&*self.sink, &manifest).await
+            }
+            Err(e) => Err(e),
+        };
+        let list = match list {
+            Ok(Some(list)) => list,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Integrity => {
+                tracing::warn!(previous = %link.backup_id, problem = %e, "the previous backup's chunks cannot be trusted: every chunk is stored anew");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let stored = stored_chunks(&*self.sink, database).await?;
+        let mut known = lock(&self.known);
+        for (key, chunk) in list.chunks() {
+            if stored.get(&key) == Some(&chunk.stored_bytes) {
+                known.insert(chunk.id.clone(), chunk.clone());
+            }
+        }
+        tracing::debug!(previous = %link.backup_id, reusable = known.len(), "chunks the previous backup vouches for");
+        Ok(())
+    }
+
+    /// Cuts `reader` (the file `name`) into chunks and stores those not stored yet.
+    pub(super) fn store_file(
+        &self,
+        name: &str,
+        reader: impl Read,
+        chain: &CodecChain,
+        recipients: Option<&Recipients>,
+        progress: Option<&Progress>,
+    ) -> Result<()> {
+        let average = self.chunking.average;
+        let cdc = StreamCDC::with_level_and_seed(
+            reader,
+            average / 4,
+            average,
+            average * 4,
+            Normalization::Level1,
+            self.chunking.ids.gear_seed(),
+        );
+        let (mut whole, mut raw_bytes, mut chunks) = (Sha256::new(), 0u64, Vec::new());
+        for cut in cdc {
+            let cut = cut.map_err(|e| {
+                Error::io(
+                    format!("reading {name} of the dump"),
+                    std::io::Error::from(e),
+                )
+            })?;
+            whole.update(&cut.data);
+            raw_bytes += cut.data.len() as u64;
+            if let Some(progress) = progress {
+                progress(raw_bytes);
+            }
+            chunks.push(self.chunk(&cut.data, chain, recipients)?);
+        }
+        lock(&self.files).push(ChunkedFile {
+            name: name.to_owned(),
+            raw_bytes,
+            raw_sha256: hex::encode(whole.finalize()),
+            chunks,
+        });
+        Ok(())
+    }
+
+    /// The chunk whose plaintext is `data`: reused, or encoded and stored.
+    fn chunk(
+        &self,
+        data: &[u8],
+        chain: &CodecChain,
+        recipients: Option<&Recipients>,
+    ) -> Result<ChunkRef> {
+        let id = self.chunking.ids.id(data);
+        let known = lock(&self.known).get(&id).cloned();
+        if let Some(known) = known {
+            self.keep_locked(&known.key(&self.backup.database))?;
+            return Ok(known);
+        }
+        let (encoded, tallies) = chain
+            .encode(data, Vec::with_capacity(data.len() / 2), recipients, None)
+            .map_err(crate::codec::PumpError::into_error)?;
+        let chunk = ChunkRef {
+            id: id.clone(),
+            raw_bytes: data.len() as u64,
+            stored_bytes: encoded.len() as u64,
+            stored_sha256: tallies.stored.sha256,
+        };
+        let key = chunk.key(&self.backup.database);
+        match self
+            .runtime
+            .block_on(self.sink.put_bytes(&key, Bytes::from(encoded)))
+        {
+            Ok(stored) => {
+                let mut all = lock(&self.stored);
+                if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(all);
+                    let _ = self.runtime.block_on(self.sink.delete(&key));
+                    return Err(Error::tool("the dump was stopped"));
+                }
+                all.push((key.clone(), stored));
+                drop(all);
+                // Stored now, it carries this backup's lock.
+                lock(&self.locked).insert(key.clone());
+                if stored != chunk.stored_bytes {
+                    return Err(Error::integrity(format!(
+                        "the sink stored {stored} bytes for {key} but {} were sent",
+                        chunk.stored_bytes
+                    ))
+                    .with_object(key));
+                }
+            }
+            // The key names these very bytes (their sha256): whoever stored them, they
+            // are this chunk, and are not this dump's to delete.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.keep_locked(&key)?,
+            Err(e) => return Err(e),
+        }
+        lock(&self.known).insert(id, chunk.clone());
+        Ok(chunk)
+    }
+
+    /// On a sink that locks objects, extends the lock of the chunk stored under `key`
+    /// (stored by an earlier backup) to this backup's: a chunk stays locked as long
+    /// as the newest backup that uses it.
+    fn keep_locked(&self, key: &str) -> Result<()> {
+        let Some(wanted) = self.sink.retention() else {
+            return Ok(());
+        };
+        // Locked long enough already (a lowered `days`): nothing to ask, and nothing
+        // a lenient store could take for a request to shorten it.
+        if let Some(held) = &*lock(&self.previous_lock)
+            && held.retain_until >= wanted.retain_until
+            && (held.mode == crate::sink::LockMode::Compliance
+                || wanted.mode == crate::sink::LockMode::Governance)
+        {
+            return Ok(());
+        }
+        if !lock(&self.locked).insert(key.to_owned()) {
+            return Ok(());
+        }
+        self.runtime.block_on(self.sink.extend_retention(key))
+    }
+
+    /// Writes the chunk list of the files cut; returns what the manifest says of them
+    /// and the list.
+    pub(super) async fn commit(&self) -> Result<(ChunkedDump, ChunkList)> {
+        let mut files = std::mem::take(&mut *lock(&self.files));
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let list = ChunkList {
+            version: CHUNK_LIST_VERSION,
+            database: self.backup.database.clone(),
+            backup_id: self.backup.backup_id.to_string(),
+            files,
+        };
+        let key = self.list_key.clone();
+        let (bytes, info) = list.store_as(key.clone())?;
+        let stored = self.sink.put_bytes(&key, Bytes::from(bytes)).await?;
+        lock(&self.stored).push((key.clone(), stored));
+        // The list now names every chunk, and the archive's table of contents and list
+        // keep the backup uncommitted in prune's eyes until the manifest commits.
+        self.sink.delete(&self.pending_key).await?;
+        lock(&self.stored).retain(|(k, _)| *k != self.pending_key);
+        let used: BTreeMap<String, &ChunkRef> = list.chunks();
+        let new: Vec<(String, u64)> = lock(&self.stored)
+            .iter()
+            .filter(|(k, _)| used.contains_key(k))
+            .cloned()
+            .collect();
+        let dump = ChunkedDump {
+            list: info,
+            files: list.files.len() as u64,
+            raw_bytes: list.files.iter().map(|f| f.raw_bytes).sum(),
+            chunks: used.len() as u64,
+            stored_bytes: used.values().map(|c| c.stored_bytes).sum(),
+            new_chunks: new.len() as u64,
+            new_bytes: new.iter().map(|(_, n)| n).sum(),
+        };
+        Ok((dump, list))
+    }
+
+    /// Deletes everything this dump stored (its chunks, its list, its marker); a chunk
+    /// being stored meanwhile deletes itself.
+    pub(super) async fn abort(&self) {
+        self.aborted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stored = std::mem::take(&mut *lock(&self.stored));
+        for (key, _) in stored {
+            let _ = self.sink.delete(&key).await;
+        }
+    }
+}
