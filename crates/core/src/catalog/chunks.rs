@@ -273,24 +273,29 @@ pub async fn stored_chunks(sink: &dyn Sink, database: &str) -> Result<BTreeMap<S
         .collect())
 }
 
-/// The first chunk `list` uses that `stored` lacks, as an integrity error naming it and
-/// the files that use it.
+/// What is wrong with how `chunk` is stored under `key`, going by the listing `stored`
+/// (key to size): "is missing", or "has N bytes, not the M listed".
+pub fn stored_fault(stored: &BTreeMap<String, u64>, key: &str, chunk: &ChunkRef) -> Option<String> {
+    match stored.get(key) {
+        None => Some("is missing".to_owned()),
+        Some(size) if *size != chunk.stored_bytes => Some(format!(
+            "has {size} bytes, not the {} listed",
+            chunk.stored_bytes
+        )),
+        Some(_) => None,
+    }
+}
+
+/// The first chunk `list` uses that `stored` lacks (or holds at another size), as an
+/// integrity error naming it and the files that use it.
 pub fn missing_chunk(list: &ChunkList, stored: &BTreeMap<String, u64>) -> Option<Error> {
-    let (key, chunk) = list
+    let (key, fault) = list
         .chunks()
         .into_iter()
-        .find(|(key, c)| stored.get(key) != Some(&c.stored_bytes))?;
-    let what = if stored.contains_key(&key) {
-        format!(
-            "has {} bytes, not the {} listed",
-            stored[&key], chunk.stored_bytes
-        )
-    } else {
-        "is missing".to_owned()
-    };
+        .find_map(|(key, chunk)| stored_fault(stored, &key, chunk).map(|fault| (key, fault)))?;
     Some(
         Error::integrity(format!(
-            "the chunk {key} that backup {}/{} uses (in {}) {what}",
+            "the chunk {key} that backup {}/{} uses (in {}) {fault}",
             list.database,
             list.backup_id,
             list.files_using(&key).join(", ")

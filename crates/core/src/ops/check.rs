@@ -173,13 +173,9 @@ impl CatalogCheck {
                 continue;
             };
             for (key, chunk) in list.chunks() {
-                let problem = match stored.get(&key) {
-                    None => Some(format!("chunk {key} is missing")),
-                    Some(size) if *size != chunk.stored_bytes => Some(format!(
-                        "chunk {key} has {size} bytes, the chunk list says {}",
-                        chunk.stored_bytes
-                    )),
-                    Some(_) if self.read_data => {
+                let problem = match chunks::stored_fault(stored, &key, chunk) {
+                    Some(fault) => Some(format!("chunk {key} {fault}")),
+                    None if self.read_data => {
                         let sha = match hashed.get(&key) {
                             Some(sha) => sha.clone(),
                             None => {
@@ -196,7 +192,7 @@ impl CatalogCheck {
                             )
                         })
                     }
-                    Some(_) => None,
+                    None => None,
                 };
                 if let Some(problem) = problem {
                     findings.push(finding(format!(
