@@ -6,7 +6,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
+use pgproof_core::Sink;
+use pgproof_core::catalog::{Keyring, SignedSink, SigningKey};
+use pgproof_core::ops::CopyBackups;
+use pgproof_core::sink::{ByteStream, ObjectMeta, SinkExt};
+use pgproof_sink_fs::FsSink;
 use pgproof_tests::{Workspace, connect, create_database, start_cluster, stderr};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -703,4 +711,112 @@ async fn after_a_key_rotation_no_chunk_of_the_old_key_is_reused() {
     );
     let (report, passed) = verify(&ws, rotated["backup_id"].as_str().unwrap());
     assert!(passed, "{report:#}");
+}
+
+/// A destination for copy that counts reads of chunks and, once a copy has listed the
+/// chunks there, stores `planted` (key, bytes) as if another copy had stored them
+/// meanwhile.
+#[derive(Debug)]
+struct CopyDestination {
+    inner: Arc<dyn Sink>,
+    chunk_reads: AtomicUsize,
+    planted: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+#[async_trait]
+impl Sink for CopyDestination {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, body: ByteStream) -> pgproof_core::Result<u64> {
+        self.inner.put(key, body).await
+    }
+    async fn get(&self, key: &str) -> pgproof_core::Result<ByteStream> {
+        if key.starts_with(".chunks/") {
+            self.chunk_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> pgproof_core::Result<Vec<ObjectMeta>> {
+        let listed = self.inner.list(prefix).await?;
+        if prefix.starts_with(".chunks/") {
+            let planted = std::mem::take(&mut *self.planted.lock().unwrap());
+            for (key, bytes) in planted {
+                self.inner.put_bytes(&key, bytes.into()).await?;
+            }
+        }
+        Ok(listed)
+    }
+    async fn delete(&self, key: &str) -> pgproof_core::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// copy streams the chunks the destination lacks without reading the destination
+/// first (one request a chunk, not two); a chunk that appears there between copy's
+/// listing and its upload (another copy) is read and kept when it is the same, and
+/// replaced when it is not, so the copy still lands whole.
+#[tokio::test]
+async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_database(&cluster, "crm")
+        .await
+        .batch_execute(
+            "CREATE TABLE people (id int PRIMARY KEY, name text);
+             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let manifest = ws.backup();
+    let keys: Vec<String> = chunk_keys("crm", &chunk_list(&ws, &manifest))
+        .into_iter()
+        .collect();
+    assert!(keys.len() >= 3, "{} chunks", keys.len());
+    let keyring = || Keyring::new(Some(SigningKey::load(&ws.signing_key).unwrap()), Vec::new());
+    let source: Arc<dyn Sink> =
+        Arc::new(SignedSink::new(Arc::new(FsSink::new(&ws.sink)), keyring()));
+    let copy_to = |dir: &std::path::Path, planted| {
+        std::fs::create_dir_all(dir).unwrap();
+        Arc::new(CopyDestination {
+            inner: Arc::new(SignedSink::new(Arc::new(FsSink::new(dir)), keyring())),
+            chunk_reads: AtomicUsize::new(0),
+            planted: Mutex::new(planted),
+        })
+    };
+    let same_as_source = |dir: &std::path::Path| {
+        for key in &keys {
+            assert_eq!(
+                std::fs::read(dir.join(key)).ok(),
+                Some(std::fs::read(ws.sink.join(key)).unwrap()),
+                "{key} at the destination"
+            );
+        }
+    };
+
+    let clean = ws.dir.path().join("clean");
+    let to = copy_to(&clean, Vec::new());
+    let outcome = CopyBackups::new(source.clone(), to.clone())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
+    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 0, "chunks read back");
+    same_as_source(&clean);
+
+    let raced = ws.dir.path().join("raced");
+    let planted = vec![
+        (
+            keys[0].clone(),
+            std::fs::read(ws.sink.join(&keys[0])).unwrap(),
+        ),
+        (keys[1].clone(), b"another copy's torn chunk".to_vec()),
+    ];
+    let to = copy_to(&raced, planted);
+    let outcome = CopyBackups::new(source, to.clone()).run().await.unwrap();
+    assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
+    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 2, "chunks read back");
+    same_as_source(&raced);
 }

@@ -243,9 +243,15 @@ impl CopyBackups {
                     .with_object(key));
                 }
                 None => {
-                    bytes += self
-                        .copy_checked(&key, chunk.stored_bytes, &chunk.stored_sha256)
-                        .await?;
+                    // Not listed there, so no probe first; one stored since the
+                    // listing (another copy) is checked like any object found there.
+                    let (size, sha256) = (chunk.stored_bytes, &chunk.stored_sha256);
+                    bytes += match self.transfer(&key, size, sha256).await {
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                            self.copy_checked(&key, size, sha256).await?
+                        }
+                        copied => copied?,
+                    };
                     // Stored by this run: it carries the destination's lock.
                     if let Ok(mut locked) = self.locked.lock() {
                         locked.insert(key.clone());
@@ -293,6 +299,12 @@ impl CopyBackups {
             }
             self.to.delete(key).await?;
         }
+        self.transfer(key, size, sha256).await
+    }
+
+    /// Streams one object the destination lacks, hashing on the way; one that is not
+    /// what its manifest recorded is deleted there again.
+    async fn transfer(&self, key: &str, size: u64, sha256: &str) -> Result<u64> {
         let hasher = Arc::new(Mutex::new((Sha256::new(), 0u64)));
         let tap = hasher.clone();
         let body = self
