@@ -451,10 +451,10 @@ async fn prune_spares_chunks_of_a_backup_under_way_and_copy_brings_what_is_missi
     there.pgproof_ok(&["check", "--read-data"]);
 }
 
-/// dedup is the directory format's with pgproof's zstd, keyed by the signing key:
-/// other combinations are refused with the setting that fixes them.
+/// dedup is the directory format's with pgproof's zstd, encrypted, keyed by the signing
+/// key: other combinations are refused with the setting that fixes them.
 #[tokio::test]
-async fn dedup_needs_the_directory_format_and_a_signing_key() {
+async fn dedup_needs_the_directory_format_encryption_and_a_signing_key() {
     let Some(cluster) = start_cluster() else {
         return;
     };
@@ -497,6 +497,19 @@ async fn dedup_needs_the_directory_format_and_a_signing_key() {
         stderr(&out).contains("signing.key_file"),
         "{}",
         stderr(&out)
+    );
+    ws.write_config(&config.replace("[encryption]\n", "[encryption]\nenabled = false\n"));
+    let out = ws.pgproof(&["backup"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("dump.dedup needs encryption"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        chunks_of(&ws, "postgres"),
+        0,
+        "a refused backup stored chunks"
     );
 }
 

@@ -360,6 +360,32 @@ async fn every_archive_layout_conforms() {
     }
 }
 
+/// A deduplicating dump refuses to store unencrypted chunks (the same bytes under the
+/// same key each time, which a planted object could pass for), before it stores
+/// anything, through the library as through the CLI.
+#[tokio::test]
+async fn a_deduplicating_dump_refuses_to_store_unencrypted() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    let err = Backup::new(cluster.params("app").unwrap(), sink.clone())
+        .dumper(Format::Directory.dumper_with(6, Some(3), Some(2), Some(small_chunks())))
+        .unencrypted()
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("[encryption] recipients"), "{err}");
+    assert_eq!(
+        sink.list("").await.unwrap(),
+        Vec::new(),
+        "stored while refusing"
+    );
+}
+
 /// Two backups in one program, each in its own scope: cancelling one kills its
 /// pg_dump and aborts its upload, and the other commits as if nothing happened.
 #[tokio::test]

@@ -392,6 +392,11 @@ impl Config {
                     self.dump.dedup_chunk_kib
                 )));
             }
+            if !self.encryption.enabled {
+                return Err(Error::config(
+                    "dump.dedup needs encryption (unencrypted, a chunk is the same bytes under the same key each time it is stored, so one planted there ahead of it would pass for it): set encryption.enabled = true with recipients, or dump.dedup = false",
+                ));
+            }
             if self.dump.compression != DumpCompression::Zstd {
                 return Err(Error::config(
                     "dump.dedup needs dump.compression = \"zstd\": pg_dump's own compression would change every chunk of a file that changed anywhere",

@@ -432,11 +432,12 @@ pub async fn layout_conforms(
         .await
         .unwrap();
 
-    // Stored, listed and restored exactly.
+    // Stored, listed and restored exactly; encrypted, as a deduplicating layout must be.
+    let keys = crate::codec::KeyPair::generate();
     let manifest = crate::ops::Backup::new(source.clone(), sink.clone())
         .dumper(dumper.clone())
         .pg_bin_dir(pg_bin_dir.map(Path::to_path_buf))
-        .unencrypted()
+        .recipients(keys.recipients())
         .run()
         .await
         .unwrap();
@@ -480,6 +481,7 @@ pub async fn layout_conforms(
     }
     let restore = |target: &str| {
         crate::ops::Restore::new(sink.clone(), manifest.clone(), server.with_dbname(target))
+            .identities(Some(keys.identities()))
             .dumper(dumper.clone())
             .pg_bin_dir(pg_bin_dir.map(Path::to_path_buf))
             .run()
@@ -524,7 +526,7 @@ pub async fn layout_conforms(
     let session = SnapshotSession::open(&source, Duration::from_secs(30), Duration::ZERO)
         .await
         .unwrap();
-    let chain = crate::codec::CodecChain::new(dumper.compression(), false);
+    let chain = crate::codec::CodecChain::new(dumper.compression(), true);
     let key = format!(
         "pgproof_layoutkit_abort/run/{}{}",
         dumper.file_name(),
@@ -545,7 +547,7 @@ pub async fn layout_conforms(
             },
             key,
             chain,
-            recipients: None,
+            recipients: Some(keys.recipients()),
             progress: None,
             stage_dir: None,
             scope: crate::scope::Scope::new(),

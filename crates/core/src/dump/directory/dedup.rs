@@ -17,19 +17,22 @@
 //! stored object nobody vouched for could be anything. A chunk's key ends with the
 //! sha256 of its stored bytes (`<id>-<sha256>`), so a chunk stored again (after a
 //! sweep, or when no list could be reused) is another encryption under another key:
-//! nothing is overwritten, and one key always names one content. And only when the
+//! nothing is overwritten, one key always names one content, and a key that is taken
+//! already when a chunk is stored means someone else wrote it. And only when the
 //! previous backup went through the same codecs to the same recipients: a chunk
 //! stored unencrypted, or for a key since rotated away, is never part of a backup
 //! that is to be encrypted for this one's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use fastcdc::v2020::{Normalization, StreamCDC};
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::catalog::chunks::{
     CHUNK_LIST_VERSION, ChunkList, ChunkRef, ChunkedDump, ChunkedFile, load_chunk_list,
@@ -45,6 +48,13 @@ pub const DEFAULT_AVERAGE_CHUNK: u32 = 1 << 20;
 
 /// Chunk sizes pgproof accepts, on average.
 pub const AVERAGE_CHUNK_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(4 << 20);
+
+/// Sink requests a deduplicated dump keeps in flight at once (chunk uploads and lock
+/// extensions), across all its files: one at a time, a cloud store's latency (tens of
+/// milliseconds a request) would bound a night's backup at a few dozen chunks a
+/// second; more at once would hold more encoded chunks in memory (at most this many,
+/// each at most four times the average chunk).
+const REQUESTS_IN_FLIGHT: u32 = 8;
 
 /// The host secret that keys chunk ids.
 pub struct ChunkIds {
@@ -127,9 +137,13 @@ pub(super) struct ChunkStore {
     /// list and present, or stored by this dump.
     known: Mutex<HashMap<String, ChunkRef>>,
     /// Keys this dump stored and their stored sizes: an aborted dump deletes them.
-    stored: Mutex<Vec<(String, u64)>>,
+    stored: Arc<Mutex<Vec<(String, u64)>>>,
     /// Set by [`abort`](Self::abort): a chunk stored after it deletes itself.
-    aborted: std::sync::atomic::AtomicBool,
+    aborted: Arc<AtomicBool>,
+    /// One permit a request in flight; all of them once every request has ended.
+    in_flight: Arc<Semaphore>,
+    /// The first request in flight that failed: it fails the dump.
+    failure: Arc<Mutex<Option<Error>>>,
     /// Keys locked until this backup's lock (stored by it, or extended), on a sink
     /// that locks objects.
     locked: Mutex<std::collections::HashSet<String>>,
@@ -159,8 +173,10 @@ impl ChunkStore {
             chunking,
             runtime,
             known: Mutex::default(),
-            stored: Mutex::default(),
-            aborted: Default::default(),
+            stored: Arc::default(),
+            aborted: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT as usize)),
+            failure: Arc::default(),
             locked: Mutex::default(),
             previous_lock: Mutex::default(),
             files: Mutex::default(),
@@ -177,9 +193,17 @@ impl ChunkStore {
         chain: &CodecChain,
         recipients: Option<&Recipients>,
     ) -> Result<()> {
+        if recipients.is_none() {
+            // Unencrypted, a chunk is the same bytes each time it is stored, under the
+            // same key: one planted there ahead of it, or deleted by a dump or sweep
+            // that owned it, would be taken for this backup's own.
+            return Err(Error::config(
+                "deduplicated dumps ([dump] dedup = true) are encrypted: set [encryption] recipients, or dedup = false",
+            ));
+        }
         let stored = self.sink.put_bytes(&self.pending_key, Bytes::new()).await?;
         lock(&self.stored).push((self.pending_key.clone(), stored));
-        if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.aborted.load(Ordering::SeqCst) {
             self.abort().await;
             return Err(Error::tool("the dump was stopped"));
         }
@@ -297,35 +321,42 @@ impl ChunkStore {
             stored_sha256: tallies.stored.sha256,
         };
         let key = chunk.key(&self.backup.database);
-        match self
-            .runtime
-            .block_on(self.sink.put_bytes(&key, Bytes::from(encoded)))
-        {
-            Ok(stored) => {
-                let mut all = lock(&self.stored);
-                if self.aborted.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(all);
-                    let _ = self.runtime.block_on(self.sink.delete(&key));
-                    return Err(Error::tool("the dump was stopped"));
-                }
-                all.push((key.clone(), stored));
-                drop(all);
-                // Stored now, it carries this backup's lock.
-                lock(&self.locked).insert(key.clone());
-                if stored != chunk.stored_bytes {
-                    return Err(Error::integrity(format!(
-                        "the sink stored {stored} bytes for {key} but {} were sent",
-                        chunk.stored_bytes
-                    ))
-                    .with_object(key));
-                }
-            }
-            // The key names these very bytes (their sha256): whoever stored them, they
-            // are this chunk, and are not this dump's to delete.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => self.keep_locked(&key)?,
-            Err(e) => return Err(e),
-        }
+        // Known and locked from now on: the same content met again while this upload
+        // is in flight is listed, not stored twice; commit waits for the upload.
         lock(&self.known).insert(id, chunk.clone());
+        lock(&self.locked).insert(key.clone());
+        let (sink, stored, aborted) =
+            (self.sink.clone(), self.stored.clone(), self.aborted.clone());
+        let sent = chunk.stored_bytes;
+        self.in_flight(async move {
+            match sink.put_bytes(&key, Bytes::from(encoded)).await {
+                Ok(size) => {
+                    let mut all = lock(&stored);
+                    if aborted.load(Ordering::SeqCst) {
+                        drop(all);
+                        let _ = sink.delete(&key).await;
+                        return Err(Error::tool("the dump was stopped"));
+                    }
+                    all.push((key.clone(), size));
+                    drop(all);
+                    if size != sent {
+                        return Err(Error::integrity(format!(
+                            "the sink stored {size} bytes for {key} but {sent} were sent"
+                        ))
+                        .with_object(key));
+                    }
+                    Ok(())
+                }
+                // The key ends with the sha256 of an encryption made a moment ago:
+                // nobody could have stored it before, and what is there is not this
+                // chunk's to vouch for (nor this dump's to delete).
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::integrity(format!(
+                    "{key} was there before this backup stored it, which no honest writer could do: someone writes into the sink; run `pgproof check`, then back up again"
+                ))
+                .with_object(key)),
+                Err(e) => Err(e),
+            }
+        })?;
         Ok(chunk)
     }
 
@@ -333,27 +364,75 @@ impl ChunkStore {
     /// (stored by an earlier backup) to this backup's: a chunk stays locked as long
     /// as the newest backup that uses it.
     fn keep_locked(&self, key: &str) -> Result<()> {
+        if self.locked_long_enough() || !lock(&self.locked).insert(key.to_owned()) {
+            return Ok(());
+        }
+        let (sink, key) = (self.sink.clone(), key.to_owned());
+        self.in_flight(async move { sink.extend_retention(&key).await })
+    }
+
+    /// Whether a chunk stored before is locked as long as this backup's objects: the
+    /// sink locks nothing, or the previous backup's lock lasts as long (a lowered
+    /// `days`): then nothing is asked, and nothing a lenient store could take for a
+    /// request to shorten a lock.
+    fn locked_long_enough(&self) -> bool {
         let Some(wanted) = self.sink.retention() else {
-            return Ok(());
+            return true;
         };
-        // Locked long enough already (a lowered `days`): nothing to ask, and nothing
-        // a lenient store could take for a request to shorten it.
-        if let Some(held) = &*lock(&self.previous_lock)
-            && held.retain_until >= wanted.retain_until
-            && (held.mode == crate::sink::LockMode::Compliance
-                || wanted.mode == crate::sink::LockMode::Governance)
-        {
-            return Ok(());
+        lock(&self.previous_lock).as_ref().is_some_and(|held| {
+            held.retain_until >= wanted.retain_until
+                && (held.mode == crate::sink::LockMode::Compliance
+                    || wanted.mode == crate::sink::LockMode::Governance)
+        })
+    }
+
+    /// Runs `request` among the dump's requests in flight, once fewer than
+    /// [`REQUESTS_IN_FLIGHT`] are (the file's reader waits until then); fails if an
+    /// earlier one failed or the dump was stopped. Its own failure fails a later call
+    /// or [`commit`](Self::commit).
+    fn in_flight(
+        &self,
+        request: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) -> Result<()> {
+        let permit = self
+            .runtime
+            .block_on(self.in_flight.clone().acquire_owned())
+            .map_err(|_| Error::tool("a dump's request permits were closed"))?;
+        self.failed()?;
+        let failure = self.failure.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = request.await {
+                lock(&failure).get_or_insert(e);
+            }
+            drop(permit);
+        });
+        Ok(())
+    }
+
+    /// The first failure of a request in flight, or the stop.
+    fn failed(&self) -> Result<()> {
+        if let Some(e) = &*lock(&self.failure) {
+            return Err(e.clone());
         }
-        if !lock(&self.locked).insert(key.to_owned()) {
-            return Ok(());
+        if self.aborted.load(Ordering::SeqCst) {
+            return Err(Error::tool("the dump was stopped"));
         }
-        self.runtime.block_on(self.sink.extend_retention(key))
+        Ok(())
     }
 
     /// Writes the chunk list of the files cut; returns what the manifest says of them
     /// and the list.
     pub(super) async fn commit(&self) -> Result<(ChunkedDump, ChunkList)> {
+        // Every upload and lock extension ended, well, before a list names them.
+        drop(
+            self.in_flight
+                .acquire_many(REQUESTS_IN_FLIGHT)
+                .await
+                .map_err(|_| Error::tool("a dump's request permits were closed"))?,
+        );
+        if let Some(e) = &*lock(&self.failure) {
+            return Err(e.clone());
+        }
         let mut files = std::mem::take(&mut *lock(&self.files));
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let list = ChunkList {
@@ -391,8 +470,11 @@ impl ChunkStore {
     /// Deletes everything this dump stored (its chunks, its list, its marker); a chunk
     /// being stored meanwhile deletes itself.
     pub(super) async fn abort(&self) {
-        self.aborted
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.aborted.store(true, Ordering::SeqCst);
+        // Uploads in flight end first (each deletes what it stored once it sees the
+        // stop): afterwards nothing this dump stored is left, even if the process
+        // exits at once.
+        let _all_ended = self.in_flight.acquire_many(REQUESTS_IN_FLIGHT).await;
         let stored = std::mem::take(&mut *lock(&self.stored));
         for (key, _) in stored {
             let _ = self.sink.delete(&key).await;
