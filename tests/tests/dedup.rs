@@ -766,16 +766,18 @@ impl Sink for CopyDestination {
 }
 
 /// copy streams the chunks the destination lacks without reading the destination
-/// first (one request a chunk, not two); a chunk that appears there between copy's
-/// listing and its upload (another copy) is read and kept when it is the same, and
-/// replaced when it is not, so the copy still lands whole.
+/// first (one request a chunk, not two), and takes the chunks the destination's newest
+/// backup vouches for without reading them; a chunk found there that nothing vouches
+/// for (planted before the copy, or stored between copy's listing and its upload) is
+/// read, and kept when it is the same and replaced when it is not, so the copy lands
+/// whole.
 #[tokio::test]
 async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    create_database(&cluster, "crm")
-        .await
+    let client = create_database(&cluster, "crm").await;
+    client
         .batch_execute(
             "CREATE TABLE people (id int PRIMARY KEY, name text);
              INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
@@ -819,6 +821,24 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
     assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 0, "chunks read back");
     same_as_source(&clean);
 
+    // The next night: what the first backup (the destination's newest) vouches for is
+    // taken unread.
+    client
+        .batch_execute("UPDATE people SET name = upper(name) WHERE id % 1000 = 0")
+        .await
+        .unwrap();
+    let second = ws.backup();
+    let outcome = CopyBackups::new(source.clone(), to.clone())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
+    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 0, "chunks read back");
+    for key in chunk_keys("crm", &chunk_list(&ws, &second)) {
+        assert!(clean.join(&key).exists(), "{key} was not copied");
+    }
+    let first_only = || Some(manifest["backup_id"].as_str().unwrap().to_owned());
+
     let raced = ws.dir.path().join("raced");
     let planted = vec![
         (
@@ -828,8 +848,49 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         (keys[1].clone(), b"another copy's torn chunk".to_vec()),
     ];
     let to = copy_to(&raced, planted);
-    let outcome = CopyBackups::new(source, to.clone()).run().await.unwrap();
+    let outcome = CopyBackups::new(source.clone(), to.clone())
+        .backup(first_only())
+        .run()
+        .await
+        .unwrap();
     assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
     assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 2, "chunks read back");
     same_as_source(&raced);
+
+    // Planted before the copy, at a chunk's key and size: read, and replaced.
+    let planted = ws.dir.path().join("planted");
+    let victim = planted.join(&keys[2]);
+    std::fs::create_dir_all(victim.parent().unwrap()).unwrap();
+    let size = std::fs::metadata(ws.sink.join(&keys[2])).unwrap().len() as usize;
+    std::fs::write(&victim, vec![b'x'; size]).unwrap();
+    let to = copy_to(&planted, Vec::new());
+    let outcome = CopyBackups::new(source.clone(), to.clone())
+        .backup(first_only())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
+    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 1, "chunks read back");
+    same_as_source(&planted);
+
+    // A source chunk grown past its listed size: the copy stops sending it there.
+    let grown = ws.sink.join(&keys[3]);
+    let mut bytes = std::fs::read(&grown).unwrap();
+    bytes.extend(vec![0; 4 << 20]);
+    std::fs::remove_file(&grown).unwrap();
+    std::fs::write(&grown, bytes).unwrap();
+    let oversized = ws.dir.path().join("oversized");
+    let to = copy_to(&oversized, Vec::new());
+    let outcome = CopyBackups::new(source, to.clone())
+        .backup(first_only())
+        .run()
+        .await
+        .unwrap();
+    assert!(outcome.copied.is_empty(), "{outcome:?}");
+    assert!(
+        outcome.failed.len() == 1 && outcome.failed[0].contains("longer than"),
+        "{:?}",
+        outcome.failed
+    );
+    assert!(!oversized.join(&keys[3]).exists(), "a grown chunk was copied");
 }

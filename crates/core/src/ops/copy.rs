@@ -6,6 +6,7 @@
 //! prune's tombstones go along, so the second catalog checks and verifies like the
 //! first.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -13,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::catalog::chunks;
 use crate::catalog::layout::{self, Kind};
-use crate::catalog::{CatalogEntry, Inventory, MANIFEST_LIMIT};
+use crate::catalog::{CatalogEntry, DatabaseInventory, Inventory, MANIFEST_LIMIT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sink::{Sink, SinkExt};
 
@@ -63,6 +64,10 @@ pub struct CopyBackups {
     only: Option<String>,
     /// Chunks whose lock this run extended at the destination (or stored there).
     locked: Mutex<std::collections::HashSet<String>>,
+    /// Chunks at the destination taken as they are without reading them (key to
+    /// size): those its newest backup's signed list names, and those this run stored
+    /// or read there.
+    vouched: Mutex<HashMap<String, u64>>,
 }
 
 impl CopyBackups {
@@ -74,6 +79,7 @@ impl CopyBackups {
             database: None,
             only: None,
             locked: Mutex::default(),
+            vouched: Mutex::default(),
         }
     }
 
@@ -96,6 +102,7 @@ impl CopyBackups {
         let mut outcome = CopyOutcome::default();
         for (database, part) in &source.databases {
             let present = there.databases.get(database);
+            self.vouch_for_head(present).await?;
             // Tombstones keep the destination's chain checkable across pruned backups.
             for id in part.tombstones.keys() {
                 // Never over a backup that is live at the destination.
@@ -207,11 +214,40 @@ impl CopyBackups {
         Ok(bytes)
     }
 
+    /// Learns the chunks the destination's newest trusted backup of a database lists:
+    /// taken as they are (what its signature vouches for, and never swept, since
+    /// prune keeps a database's newest backup), as a backup reuses its predecessor's.
+    async fn vouch_for_head(&self, present: Option<&DatabaseInventory>) -> Result<()> {
+        let Some(Ok(head)) = present.and_then(|p| p.backups.last()).map(|b| &b.manifest) else {
+            return Ok(());
+        };
+        match chunks::load_chunk_list(&*self.to, head).await {
+            Ok(Some(list)) => {
+                let mut vouched = self.vouched()?;
+                for (key, chunk) in list.chunks() {
+                    vouched.insert(key, chunk.stored_bytes);
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            // Only costs reading what is there.
+            Err(e) if e.about_backup() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn vouched(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, u64>>> {
+        self.vouched
+            .lock()
+            .map_err(|_| Error::tool("a copy's chunk set was poisoned"))
+    }
+
     /// The chunks of `list` the destination lacks. One it has at the listed size is
-    /// taken as it is: its key ends with the sha256 of its bytes, so it is the same
-    /// chunk unless someone changed it there (check --read-data there says so); it is
-    /// never replaced, since other backups there use it; on a destination that locks
-    /// objects, with `extend`, its lock is extended to this copy's.
+    /// taken as it is if vouched for (see `vouched`), read and kept or replaced
+    /// otherwise (an object planted there at a chunk's key and size is not the
+    /// chunk); one at another size is never replaced, since backups there may use
+    /// it. On a destination that locks objects, with `extend`, a chunk's lock is
+    /// extended to this copy's.
     async fn copy_chunks(
         &self,
         database: &str,
@@ -224,6 +260,12 @@ impl CopyBackups {
         for (key, chunk) in list.chunks() {
             match there.get(&key) {
                 Some(size) if *size == chunk.stored_bytes => {
+                    let (size, sha256) = (chunk.stored_bytes, &chunk.stored_sha256);
+                    let vouched = self.vouched()?.get(&key) == Some(&size);
+                    if !vouched {
+                        bytes += self.copy_checked(&key, size, sha256).await?;
+                        self.vouched()?.insert(key.clone(), size);
+                    }
                     let first = self
                         .locked
                         .lock()
@@ -252,6 +294,7 @@ impl CopyBackups {
                         }
                         copied => copied?,
                     };
+                    self.vouched()?.insert(key.clone(), size);
                     // Stored by this run: it carries the destination's lock.
                     if let Ok(mut locked) = self.locked.lock() {
                         locked.insert(key.clone());
@@ -307,6 +350,7 @@ impl CopyBackups {
     async fn transfer(&self, key: &str, size: u64, sha256: &str) -> Result<u64> {
         let hasher = Arc::new(Mutex::new((Sha256::new(), 0u64)));
         let tap = hasher.clone();
+        let (key_owned, from) = (key.to_owned(), self.from.describe());
         let body = self
             .from
             .get(key)
@@ -317,6 +361,13 @@ impl CopyBackups {
                 {
                     h.0.update(bytes);
                     h.1 += bytes.len() as u64;
+                    // Longer than recorded: not the object, and not worth sending on.
+                    if h.1 > size {
+                        return Err(Error::integrity(format!(
+                            "{key_owned} in {from} is longer than the {size} bytes its manifest recorded; it was not copied"
+                        ))
+                        .with_object(key_owned.clone()));
+                    }
                 }
                 chunk
             })
