@@ -359,6 +359,28 @@ async fn a_bad_shared_chunk_fails_every_backup_that_uses_it_and_no_other() {
     std::fs::write(&path, &original).unwrap();
     ws.pgproof_ok(&["check", "--read-data"]);
     assert_eq!(seen.len(), 3);
+
+    // Every chunk gone: each backup's findings name twenty and count the rest.
+    std::fs::remove_dir_all(ws.sink.join(".chunks")).unwrap();
+    let out = ws.pgproof(&["check", "--json"]);
+    assert!(!out.status.success(), "check passed without chunks");
+    let findings = json_of(&out)["findings"].clone();
+    for (id, list) in ids.iter().zip(&lists) {
+        let of_it: Vec<&str> = findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["backup_id"] == *id)
+            .map(|f| f["problem"].as_str().unwrap())
+            .collect();
+        assert!(list.len() > 21, "{} chunks: too few to count", list.len());
+        assert_eq!(of_it.len(), 21, "{id}: {of_it:#?}");
+        assert!(
+            of_it[20].contains(&format!("and {} more", list.len() - 20)),
+            "{id}: {}",
+            of_it[20]
+        );
+    }
 }
 
 /// A chunk no backup lists is deleted by prune, unless a backup of the database is
@@ -892,5 +914,8 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         "{:?}",
         outcome.failed
     );
-    assert!(!oversized.join(&keys[3]).exists(), "a grown chunk was copied");
+    assert!(
+        !oversized.join(&keys[3]).exists(),
+        "a grown chunk was copied"
+    );
 }

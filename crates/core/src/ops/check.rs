@@ -15,6 +15,9 @@ use crate::catalog::{DatabaseInventory, Inventory};
 use crate::error::Result;
 use crate::sink::Sink;
 
+/// Bad chunks a backup's findings name one by one; more are counted.
+const CHUNK_FINDINGS_NAMED: usize = 20;
+
 /// One problem found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
@@ -172,6 +175,7 @@ impl CatalogCheck {
             let Some(stored) = &stored else {
                 continue;
             };
+            let mut problems = Vec::new();
             for (key, chunk) in list.chunks() {
                 let problem = match chunks::stored_fault(stored, &key, chunk) {
                     Some(fault) => Some(format!("chunk {key} {fault}")),
@@ -195,11 +199,24 @@ impl CatalogCheck {
                     None => None,
                 };
                 if let Some(problem) = problem {
-                    findings.push(finding(format!(
-                        "{problem} (used by {})",
-                        list.files_using(&key).join(", ")
-                    )));
+                    problems.push((key, problem));
                 }
+            }
+            if problems.is_empty() {
+                continue;
+            }
+            // Named one by one up to a point: a bucket emptied of chunks is one finding
+            // a backup, not a million.
+            let users = list.users();
+            for (key, problem) in problems.iter().take(CHUNK_FINDINGS_NAMED) {
+                let files = users.get(key).map(|f| f.join(", ")).unwrap_or_default();
+                findings.push(finding(format!("{problem} (used by {files})")));
+            }
+            if problems.len() > CHUNK_FINDINGS_NAMED {
+                findings.push(finding(format!(
+                    "and {} more of its chunks missing or damaged",
+                    problems.len() - CHUNK_FINDINGS_NAMED
+                )));
             }
         }
         Ok(findings)
