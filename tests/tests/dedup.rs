@@ -919,3 +919,47 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         "a grown chunk was copied"
     );
 }
+
+/// A backup that fails after its dump is stored (here: a file set whose path is gone)
+/// leaves no directory behind, its chunk list included, so nothing keeps the next
+/// prune from sweeping the chunks only it stored.
+#[tokio::test]
+async fn a_backup_failing_after_its_dump_leaves_no_list_and_its_chunks_are_swept() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_database(&cluster, "crm")
+        .await
+        .batch_execute(
+            "CREATE TABLE people (id int PRIMARY KEY, name text);
+             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    let gone = ws.dir.path().join("gone");
+    ws.write_config(&format!(
+        "{config}\n[retention]\nkeep_last = 3\n\n[[files]]\nname = \"etc\"\npaths = [\"{}\"]\n",
+        gone.display()
+    ));
+    let out = ws.pgproof(&["backup"]);
+    assert!(
+        !out.status.success(),
+        "a backup with a missing file set passed"
+    );
+    assert!(stderr(&out).contains("gone"), "{}", stderr(&out));
+    let left: Vec<String> = ws
+        .sink_files()
+        .into_iter()
+        .filter(|f| f.starts_with("crm/"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "left in the backup's directory");
+    assert!(chunks_of(&ws, "crm") > 0, "the dump stored no chunk");
+    ws.pgproof_ok(&["prune"]);
+    assert_eq!(
+        chunks_of(&ws, "crm"),
+        0,
+        "chunks no backup uses outlived prune"
+    );
+}

@@ -288,6 +288,37 @@ pub async fn stored_chunks(sink: &dyn Sink, database: &str) -> Result<BTreeMap<S
         .collect())
 }
 
+/// Every chunk stored, by database (only `database`'s, if given): key → size. A
+/// database's chunks are listed whether or not anything else of it is left.
+pub async fn stored_chunks_by_database(
+    sink: &dyn Sink,
+    database: Option<&str>,
+) -> Result<BTreeMap<String, BTreeMap<String, u64>>> {
+    let prefix = match database {
+        Some(database) => layout::chunks(database),
+        None => format!("{}/", layout::CHUNKS_DIR),
+    };
+    let mut by_database: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for meta in sink.list(&prefix).await? {
+        let Some((database, _)) = meta
+            .key
+            .strip_prefix(&format!("{}/", layout::CHUNKS_DIR))
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        // A name no database can have is no database's: nothing pgproof stored.
+        if crate::catalog::check_database_name(database).is_err() {
+            continue;
+        }
+        by_database
+            .entry(database.to_owned())
+            .or_default()
+            .insert(meta.key, meta.size);
+    }
+    Ok(by_database)
+}
+
 /// What is wrong with how `chunk` is stored under `key`, going by the listing `stored`
 /// (key to size): "is missing", or "has N bytes, not the M listed".
 pub fn stored_fault(stored: &BTreeMap<String, u64>, key: &str, chunk: &ChunkRef) -> Option<String> {

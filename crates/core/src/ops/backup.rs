@@ -270,21 +270,34 @@ impl Backup {
             chunks,
         } = pending.commit().await?;
 
+        // What this run stored that only the manifest would name; a failure before it
+        // commits deletes them (the chunks they alone use are prune's: others may
+        // share them).
+        let stored: Vec<String> = [&object]
+            .into_iter()
+            .chain(&parts)
+            .chain(chunks.as_ref().map(|(dump, _)| &dump.list))
+            .map(|o| o.key.clone())
+            .collect();
         // File sets beside the dump, before the manifest commits them all.
-        let files = self
-            .store_files(&database, &backup_id, &object, &parts)
-            .await?;
+        let files = self.store_files(&database, &backup_id, &stored).await?;
         let finished_at =
             started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
         // still form one line, each linked to the manifest committed just before it.
         // A last look before the manifest names them: every chunk this backup lists
-        // is stored at its size. Prune sweeps none while this backup is uncommitted,
-        // but the sink is not pgproof's alone. (Listed before the commit lock: on a
-        // large database the listing takes longer than the lock lives.)
+        // is stored at its size. A prune that starts while this backup is uncommitted
+        // sweeps none, but one under way when it started may still be deleting, and
+        // the sink is not pgproof's alone. (Listed before the commit lock, so a chunk
+        // deleted between this look and the commit goes unseen until verify or check:
+        // on a large database the listing takes longer than the lock lives.)
         if let Some((_, list)) = &chunks {
-            let stored = chunks::stored_chunks(&*self.sink, &database).await?;
-            if let Some(gone) = chunks::missing_chunk(list, &stored) {
+            let listed = chunks::stored_chunks(&*self.sink, &database).await?;
+            if let Some(gone) = chunks::missing_chunk(list, &listed) {
+                let keys = stored.iter().chain(files.iter().map(|f| &f.object.key));
+                for key in keys {
+                    let _ = self.sink.delete(key).await;
+                }
                 return Err(Error::tool(format!(
                     "{}: deleted or changed while this backup ran; back up again",
                     gone.message()
@@ -459,13 +472,12 @@ impl Backup {
     }
 
     /// Stores the file sets beside the dump; on a failure, removes what this run
-    /// stored (nothing will commit it).
+    /// stored (`stored` and the sets so far: nothing will commit them).
     async fn store_files(
         &self,
         database: &str,
         backup_id: &str,
-        object: &ObjectInfo,
-        parts: &[ObjectInfo],
+        stored: &[String],
     ) -> Result<Vec<FileSetInfo>> {
         let mut files: Vec<FileSetInfo> = Vec::new();
         for set in &self.files {
@@ -473,9 +485,9 @@ impl Backup {
             match set.store(&*self.sink, &dir, self.recipients.as_ref()).await {
                 Ok(info) => files.push(info),
                 Err(e) => {
-                    let stored = files.iter().map(|f| &f.object);
-                    for o in stored.chain([object]).chain(parts) {
-                        let _ = self.sink.delete(&o.key).await;
+                    let sets = files.iter().map(|f| &f.object.key);
+                    for key in sets.chain(stored) {
+                        let _ = self.sink.delete(key).await;
                     }
                     return Err(e);
                 }

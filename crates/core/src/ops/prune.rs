@@ -13,7 +13,7 @@
 //!   written before anything is deleted, so the manifest chain stays checkable and an
 //!   interrupted prune is finished by the next one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -242,9 +242,7 @@ impl Prune {
         if self.dry_run {
             decisions.extend(clusters.iter().flat_map(|c| c.decisions()));
             // Counted as if nothing were pruned: the chunks unused already.
-            for database in inventory.databases.keys() {
-                decisions.extend(self.sweep_chunks(database).await?);
-            }
+            decisions.extend(self.sweep_all_chunks().await?);
             return Ok(decisions);
         }
         for d in &decisions {
@@ -273,8 +271,17 @@ impl Prune {
             clusters.execute(&*self.sink).await?;
             decisions.extend(clusters.decisions());
         }
-        for database in inventory.databases.keys() {
-            decisions.extend(self.sweep_chunks(database).await?);
+        decisions.extend(self.sweep_all_chunks().await?);
+        Ok(decisions)
+    }
+
+    /// Sweeps the chunks of every database that has any, whether or not anything
+    /// else of it is left (a first backup that failed after storing chunks).
+    async fn sweep_all_chunks(&self) -> Result<Vec<Decision>> {
+        let stored = chunks::stored_chunks_by_database(&*self.sink, self.database.as_deref());
+        let mut decisions = Vec::new();
+        for (database, stored) in stored.await? {
+            decisions.extend(self.sweep_chunks(&database, stored).await?);
         }
         Ok(decisions)
     }
@@ -288,14 +295,14 @@ impl Prune {
     /// stored after the listing is never a candidate and one stored before it belongs
     /// to a backup the catalog shows committed or under way. A backup reuses only
     /// chunks its predecessor lists, and the newest backup (the chain's head) is
-    /// never pruned; a backup re-lists its chunks under the commit lock anyway. Any
+    /// never pruned; a backup re-lists its chunks just before its commit anyway. Any
     /// backup whose manifest or chunk list cannot be trusted stops the sweep: what it
     /// lists is unknown.
-    async fn sweep_chunks(&self, database: &str) -> Result<Option<Decision>> {
-        let stored = chunks::stored_chunks(&*self.sink, database).await?;
-        if stored.is_empty() {
-            return Ok(None);
-        }
+    async fn sweep_chunks(
+        &self,
+        database: &str,
+        stored: BTreeMap<String, u64>,
+    ) -> Result<Option<Decision>> {
         let decision = |action| {
             Some(Decision {
                 database: database.to_owned(),
