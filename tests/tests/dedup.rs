@@ -963,3 +963,58 @@ async fn a_backup_failing_after_its_dump_leaves_no_list_and_its_chunks_are_swept
         "chunks no backup uses outlived prune"
     );
 }
+
+/// A chunk replaced in the sink by another object of the same size is not reused by
+/// the next backup (the sink lists it with another identity than the list recorded):
+/// that backup stores it anew and restores exactly, and only the backup before it
+/// keeps the bad chunk, named by check.
+#[tokio::test]
+async fn a_chunk_replaced_at_its_size_is_not_reused_by_the_next_backup() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_database(&cluster, "crm")
+        .await
+        .batch_execute(
+            "CREATE TABLE people (id int PRIMARY KEY, name text);
+             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .unwrap();
+    let ws = Workspace::new(&cluster, "crm", "dedup");
+    ws.verify_on(&cluster);
+    let first = ws.backup();
+    let list = chunk_list(&ws, &first);
+    assert!(
+        list["files"][0]["chunks"][0]["identity"].is_string(),
+        "no identity recorded: {list:#}"
+    );
+    let victim = chunk_keys("crm", &list).into_iter().next().unwrap();
+    let path = ws.sink.join(&victim);
+    let size = std::fs::metadata(&path).unwrap().len() as usize;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, vec![b'x'; size]).unwrap();
+
+    let second = ws.backup();
+    let id = second["backup_id"].as_str().unwrap();
+    assert!(
+        !chunk_keys("crm", &chunk_list(&ws, &second)).contains(&victim),
+        "the replaced chunk was reused"
+    );
+    let (report, passed) = verify(&ws, id);
+    assert!(passed, "{report:#}");
+    let out = ws.pgproof(&["check", "--read-data", "--json"]);
+    assert!(!out.status.success(), "check passed with a replaced chunk");
+    let findings = json_of(&out)["findings"].clone();
+    let named: BTreeSet<&str> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["backup_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        BTreeSet::from([first["backup_id"].as_str().unwrap()]),
+        "{findings:#}"
+    );
+}

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Manifest, ObjectInfo, layout};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{Sink, SinkExt};
+use crate::sink::{ObjectMeta, Sink, SinkExt};
 
 /// Version of the chunk list written by this crate.
 pub const CHUNK_LIST_VERSION: u32 = 1;
@@ -89,6 +89,12 @@ pub struct ChunkRef {
     pub stored_bytes: u64,
     /// sha256 of the stored object (hex).
     pub stored_sha256: String,
+    /// What the sink listed the stored object with when the backup committed (an
+    /// ETag, a file's inode and times): a later backup reuses the chunk only if it is
+    /// listed so still, since an object replaced by another of the same size would
+    /// otherwise pass for it until read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 impl ChunkRef {
@@ -280,12 +286,34 @@ pub async fn load_chunk_list(sink: &dyn Sink, manifest: &Manifest) -> Result<Opt
 
 /// Every chunk stored for `database`: key → size.
 pub async fn stored_chunks(sink: &dyn Sink, database: &str) -> Result<BTreeMap<String, u64>> {
+    Ok(listed_chunks(sink, database)
+        .await?
+        .into_iter()
+        .map(|(key, m)| (key, m.size))
+        .collect())
+}
+
+/// Every chunk stored for `database` as the sink lists it: key → size and identity.
+pub async fn listed_chunks(
+    sink: &dyn Sink,
+    database: &str,
+) -> Result<BTreeMap<String, ObjectMeta>> {
     Ok(sink
         .list(&layout::chunks(database))
         .await?
         .into_iter()
-        .map(|m| (m.key, m.size))
+        .map(|m| (m.key.clone(), m))
         .collect())
+}
+
+/// Whether the object `listed` is the chunk a backup's list recorded as `chunk`: of
+/// its size, and, where both the list and the sink give one, of its identity.
+pub fn listed_as(chunk: &ChunkRef, listed: &ObjectMeta) -> bool {
+    listed.size == chunk.stored_bytes
+        && match (&chunk.identity, &listed.identity) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => true,
+        }
 }
 
 /// Every chunk stored, by database (only `database`'s, if given): key → size. A
@@ -360,6 +388,7 @@ mod tests {
             raw_bytes,
             stored_bytes: 10,
             stored_sha256: "0".repeat(64),
+            identity: None,
         };
         ChunkList {
             version: CHUNK_LIST_VERSION,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::catalog::chunks::{self, ChunkList, ChunkedDump};
+use crate::catalog::chunks::{ChunkList, ChunkedDump};
 use crate::catalog::files::{FileSet, FileSetInfo};
 use crate::catalog::layout;
 use crate::catalog::{
@@ -285,25 +285,6 @@ impl Backup {
             started_at + jiff::SignedDuration::try_from(clock.elapsed()).unwrap_or_default();
         // The link is made under the database's commit lock, so backups that overlap
         // still form one line, each linked to the manifest committed just before it.
-        // A last look before the manifest names them: every chunk this backup lists
-        // is stored at its size. A prune that starts while this backup is uncommitted
-        // sweeps none, but one under way when it started may still be deleting, and
-        // the sink is not pgproof's alone. (Listed before the commit lock, so a chunk
-        // deleted between this look and the commit goes unseen until verify or check:
-        // on a large database the listing takes longer than the lock lives.)
-        if let Some((_, list)) = &chunks {
-            let listed = chunks::stored_chunks(&*self.sink, &database).await?;
-            if let Some(gone) = chunks::missing_chunk(list, &listed) {
-                let keys = stored.iter().chain(files.iter().map(|f| &f.object.key));
-                for key in keys {
-                    let _ = self.sink.delete(key).await;
-                }
-                return Err(Error::tool(format!(
-                    "{}: deleted or changed while this backup ran; back up again",
-                    gone.message()
-                )));
-            }
-        }
         let lock = CommitLock::acquire(&*self.sink, &database, &backup_id).await?;
         let committed = self
             .commit(

@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::catalog::chunks::{
-    CHUNK_LIST_VERSION, ChunkList, ChunkRef, ChunkedDump, ChunkedFile, load_chunk_list,
-    stored_chunks,
+    CHUNK_LIST_VERSION, ChunkList, ChunkRef, ChunkedDump, ChunkedFile, listed_as, listed_chunks,
+    load_chunk_list,
 };
 use crate::catalog::{self, BackupRef, SigningKey, layout};
 use crate::codec::{CodecChain, Progress, Recipients};
@@ -245,12 +245,20 @@ impl ChunkStore {
             }
             Err(e) => return Err(e),
         };
-        let stored = stored_chunks(&*self.sink, database).await?;
+        let listed = listed_chunks(&*self.sink, database).await?;
         let mut known = lock(&self.known);
+        let mut replaced = 0;
         for (key, chunk) in list.chunks() {
-            if stored.get(&key) == Some(&chunk.stored_bytes) {
-                known.insert(chunk.id.clone(), chunk.clone());
+            match listed.get(&key) {
+                Some(object) if listed_as(chunk, object) => {
+                    known.insert(chunk.id.clone(), chunk.clone());
+                }
+                Some(_) => replaced += 1,
+                None => {}
             }
+        }
+        if replaced > 0 {
+            tracing::warn!(previous = %link.backup_id, chunks = replaced, "chunks the previous backup lists were replaced in the sink since (another object of another size or identity): stored anew; run `pgproof check --read-data`");
         }
         tracing::debug!(previous = %link.backup_id, reusable = known.len(), "chunks the previous backup vouches for");
         Ok(())
@@ -319,6 +327,7 @@ impl ChunkStore {
             raw_bytes: data.len() as u64,
             stored_bytes: encoded.len() as u64,
             stored_sha256: tallies.stored.sha256,
+            identity: None,
         };
         let key = chunk.key(&self.backup.database);
         // Known and locked from now on: the same content met again while this upload
@@ -435,6 +444,7 @@ impl ChunkStore {
         }
         let mut files = std::mem::take(&mut *lock(&self.files));
         files.sort_by(|a, b| a.name.cmp(&b.name));
+        self.record_identities(&mut files).await?;
         let list = ChunkList {
             version: CHUNK_LIST_VERSION,
             database: self.backup.database.clone(),
@@ -465,6 +475,39 @@ impl ChunkStore {
             new_bytes: new.iter().map(|(_, n)| n).sum(),
         };
         Ok((dump, list))
+    }
+
+    /// A last look before the list names them: every chunk is stored at its size,
+    /// and one reused is the object the previous backup's list recorded; each chunk
+    /// gets the identity it is listed with now, which the next backup checks. (A
+    /// prune that starts while this backup is uncommitted sweeps none, but one under
+    /// way when it started may still be deleting, and the sink is not pgproof's
+    /// alone.)
+    async fn record_identities(&self, files: &mut [ChunkedFile]) -> Result<()> {
+        let listed = listed_chunks(&*self.sink, &self.backup.database).await?;
+        for file in files.iter_mut() {
+            for chunk in &mut file.chunks {
+                let key = chunk.key(&self.backup.database);
+                match listed.get(&key) {
+                    Some(object) if listed_as(chunk, object) => {
+                        chunk.identity.clone_from(&object.identity);
+                    }
+                    found => {
+                        let what = if found.is_some() {
+                            "replaced"
+                        } else {
+                            "deleted"
+                        };
+                        return Err(Error::tool(format!(
+                            "the chunk {key} (in {}) was {what} while this backup ran; back up again",
+                            file.name
+                        ))
+                        .with_object(key));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes everything this dump stored (its chunks, its list, its marker); a chunk
