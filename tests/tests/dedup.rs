@@ -391,15 +391,7 @@ async fn prune_spares_chunks_of_a_backup_under_way_and_copy_brings_what_is_missi
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let client = create_database(&cluster, "crm").await;
-    client
-        .batch_execute(
-            "CREATE TABLE people (id int PRIMARY KEY, name text);
-             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
-        )
-        .await
-        .unwrap();
-    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let (client, ws) = people(&cluster, 30000).await;
     ws.verify_on(&cluster);
     let first = ws.backup();
     let config = std::fs::read_to_string(&ws.config).unwrap();
@@ -533,6 +525,23 @@ async fn dedup_needs_the_directory_format_encryption_and_a_signing_key() {
         0,
         "a refused backup stored chunks"
     );
+}
+
+/// A database `crm` with `rows` people (a few chunks of 16 KiB each per 1,000 rows),
+/// and a workspace taking deduplicated backups of it.
+async fn people(
+    cluster: &pgproof_core::scratch::EphemeralCluster,
+    rows: u32,
+) -> (Client, Workspace) {
+    let client = create_database(cluster, "crm").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE people (id int PRIMARY KEY, name text);
+             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"
+        ))
+        .await
+        .unwrap();
+    (client, Workspace::new(cluster, "crm", "dedup"))
 }
 
 /// Whether the sink holds any chunk of `database`.
@@ -798,15 +807,7 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let client = create_database(&cluster, "crm").await;
-    client
-        .batch_execute(
-            "CREATE TABLE people (id int PRIMARY KEY, name text);
-             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
-        )
-        .await
-        .unwrap();
-    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let (client, ws) = people(&cluster, 30000).await;
     let manifest = ws.backup();
     let keys: Vec<String> = chunk_keys("crm", &chunk_list(&ws, &manifest))
         .into_iter()
@@ -928,15 +929,7 @@ async fn a_backup_failing_after_its_dump_leaves_no_list_and_its_chunks_are_swept
     let Some(cluster) = start_cluster() else {
         return;
     };
-    create_database(&cluster, "crm")
-        .await
-        .batch_execute(
-            "CREATE TABLE people (id int PRIMARY KEY, name text);
-             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
-        )
-        .await
-        .unwrap();
-    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let (_, ws) = people(&cluster, 20000).await;
     let config = std::fs::read_to_string(&ws.config).unwrap();
     let gone = ws.dir.path().join("gone");
     ws.write_config(&format!(
@@ -973,15 +966,7 @@ async fn a_chunk_replaced_at_its_size_is_not_reused_by_the_next_backup() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    create_database(&cluster, "crm")
-        .await
-        .batch_execute(
-            "CREATE TABLE people (id int PRIMARY KEY, name text);
-             INSERT INTO people SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
-        )
-        .await
-        .unwrap();
-    let ws = Workspace::new(&cluster, "crm", "dedup");
+    let (_, ws) = people(&cluster, 20000).await;
     ws.verify_on(&cluster);
     let first = ws.backup();
     let list = chunk_list(&ws, &first);
