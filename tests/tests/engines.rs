@@ -386,6 +386,110 @@ async fn a_deduplicating_dump_refuses_to_store_unencrypted() {
     );
 }
 
+/// A sink whose first put of each chunk finds its key taken: after storing the body
+/// itself (`landed`: a put retried after its first attempt landed, its answer lost),
+/// or because someone stored other bytes there first.
+#[derive(Debug)]
+struct TakenChunkKeys {
+    inner: Arc<dyn Sink>,
+    landed: bool,
+    taken: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+#[async_trait]
+impl Sink for TakenChunkKeys {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, body: pgproof_core::sink::ByteStream) -> Result<u64> {
+        if !key.starts_with(".chunks/") || !self.taken.lock().unwrap().insert(key.to_owned()) {
+            return self.inner.put(key, body).await;
+        }
+        if self.landed {
+            self.inner.put(key, body).await?;
+        } else {
+            let squatter = bytes::Bytes::from_static(b"someone else's bytes");
+            pgproof_core::sink::SinkExt::put_bytes(&*self.inner, key, squatter).await?;
+            self.inner.put(key, body).await?;
+        }
+        Err(pgproof_core::Error::already_exists(format!("{key} exists")))
+    }
+    async fn get(&self, key: &str) -> Result<pgproof_core::sink::ByteStream> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<pgproof_core::sink::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A chunk key found taken holds this backup's own chunk when a retried put's first
+/// attempt landed (read back and taken: the backup commits and verifies), and anything
+/// else is someone's write (the backup fails naming the key, leaving nothing of its
+/// own).
+#[tokio::test]
+async fn a_chunk_key_found_taken_is_read_back_before_it_is_believed() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let server = cluster.params("postgres").unwrap();
+    let dumper = Format::Directory.dumper_with(6, Some(3), Some(2), Some(small_chunks()));
+    for landed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+        let sink: Arc<dyn Sink> = Arc::new(TakenChunkKeys {
+            inner: fs.clone(),
+            landed,
+            taken: Default::default(),
+        });
+        let keys = KeyPair::generate();
+        let backup = Backup::new(cluster.params("app").unwrap(), sink.clone())
+            .dumper(dumper.clone())
+            .recipients(keys.recipients())
+            .run()
+            .await;
+        if landed {
+            let manifest = backup.unwrap();
+            let report = Verify::new(fs.clone(), BackupRef::of(&manifest), server.clone())
+                .identities(Some(keys.identities()))
+                .dumper(dumper.clone())
+                .run()
+                .await
+                .unwrap();
+            let failed: Vec<_> = report.failures().collect();
+            assert!(report.passed, "{failed:?}");
+        } else {
+            let err = backup.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
+            assert!(
+                err.to_string().contains("someone writes into the sink"),
+                "{err}"
+            );
+            let left: Vec<String> = fs
+                .list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.key)
+                .filter(|k| !k.starts_with(".chunks/"))
+                .collect();
+            assert_eq!(left, Vec::<String>::new(), "left by a failed backup");
+            // Only the squatters' objects are left under .chunks/: none of the backup's.
+            let squatted = fs.list(".chunks/").await.unwrap();
+            assert!(!squatted.is_empty());
+            for meta in squatted {
+                let bytes = pgproof_core::sink::SinkExt::get_bytes(&*fs, &meta.key, 1 << 20)
+                    .await
+                    .unwrap();
+                assert_eq!(bytes, b"someone else's bytes", "{} left", meta.key);
+            }
+        }
+    }
+}
+
 /// Two backups in one program, each in its own scope: cancelling one kills its
 /// pg_dump and aborts its upload, and the other commits as if nothing happened.
 #[tokio::test]

@@ -17,8 +17,9 @@
 //! stored object nobody vouched for could be anything. A chunk's key ends with the
 //! sha256 of its stored bytes (`<id>-<sha256>`), so a chunk stored again (after a
 //! sweep, or when no list could be reused) is another encryption under another key:
-//! nothing is overwritten, one key always names one content, and a key that is taken
-//! already when a chunk is stored means someone else wrote it. And only when the
+//! nothing is overwritten, one key always names one content, and a key found taken
+//! when a chunk is stored holds that chunk (a retried put) or someone else's write,
+//! never another backup's chunk. And only when the
 //! previous backup went through the same codecs to the same recipients: a chunk
 //! stored unencrypted, or for a key since rotated away, is never part of a backup
 //! that is to be encrypted for this one's.
@@ -336,7 +337,7 @@ impl ChunkStore {
         lock(&self.locked).insert(key.clone());
         let (sink, stored, aborted) =
             (self.sink.clone(), self.stored.clone(), self.aborted.clone());
-        let sent = chunk.stored_bytes;
+        let (sent, sha256) = (chunk.stored_bytes, chunk.stored_sha256.clone());
         self.in_flight(async move {
             match sink.put_bytes(&key, Bytes::from(encoded)).await {
                 Ok(size) => {
@@ -356,13 +357,29 @@ impl ChunkStore {
                     }
                     Ok(())
                 }
-                // The key ends with the sha256 of an encryption made a moment ago:
-                // nobody could have stored it before, and what is there is not this
-                // chunk's to vouch for (nor this dump's to delete).
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::integrity(format!(
-                    "{key} was there before this backup stored it, which no honest writer could do: someone writes into the sink; run `pgproof check`, then back up again"
-                ))
-                .with_object(key)),
+                // The key ends with the sha256 of an encryption made a moment ago, so
+                // what is there is these very bytes from a put retried after its first
+                // attempt landed (its answer lost), or nobody's honest write.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    let there = sink.get_bytes(&key, usize::try_from(sent).unwrap_or(usize::MAX)).await;
+                    match there {
+                        Ok(bytes) if crate::codec::sha256_hex(&bytes) == sha256 => {
+                            let mut all = lock(&stored);
+                            if aborted.load(Ordering::SeqCst) {
+                                drop(all);
+                                let _ = sink.delete(&key).await;
+                                return Err(Error::tool("the dump was stopped"));
+                            }
+                            all.push((key.clone(), sent));
+                            Ok(())
+                        }
+                        Err(e) if e.kind() != ErrorKind::Integrity => Err(e),
+                        _ => Err(Error::integrity(format!(
+                            "{key} holds other bytes than this backup stored under it, which no honest writer could do: someone writes into the sink; run `pgproof check`, then back up again"
+                        ))
+                        .with_object(key)),
+                    }
+                }
                 Err(e) => Err(e),
             }
         })?;
