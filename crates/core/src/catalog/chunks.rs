@@ -28,6 +28,16 @@ pub const CHUNK_LIST_VERSION: u32 = 1;
 /// 1.3 million chunks: over a terabyte of dump at the default chunk size).
 pub const CHUNK_LIST_LIMIT: usize = 256 << 20;
 
+/// The largest chunk pgproof cuts (four times the largest average), as pg_dump wrote
+/// it; stored, a chunk is at most [`MAX_STORED_CHUNK_BYTES`]. A list naming a larger
+/// one was not written by pgproof, and is not believed: a restore holds a few chunks
+/// of each file in memory.
+pub const MAX_CHUNK_BYTES: u64 = 16 << 20;
+
+/// The largest stored chunk: zstd's worst case on incompressible data (a few bytes a
+/// 128 KiB block) and age's 16 bytes a 64 KiB plus its header stay well within this.
+pub const MAX_STORED_CHUNK_BYTES: u64 = MAX_CHUNK_BYTES + (1 << 20);
+
 /// zstd level of the chunk list: it is written once a backup, and most of it is hex.
 const LIST_ZSTD_LEVEL: i32 = 19;
 
@@ -140,15 +150,6 @@ impl ChunkList {
             .collect()
     }
 
-    /// The files that use the chunk stored under `key`.
-    pub fn files_using(&self, key: &str) -> Vec<&str> {
-        self.files
-            .iter()
-            .filter(|f| f.chunks.iter().any(|c| c.key(&self.database) == key))
-            .map(|f| f.name.as_str())
-            .collect()
-    }
-
     /// The files that use each chunk, by key, each file once: for naming many chunks
     /// without a pass over the list for each.
     pub fn users(&self) -> HashMap<String, Vec<&str>> {
@@ -199,6 +200,16 @@ impl ChunkList {
                 return Err(bad(format!(
                     "names the chunk {:?} stored as {:?}",
                     c.id, c.stored_sha256
+                )));
+            }
+            if let Some(c) = file
+                .chunks
+                .iter()
+                .find(|c| c.raw_bytes > MAX_CHUNK_BYTES || c.stored_bytes > MAX_STORED_CHUNK_BYTES)
+            {
+                return Err(bad(format!(
+                    "names a chunk of {} bytes stored as {}, larger than pgproof cuts",
+                    c.raw_bytes, c.stored_bytes
                 )));
             }
             let sum: u64 = file.chunks.iter().map(|c| c.raw_bytes).sum();
@@ -367,12 +378,13 @@ pub fn missing_chunk(list: &ChunkList, stored: &BTreeMap<String, u64>) -> Option
         .chunks()
         .into_iter()
         .find_map(|(key, chunk)| stored_fault(stored, &key, chunk).map(|fault| (key, fault)))?;
+    let files = list.users().remove(&key).unwrap_or_default();
     Some(
         Error::integrity(format!(
             "the chunk {key} that backup {}/{} uses (in {}) {fault}",
             list.database,
             list.backup_id,
-            list.files_using(&key).join(", ")
+            files.join(", ")
         ))
         .with_object(key),
     )
@@ -404,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn users_name_each_file_once_as_files_using_does() {
+    fn users_name_each_file_using_a_chunk_once() {
         let mut l = list();
         let mut other = l.files[0].clone();
         other.name = "3457.dat".into();
@@ -414,9 +426,8 @@ mod tests {
         let users = l.users();
         assert_eq!(users.len(), l.chunks().len());
         for key in l.chunks().keys() {
-            assert_eq!(users[key], l.files_using(key), "{key}");
+            assert_eq!(users[key], ["3456.dat", "3457.dat"], "{key}");
         }
-        assert!(users.values().all(|files| files.len() == 2), "{users:?}");
     }
 
     #[test]
@@ -447,6 +458,13 @@ mod tests {
         let mut sizes = list();
         sizes.files[0].raw_bytes = 31;
         forged.push(("sizes", sizes));
+        let mut huge = list();
+        huge.files[0].chunks[1].raw_bytes = MAX_CHUNK_BYTES + 1;
+        huge.files[0].raw_bytes = MAX_CHUNK_BYTES + 11;
+        forged.push(("a chunk larger than pgproof cuts", huge));
+        let mut huge = list();
+        huge.files[0].chunks[1].stored_bytes = MAX_STORED_CHUNK_BYTES + 1;
+        forged.push(("a chunk stored larger than pgproof stores", huge));
         let mut version = list();
         version.version = 2;
         forged.push(("version", version));

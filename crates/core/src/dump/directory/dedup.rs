@@ -50,6 +50,10 @@ pub const DEFAULT_AVERAGE_CHUNK: u32 = 1 << 20;
 /// Chunk sizes pgproof accepts, on average.
 pub const AVERAGE_CHUNK_RANGE: std::ops::RangeInclusive<u32> = (4 << 10)..=(4 << 20);
 
+// The chunk list refuses chunks larger than the largest this cuts.
+const _: () =
+    assert!(*AVERAGE_CHUNK_RANGE.end() as u64 * 4 <= crate::catalog::chunks::MAX_CHUNK_BYTES);
+
 /// Sink requests a deduplicated dump keeps in flight at once (chunk uploads and lock
 /// extensions), across all its files: one at a time, a cloud store's latency (tens of
 /// milliseconds a request) would bound a night's backup at a few dozen chunks a
