@@ -215,17 +215,24 @@ impl Bucket {
     /// Sends a presigned request; no answer is transient, and the error never
     /// carries the signed URL.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        request.send().await.map_err(|e| {
-            Error::transient(format!(
-                "cannot reach the bucket {}: {}",
-                self.location.describe(),
-                if e.is_timeout() {
-                    "timed out".to_owned()
-                } else {
-                    chain(&e.without_url())
-                }
-            ))
-        })
+        request
+            .send()
+            .await
+            .map_err(|e| self.unanswered("cannot reach", e))
+    }
+
+    /// A request without an answer (none came, or it broke off): transient, and
+    /// without the signed URL.
+    fn unanswered(&self, doing: &str, e: reqwest::Error) -> Error {
+        let why = if e.is_timeout() {
+            "timed out".to_owned()
+        } else {
+            chain(&e.without_url())
+        };
+        Error::transient(format!(
+            "{doing} the bucket {}: {why}",
+            self.location.describe()
+        ))
     }
 
     async fn attempt(
@@ -250,13 +257,10 @@ impl Bucket {
         }
         let response = self.send(request).await?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| {
-            Error::transient(format!(
-                "reading the answer of the bucket {}: {}",
-                self.location.describe(),
-                chain(&e.without_url())
-            ))
-        })?;
+        let body = response
+            .text()
+            .await
+            .map_err(|e| self.unanswered("reading the answer of", e))?;
         if status.is_success() {
             return Ok(body);
         }
