@@ -475,51 +475,39 @@ async fn dedup_needs_the_directory_format_encryption_and_a_signing_key() {
     connect(&cluster, "postgres").await;
     let ws = Workspace::new(&cluster, "postgres", "dedup");
     let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&config.replace("format = \"directory\"", "format = \"custom\""));
-    let out = ws.pgproof(&["backup"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("dump.format = \"directory\""),
-        "{}",
-        stderr(&out)
-    );
-    ws.write_config(&config.replace("dedup = true", "dedup = true\ncompression = \"pg-dump\""));
-    let out = ws.pgproof(&["backup"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("dump.compression = \"zstd\""),
-        "{}",
-        stderr(&out)
-    );
-    ws.write_config(&config.replace("dedup_chunk_kib = 16", "dedup_chunk_kib = 2"));
-    let out = ws.pgproof(&["backup"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("dump.dedup_chunk_kib"),
-        "{}",
-        stderr(&out)
-    );
     let signing = format!("key_file = \"{}\"", ws.signing_key.display());
-    ws.write_config(&format!(
-        "{}\n[trust]\nkeys = [\"{}\"]\n",
-        config.replace(&signing, ""),
-        ws.signing_public
-    ));
-    let out = ws.pgproof(&["backup"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("signing.key_file"),
-        "{}",
-        stderr(&out)
-    );
-    ws.write_config(&config.replace("[encryption]\n", "[encryption]\nenabled = false\n"));
-    let out = ws.pgproof(&["backup"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("dump.dedup needs encryption"),
-        "{}",
-        stderr(&out)
-    );
+    let refused = [
+        (
+            config.replace("format = \"directory\"", "format = \"custom\""),
+            "dump.format = \"directory\"",
+        ),
+        (
+            config.replace("dedup = true", "dedup = true\ncompression = \"pg-dump\""),
+            "dump.compression = \"zstd\"",
+        ),
+        (
+            config.replace("dedup_chunk_kib = 16", "dedup_chunk_kib = 2"),
+            "dump.dedup_chunk_kib",
+        ),
+        (
+            format!(
+                "{}\n[trust]\nkeys = [\"{}\"]\n",
+                config.replace(&signing, ""),
+                ws.signing_public
+            ),
+            "signing.key_file",
+        ),
+        (
+            config.replace("[encryption]\n", "[encryption]\nenabled = false\n"),
+            "dump.dedup needs encryption",
+        ),
+    ];
+    for (config, setting) in refused {
+        ws.write_config(&config);
+        let out = ws.pgproof(&["backup"]);
+        assert!(!out.status.success(), "passed without {setting}");
+        assert!(stderr(&out).contains(setting), "{}", stderr(&out));
+    }
     assert_eq!(
         chunks_of(&ws, "postgres"),
         0,

@@ -222,14 +222,7 @@ async fn a_third_archive_layout_serves_backup_restore_and_verify_unchanged() {
         .run()
         .await
         .unwrap();
-    let report = Verify::new(sink.clone(), BackupRef::of(&manifest), server.clone())
-        .identities(Some(keys.identities()))
-        .dumper(dumper.clone())
-        .run()
-        .await
-        .unwrap();
-    let failed: Vec<_> = report.failures().collect();
-    assert!(report.passed, "{failed:?}");
+    assert_verifies(&sink, &manifest, &server, &keys, &dumper).await;
 
     // The layout's own check runs before any database exists: one byte changed in the
     // stored object, and the restore fails as a verdict on the backup, creating nothing.
@@ -386,6 +379,25 @@ async fn a_deduplicating_dump_refuses_to_store_unencrypted() {
     );
 }
 
+/// Verifies the backup `manifest` in `sink` with the standard checks, and asserts it
+/// passed.
+async fn assert_verifies(
+    sink: &Arc<dyn Sink>,
+    manifest: &pgproof_core::catalog::Manifest,
+    server: &ConnParams,
+    keys: &KeyPair,
+    dumper: &Arc<dyn Dumper>,
+) {
+    let report = Verify::new(sink.clone(), BackupRef::of(manifest), server.clone())
+        .identities(Some(keys.identities()))
+        .dumper(dumper.clone())
+        .run()
+        .await
+        .unwrap();
+    let failed: Vec<_> = report.failures().collect();
+    assert!(report.passed, "{failed:?}");
+}
+
 /// A sink whose first put of each chunk finds its key taken: after storing the body
 /// itself (`landed`: a put retried after its first attempt landed, its answer lost),
 /// or because someone stored other bytes there first.
@@ -453,14 +465,7 @@ async fn a_chunk_key_found_taken_is_read_back_before_it_is_believed() {
             .await;
         if landed {
             let manifest = backup.unwrap();
-            let report = Verify::new(fs.clone(), BackupRef::of(&manifest), server.clone())
-                .identities(Some(keys.identities()))
-                .dumper(dumper.clone())
-                .run()
-                .await
-                .unwrap();
-            let failed: Vec<_> = report.failures().collect();
-            assert!(report.passed, "{failed:?}");
+            assert_verifies(&fs, &manifest, &server, &keys, &dumper).await;
         } else {
             let err = backup.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");

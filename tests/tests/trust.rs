@@ -439,6 +439,15 @@ fn boto(moto: &pgproof_tests::moto::Moto, script: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A `[sink]` section for `bucket` on moto, locking what it stores for `days` in
+/// governance mode.
+fn locked_sink(moto: &pgproof_tests::moto::Moto, bucket: &str, days: u32) -> String {
+    format!(
+        "url = \"s3://{bucket}/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nobject_lock = {{ mode = \"governance\", days = {days} }}\n",
+        moto.endpoint()
+    )
+}
+
 /// S3 Object Lock on moto: every object of a backup carries the lock the config asks
 /// for, a locked version cannot be deleted, and prune reports a locked backup as
 /// retained instead of deleting it.
@@ -459,10 +468,7 @@ async fn object_lock_protects_backups_until_their_date() {
         &cluster,
         "vault",
         "custom",
-        Some(&format!(
-            "url = \"s3://locked/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nobject_lock = {{ mode = \"governance\", days = 2 }}\n",
-            moto.endpoint()
-        )),
+        Some(&locked_sink(&moto, "locked", 2)),
     );
     ws.use_moto_credentials();
     let first = ws.backup();
@@ -569,13 +575,12 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
         )
         .await
         .unwrap();
-    let section = |days: u32| {
-        format!(
-            "url = \"s3://chunklock/pg\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nobject_lock = {{ mode = \"governance\", days = {days} }}\n",
-            moto.endpoint()
-        )
-    };
-    let mut ws = Workspace::with_sink(&cluster, "locked_chunks", "dedup", Some(&section(2)));
+    let mut ws = Workspace::with_sink(
+        &cluster,
+        "locked_chunks",
+        "dedup",
+        Some(&locked_sink(&moto, "chunklock", 2)),
+    );
     ws.use_moto_credentials();
     ws.verify_on(&cluster);
     let first = ws.backup();
