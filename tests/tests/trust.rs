@@ -439,6 +439,16 @@ fn boto(moto: &pgproof_tests::moto::Moto, script: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// moto with the bucket `bucket`, Object Lock enabled on it.
+fn moto_with_locked_bucket(bucket: &str) -> Option<pgproof_tests::moto::Moto> {
+    let moto = pgproof_tests::moto::Moto::start()?;
+    boto(
+        &moto,
+        &format!("s3.create_bucket(Bucket='{bucket}', ObjectLockEnabledForBucket=True)"),
+    );
+    Some(moto)
+}
+
 /// A `[sink]` section for `bucket` on moto, locking what it stores for `days` in
 /// governance mode.
 fn locked_sink(moto: &pgproof_tests::moto::Moto, bucket: &str, days: u32) -> String {
@@ -456,13 +466,9 @@ async fn object_lock_protects_backups_until_their_date() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let Some(moto) = pgproof_tests::moto::Moto::start() else {
+    let Some(moto) = moto_with_locked_bucket("locked") else {
         return;
     };
-    boto(
-        &moto,
-        "s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)",
-    );
     small_database(&cluster, "vault").await;
     let mut ws = Workspace::with_sink(
         &cluster,
@@ -560,13 +566,9 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
     let Some(cluster) = start_cluster() else {
         return;
     };
-    let Some(moto) = pgproof_tests::moto::Moto::start() else {
+    let Some(moto) = moto_with_locked_bucket("chunklock") else {
         return;
     };
-    boto(
-        &moto,
-        "s3.create_bucket(Bucket='chunklock', ObjectLockEnabledForBucket=True)",
-    );
     let client = create_database(&cluster, "locked_chunks").await;
     client
         .batch_execute(
