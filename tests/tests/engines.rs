@@ -566,3 +566,74 @@ async fn two_backups_at_once_one_cancelled() {
     let listed = sink.list("big/").await.unwrap();
     assert!(listed.is_empty(), "the cancelled backup left {listed:?}");
 }
+
+/// A sink on which the verification's scope is cancelled the moment its lease is
+/// stored, before the put returns to it: a verify worker whose claim is found taken
+/// over just then, or a signal.
+#[derive(Debug)]
+struct CancelledAsTheLeaseLands {
+    inner: Arc<dyn Sink>,
+    scope: Scope,
+}
+
+#[async_trait]
+impl Sink for CancelledAsTheLeaseLands {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, body: pgproof_core::sink::ByteStream) -> Result<u64> {
+        let stored = self.inner.put(key, body).await;
+        if key.contains("/lease/") {
+            self.scope.cancel();
+            // The operation sees its cancellation before the put's answer.
+            tokio::task::yield_now().await;
+        }
+        stored
+    }
+    async fn get(&self, key: &str) -> Result<pgproof_core::sink::ByteStream> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<pgproof_core::sink::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A verification cancelled while its lease is written gives the lease back: left,
+/// it would keep prune from the backup for a day.
+#[tokio::test]
+async fn a_verification_cancelled_as_it_takes_its_lease_gives_the_lease_back() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fs: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    let manifest = Backup::new(cluster.params("app").unwrap(), fs.clone())
+        .unencrypted()
+        .run()
+        .await
+        .unwrap();
+    let scope = Scope::new();
+    let sink: Arc<dyn Sink> = Arc::new(CancelledAsTheLeaseLands {
+        inner: fs.clone(),
+        scope: scope.clone(),
+    });
+    let server = cluster.params("postgres").unwrap();
+    let err = Verify::new(sink, BackupRef::of(&manifest), server)
+        .scope(scope.clone())
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    let leases = fs
+        .list(&catalog::layout::leases(
+            &manifest.database,
+            &manifest.backup_id,
+        ))
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "{leases:?} left; {err}");
+}

@@ -55,13 +55,13 @@ impl Sink for VerificationStartsDuringPrune {
             && self.lease_listings.fetch_add(1, Ordering::SeqCst) == 0
         {
             // Taken through the signed sink, as a verifying host's would be.
-            BackupLease::take(
-                &*self.inner,
+            BackupLease::new(
                 &self.database,
                 &self.backup_id,
                 "verify (started during prune)",
                 Duration::from_secs(3600),
             )
+            .take(&*self.inner)
             .await?;
         }
         self.inner.list(prefix).await

@@ -466,7 +466,12 @@ async fn a_worker_paused_past_its_claim_stops_and_records_nothing() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].contains("_passed"), "{names:?}");
     // The stopped verification gave its lease back; its scratch database is gone.
-    assert!(leases(&ws).is_empty(), "{:?}", leases(&ws));
+    assert!(
+        leases(&ws).is_empty(),
+        "{:?} left; {}",
+        leases(&ws),
+        stderr(&out)
+    );
     let scratch: i64 = connect(&cluster, "postgres")
         .await
         .query_one(

@@ -330,39 +330,47 @@ fn summary_in_key(key: &str) -> Option<Verification> {
         .and_then(Verification::from_record_name)
 }
 
-/// A lease on one backup, taken with [`take`](BackupLease::take) and given back with
-/// [`release`](BackupLease::release) (one that is not released expires).
+/// A lease on one backup: made with [`new`](BackupLease::new), stored with
+/// [`take`](BackupLease::take), given back with [`release`](BackupLease::release)
+/// (one that is not released expires). Its key is known before it is stored, so an
+/// operation cancelled while it is being taken can still give it back.
 #[derive(Clone, Debug)]
 pub struct BackupLease {
     key: String,
+    lease: Lease,
 }
 
 impl BackupLease {
-    /// Takes a lease on `database`/`backup_id` for `ttl`.
-    pub async fn take(
-        sink: &dyn Sink,
-        database: &str,
-        backup_id: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<Self> {
+    /// A lease on `database`/`backup_id` for `ttl`, not yet taken.
+    pub fn new(database: &str, backup_id: &str, holder: &str, ttl: Duration) -> Self {
         let now = Timestamp::now();
         let unique = &sha256_hex(format!("{holder}{}", now.as_nanosecond()).as_bytes())[..12];
-        let key = layout::lease(database, backup_id, &format!("{unique}.json"));
-        let lease = Lease {
-            holder: holder.to_owned(),
-            expires_at: now + jiff::SignedDuration::try_from(ttl).unwrap_or_default(),
-        };
-        let body = serde_json::to_vec(&lease)
-            .map_err(|e| Error::tool(format!("cannot serialize a lease: {e}")))?;
-        sink.put_bytes(&key, Bytes::from(body)).await?;
-        Ok(Self { key })
+        Self {
+            key: layout::lease(database, backup_id, &format!("{unique}.json")),
+            lease: Lease {
+                holder: holder.to_owned(),
+                expires_at: now + jiff::SignedDuration::try_from(ttl).unwrap_or_default(),
+            },
+        }
     }
 
-    /// Gives the lease back; a failure is logged (the lease expires by itself).
+    /// Stores the lease: from now on it keeps prune away from the backup.
+    pub async fn take(&self, sink: &dyn Sink) -> Result<()> {
+        let body = serde_json::to_vec(&self.lease)
+            .map_err(|e| Error::tool(format!("cannot serialize a lease: {e}")))?;
+        sink.put_bytes(&self.key, Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// Gives the lease back; a failure is logged (the lease expires by itself). A
+    /// lease never stored (cancelled before its write) has nothing to give back.
     pub async fn release(self, sink: &dyn Sink) {
-        if let Err(e) = sink.delete(&self.key).await {
-            tracing::warn!(lease = %self.key, error = %e, "could not release a lease; it expires by itself");
+        match sink.delete(&self.key).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(lease = %self.key, error = %e, "could not release a lease; it expires by itself");
+            }
         }
     }
 }

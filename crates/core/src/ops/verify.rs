@@ -182,17 +182,17 @@ impl Verify {
         // The verifiers judge the settings too: they come out of their sealed object.
         let mut manifest = manifest;
         catalog::unseal(&mut manifest, &*self.sink, self.identities.as_ref()).await?;
-        // A lease keeps prune away while this backup is restored and judged.
-        let lease = BackupLease::take(
-            &*self.sink,
+        // A lease keeps prune away while this backup is restored and judged. It is
+        // given back if the operation is cancelled too (a signal, a verify worker
+        // whose claim was taken over), rather than left to protect the backup for a
+        // day: the undo is registered before the lease is stored, so a cancellation
+        // that lands while it is written gives it back as well.
+        let lease = BackupLease::new(
             &manifest.database,
             &manifest.backup_id,
             &format!("verify, pid {}", std::process::id()),
             LEASE_TTL,
-        )
-        .await?;
-        // Given back if the operation is cancelled too (a signal, a verify worker
-        // whose claim was taken over), rather than left to protect the backup for a day.
+        );
         let lease_undo = {
             let (lease, sink) = (lease.clone(), self.sink.clone());
             self.scope.undo_unless_kept(move || async move {
@@ -200,6 +200,12 @@ impl Verify {
                 Some("released the verification's lease".to_owned())
             })
         };
+        if let Err(e) = lease.take(&*self.sink).await {
+            // A write that failed may still have landed (its answer lost).
+            lease_undo.keep();
+            lease.release(&*self.sink).await;
+            return Err(e);
+        }
         // A rolling verification's scratch database is its own: a whole one of the
         // same backup may run beside it on a shared scratch server.
         let name = match &self.tables {
