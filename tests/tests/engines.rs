@@ -637,3 +637,80 @@ async fn a_verification_cancelled_as_it_takes_its_lease_gives_the_lease_back() {
         .unwrap();
     assert!(leases.is_empty(), "{leases:?} left; {err}");
 }
+
+/// A restore cancelled while its CREATE DATABASE runs leaves no database: the server
+/// finishes the CREATE after pgproof stopped waiting for it, so the drop must be
+/// registered before the CREATE is sent. A lock on template0 holds the CREATE until
+/// the cancellation has landed.
+#[tokio::test]
+async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    create_sample_database(&cluster, "app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
+    let manifest = Backup::new(cluster.params("app").unwrap(), sink.clone())
+        .unencrypted()
+        .run()
+        .await
+        .unwrap();
+    let admin = connect(&cluster, "postgres").await;
+    let blocker = connect(&cluster, "postgres").await;
+    // A rename not yet committed holds template0 (an exclusive lock): a CREATE
+    // DATABASE from it waits; the DROP DATABASE IF EXISTS before it does not.
+    blocker
+        .batch_execute("BEGIN; ALTER DATABASE template0 RENAME TO held_template0")
+        .await
+        .unwrap();
+    let scope = Scope::new();
+    let restore = Restore::new(sink, manifest, cluster.params("fresh").unwrap())
+        .scope(scope.clone())
+        .run();
+    let creating = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE query LIKE 'CREATE DATABASE%' AND wait_event_type = 'Lock'";
+    let cancel = async {
+        for _ in 0..600 {
+            let n: i64 = admin.query_one(creating, &[]).await.unwrap().get(0);
+            if n > 0 {
+                scope.cancel();
+                // Let the cancelled restore start its cleanup, then let the CREATE
+                // (and whatever follows it) through.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                blocker.batch_execute("ROLLBACK").await.unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rows = admin
+            .query(
+                "SELECT query, coalesce(wait_event_type, '') FROM pg_stat_activity",
+                &[],
+            )
+            .await
+            .unwrap();
+        let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        panic!("the restore never sent its CREATE DATABASE: {seen:?}");
+    };
+    let (restored, ()) = tokio::join!(restore, cancel);
+    let err = restored.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    // The abandoned CREATE finishes on the server whatever pgproof does: wait for it.
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE%'";
+    for _ in 0..300 {
+        let n: i64 = admin.query_one(running, &[]).await.unwrap().get(0);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'fresh'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the cancelled restore left its database; {err}");
+}

@@ -11,7 +11,7 @@ use crate::dump::{CustomDumper, Dumper};
 use crate::error::Result;
 use crate::evidence::audit;
 use crate::ops::backup::Backup;
-use crate::ops::drop_on_cancel;
+use crate::ops::create_dropped_on_cancel;
 use crate::ops::restore::{Restore, drop_restored};
 use crate::ops::verify::{Proof, new_report, write_report};
 use crate::pg::admin::user_objects;
@@ -139,15 +139,16 @@ impl Drill {
         let started = Instant::now();
         let target = self.server.with_dbname(DRILL_DATABASE);
         let _ = drop_restored(&target).await;
-        self.server
-            .connect()
-            .await?
-            .batch_execute(&format!(
-                "CREATE DATABASE {DRILL_DATABASE} TEMPLATE template0 ENCODING 'UTF8'"
-            ))
-            .await
-            .map_err(db_err("creating the drill database"))?;
-        let registered = drop_on_cancel(&self.scope, &target);
+        let server = self.server.connect().await?;
+        let registered = create_dropped_on_cancel(&self.scope, &target, async move {
+            server
+                .batch_execute(&format!(
+                    "CREATE DATABASE {DRILL_DATABASE} TEMPLATE template0 ENCODING 'UTF8'"
+                ))
+                .await
+                .map_err(db_err("creating the drill database"))
+        })
+        .await?;
         let result = self.drill_in(&target).await;
         let dropped = drop_restored(&target).await;
         registered.keep();

@@ -50,15 +50,25 @@ pub use status::{
 };
 pub use verify::{RecordGate, Verify, record_unfinished, scratch_database};
 
-/// Registers `target`'s database, which the operation just created, to be dropped
-/// if the operation's scope is cleaned up before the guard is kept (the database
+/// Registers `target`'s database, which the operation created, to be dropped if
+/// the operation's scope is cleaned up before the guard is kept (the database
 /// handed over, or dropped by the operation itself).
 fn drop_on_cancel(
     scope: &crate::scope::Scope,
     target: &crate::pg::ConnParams,
 ) -> crate::scope::UndoGuard {
+    drop_on_cancel_after(scope, target, async {})
+}
+
+/// As [`drop_on_cancel`], the drop waiting first for `after`.
+fn drop_on_cancel_after(
+    scope: &crate::scope::Scope,
+    target: &crate::pg::ConnParams,
+    after: impl std::future::Future<Output = ()> + Send + 'static,
+) -> crate::scope::UndoGuard {
     let target = target.clone();
     scope.undo_unless_kept(move || async move {
+        after.await;
         match crate::pg::admin::drop_database(&target).await {
             Ok(()) => Some(format!("dropped database {}", target.dbname())),
             // An ephemeral cluster that was already stopped took its databases along.
@@ -68,4 +78,39 @@ fn drop_on_cancel(
             }
         }
     })
+}
+
+/// Runs `create`, which creates `target`'s database for the operation, with the
+/// database registered as [`drop_on_cancel`] does. The server runs a CREATE DATABASE
+/// to its end even when pgproof stops waiting (a cancellation drops the operation),
+/// so `create` runs as a task of its own and the drop waits for it: dropped before
+/// the CREATE ended, the database would appear afterwards and stay. A CREATE that
+/// failed made nothing of the operation's to drop.
+async fn create_dropped_on_cancel(
+    scope: &crate::scope::Scope,
+    target: &crate::pg::ConnParams,
+    create: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
+) -> crate::Result<crate::scope::UndoGuard> {
+    let (running, ended) = tokio::sync::oneshot::channel::<()>();
+    let created = tokio::spawn(async move {
+        let _running = running;
+        create.await
+    });
+    let registered = drop_on_cancel_after(scope, target, async {
+        // The sender is dropped when the CREATE ends, however it ends.
+        let _ = ended.await;
+    });
+    match created.await {
+        Ok(Ok(())) => Ok(registered),
+        Ok(Err(e)) => {
+            registered.keep();
+            Err(e)
+        }
+        Err(e) => {
+            registered.keep();
+            Err(crate::Error::tool(format!(
+                "creating a database failed: {e}"
+            )))
+        }
+    }
 }

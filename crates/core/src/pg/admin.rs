@@ -1,6 +1,9 @@
 //! Database-level statements: create, drop, rename, and "is it empty", issued on a
 //! connection to another database of the same server.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
@@ -12,7 +15,7 @@ use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
 /// A connection to `target`'s server through a database other than the target, so
 /// the target itself can be created, dropped or renamed.
 pub struct Admin {
-    client: Client,
+    client: Arc<Client>,
     server: ServerInfo,
 }
 
@@ -26,7 +29,10 @@ impl Admin {
         };
         let client = target.with_dbname(admin_db).connect().await?;
         let server = ServerInfo::query(&client).await?;
-        Ok(Self { client, server })
+        Ok(Self {
+            client: Arc::new(client),
+            server,
+        })
     }
 
     /// The server's version.
@@ -49,49 +55,59 @@ impl Admin {
     /// naming this process and host) until [`hand_over`](Self::hand_over): if this
     /// process dies first, the next run on this host drops it
     /// ([`reap_abandoned`](Self::reap_abandoned)).
-    pub async fn create(
+    ///
+    /// The future owns what it needs, so it can be spawned and outlive its caller: the
+    /// server runs a CREATE DATABASE to its end whoever waits for it.
+    pub fn create(
         &self,
         database: &str,
         encoding: &str,
         properties: Option<&DatabaseProperties>,
-    ) -> Result<()> {
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
         // Two statements: CREATE DATABASE cannot share a query string (an implicit
         // transaction) with another.
         let db = quote_ident(database);
-        let locale = match properties {
-            Some(p) => self.locale_clause(p)?,
-            None => String::new(),
+        let statement = match properties.map(|p| self.locale_clause(p)).transpose() {
+            Ok(locale) => Ok(format!(
+                "CREATE DATABASE {db} TEMPLATE template0 ENCODING {}{}",
+                sql_literal(encoding),
+                locale.unwrap_or_default()
+            )),
+            Err(e) => Err(e),
         };
-        let statement = format!(
-            "CREATE DATABASE {db} TEMPLATE template0 ENCODING {}{locale}",
-            sql_literal(encoding)
+        let (client, database, properties) = (
+            self.client.clone(),
+            database.to_owned(),
+            properties.cloned(),
         );
-        self.client
-            .batch_execute(&statement)
-            .await
-            .map_err(|e| match (e.as_db_error(), properties) {
-                (Some(db), Some(p)) if db.message().contains("locale") || db.message().contains("collation") => {
-                    Error::tool(format!(
-                        "the server cannot create a database with the backup's locale (LC_COLLATE {:?}, LC_CTYPE {:?}, provider {}{}): {}; install that locale on the server's host (locale-gen, or an ICU build), or restore into an existing database with the locale you want and force it",
-                        p.collate,
-                        p.ctype,
-                        p.locale_provider,
-                        p.locale.as_deref().map(|l| format!(" {l:?}")).unwrap_or_default(),
-                        db.message()
-                    ))
-                }
-                _ => db_err("creating a database")(e),
-            })?;
-        self.client
-            .batch_execute(&format!(
-                "COMMENT ON DATABASE {db} IS '{MARK}{} on {}'",
-                std::process::id(),
-                hostname().replace('\'', "")
-            ))
-            .await
-            .map_err(db_err("marking a database pgproof is restoring into"))?;
-        tracing::info!(database = %database, "created database");
-        Ok(())
+        async move {
+            client
+                .batch_execute(&statement?)
+                .await
+                .map_err(|e| match (e.as_db_error(), &properties) {
+                    (Some(db), Some(p)) if db.message().contains("locale") || db.message().contains("collation") => {
+                        Error::tool(format!(
+                            "the server cannot create a database with the backup's locale (LC_COLLATE {:?}, LC_CTYPE {:?}, provider {}{}): {}; install that locale on the server's host (locale-gen, or an ICU build), or restore into an existing database with the locale you want and force it",
+                            p.collate,
+                            p.ctype,
+                            p.locale_provider,
+                            p.locale.as_deref().map(|l| format!(" {l:?}")).unwrap_or_default(),
+                            db.message()
+                        ))
+                    }
+                    _ => db_err("creating a database")(e),
+                })?;
+            client
+                .batch_execute(&format!(
+                    "COMMENT ON DATABASE {db} IS '{MARK}{} on {}'",
+                    std::process::id(),
+                    hostname().replace('\'', "")
+                ))
+                .await
+                .map_err(db_err("marking a database pgproof is restoring into"))?;
+            tracing::info!(database = %database, "created database");
+            Ok(())
+        }
     }
 
     /// Replaces the work-in-progress mark with `comment` (the backup's own): the

@@ -17,7 +17,7 @@ use crate::dump::toc::Filter;
 use crate::dump::{self, ArchiveIo, ArchiveSource, Dumper};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::database;
-use crate::ops::drop_on_cancel;
+use crate::ops::create_dropped_on_cancel;
 use crate::pg::admin::{self, Admin};
 use crate::pg::{ConnParams, PgTools};
 use crate::scope::Scope;
@@ -251,10 +251,14 @@ impl Restore {
         let created = !exists || replace;
         let registered = if created {
             admin.drop(load.dbname()).await?;
-            admin
-                .create(load.dbname(), &m.source.encoding, m.properties.as_ref())
-                .await?;
-            Some(drop_on_cancel(&self.scope, &load))
+            Some(
+                create_dropped_on_cancel(
+                    &self.scope,
+                    &load,
+                    admin.create(load.dbname(), &m.source.encoding, m.properties.as_ref()),
+                )
+                .await?,
+            )
         } else {
             None
         };

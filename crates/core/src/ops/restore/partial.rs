@@ -19,7 +19,7 @@ use crate::dump::toc::{Entry, SelectedTable, Selection, Toc, unquote_qualified};
 use crate::dump::{ArchiveSource, Dumper};
 use crate::error::{Error, Result, Setting};
 use crate::evidence::fingerprint::{self, Fingerprint, Method, SequenceState};
-use crate::ops::drop_on_cancel;
+use crate::ops::create_dropped_on_cancel;
 use crate::pg::admin::Admin;
 use crate::pg::process::client_command;
 use crate::pg::{ConnParams, PgTools, db_err, quote_ident};
@@ -129,10 +129,14 @@ impl Restore {
         let registered = if exists {
             None
         } else {
-            admin
-                .create(&database, &m.source.encoding, m.properties.as_ref())
-                .await?;
-            Some(drop_on_cancel(&self.scope, &self.target))
+            Some(
+                create_dropped_on_cancel(
+                    &self.scope,
+                    &self.target,
+                    admin.create(&database, &m.source.encoding, m.properties.as_ref()),
+                )
+                .await?,
+            )
         };
         let result = self
             .restore_part(&admin, &part, chosen, &self.target, !exists)

@@ -12,7 +12,7 @@ use crate::codec::sha256_hex;
 use crate::dump::toc::{SelectedTable, unquote_qualified};
 use crate::error::{Error, ErrorKind, Result};
 use crate::evidence::fingerprint::{Fingerprint, TableFingerprint};
-use crate::ops::drop_on_cancel;
+use crate::ops::create_dropped_on_cancel;
 use crate::pg::admin::Admin;
 use crate::pg::process::{ChildProgram, client_command};
 use crate::pg::{ConnParams, db_err, quote_ident};
@@ -82,14 +82,16 @@ impl Restore {
             )[..12]
         ));
         admin.drop(apart.dbname()).await?;
-        admin
-            .create(
+        let registered = create_dropped_on_cancel(
+            &self.scope,
+            &apart,
+            admin.create(
                 apart.dbname(),
                 &self.manifest.source.encoding,
                 self.manifest.properties.as_ref(),
-            )
-            .await?;
-        let registered = drop_on_cancel(&self.scope, &apart);
+            ),
+        )
+        .await?;
         let result = async {
             let (raw_bytes, mut proof) = self
                 .restore_part(admin, part, chosen, &apart, false)
