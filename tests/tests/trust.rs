@@ -558,9 +558,11 @@ async fn object_lock_protects_backups_until_their_date() {
     assert!(stderr(&out).contains("Object Lock off"), "{}", stderr(&out));
 }
 
-/// S3 Object Lock with deduplicated backups, on moto: a chunk stays locked as long as
-/// the newest backup that uses it (each backup extends the lock of the chunks it
-/// reuses to its own), while a chunk only an older backup uses keeps that one's.
+/// S3 Object Lock with deduplicated backups, on moto: a chunk stays locked at least as
+/// long as the newest backup that uses it (a backup extends the lock of a chunk it
+/// reuses when it ends sooner than its own, ahead by as long as the lock is, at most
+/// about a week, so the next nights ask nothing), while a chunk only an older backup
+/// uses keeps that one's; a lowered `days` asks nothing.
 #[tokio::test]
 async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
     let Some(cluster) = start_cluster() else {
@@ -595,53 +597,86 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
     let second = ws.backup();
     assert_eq!(second["object_lock"]["mode"], "governance", "{second:#}");
 
-    let all: Vec<String> = boto(
-        &moto,
-        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    print(o['Key'])",
-    )
-    .lines()
-    .map(str::to_owned)
-    .collect();
     let new_in_second = second["chunks"]["new_chunks"].as_u64().unwrap();
-    assert!(new_in_second > 0 && (new_in_second as usize) < all.len());
-    // Days left on each chunk's lock: the second backup's (5 days, so 4 whole days
-    // left) on every chunk it uses, the first's (2, so 1) on those only it used.
-    let days = boto(
-        &moto,
-        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    h = s3.head_object(Bucket='chunklock', Key=o['Key'])\n    print((h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)).days)",
-    );
-    let counts: BTreeMap<&str, usize> = days.lines().fold(BTreeMap::new(), |mut m, d| {
-        *m.entry(d).or_default() += 1;
-        m
-    });
     let used_by_second = second["chunks"]["chunks"].as_u64().unwrap() as usize;
+    let after_second = chunk_locks(&moto);
+    assert!(new_in_second > 0 && (new_in_second as usize) < after_second.len());
+    // Whole days left: 4 on the chunks the second backup stored (its 5-day lock), 9
+    // on those it reused (extended 5 days ahead: a lock's own length, under a
+    // week), 1 on those only the first uses (its 2 days).
+    let count = |locks: &BTreeMap<String, (String, i64)>, days: i64| {
+        locks.values().filter(|(_, d)| *d == days).count()
+    };
+    // Chunks by whole days left, for the messages.
+    let by_days = |locks: &BTreeMap<String, (String, i64)>| {
+        locks
+            .values()
+            .fold(BTreeMap::<i64, usize>::new(), |mut m, (_, d)| {
+                *m.entry(*d).or_default() += 1;
+                m
+            })
+    };
     assert_eq!(
-        counts.get("4").copied().unwrap_or(0),
-        used_by_second,
-        "{counts:?}"
+        count(&after_second, 4),
+        new_in_second as usize,
+        "{:?}",
+        by_days(&after_second)
     );
     assert_eq!(
-        counts.get("1").copied().unwrap_or(0),
-        all.len() - used_by_second,
-        "{counts:?}"
+        count(&after_second, 9),
+        used_by_second - new_in_second as usize,
+        "{:?}",
+        by_days(&after_second)
+    );
+    assert_eq!(
+        count(&after_second, 1),
+        after_second.len() - used_by_second,
+        "{:?}",
+        by_days(&after_second)
     );
     let first_id = first["backup_id"].as_str().unwrap();
     let out = ws.pgproof(&["verify", first_id]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    // A shorter lock later (days lowered): S3 refuses to shorten a chunk's lock,
-    // which already lasts longer, so the backup goes on and the chunks keep theirs.
-    let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&config.replace("days = 5", "days = 3"));
+    // The next night, nothing changed: the chunks extended ahead are asked nothing
+    // (their lock dates stay to the second), those stored under the second's lock
+    // are extended ahead now.
     let third = ws.backup();
     assert_eq!(third["chunks"]["new_chunks"], 0, "{third:#}");
-    let days = boto(
-        &moto,
-        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    h = s3.head_object(Bucket='chunklock', Key=o['Key'])\n    print((h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)).days)",
-    );
-    eprintln!("days left after a shorter lock: {days}");
-    assert!(
-        days.lines().filter(|d| *d == "4").count() >= used_by_second,
-        "a chunk's lock was shortened: {days}"
-    );
+    let after_third = chunk_locks(&moto);
+    for (key, (until, days)) in &after_second {
+        let (now_until, now_days) = &after_third[key];
+        match days {
+            9 => assert_eq!(now_until, until, "{key} was extended again"),
+            4 => assert_eq!(*now_days, 9, "{key}: {:?}", by_days(&after_third)),
+            _ => assert_eq!(now_until, until, "{key} is not the third's"),
+        }
+    }
+
+    // A shorter lock later (days lowered): every chunk is locked longer already, so
+    // nothing is asked, nothing a lenient store could take for a shortening.
+    let config = std::fs::read_to_string(&ws.config).unwrap();
+    ws.write_config(&config.replace("days = 5", "days = 3"));
+    let fourth = ws.backup();
+    assert_eq!(fourth["chunks"]["new_chunks"], 0, "{fourth:#}");
+    assert_eq!(chunk_locks(&moto), after_third, "a chunk's lock changed");
+}
+
+/// Each chunk's key → its lock's retain-until date (as S3 shows it) and the whole
+/// days left on it.
+fn chunk_locks(moto: &pgproof_tests::moto::Moto) -> BTreeMap<String, (String, i64)> {
+    boto(
+        moto,
+        "for o in s3.list_objects_v2(Bucket='chunklock', Prefix='pg/.chunks/')['Contents']:\n    u = s3.head_object(Bucket='chunklock', Key=o['Key'])['ObjectLockRetainUntilDate']\n    print(o['Key'], u.isoformat(), (u - datetime.datetime.now(datetime.timezone.utc)).days)",
+    )
+    .lines()
+    .map(|line| {
+        let mut parts = line.split(' ');
+        let (key, until, days) = (parts.next(), parts.next(), parts.next());
+        (
+            key.unwrap().to_owned(),
+            (until.unwrap().to_owned(), days.unwrap().parse().unwrap()),
+        )
+    })
+    .collect()
 }

@@ -388,10 +388,14 @@ impl Sink for ObjectStoreSink {
         self.retention.clone()
     }
 
-    async fn extend_retention(&self, key: &str) -> Result<()> {
-        let Some(lock) = &self.retention else {
+    async fn extend_retention(
+        &self,
+        key: &str,
+        lock: &pgproof_core::sink::RetentionLock,
+    ) -> Result<()> {
+        if self.retention.is_none() {
             return Ok(());
-        };
+        }
         validate_key(key)?;
         match &self.extender {
             Some(extender) => extender.extend(&self.location.full_key(key), lock).await,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Manifest, ObjectInfo, layout};
 use crate::codec::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{ObjectMeta, Sink, SinkExt};
+use crate::sink::{LockMode, ObjectMeta, Sink, SinkExt};
 
 /// Version of the chunk list written by this crate.
 pub const CHUNK_LIST_VERSION: u32 = 1;
@@ -73,6 +73,21 @@ pub struct ChunkList {
     pub backup_id: String,
     /// The files, by name.
     pub files: Vec<ChunkedFile>,
+    /// On a sink that locks objects: the sink and lock mode the chunks'
+    /// `locked_until` dates are about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks: Option<ChunkLocks>,
+}
+
+/// What a chunk list's lock dates are about: a later backup believes them only on
+/// the same sink, for a lock no stronger (a date is no promise of compliance mode
+/// where governance was set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLocks {
+    /// The sink, as it describes itself.
+    pub sink: String,
+    /// The mode every chunk of the list is locked in.
+    pub mode: LockMode,
 }
 
 /// One file of a directory archive, stored as chunks.
@@ -105,6 +120,11 @@ pub struct ChunkRef {
     /// otherwise pass for it until read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Until when the stored object is locked, as the backup left it (stored under
+    /// its lock, or its lock extended): a later backup asks no extension while that
+    /// lasts as long as its own lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<jiff::Timestamp>,
 }
 
 impl ChunkRef {
@@ -401,6 +421,7 @@ mod tests {
             stored_bytes: 10,
             stored_sha256: "0".repeat(64),
             identity: None,
+            locked_until: None,
         };
         ChunkList {
             version: CHUNK_LIST_VERSION,
@@ -412,6 +433,7 @@ mod tests {
                 raw_sha256: "0".repeat(64),
                 chunks: vec![chunk('a', 10), chunk('b', 20)],
             }],
+            locks: None,
         }
     }
 

@@ -544,8 +544,8 @@ impl Sink for SignedSink {
         self.inner.retention()
     }
 
-    async fn extend_retention(&self, key: &str) -> Result<()> {
-        self.inner.extend_retention(key).await
+    async fn extend_retention(&self, key: &str, lock: &RetentionLock) -> Result<()> {
+        self.inner.extend_retention(key, lock).await
     }
 }
 

@@ -271,8 +271,11 @@ impl CopyBackups {
                         .lock()
                         .map_err(|_| Error::tool("a copy's lock set was poisoned"))?
                         .insert(key.clone());
-                    if extend && first {
-                        self.to.extend_retention(&key).await?;
+                    if extend
+                        && first
+                        && let Some(lock) = self.to.retention()
+                    {
+                        self.to.extend_retention(&key, &lock).await?;
                     }
                 }
                 Some(size) => {

@@ -83,11 +83,14 @@ pub trait Sink: Send + Sync + fmt::Debug {
         None
     }
 
-    /// Extends the lock on the stored object `key` to [`retention`](Self::retention)'s
-    /// (a deduplicated backup's shared chunks stay locked as long as the newest
-    /// backup that uses them). A sink that locks objects MUST implement it, and MUST
-    /// never shorten a lock; the default, for sinks that lock nothing, does nothing.
-    async fn extend_retention(&self, key: &str) -> Result<()> {
+    /// Extends the lock on the stored object `key` to `lock` (a deduplicated backup's
+    /// shared chunks stay locked at least as long as the newest backup that uses
+    /// them; pgproof asks for [`retention`](Self::retention)'s mode, until that date
+    /// or later). A sink that locks objects MUST implement it, MUST never shorten a
+    /// lock nor weaken its mode, and MUST succeed when the object is already locked
+    /// at least that long in a mode at least as strong; the default, for sinks that
+    /// lock nothing, does nothing.
+    async fn extend_retention(&self, key: &str, _lock: &RetentionLock) -> Result<()> {
         match self.retention() {
             None => Ok(()),
             Some(_) => Err(Error::config(format!(

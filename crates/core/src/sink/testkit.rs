@@ -11,7 +11,7 @@ use futures::stream;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind};
-use crate::sink::{ByteStream, ObjectMeta, Sink, SinkExt};
+use crate::sink::{ByteStream, LockMode, ObjectMeta, RetentionLock, Sink, SinkExt};
 
 const LIMIT: usize = 64 << 20;
 
@@ -59,7 +59,18 @@ pub async fn locks_are_extended_or_there_are_none(sink: &dyn Sink) {
     sink.put_bytes(key, Bytes::from_static(b"locked"))
         .await
         .unwrap();
-    sink.extend_retention(key)
+    // A day past the sink's own lock: a lock the object does not have yet.
+    let lock = sink.retention().map_or_else(
+        || RetentionLock {
+            mode: LockMode::Governance,
+            retain_until: jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
+        },
+        |own| RetentionLock {
+            retain_until: own.retain_until + jiff::SignedDuration::from_hours(24),
+            ..own
+        },
+    );
+    sink.extend_retention(key, &lock)
         .await
         .unwrap_or_else(|e| panic!("extending the lock of {key}: {e}"));
     assert_eq!(sink.get_bytes(key, LIMIT).await.unwrap(), b"locked");

@@ -36,13 +36,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::catalog::chunks::{
-    CHUNK_LIST_VERSION, ChunkList, ChunkRef, ChunkedDump, ChunkedFile, listed_as, listed_chunks,
-    load_chunk_list,
+    CHUNK_LIST_VERSION, ChunkList, ChunkLocks, ChunkRef, ChunkedDump, ChunkedFile, listed_as,
+    listed_chunks, load_chunk_list,
 };
 use crate::catalog::{self, BackupRef, SigningKey, layout};
 use crate::codec::{CodecChain, Progress, Recipients};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{Sink, SinkExt};
+use crate::sink::{LockMode, RetentionLock, Sink, SinkExt};
 
 /// The default average chunk: 1 MiB (chunks run from a quarter of it to four times it).
 pub const DEFAULT_AVERAGE_CHUNK: u32 = 1 << 20;
@@ -104,6 +104,39 @@ impl ChunkIds {
     }
 }
 
+/// The date a reused chunk's lock is extended to: `wanted` (this backup's lock) and
+/// a week more, plus up to six days by the chunk's id so that the chunks extended on
+/// one night do not all fall due again on one night; never more ahead than the lock
+/// is long (a one-day lock is extended a day ahead). A chunk no backup uses any more
+/// stays locked (and billed) that much longer; in exchange a terabyte of 1 MiB chunks
+/// asks about 100,000 extensions a night, not a million.
+fn locked_ahead(wanted: &RetentionLock, started: jiff::Timestamp, id: &str) -> jiff::Timestamp {
+    let spread = id
+        .get(..2)
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
+        .map_or(0, |b| i64::from(b % 7));
+    let length = wanted.retain_until.duration_since(started);
+    let ahead = jiff::SignedDuration::from_hours(24 * (7 + spread))
+        .min(length)
+        .max(jiff::SignedDuration::ZERO);
+    wanted.retain_until + ahead
+}
+
+/// Whether a previous chunk list's lock dates (`locks`) hold for a backup that wants
+/// `wanted` on the sink described as `sink`: only on the sink they were set on, for a
+/// mode no weaker; otherwise every chunk reused is extended (a list copied from
+/// another sink, one written before lists recorded locks, governance turned into
+/// compliance).
+fn locks_believed(locks: Option<&ChunkLocks>, sink: &str, wanted: Option<&RetentionLock>) -> bool {
+    match (locks, wanted) {
+        (Some(locks), Some(wanted)) => {
+            locks.sink == sink
+                && (locks.mode == LockMode::Compliance || wanted.mode == LockMode::Governance)
+        }
+        _ => false,
+    }
+}
+
 /// How a deduplicated dump cuts its files.
 #[derive(Clone, Debug)]
 pub struct Chunking {
@@ -149,12 +182,12 @@ pub(super) struct ChunkStore {
     in_flight: Arc<Semaphore>,
     /// The first request in flight that failed: it fails the dump.
     failure: Arc<Mutex<Option<Error>>>,
-    /// Keys locked until this backup's lock (stored by it, or extended), on a sink
-    /// that locks objects.
-    locked: Mutex<std::collections::HashSet<String>>,
-    /// The lock the previous backup recorded: every chunk its list names is locked at
-    /// least that long (stored under it, or extended to it).
-    previous_lock: Mutex<Option<crate::sink::RetentionLock>>,
+    /// The lock the sink puts on what it stores, if any: each chunk this dump lists
+    /// is locked at least as long.
+    wanted_lock: Option<RetentionLock>,
+    /// When this dump started: a chunk's lock is extended ahead by at most the
+    /// length of the lock itself.
+    started: jiff::Timestamp,
     files: Mutex<Vec<ChunkedFile>>,
 }
 
@@ -170,6 +203,7 @@ impl ChunkStore {
         chunking: Chunking,
         runtime: tokio::runtime::Handle,
     ) -> Self {
+        let wanted_lock = sink.retention();
         Self {
             sink,
             backup,
@@ -182,8 +216,8 @@ impl ChunkStore {
             aborted: Arc::default(),
             in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT as usize)),
             failure: Arc::default(),
-            locked: Mutex::default(),
-            previous_lock: Mutex::default(),
+            wanted_lock,
+            started: jiff::Timestamp::now(),
             files: Mutex::default(),
         }
     }
@@ -236,7 +270,6 @@ impl ChunkStore {
                     tracing::info!(previous = %link.backup_id, "the previous backup was compressed or encrypted otherwise: every chunk is stored anew");
                     return Ok(());
                 }
-                lock(&self.previous_lock).clone_from(&manifest.object_lock);
                 load_chunk_list(&*self.sink, &manifest).await
             }
             Err(e) => Err(e),
@@ -250,13 +283,22 @@ impl ChunkStore {
             }
             Err(e) => return Err(e),
         };
+        let locks_believed = locks_believed(
+            list.locks.as_ref(),
+            &self.sink.describe(),
+            self.wanted_lock.as_ref(),
+        );
         let listed = listed_chunks(&*self.sink, database).await?;
         let mut known = lock(&self.known);
         let mut replaced = 0;
         for (key, chunk) in list.chunks() {
             match listed.get(&key) {
                 Some(object) if listed_as(chunk, object) => {
-                    known.insert(chunk.id.clone(), chunk.clone());
+                    let mut chunk = chunk.clone();
+                    if !locks_believed {
+                        chunk.locked_until = None;
+                    }
+                    known.insert(chunk.id.clone(), chunk);
                 }
                 Some(_) => replaced += 1,
                 None => {}
@@ -319,10 +361,8 @@ impl ChunkStore {
         recipients: Option<&Recipients>,
     ) -> Result<ChunkRef> {
         let id = self.chunking.ids.id(data);
-        let known = lock(&self.known).get(&id).cloned();
-        if let Some(known) = known {
-            self.keep_locked(&known.key(&self.backup.database))?;
-            return Ok(known);
+        if let Some(reused) = self.reuse(&id) {
+            return reused;
         }
         let (encoded, tallies) = chain
             .encode(data, Vec::with_capacity(data.len() / 2), recipients, None)
@@ -333,12 +373,13 @@ impl ChunkStore {
             stored_bytes: encoded.len() as u64,
             stored_sha256: tallies.stored.sha256,
             identity: None,
+            // Stored under the sink's lock.
+            locked_until: self.wanted_lock.as_ref().map(|l| l.retain_until),
         };
         let key = chunk.key(&self.backup.database);
-        // Known and locked from now on: the same content met again while this upload
-        // is in flight is listed, not stored twice; commit waits for the upload.
+        // Known from now on: the same content met again while this upload is in
+        // flight is listed, not stored twice; commit waits for the upload.
         lock(&self.known).insert(id, chunk.clone());
-        lock(&self.locked).insert(key.clone());
         let (sink, stored, aborted) =
             (self.sink.clone(), self.stored.clone(), self.aborted.clone());
         let (sent, sha256) = (chunk.stored_bytes, chunk.stored_sha256.clone());
@@ -390,30 +431,36 @@ impl ChunkStore {
         Ok(chunk)
     }
 
-    /// On a sink that locks objects, extends the lock of the chunk stored under `key`
-    /// (stored by an earlier backup) to this backup's: a chunk stays locked as long
-    /// as the newest backup that uses it.
-    fn keep_locked(&self, key: &str) -> Result<()> {
-        if self.locked_long_enough() || !lock(&self.locked).insert(key.to_owned()) {
-            return Ok(());
-        }
-        let (sink, key) = (self.sink.clone(), key.to_owned());
-        self.in_flight(async move { sink.extend_retention(&key).await })
-    }
-
-    /// Whether a chunk stored before is locked as long as this backup's objects: the
-    /// sink locks nothing, or the previous backup's lock lasts as long (a lowered
-    /// `days`): then nothing is asked, and nothing a lenient store could take for a
-    /// request to shorten a lock.
-    fn locked_long_enough(&self) -> bool {
-        let Some(wanted) = self.sink.retention() else {
-            return true;
+    /// The chunk `id` if it is known (listed by the previous backup, or stored by
+    /// this dump), its lock extended if it ends before this backup's: a chunk stays
+    /// locked at least as long as the newest backup that uses it. Extended
+    /// [ahead](locked_ahead), a chunk needs a request about once a week, not every
+    /// night; a lock that lasts long enough (a lowered `days`) is asked nothing, so no
+    /// store can take the request for a shortening.
+    fn reuse(&self, id: &str) -> Option<Result<ChunkRef>> {
+        let mut known = lock(&self.known);
+        let chunk = known.get_mut(id)?;
+        let Some(wanted) = &self.wanted_lock else {
+            return Some(Ok(chunk.clone()));
         };
-        lock(&self.previous_lock).as_ref().is_some_and(|held| {
-            held.retain_until >= wanted.retain_until
-                && (held.mode == crate::sink::LockMode::Compliance
-                    || wanted.mode == crate::sink::LockMode::Governance)
-        })
+        if chunk
+            .locked_until
+            .is_some_and(|until| until >= wanted.retain_until)
+        {
+            return Some(Ok(chunk.clone()));
+        }
+        let extended = RetentionLock {
+            mode: wanted.mode,
+            retain_until: locked_ahead(wanted, self.started, id),
+        };
+        chunk.locked_until = Some(extended.retain_until);
+        let chunk = chunk.clone();
+        drop(known);
+        let (sink, key) = (self.sink.clone(), chunk.key(&self.backup.database));
+        Some(
+            self.in_flight(async move { sink.extend_retention(&key, &extended).await })
+                .map(|()| chunk),
+        )
     }
 
     /// Runs `request` among the dump's requests in flight, once fewer than
@@ -471,6 +518,10 @@ impl ChunkStore {
             database: self.backup.database.clone(),
             backup_id: self.backup.backup_id.to_string(),
             files,
+            locks: self.wanted_lock.as_ref().map(|l| ChunkLocks {
+                sink: self.sink.describe(),
+                mode: l.mode,
+            }),
         };
         let key = self.list_key.clone();
         let (bytes, info) = list.store_as(key.clone())?;
@@ -543,5 +594,91 @@ impl ChunkStore {
         for (key, _) in stored {
             let _ = self.sink.delete(&key).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(mode: LockMode, days: i64, from: jiff::Timestamp) -> RetentionLock {
+        RetentionLock {
+            mode,
+            retain_until: from + jiff::SignedDuration::from_hours(24 * days),
+        }
+    }
+
+    #[test]
+    fn a_lock_is_extended_a_week_ahead_spread_by_chunk_and_never_more_than_its_length() {
+        let start = jiff::Timestamp::UNIX_EPOCH;
+        let day = jiff::SignedDuration::from_hours(24);
+        let month = lock(LockMode::Governance, 30, start);
+        // 0x00 → 7 days ahead, 0x06 → 13, 0x07 → 7 again.
+        assert_eq!(
+            locked_ahead(&month, start, "00ff"),
+            month.retain_until + day * 7
+        );
+        assert_eq!(
+            locked_ahead(&month, start, "06ff"),
+            month.retain_until + day * 13
+        );
+        assert_eq!(
+            locked_ahead(&month, start, "07ff"),
+            month.retain_until + day * 7
+        );
+        // A two-day lock is extended two days ahead, however the id spreads it.
+        let short = lock(LockMode::Governance, 2, start);
+        assert_eq!(
+            locked_ahead(&short, start, "06ff"),
+            short.retain_until + day * 2
+        );
+        // An id that is no hex is not spread.
+        assert_eq!(
+            locked_ahead(&month, start, "zz"),
+            month.retain_until + day * 7
+        );
+    }
+
+    #[test]
+    fn lock_dates_are_believed_on_their_own_sink_for_a_mode_no_stronger() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let governance = lock(LockMode::Governance, 5, now);
+        let compliance = lock(LockMode::Compliance, 5, now);
+        let set = |mode| ChunkLocks {
+            sink: "s3://bucket/pg".into(),
+            mode,
+        };
+        let gov = set(LockMode::Governance);
+        let comp = set(LockMode::Compliance);
+        assert!(locks_believed(
+            Some(&gov),
+            "s3://bucket/pg",
+            Some(&governance)
+        ));
+        assert!(locks_believed(
+            Some(&comp),
+            "s3://bucket/pg",
+            Some(&governance)
+        ));
+        assert!(locks_believed(
+            Some(&comp),
+            "s3://bucket/pg",
+            Some(&compliance)
+        ));
+        // Governance dates promise nothing of compliance.
+        assert!(!locks_believed(
+            Some(&gov),
+            "s3://bucket/pg",
+            Some(&compliance)
+        ));
+        // A list copied here from another sink, or written before lists held locks.
+        assert!(!locks_believed(
+            Some(&gov),
+            "s3://copy/pg",
+            Some(&governance)
+        ));
+        assert!(!locks_believed(None, "s3://bucket/pg", Some(&governance)));
+        // Nothing to believe where nothing is locked.
+        assert!(!locks_believed(Some(&gov), "s3://bucket/pg", None));
     }
 }
