@@ -638,15 +638,13 @@ async fn a_verification_cancelled_as_it_takes_its_lease_gives_the_lease_back() {
     assert!(leases.is_empty(), "{leases:?} left; {err}");
 }
 
-/// A restore cancelled while its CREATE DATABASE runs leaves no database: the server
-/// finishes the CREATE after pgproof stopped waiting for it, so the drop must be
-/// registered before the CREATE is sent. A lock on template0 holds the CREATE until
-/// the cancellation has landed.
-#[tokio::test]
-async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
-    let Some(cluster) = start_cluster() else {
-        return;
-    };
+/// Restores a backup of `app` into `fresh`, holding its CREATE DATABASE on a lock on
+/// template0 (a rename of it not yet committed: a CREATE from it waits; the DROP
+/// DATABASE IF EXISTS before it does not), runs `meanwhile` once the CREATE waits,
+/// cancels the restore, then lets the CREATE through. Returns the restore's error
+/// once every CREATE DATABASE has ended, and whether `fresh` exists then.
+async fn restore_cancelled_while_creating(meanwhile: &str) -> Option<(pgproof_core::Error, bool)> {
+    let cluster = start_cluster()?;
     create_sample_database(&cluster, "app").await;
     let dir = tempfile::tempdir().unwrap();
     let sink: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
@@ -657,8 +655,6 @@ async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
         .unwrap();
     let admin = connect(&cluster, "postgres").await;
     let blocker = connect(&cluster, "postgres").await;
-    // A rename not yet committed holds template0 (an exclusive lock): a CREATE
-    // DATABASE from it waits; the DROP DATABASE IF EXISTS before it does not.
     blocker
         .batch_execute("BEGIN; ALTER DATABASE template0 RENAME TO held_template0")
         .await
@@ -668,11 +664,12 @@ async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
         .scope(scope.clone())
         .run();
     let creating = "SELECT count(*) FROM pg_stat_activity \
-                    WHERE query LIKE 'CREATE DATABASE%' AND wait_event_type = 'Lock'";
+                    WHERE query LIKE 'CREATE DATABASE \"fresh\"%' AND wait_event_type = 'Lock'";
     let cancel = async {
         for _ in 0..600 {
             let n: i64 = admin.query_one(creating, &[]).await.unwrap().get(0);
             if n > 0 {
+                admin.batch_execute(meanwhile).await.unwrap();
                 scope.cancel();
                 // Let the cancelled restore start its cleanup, then let the CREATE
                 // (and whatever follows it) through.
@@ -694,8 +691,7 @@ async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
     };
     let (restored, ()) = tokio::join!(restore, cancel);
     let err = restored.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
-    // The abandoned CREATE finishes on the server whatever pgproof does: wait for it.
+    // An abandoned CREATE would finish on the server whatever pgproof does: wait.
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE%'";
     for _ in 0..300 {
         let n: i64 = admin.query_one(running, &[]).await.unwrap().get(0);
@@ -704,7 +700,7 @@ async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left: i64 = admin
+    let exists: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname = 'fresh'",
             &[],
@@ -712,5 +708,33 @@ async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(left, 0, "the cancelled restore left its database; {err}");
+    Some((err, exists == 1))
+}
+
+/// A restore cancelled while its CREATE DATABASE runs leaves no database: the server
+/// would finish the CREATE after pgproof stopped waiting for it, so the cancellation
+/// cancels it on the server and waits for it before dropping what it made.
+#[tokio::test]
+async fn a_restore_cancelled_while_its_database_is_created_leaves_none() {
+    let Some((err, left)) = restore_cancelled_while_creating("SELECT 1").await else {
+        return;
+    };
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(!left, "the cancelled restore left its database; {err}");
+}
+
+/// The same cancellation when someone else created the database meanwhile (the
+/// restore's CREATE then fails): their database is left alone.
+#[tokio::test]
+async fn a_cancelled_restore_drops_no_database_it_did_not_create() {
+    let Some((err, left)) =
+        restore_cancelled_while_creating("CREATE DATABASE fresh TEMPLATE template1").await
+    else {
+        return;
+    };
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert!(
+        left,
+        "the cancelled restore dropped a database it did not create; {err}"
+    );
 }

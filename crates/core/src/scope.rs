@@ -240,6 +240,59 @@ impl Drop for Registration {
     }
 }
 
+/// How a piece of work started by [`Scope::run_undoable`] ended, for its undo.
+pub(crate) struct WorkEnded {
+    outcome: tokio::sync::oneshot::Receiver<bool>,
+}
+
+impl WorkEnded {
+    /// Whether the work is still under way.
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(
+            self.outcome.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Waits for the work to end: whether it succeeded (`false` also when it was
+    /// stopped unfinished, with the runtime).
+    pub(crate) async fn succeeded(self) -> bool {
+        self.outcome.await.unwrap_or(false)
+    }
+}
+
+impl Scope {
+    /// Runs `work` as a task of its own, with `undo` registered (as
+    /// [`undo_unless_kept`](Self::undo_unless_kept)) before it starts. For work whose
+    /// effect lands even when nobody waits for it any more (a request already sent,
+    /// a statement the server runs to its end): a cancellation that drops the caller
+    /// leaves the work running, and the undo can wait for it ([`WorkEnded`]) before
+    /// undoing it, rather than undo first and see the effect land afterwards. The
+    /// guard is returned with the work's result, success or not: what to keep is the
+    /// caller's call.
+    pub(crate) async fn run_undoable<T, F>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+        undo: impl FnOnce(WorkEnded) -> F + Send + 'static,
+    ) -> (Result<T>, UndoGuard)
+    where
+        T: Send + 'static,
+        F: Future<Output = Option<String>> + Send + 'static,
+    {
+        let (tell, outcome) = tokio::sync::oneshot::channel();
+        let guard = self.undo_unless_kept(move || undo(WorkEnded { outcome }));
+        let done = tokio::spawn(async move {
+            let result = work.await;
+            let _ = tell.send(result.is_ok());
+            result
+        })
+        .await;
+        let result = done
+            .unwrap_or_else(|e| Err(Error::tool(format!("a task of the operation failed: {e}"))));
+        (result, guard)
+    }
+}
+
 /// A [`Scope::undo_unless_kept`] registration.
 #[must_use = "keep() the guard once what it undoes is handed over or undone"]
 pub(crate) struct UndoGuard {

@@ -122,8 +122,13 @@ pub struct ChunkRef {
     pub identity: Option<String>,
     /// Until when the stored object is locked, as the backup left it (stored under
     /// its lock, or its lock extended): a later backup asks no extension while that
-    /// lasts as long as its own lock.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// lasts as long as its own lock. Whole seconds, as S3 keeps them, written as
+    /// seconds since the epoch: a list holds a million of them at a terabyte.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "jiff::fmt::serde::timestamp::second::optional"
+    )]
     pub locked_until: Option<jiff::Timestamp>,
 }
 

@@ -57,60 +57,53 @@ fn drop_on_cancel(
     scope: &crate::scope::Scope,
     target: &crate::pg::ConnParams,
 ) -> crate::scope::UndoGuard {
-    drop_on_cancel_after(scope, target, async {})
-}
-
-/// As [`drop_on_cancel`], the drop waiting first for `after`.
-fn drop_on_cancel_after(
-    scope: &crate::scope::Scope,
-    target: &crate::pg::ConnParams,
-    after: impl std::future::Future<Output = ()> + Send + 'static,
-) -> crate::scope::UndoGuard {
     let target = target.clone();
-    scope.undo_unless_kept(move || async move {
-        after.await;
-        match crate::pg::admin::drop_database(&target).await {
-            Ok(()) => Some(format!("dropped database {}", target.dbname())),
-            // An ephemeral cluster that was already stopped took its databases along.
-            Err(e) => {
-                tracing::debug!(database = %target.dbname(), error = %e, "not dropped");
-                None
-            }
-        }
-    })
+    scope.undo_unless_kept(move || async move { drop_as_undo(&target).await })
 }
 
-/// Runs `create`, which creates `target`'s database for the operation, with the
-/// database registered as [`drop_on_cancel`] does. The server runs a CREATE DATABASE
-/// to its end even when pgproof stops waiting (a cancellation drops the operation),
-/// so `create` runs as a task of its own and the drop waits for it: dropped before
-/// the CREATE ended, the database would appear afterwards and stay. A CREATE that
-/// failed made nothing of the operation's to drop.
+async fn drop_as_undo(target: &crate::pg::ConnParams) -> Option<String> {
+    match crate::pg::admin::drop_database(target).await {
+        Ok(()) => Some(format!("dropped database {}", target.dbname())),
+        // An ephemeral cluster that was already stopped took its databases along.
+        Err(e) => {
+            tracing::debug!(database = %target.dbname(), error = %e, "not dropped");
+            None
+        }
+    }
+}
+
+/// Runs `create`, which creates `target`'s database for the operation in the
+/// server process `backend_pid`, with the database registered as
+/// [`drop_on_cancel`] does. The server runs a CREATE DATABASE to its end even when
+/// pgproof stops waiting (a cancellation drops the operation), so `create` runs as
+/// a task of its own: a cancellation that finds it running cancels it on the server
+/// (it may still commit), waits for it, and drops the database only if the CREATE
+/// succeeded, never one that was there before it (a CREATE that failed because the
+/// name was taken).
 async fn create_dropped_on_cancel(
     scope: &crate::scope::Scope,
     target: &crate::pg::ConnParams,
+    backend_pid: i32,
     create: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
 ) -> crate::Result<crate::scope::UndoGuard> {
-    let (running, ended) = tokio::sync::oneshot::channel::<()>();
-    let created = tokio::spawn(async move {
-        let _running = running;
-        create.await
-    });
-    let registered = drop_on_cancel_after(scope, target, async {
-        // The sender is dropped when the CREATE ends, however it ends.
-        let _ = ended.await;
-    });
-    match created.await {
-        Ok(Ok(())) => Ok(registered),
-        Ok(Err(e)) => {
-            registered.keep();
-            Err(e)
-        }
+    let undo_target = target.clone();
+    let (created, registered) = scope
+        .run_undoable(create, move |mut ended| async move {
+            if ended.running() {
+                let _ = crate::pg::admin::cancel_backend(&undo_target, backend_pid).await;
+            }
+            if ended.succeeded().await {
+                drop_as_undo(&undo_target).await
+            } else {
+                None
+            }
+        })
+        .await;
+    match created {
+        Ok(()) => Ok(registered),
         Err(e) => {
             registered.keep();
-            Err(crate::Error::tool(format!(
-                "creating a database failed: {e}"
-            )))
+            Err(e)
         }
     }
 }

@@ -185,25 +185,35 @@ impl Verify {
         // A lease keeps prune away while this backup is restored and judged. It is
         // given back if the operation is cancelled too (a signal, a verify worker
         // whose claim was taken over), rather than left to protect the backup for a
-        // day: the undo is registered before the lease is stored, so a cancellation
-        // that lands while it is written gives it back as well.
+        // day: even while it is being written, since a put whose caller was dropped
+        // still lands (its request sent, its file linked), the release waits for it.
         let lease = BackupLease::new(
             &manifest.database,
             &manifest.backup_id,
             &format!("verify, pid {}", std::process::id()),
             LEASE_TTL,
         );
-        let lease_undo = {
-            let (lease, sink) = (lease.clone(), self.sink.clone());
-            self.scope.undo_unless_kept(move || async move {
-                lease.release(&*sink).await;
-                Some("released the verification's lease".to_owned())
-            })
-        };
-        if let Err(e) = lease.take(&*self.sink).await {
+        let (taken, lease_undo) = self
+            .scope
+            .run_undoable(
+                {
+                    let (lease, sink) = (lease.clone(), self.sink.clone());
+                    async move { lease.take(&*sink).await }
+                },
+                {
+                    let (lease, sink) = (lease.clone(), self.sink.clone());
+                    move |ended| async move {
+                        ended.succeeded().await;
+                        lease.release(&*sink).await;
+                        Some("released the verification's lease".to_owned())
+                    }
+                },
+            )
+            .await;
+        if let Err(e) = taken {
             // A write that failed may still have landed (its answer lost).
+            lease.clone().release(&*self.sink).await;
             lease_undo.keep();
-            lease.release(&*self.sink).await;
             return Err(e);
         }
         // A rolling verification's scratch database is its own: a whole one of the

@@ -17,6 +17,7 @@ use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
 pub struct Admin {
     client: Arc<Client>,
     server: ServerInfo,
+    pid: i32,
 }
 
 impl Admin {
@@ -29,10 +30,22 @@ impl Admin {
         };
         let client = target.with_dbname(admin_db).connect().await?;
         let server = ServerInfo::query(&client).await?;
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(db_err("asking the server for this session's process"))?
+            .get(0);
         Ok(Self {
             client: Arc::new(client),
             server,
+            pid,
         })
+    }
+
+    /// The server process of this connection: a statement it runs can be cancelled
+    /// from another ([`cancel_backend`]).
+    pub fn backend_pid(&self) -> i32 {
+        self.pid
     }
 
     /// The server's version.
@@ -97,14 +110,20 @@ impl Admin {
                     }
                     _ => db_err("creating a database")(e),
                 })?;
-            client
+            let marked = client
                 .batch_execute(&format!(
                     "COMMENT ON DATABASE {db} IS '{MARK}{} on {}'",
                     std::process::id(),
                     hostname().replace('\'', "")
                 ))
-                .await
-                .map_err(db_err("marking a database pgproof is restoring into"))?;
+                .await;
+            if let Err(e) = marked {
+                // Unmarked, no later run would know it for pgproof's: dropped now.
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                    .await;
+                return Err(db_err("marking a database pgproof is restoring into")(e));
+            }
             tracing::info!(database = %database, "created database");
             Ok(())
         }
@@ -467,6 +486,18 @@ pub async fn connectable_databases(params: &ConnParams) -> Result<Vec<String>> {
         .into_iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Cancels the statement the server process `pid` of `target`'s server runs, if
+/// any (one of pgproof's own sessions: [`Admin::backend_pid`]).
+pub async fn cancel_backend(target: &ConnParams, pid: i32) -> Result<()> {
+    Admin::connect(target)
+        .await?
+        .client
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .map_err(db_err("cancelling a statement"))?;
+    Ok(())
 }
 
 /// Drops `target`'s database (scratch databases pgproof created).

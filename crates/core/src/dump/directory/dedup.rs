@@ -122,6 +122,12 @@ fn locked_ahead(wanted: &RetentionLock, started: jiff::Timestamp, id: &str) -> j
     wanted.retain_until + ahead
 }
 
+/// `at` without its fraction of a second: what S3 keeps of a lock's date, and what a
+/// chunk list records.
+fn whole_seconds(at: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(at.as_second()).unwrap_or(at)
+}
+
 /// Whether a previous chunk list's lock dates (`locks`) hold for a backup that wants
 /// `wanted` on the sink described as `sink`: only on the sink they were set on, for a
 /// mode no weaker; otherwise every chunk reused is extended (a list copied from
@@ -374,7 +380,10 @@ impl ChunkStore {
             stored_sha256: tallies.stored.sha256,
             identity: None,
             // Stored under the sink's lock.
-            locked_until: self.wanted_lock.as_ref().map(|l| l.retain_until),
+            locked_until: self
+                .wanted_lock
+                .as_ref()
+                .map(|l| whole_seconds(l.retain_until)),
         };
         let key = chunk.key(&self.backup.database);
         // Known from now on: the same content met again while this upload is in
@@ -445,7 +454,8 @@ impl ChunkStore {
         };
         if chunk
             .locked_until
-            .is_some_and(|until| until >= wanted.retain_until)
+            // Both in whole seconds, as S3 keeps a lock's date.
+            .is_some_and(|until| until >= whole_seconds(wanted.retain_until))
         {
             return Some(Ok(chunk.clone()));
         }
@@ -453,7 +463,7 @@ impl ChunkStore {
             mode: wanted.mode,
             retain_until: locked_ahead(wanted, self.started, id),
         };
-        chunk.locked_until = Some(extended.retain_until);
+        chunk.locked_until = Some(whole_seconds(extended.retain_until));
         let chunk = chunk.clone();
         drop(known);
         let (sink, key) = (self.sink.clone(), chunk.key(&self.backup.database));

@@ -255,6 +255,7 @@ impl Restore {
                 create_dropped_on_cancel(
                     &self.scope,
                     &load,
+                    admin.backend_pid(),
                     admin.create(load.dbname(), &m.source.encoding, m.properties.as_ref()),
                 )
                 .await?,
