@@ -243,21 +243,36 @@ impl Drop for Registration {
 /// How a piece of work started by [`Scope::run_undoable`] ended, for its undo.
 pub(crate) struct WorkEnded {
     outcome: tokio::sync::oneshot::Receiver<bool>,
+    /// The outcome once [`running`](Self::running) has taken it from the channel.
+    seen: Option<bool>,
 }
 
 impl WorkEnded {
     /// Whether the work is still under way.
     pub(crate) fn running(&mut self) -> bool {
-        matches!(
-            self.outcome.try_recv(),
-            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-        )
+        if self.seen.is_some() {
+            return false;
+        }
+        match self.outcome.try_recv() {
+            Ok(succeeded) => {
+                self.seen = Some(succeeded);
+                false
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => true,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                self.seen = Some(false);
+                false
+            }
+        }
     }
 
     /// Waits for the work to end: whether it succeeded (`false` also when it was
     /// stopped unfinished, with the runtime).
     pub(crate) async fn succeeded(self) -> bool {
-        self.outcome.await.unwrap_or(false)
+        match self.seen {
+            Some(succeeded) => succeeded,
+            None => self.outcome.await.unwrap_or(false),
+        }
     }
 }
 
@@ -280,13 +295,19 @@ impl Scope {
         F: Future<Output = Option<String>> + Send + 'static,
     {
         let (tell, outcome) = tokio::sync::oneshot::channel();
-        let guard = self.undo_unless_kept(move || undo(WorkEnded { outcome }));
-        let done = tokio::spawn(async move {
-            let result = work.await;
-            let _ = tell.send(result.is_ok());
-            result
-        })
-        .await;
+        let guard = self.undo_unless_kept(move || {
+            undo(WorkEnded {
+                outcome,
+                seen: None,
+            })
+        });
+        let done = self
+            .spawn(async move {
+                let result = work.await;
+                let _ = tell.send(result.is_ok());
+                result
+            })
+            .await;
         let result = done
             .unwrap_or_else(|e| Err(Error::tool(format!("a task of the operation failed: {e}"))));
         (result, guard)
@@ -342,6 +363,61 @@ mod tests {
         assert_eq!(said, ["a's program"]);
         assert_eq!(stopped.load(Ordering::SeqCst), 1);
         assert!(!b.is_cancelled());
+    }
+
+    /// The undo of work run as its own task learns how it ended, whether the work
+    /// is still running when the scope is cleaned up or ended before.
+    #[tokio::test]
+    async fn an_undoable_works_undo_learns_its_outcome() {
+        for (succeeds, ended_first) in [(true, true), (false, true), (true, false), (false, false)]
+        {
+            let scope = Scope::new();
+            let (go, wait) = tokio::sync::oneshot::channel::<()>();
+            let work = async move {
+                if !ended_first {
+                    let _ = wait.await;
+                }
+                if succeeds {
+                    Ok(())
+                } else {
+                    Err(Error::tool("failed"))
+                }
+            };
+            let undo = |mut ended: WorkEnded| async move {
+                let running = ended.running();
+                let succeeded = ended.succeeded().await;
+                Some(format!("running {running}, succeeded {succeeded}"))
+            };
+            let (said, result) = if ended_first {
+                let (result, _guard) = scope.run_undoable(work, undo).await;
+                (scope.clean_up(Duration::from_secs(5)).await, result)
+            } else {
+                // Cleaned up while the work runs: the caller's wait is dropped, the
+                // work goes on and ends while the undo waits for it.
+                let run = scope.run(async {
+                    let (result, _guard) = scope.run_undoable(work, undo).await;
+                    result
+                });
+                let cancel = async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    scope.cancel();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = go.send(());
+                };
+                let (result, ()) = tokio::join!(run, cancel);
+                assert_eq!(result.as_ref().unwrap_err().kind(), ErrorKind::Cancelled);
+                let said = result.unwrap_err().to_string();
+                (vec![said], Ok(()))
+            };
+            let expected = format!("running {}, succeeded {succeeds}", !ended_first);
+            assert!(
+                said.iter().any(|s| s.contains(&expected)),
+                "{succeeds} {ended_first}: {said:?}"
+            );
+            if ended_first {
+                assert_eq!(result.is_ok(), succeeds);
+            }
+        }
     }
 
     #[tokio::test]

@@ -140,12 +140,8 @@ impl Drill {
         let target = self.server.with_dbname(DRILL_DATABASE);
         let _ = drop_restored(&target).await;
         let server = self.server.connect().await?;
-        let pid: i32 = server
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(db_err("asking the server for this session's process"))?
-            .get(0);
-        let registered = create_dropped_on_cancel(&self.scope, &target, pid, async move {
+        let canceller = self.server.canceller(&server);
+        let registered = create_dropped_on_cancel(&self.scope, &target, canceller, async move {
             server
                 .batch_execute(&format!(
                     "CREATE DATABASE {DRILL_DATABASE} TEMPLATE template0 ENCODING 'UTF8'"

@@ -72,25 +72,25 @@ async fn drop_as_undo(target: &crate::pg::ConnParams) -> Option<String> {
     }
 }
 
-/// Runs `create`, which creates `target`'s database for the operation in the
-/// server process `backend_pid`, with the database registered as
-/// [`drop_on_cancel`] does. The server runs a CREATE DATABASE to its end even when
-/// pgproof stops waiting (a cancellation drops the operation), so `create` runs as
-/// a task of its own: a cancellation that finds it running cancels it on the server
-/// (it may still commit), waits for it, and drops the database only if the CREATE
-/// succeeded, never one that was there before it (a CREATE that failed because the
-/// name was taken).
+/// Runs `create`, which creates `target`'s database for the operation on the
+/// session `canceller` cancels, with the database registered as [`drop_on_cancel`]
+/// does. The server runs a CREATE DATABASE to its end even when pgproof stops
+/// waiting (a cancellation drops the operation), so `create` runs as a task of its
+/// own: a cancellation that finds it running cancels it on the server (it may still
+/// commit), waits for it, and drops the database only if the CREATE succeeded,
+/// never one that was there before it (a CREATE that failed because the name was
+/// taken).
 async fn create_dropped_on_cancel(
     scope: &crate::scope::Scope,
     target: &crate::pg::ConnParams,
-    backend_pid: i32,
+    canceller: crate::pg::Canceller,
     create: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
 ) -> crate::Result<crate::scope::UndoGuard> {
     let undo_target = target.clone();
     let (created, registered) = scope
         .run_undoable(create, move |mut ended| async move {
             if ended.running() {
-                let _ = crate::pg::admin::cancel_backend(&undo_target, backend_pid).await;
+                let _ = canceller.cancel().await;
             }
             if ended.succeeded().await {
                 drop_as_undo(&undo_target).await

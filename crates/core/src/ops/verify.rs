@@ -212,7 +212,7 @@ impl Verify {
             .await;
         if let Err(e) = taken {
             // A write that failed may still have landed (its answer lost).
-            lease.clone().release(&*self.sink).await;
+            lease.release(&*self.sink).await;
             lease_undo.keep();
             return Err(e);
         }
@@ -232,7 +232,11 @@ impl Verify {
         if partial {
             // A partial restore never replaces: a scratch database a dead run left
             // goes first.
-            drop_restored(&target).await?;
+            if let Err(e) = drop_restored(&target).await {
+                lease.release(&*self.sink).await;
+                lease_undo.keep();
+                return Err(e);
+            }
         }
         let mut restore = Restore::new(self.sink.clone(), manifest.clone(), target.clone())
             .identities(self.identities)

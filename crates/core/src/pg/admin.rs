@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
+use crate::pg::conn::Canceller;
 use crate::pg::process::is_running;
 use crate::pg::properties::{DatabaseProperties, RoleInfo};
 use crate::pg::sql::{USER_OBJECTS, query_count};
@@ -17,7 +18,7 @@ use crate::pg::{ConnParams, ServerInfo, db_err, quote_ident};
 pub struct Admin {
     client: Arc<Client>,
     server: ServerInfo,
-    pid: i32,
+    canceller: Canceller,
 }
 
 impl Admin {
@@ -28,24 +29,19 @@ impl Admin {
         } else {
             "postgres"
         };
-        let client = target.with_dbname(admin_db).connect().await?;
+        let params = target.with_dbname(admin_db);
+        let client = params.connect().await?;
         let server = ServerInfo::query(&client).await?;
-        let pid = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(db_err("asking the server for this session's process"))?
-            .get(0);
         Ok(Self {
+            canceller: params.canceller(&client),
             client: Arc::new(client),
             server,
-            pid,
         })
     }
 
-    /// The server process of this connection: a statement it runs can be cancelled
-    /// from another ([`cancel_backend`]).
-    pub fn backend_pid(&self) -> i32 {
-        self.pid
+    /// What cancels the statement this connection runs, from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        self.canceller.clone()
     }
 
     /// The server's version.
@@ -119,9 +115,12 @@ impl Admin {
                 .await;
             if let Err(e) = marked {
                 // Unmarked, no later run would know it for pgproof's: dropped now.
-                let _ = client
+                if let Err(dropped) = client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-                    .await;
+                    .await
+                {
+                    tracing::error!(%database, error = %dropped, "pgproof created this database and could not mark or drop it: drop it by hand");
+                }
                 return Err(db_err("marking a database pgproof is restoring into")(e));
             }
             tracing::info!(database = %database, "created database");
@@ -486,18 +485,6 @@ pub async fn connectable_databases(params: &ConnParams) -> Result<Vec<String>> {
         .into_iter()
         .map(|r| r.get(0))
         .collect())
-}
-
-/// Cancels the statement the server process `pid` of `target`'s server runs, if
-/// any (one of pgproof's own sessions: [`Admin::backend_pid`]).
-pub async fn cancel_backend(target: &ConnParams, pid: i32) -> Result<()> {
-    Admin::connect(target)
-        .await?
-        .client
-        .execute("SELECT pg_cancel_backend($1)", &[&pid])
-        .await
-        .map_err(db_err("cancelling a statement"))?;
-    Ok(())
 }
 
 /// Drops `target`'s database (scratch databases pgproof created).

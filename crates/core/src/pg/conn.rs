@@ -230,6 +230,26 @@ impl ConnParams {
         env
     }
 
+    /// Whether connections go without TLS: over unix sockets, where servers never
+    /// offer it (libpq ignores sslmode there), or with sslmode=disable.
+    fn without_tls(&self) -> bool {
+        self.tls.mode == tls::SslMode::Disable
+            || self
+                .config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)))
+    }
+
+    /// What cancels, from elsewhere, the statement `client` (connected with these
+    /// parameters) runs.
+    pub fn canceller(&self, client: &Client) -> Canceller {
+        Canceller {
+            params: self.clone(),
+            token: client.cancel_token(),
+        }
+    }
+
     /// Opens a SQL connection; the connection task runs on the current tokio runtime.
     /// Without a password in the URL or `PGPASSWORD`, the passfile (`PGPASSFILE` or
     /// `~/.pgpass`) is consulted as libpq would.
@@ -244,12 +264,7 @@ impl ConnParams {
         // the whole establishment, so a server that accepts and never answers (a dead
         // load balancer) cannot hang pgproof.
         let timeout = self.connect_timeout();
-        // libpq ignores sslmode on unix sockets, where servers never offer TLS.
-        let over_socket = config
-            .get_hosts()
-            .iter()
-            .all(|h| matches!(h, Host::Unix(_)));
-        let connecting = if over_socket || self.tls.mode == tls::SslMode::Disable {
+        let connecting = if self.without_tls() {
             config.ssl_mode(SslMode::Disable);
             tokio::time::timeout(timeout, establish(config, NoTls)).await
         } else {
@@ -469,5 +484,31 @@ mod tests {
             .to_string();
         assert!(err.contains("cannot parse"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+/// Cancels the statement one session runs, from elsewhere, as libpq's PQcancel does:
+/// with the session's own key, which names that session alone (a server process id
+/// may name another session by the time it is used).
+#[derive(Clone)]
+pub struct Canceller {
+    params: ConnParams,
+    token: tokio_postgres::CancelToken,
+}
+
+impl Canceller {
+    /// Asks the server to cancel the session's statement, if it still runs one.
+    pub async fn cancel(&self) -> Result<()> {
+        let sent = if self.params.without_tls() {
+            self.token.cancel_query(NoTls).await
+        } else {
+            self.token.cancel_query(self.params.tls.connector()?).await
+        };
+        sent.map_err(|e| {
+            Error::database(format!(
+                "cannot cancel a statement on {}: {e}",
+                self.params.describe()
+            ))
+        })
     }
 }

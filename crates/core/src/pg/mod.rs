@@ -19,7 +19,7 @@ pub mod tls;
 mod tools;
 
 pub use admin::connectable_databases;
-pub use conn::ConnParams;
+pub use conn::{Canceller, ConnParams};
 pub use process::{client_command, is_running};
 pub use snapshot::SnapshotSession;
 pub(crate) use snapshot::connections_free;

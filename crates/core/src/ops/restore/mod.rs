@@ -255,7 +255,7 @@ impl Restore {
                 create_dropped_on_cancel(
                     &self.scope,
                     &load,
-                    admin.backend_pid(),
+                    admin.canceller(),
                     admin.create(load.dbname(), &m.source.encoding, m.properties.as_ref()),
                 )
                 .await?,

@@ -133,7 +133,7 @@ impl Restore {
                 create_dropped_on_cancel(
                     &self.scope,
                     &self.target,
-                    admin.backend_pid(),
+                    admin.canceller(),
                     admin.create(&database, &m.source.encoding, m.properties.as_ref()),
                 )
                 .await?,

@@ -85,7 +85,7 @@ impl Restore {
         let registered = create_dropped_on_cancel(
             &self.scope,
             &apart,
-            admin.backend_pid(),
+            admin.canceller(),
             admin.create(
                 apart.dbname(),
                 &self.manifest.source.encoding,
