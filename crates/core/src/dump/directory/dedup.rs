@@ -623,30 +623,23 @@ mod tests {
         let start = jiff::Timestamp::UNIX_EPOCH;
         let day = jiff::SignedDuration::from_hours(24);
         let month = lock(LockMode::Governance, 30, start);
-        // 0x00 → 7 days ahead, 0x06 → 13, 0x07 → 7 again.
-        assert_eq!(
-            locked_ahead(&month, start, "00ff"),
-            month.retain_until + day * 7
-        );
-        assert_eq!(
-            locked_ahead(&month, start, "06ff"),
-            month.retain_until + day * 13
-        );
-        assert_eq!(
-            locked_ahead(&month, start, "07ff"),
-            month.retain_until + day * 7
-        );
-        // A two-day lock is extended two days ahead, however the id spreads it.
         let short = lock(LockMode::Governance, 2, start);
-        assert_eq!(
-            locked_ahead(&short, start, "06ff"),
-            short.retain_until + day * 2
-        );
-        // An id that is no hex is not spread.
-        assert_eq!(
-            locked_ahead(&month, start, "zz"),
-            month.retain_until + day * 7
-        );
+        for (wanted, id, days_ahead) in [
+            // 0x00 → 7 days ahead, 0x06 → 13, 0x07 → 7 again.
+            (&month, "00ff", 7),
+            (&month, "06ff", 13),
+            (&month, "07ff", 7),
+            // An id that is no hex is not spread.
+            (&month, "zz", 7),
+            // A two-day lock is extended two days ahead, however the id spreads it.
+            (&short, "06ff", 2),
+        ] {
+            assert_eq!(
+                locked_ahead(wanted, start, id),
+                wanted.retain_until + day * days_ahead,
+                "{id}"
+            );
+        }
     }
 
     #[test]
