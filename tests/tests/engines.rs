@@ -422,7 +422,7 @@ impl Sink for TakenChunkKeys {
         } else {
             let squatter = bytes::Bytes::from_static(b"someone else's bytes");
             pgproof_core::sink::SinkExt::put_bytes(&*self.inner, key, squatter).await?;
-            self.inner.put(key, body).await?;
+            drop(body);
         }
         Err(pgproof_core::Error::already_exists(format!("{key} exists")))
     }
@@ -693,13 +693,18 @@ async fn restore_cancelled_while_creating(meanwhile: &str) -> Option<(pgproof_co
     let err = restored.unwrap_err();
     // An abandoned CREATE would finish on the server whatever pgproof does: wait.
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE%'";
+    let mut creating = -1;
     for _ in 0..300 {
-        let n: i64 = admin.query_one(running, &[]).await.unwrap().get(0);
-        if n == 0 {
+        creating = admin.query_one(running, &[]).await.unwrap().get(0);
+        if creating == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        creating, 0,
+        "a CREATE DATABASE still runs: too early to look"
+    );
     let exists: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname = 'fresh'",
