@@ -66,7 +66,8 @@ pub async fn drill(
     };
     let format = config.dump.format;
     let mut drill = Drill::new(server, sink.clone())
-        .dumper(crate::engines::dumper(config, true)?)
+        // A random chunk-id secret only for the drill's own sink, never a configured one.
+        .dumper(crate::engines::dumper(config, config.sink.url.is_none())?)
         .audit_rows(rows)
         .pg_bin_dir(config.source.pg_bin_dir.clone());
     match (recipients, identities) {

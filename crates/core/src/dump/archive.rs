@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::catalog::chunks::{ChunkList, ChunkedDump};
+use crate::catalog::chunks::ChunkedDump;
 use crate::catalog::{BackupRef, Manifest, ObjectInfo};
 use crate::codec::{CodecChain, Identities, Progress, Recipients, Tallies};
 use crate::error::{Error, ErrorKind, Result};
@@ -83,8 +83,8 @@ pub struct StoredArchive {
     pub object: ObjectInfo,
     /// The manifest's `parts`.
     pub parts: Vec<ObjectInfo>,
-    /// The manifest's `chunks`, with the chunk list itself (a deduplicated archive's).
-    pub chunks: Option<(ChunkedDump, ChunkList)>,
+    /// The manifest's `chunks` (a deduplicated archive's).
+    pub chunks: Option<ChunkedDump>,
 }
 
 /// A dump under way: the dump program's thread, and what it has stored.

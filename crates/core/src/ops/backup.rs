@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::catalog::chunks::{ChunkList, ChunkedDump};
+use crate::catalog::chunks::ChunkedDump;
 use crate::catalog::files::{FileSet, FileSetInfo};
 use crate::catalog::layout;
 use crate::catalog::{
@@ -276,7 +276,7 @@ impl Backup {
         let stored: Vec<String> = [&object]
             .into_iter()
             .chain(&parts)
-            .chain(chunks.as_ref().map(|(dump, _)| &dump.list))
+            .chain(chunks.as_ref().map(|dump| &dump.list))
             .map(|o| o.key.clone())
             .collect();
         // File sets beside the dump, before the manifest commits them all.
@@ -493,7 +493,7 @@ struct Committing<'a> {
     chain: &'a CodecChain,
     object: ObjectInfo,
     parts: Vec<ObjectInfo>,
-    chunks: Option<(ChunkedDump, ChunkList)>,
+    chunks: Option<ChunkedDump>,
     evidence: Evidence,
     properties: DatabaseProperties,
     roles: Vec<RoleInfo>,
@@ -514,7 +514,7 @@ impl Backup {
         c: Committing<'_>,
     ) -> Result<Manifest> {
         let previous = catalog::previous_link(&*self.sink, database).await?;
-        let chunked = c.chunks.map(|(dump, _)| dump);
+        let chunked = c.chunks;
         // The previous backup's counts and size, against this one's.
         let alerts = match &previous {
             Some(p) => {

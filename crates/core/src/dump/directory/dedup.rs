@@ -509,7 +509,7 @@ impl ChunkStore {
 
     /// Writes the chunk list of the files cut; returns what the manifest says of them
     /// and the list.
-    pub(super) async fn commit(&self) -> Result<(ChunkedDump, ChunkList)> {
+    pub(super) async fn commit(&self) -> Result<ChunkedDump> {
         // Every upload and lock extension ended, well, before a list names them.
         drop(
             self.in_flight
@@ -556,7 +556,7 @@ impl ChunkStore {
             new_chunks: new.len() as u64,
             new_bytes: new.iter().map(|(_, n)| n).sum(),
         };
-        Ok((dump, list))
+        Ok(dump)
     }
 
     /// A last look before the list names them: every chunk is stored at its size,
