@@ -693,7 +693,7 @@ async fn restore_cancelled_while_creating(meanwhile: &str) -> Option<(pgproof_co
     let err = restored.unwrap_err();
     // An abandoned CREATE would finish on the server whatever pgproof does: wait.
     let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE DATABASE%'";
-    let mut creating = -1;
+    let mut creating: i64 = -1;
     for _ in 0..300 {
         creating = admin.query_one(running, &[]).await.unwrap().get(0);
         if creating == 0 {
