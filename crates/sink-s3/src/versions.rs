@@ -304,10 +304,9 @@ impl pgproof_sink_object_store::LockExtender for Bucket {
             // long, at least as strongly.
             Err(e) if e.kind() == pgproof_core::ErrorKind::Auth => {
                 match self.current_lock(full_key).await? {
-                    Some((mode, until))
-                        if until >= lock.retain_until
-                            && (mode == pgproof_core::sink::LockMode::Compliance
-                                || lock.mode == pgproof_core::sink::LockMode::Governance) =>
+                    Some((mode, retain_until))
+                        if (pgproof_core::sink::RetentionLock { mode, retain_until })
+                            .covers(lock) =>
                     {
                         Ok(())
                     }

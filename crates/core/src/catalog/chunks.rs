@@ -406,7 +406,7 @@ pub fn missing_chunk(list: &ChunkList, stored: &BTreeMap<String, u64>) -> Option
     let files = list.users().remove(&key).unwrap_or_default();
     Some(
         Error::integrity(format!(
-            "the chunk {key} that backup {}/{} uses (in {}) {fault}",
+            "the chunk {key} that backup {}/{} uses (in {}) {fault}; the backup cannot be restored",
             list.database,
             list.backup_id,
             files.join(", ")

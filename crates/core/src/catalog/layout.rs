@@ -88,7 +88,6 @@ impl Kind {
         let parts: Vec<&str> = key.split('/').collect();
         match parts.as_slice() {
             [CLUSTER_DIR, _, CLUSTER_RUN_NAME] => Some(Self::ClusterRun),
-            [CLUSTER_DIR, ..] => None,
             // Chunks, and whatever else lies in a directory no database can have.
             [dir, ..] if dir.starts_with('.') => None,
             [_, LOCK_NAME] => Some(Self::Lock),

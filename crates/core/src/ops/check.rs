@@ -169,11 +169,9 @@ impl CatalogCheck {
                 }
                 Err(e) => return Err(e),
             };
-            if stored.is_none() {
-                stored = Some(chunks::stored_chunks(&*self.sink, database).await?);
-            }
-            let Some(stored) = &stored else {
-                continue;
+            let stored = match &mut stored {
+                Some(stored) => &*stored,
+                None => stored.insert(chunks::stored_chunks(&*self.sink, database).await?),
             };
             let mut problems = Vec::new();
             for (key, chunk) in list.chunks() {

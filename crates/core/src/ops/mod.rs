@@ -89,8 +89,10 @@ async fn create_dropped_on_cancel(
     let undo_target = target.clone();
     let (created, registered) = scope
         .run_undoable(create, move |mut ended| async move {
-            if ended.running() {
-                let _ = canceller.cancel().await;
+            if ended.running()
+                && let Err(e) = canceller.cancel().await
+            {
+                tracing::warn!(database = %undo_target.dbname(), error = %e, "could not cancel a CREATE DATABASE under way; waiting for it");
             }
             if ended.succeeded().await {
                 drop_as_undo(&undo_target).await

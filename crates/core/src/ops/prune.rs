@@ -319,7 +319,7 @@ impl Prune {
             .find(|id| !part.tombstones.contains_key(*id))
         {
             return Ok(decision(Action::KeepChunks(format!(
-                "backup {id} has objects but no manifest (a backup under way, one that failed and is within the orphan grace, or one kept for a person to look at): chunks it stored may be listed nowhere yet"
+                "backup {id} has objects but no manifest (a backup under way, one that failed and is within the orphan grace, or one kept for a person to look at): chunks it stored may be listed nowhere yet; once no backup runs, delete {database}/{id}/ or let the grace pass, and prune again"
             ))));
         }
         let mut used = BTreeSet::new();
@@ -328,7 +328,7 @@ impl Prune {
                 Ok(manifest) => manifest,
                 Err(problem) => {
                     return Ok(decision(Action::KeepChunks(format!(
-                        "backup {} cannot be trusted ({problem}), so what it uses is unknown",
+                        "backup {} cannot be trusted ({problem}), so what it uses is unknown; run `pgproof check` and find who wrote it before deleting it",
                         entry.backup_id
                     ))));
                 }
@@ -338,7 +338,7 @@ impl Prune {
                 Ok(None) => {}
                 Err(e) if e.about_backup() => {
                     return Ok(decision(Action::KeepChunks(format!(
-                        "backup {}: {}",
+                        "backup {}: {}; run `pgproof check` and find who wrote it before deleting it",
                         entry.backup_id,
                         e.message()
                     ))));

@@ -497,13 +497,23 @@ pub struct Canceller {
 }
 
 impl Canceller {
-    /// Asks the server to cancel the session's statement, if it still runs one.
+    /// Asks the server to cancel the session's statement, if it still runs one;
+    /// within the connect timeout, as any connection.
     pub async fn cancel(&self) -> Result<()> {
+        let timeout = self.params.connect_timeout();
         let sent = if self.params.without_tls() {
-            self.token.cancel_query(NoTls).await
+            tokio::time::timeout(timeout, self.token.cancel_query(NoTls)).await
         } else {
-            self.token.cancel_query(self.params.tls.connector()?).await
+            let connector = self.params.tls.connector()?;
+            tokio::time::timeout(timeout, self.token.cancel_query(connector)).await
         };
+        let sent = sent.map_err(|_| {
+            Error::database(format!(
+                "cannot cancel a statement on {}: no answer within {}s (connect_timeout)",
+                self.params.describe(),
+                timeout.as_secs()
+            ))
+        })?;
         sent.map_err(|e| {
             Error::database(format!(
                 "cannot cancel a statement on {}: {e}",

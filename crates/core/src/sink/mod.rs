@@ -121,7 +121,22 @@ pub enum LockMode {
     Compliance,
 }
 
+impl RetentionLock {
+    /// Whether this lock holds at least as long as `wanted` (to the second, as S3
+    /// keeps a lock's date) in a mode at least as strong.
+    pub fn covers(&self, wanted: &RetentionLock) -> bool {
+        self.retain_until.as_second() >= wanted.retain_until.as_second()
+            && self.mode.covers(wanted.mode)
+    }
+}
+
 impl LockMode {
+    /// Whether a lock in this mode is at least as strong as one in `wanted`:
+    /// compliance covers both, governance only governance.
+    pub fn covers(self, wanted: LockMode) -> bool {
+        self == LockMode::Compliance || wanted == LockMode::Governance
+    }
+
     /// `governance` or `compliance`, as configs and manifests spell it.
     pub fn as_str(self) -> &'static str {
         match self {

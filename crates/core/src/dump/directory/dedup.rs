@@ -42,7 +42,7 @@ use crate::catalog::chunks::{
 use crate::catalog::{self, BackupRef, SigningKey, layout};
 use crate::codec::{CodecChain, Progress, Recipients};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::{LockMode, RetentionLock, Sink, SinkExt};
+use crate::sink::{RetentionLock, Sink, SinkExt};
 
 /// The default average chunk: 1 MiB (chunks run from a quarter of it to four times it).
 pub const DEFAULT_AVERAGE_CHUNK: u32 = 1 << 20;
@@ -135,10 +135,7 @@ fn whole_seconds(at: jiff::Timestamp) -> jiff::Timestamp {
 /// compliance).
 fn locks_believed(locks: Option<&ChunkLocks>, sink: &str, wanted: Option<&RetentionLock>) -> bool {
     match (locks, wanted) {
-        (Some(locks), Some(wanted)) => {
-            locks.sink == sink
-                && (locks.mode == LockMode::Compliance || wanted.mode == LockMode::Governance)
-        }
+        (Some(locks), Some(wanted)) => locks.sink == sink && locks.mode.covers(wanted.mode),
         _ => false,
     }
 }
@@ -610,6 +607,7 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::LockMode;
 
     fn lock(mode: LockMode, days: i64, from: jiff::Timestamp) -> RetentionLock {
         RetentionLock {

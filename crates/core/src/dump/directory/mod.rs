@@ -242,9 +242,7 @@ impl ArchiveLayout for DirectoryLayout {
             Some(list) => {
                 let stored = stored_chunks(&**source.sink, &manifest.database).await?;
                 if let Some(missing) = missing_chunk(&list, &stored) {
-                    let message = format!("{}; the backup cannot be restored", missing.message());
-                    return Err(Error::integrity(message)
-                        .with_object(missing.object().unwrap_or_default().to_owned()));
+                    return Err(missing);
                 }
                 list.files
             }
