@@ -1003,3 +1003,25 @@ async fn a_chunk_replaced_at_its_size_is_not_reused_by_the_next_backup() {
         "{findings:#}"
     );
 }
+
+/// A backup whose chunk list is gone is one finding of check, naming the list: the
+/// list is one of the backup's objects, and its chunks are not a second finding.
+#[tokio::test]
+async fn a_missing_chunk_list_is_one_finding() {
+    let Some(cluster) = start_cluster() else {
+        return;
+    };
+    let (_, ws) = people(&cluster, 5000).await;
+    let manifest = ws.backup();
+    let key = manifest["chunks"]["list"]["key"].as_str().unwrap();
+    std::fs::remove_file(ws.sink.join(key)).unwrap();
+    let out = ws.pgproof(&["check", "--json"]);
+    assert!(!out.status.success(), "check passed without the chunk list");
+    let findings = json_of(&out)["findings"].clone();
+    let findings = findings.as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(
+        findings[0]["problem"].as_str().unwrap().contains(key),
+        "{findings:#?}"
+    );
+}

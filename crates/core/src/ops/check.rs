@@ -126,7 +126,10 @@ impl CatalogCheck {
                     }
                 }
             }
-            findings.extend(self.chunk_findings(database, part, &mut outcome).await?);
+            let found = self
+                .chunk_findings(database, part, &findings, &mut outcome)
+                .await?;
+            findings.extend(found);
             outcome.findings.extend(findings);
         }
         // Cluster runs belong to no database: checked with the whole sink.
@@ -146,6 +149,7 @@ impl CatalogCheck {
         &self,
         database: &str,
         part: &DatabaseInventory,
+        found: &[Finding],
         outcome: &mut CheckOutcome,
     ) -> Result<Vec<Finding>> {
         let mut findings = Vec::new();
@@ -164,7 +168,16 @@ impl CatalogCheck {
                 Ok(Some(list)) => list,
                 Ok(None) => continue,
                 Err(e) if e.about_backup() => {
-                    findings.push(finding(e.message().to_owned()));
+                    // A list missing or damaged is a finding of the backup's objects
+                    // already (the list is one of them): named once.
+                    let key = manifest.chunks.as_ref().map(|c| c.list.key.as_str());
+                    let named = found.iter().any(|f| {
+                        f.backup_id == entry.backup_id.as_str()
+                            && key.is_some_and(|k| f.problem.contains(k))
+                    });
+                    if !named {
+                        findings.push(finding(e.message().to_owned()));
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
