@@ -579,11 +579,14 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
         )
         .await
         .unwrap();
+    // The first backup's lock, then a longer one (shorter than the week a lock is
+    // extended ahead by at most), then a shorter one.
+    let (short, long, lowered) = (2_i64, 5_i64, 3_i64);
     let mut ws = Workspace::with_sink(
         &cluster,
         "locked_chunks",
         "dedup",
-        Some(&locked_sink(&moto, "chunklock", 2)),
+        Some(&locked_sink(&moto, "chunklock", short as u32)),
     );
     ws.use_moto_credentials();
     ws.verify_on(&cluster);
@@ -593,7 +596,7 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
         .await
         .unwrap();
     let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&config.replace("days = 2", "days = 5"));
+    ws.write_config(&config.replace(&format!("days = {short}"), &format!("days = {long}")));
     let second = ws.backup();
     assert_eq!(second["object_lock"]["mode"], "governance", "{second:#}");
 
@@ -601,9 +604,10 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
     let used_by_second = second["chunks"]["chunks"].as_u64().unwrap() as usize;
     let after_second = chunk_locks(&moto);
     assert!(new_in_second > 0 && (new_in_second as usize) < after_second.len());
-    // Whole days left: 4 on the chunks the second backup stored (its 5-day lock), 9
-    // on those it reused (extended 5 days ahead: a lock's own length, under a
-    // week), 1 on those only the first uses (its 2 days).
+    // Whole days left: long - 1 on the chunks the second backup stored (its lock),
+    // 2 * long - 1 on those it reused (extended ahead by the lock's own length, under
+    // a week), short - 1 on those only the first uses.
+    let (stored_days, ahead_days, first_days) = (long - 1, 2 * long - 1, short - 1);
     let count = |locks: &BTreeMap<String, (String, i64)>, days: i64| {
         locks.values().filter(|(_, d)| *d == days).count()
     };
@@ -617,19 +621,19 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
             })
     };
     assert_eq!(
-        count(&after_second, 4),
+        count(&after_second, stored_days),
         new_in_second as usize,
         "{:?}",
         by_days(&after_second)
     );
     assert_eq!(
-        count(&after_second, 9),
+        count(&after_second, ahead_days),
         used_by_second - new_in_second as usize,
         "{:?}",
         by_days(&after_second)
     );
     assert_eq!(
-        count(&after_second, 1),
+        count(&after_second, first_days),
         after_second.len() - used_by_second,
         "{:?}",
         by_days(&after_second)
@@ -646,17 +650,19 @@ async fn object_lock_on_shared_chunks_follows_the_newest_backup_using_them() {
     let after_third = chunk_locks(&moto);
     for (key, (until, days)) in &after_second {
         let (now_until, now_days) = &after_third[key];
-        match days {
-            9 => assert_eq!(now_until, until, "{key} was extended again"),
-            4 => assert_eq!(*now_days, 9, "{key}: {:?}", by_days(&after_third)),
-            _ => assert_eq!(now_until, until, "{key} is not the third's"),
+        if *days == stored_days {
+            assert_eq!(*now_days, ahead_days, "{key}: {:?}", by_days(&after_third));
+        } else if *days == ahead_days {
+            assert_eq!(now_until, until, "{key} was extended again");
+        } else {
+            assert_eq!(now_until, until, "{key} is not the third's");
         }
     }
 
     // A shorter lock later (days lowered): every chunk is locked longer already, so
     // nothing is asked, nothing a lenient store could take for a shortening.
     let config = std::fs::read_to_string(&ws.config).unwrap();
-    ws.write_config(&config.replace("days = 5", "days = 3"));
+    ws.write_config(&config.replace(&format!("days = {long}"), &format!("days = {lowered}")));
     let fourth = ws.backup();
     assert_eq!(fourth["chunks"]["new_chunks"], 0, "{fourth:#}");
     assert_eq!(chunk_locks(&moto), after_third, "a chunk's lock changed");
