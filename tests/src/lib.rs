@@ -10,6 +10,7 @@
 pub mod azurite;
 pub mod cases;
 pub mod gcs_server;
+pub mod hooked;
 pub mod moto;
 pub mod oracle;
 pub mod proxy;

@@ -15,6 +15,7 @@ use pgproof_core::catalog::{Keyring, SignedSink, SigningKey};
 use pgproof_core::ops::CopyBackups;
 use pgproof_core::sink::{ByteStream, ObjectMeta, SinkExt};
 use pgproof_sink_fs::FsSink;
+use pgproof_tests::hooked::{Hooked, Hooks};
 use pgproof_tests::{Workspace, connect, create_database, start_cluster, stderr};
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -762,37 +763,27 @@ async fn after_a_key_rotation_no_chunk_of_the_old_key_is_reused() {
 /// meanwhile.
 #[derive(Debug)]
 struct CopyDestination {
-    inner: Arc<dyn Sink>,
     chunk_reads: AtomicUsize,
     planted: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 #[async_trait]
-impl Sink for CopyDestination {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: ByteStream) -> pgproof_core::Result<u64> {
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str) -> pgproof_core::Result<ByteStream> {
+impl Hooks for CopyDestination {
+    async fn get(&self, inner: &dyn Sink, key: &str) -> pgproof_core::Result<ByteStream> {
         if key.starts_with(".chunks/") {
             self.chunk_reads.fetch_add(1, Ordering::SeqCst);
         }
-        self.inner.get(key).await
+        inner.get(key).await
     }
-    async fn list(&self, prefix: &str) -> pgproof_core::Result<Vec<ObjectMeta>> {
-        let listed = self.inner.list(prefix).await?;
+    async fn list(&self, inner: &dyn Sink, prefix: &str) -> pgproof_core::Result<Vec<ObjectMeta>> {
+        let listed = inner.list(prefix).await?;
         if prefix.starts_with(".chunks/") {
             let planted = std::mem::take(&mut *self.planted.lock().unwrap());
             for (key, bytes) in planted {
-                self.inner.put_bytes(&key, bytes.into()).await?;
+                inner.put_bytes(&key, bytes.into()).await?;
             }
         }
         Ok(listed)
-    }
-    async fn delete(&self, key: &str) -> pgproof_core::Result<()> {
-        self.inner.delete(key).await
     }
 }
 
@@ -818,10 +809,12 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         Arc::new(SignedSink::new(Arc::new(FsSink::new(&ws.sink)), keyring()));
     let copy_to = |dir: &std::path::Path, planted| {
         std::fs::create_dir_all(dir).unwrap();
-        Arc::new(CopyDestination {
+        Arc::new(Hooked {
             inner: Arc::new(SignedSink::new(Arc::new(FsSink::new(dir)), keyring())),
-            chunk_reads: AtomicUsize::new(0),
-            planted: Mutex::new(planted),
+            hooks: CopyDestination {
+                chunk_reads: AtomicUsize::new(0),
+                planted: Mutex::new(planted),
+            },
         })
     };
     let same_as_source = |dir: &std::path::Path| {
@@ -841,7 +834,11 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         .await
         .unwrap();
     assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
-    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 0, "chunks read back");
+    assert_eq!(
+        to.hooks.chunk_reads.load(Ordering::SeqCst),
+        0,
+        "chunks read back"
+    );
     same_as_source(&clean);
 
     // The next night: what the first backup (the destination's newest) vouches for is
@@ -856,7 +853,11 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         .await
         .unwrap();
     assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
-    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 0, "chunks read back");
+    assert_eq!(
+        to.hooks.chunk_reads.load(Ordering::SeqCst),
+        0,
+        "chunks read back"
+    );
     for key in chunk_keys("crm", &chunk_list(&ws, &second)) {
         assert!(clean.join(&key).exists(), "{key} was not copied");
     }
@@ -877,7 +878,11 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         .await
         .unwrap();
     assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
-    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 2, "chunks read back");
+    assert_eq!(
+        to.hooks.chunk_reads.load(Ordering::SeqCst),
+        2,
+        "chunks read back"
+    );
     same_as_source(&raced);
 
     // Planted before the copy, at a chunk's key and size: read, and replaced.
@@ -893,7 +898,11 @@ async fn copy_reads_no_chunk_it_lacks_and_takes_in_one_that_appeared_meanwhile()
         .await
         .unwrap();
     assert_eq!(outcome.copied.len(), 1, "{:?}", outcome.failed);
-    assert_eq!(to.chunk_reads.load(Ordering::SeqCst), 1, "chunks read back");
+    assert_eq!(
+        to.hooks.chunk_reads.load(Ordering::SeqCst),
+        1,
+        "chunks read back"
+    );
     same_as_source(&planted);
 
     // A source chunk grown past its listed size: the copy stops sending it there.

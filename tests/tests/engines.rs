@@ -18,6 +18,7 @@ use pgproof_core::scope::Scope;
 use pgproof_core::verify::{self, Check, Restored, Verifier, standard_verifiers};
 use pgproof_core::{ErrorKind, Result, Sink};
 use pgproof_sink_fs::FsSink;
+use pgproof_tests::hooked::{Hooked, Hooks};
 use pgproof_tests::{connect, create_database, create_sample_database, start_cluster};
 
 /// pg_dump's tar format, gzipped by pgproof, restored by pg_restore from stdin.
@@ -403,37 +404,29 @@ async fn assert_verifies(
 /// or because someone stored other bytes there first.
 #[derive(Debug)]
 struct TakenChunkKeys {
-    inner: Arc<dyn Sink>,
     landed: bool,
     taken: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[async_trait]
-impl Sink for TakenChunkKeys {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: pgproof_core::sink::ByteStream) -> Result<u64> {
+impl Hooks for TakenChunkKeys {
+    async fn put(
+        &self,
+        inner: &dyn Sink,
+        key: &str,
+        body: pgproof_core::sink::ByteStream,
+    ) -> Result<u64> {
         if !key.starts_with(".chunks/") || !self.taken.lock().unwrap().insert(key.to_owned()) {
-            return self.inner.put(key, body).await;
+            return inner.put(key, body).await;
         }
         if self.landed {
-            self.inner.put(key, body).await?;
+            inner.put(key, body).await?;
         } else {
             let squatter = bytes::Bytes::from_static(b"someone else's bytes");
-            pgproof_core::sink::SinkExt::put_bytes(&*self.inner, key, squatter).await?;
+            pgproof_core::sink::SinkExt::put_bytes(inner, key, squatter).await?;
             drop(body);
         }
         Err(pgproof_core::Error::already_exists(format!("{key} exists")))
-    }
-    async fn get(&self, key: &str) -> Result<pgproof_core::sink::ByteStream> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<pgproof_core::sink::ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
     }
 }
 
@@ -452,10 +445,12 @@ async fn a_chunk_key_found_taken_is_read_back_before_it_is_believed() {
     for landed in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let fs: Arc<dyn Sink> = Arc::new(FsSink::new(dir.path().join("sink")));
-        let sink: Arc<dyn Sink> = Arc::new(TakenChunkKeys {
+        let sink: Arc<dyn Sink> = Arc::new(Hooked {
             inner: fs.clone(),
-            landed,
-            taken: Default::default(),
+            hooks: TakenChunkKeys {
+                landed,
+                taken: Default::default(),
+            },
         });
         let keys = KeyPair::generate();
         let backup = Backup::new(cluster.params("app").unwrap(), sink.clone())
@@ -572,32 +567,24 @@ async fn two_backups_at_once_one_cancelled() {
 /// over just then, or a signal.
 #[derive(Debug)]
 struct CancelledAsTheLeaseLands {
-    inner: Arc<dyn Sink>,
     scope: Scope,
 }
 
 #[async_trait]
-impl Sink for CancelledAsTheLeaseLands {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: pgproof_core::sink::ByteStream) -> Result<u64> {
-        let stored = self.inner.put(key, body).await;
+impl Hooks for CancelledAsTheLeaseLands {
+    async fn put(
+        &self,
+        inner: &dyn Sink,
+        key: &str,
+        body: pgproof_core::sink::ByteStream,
+    ) -> Result<u64> {
+        let stored = inner.put(key, body).await;
         if key.contains("/lease/") {
             self.scope.cancel();
             // The operation sees its cancellation before the put's answer.
             tokio::task::yield_now().await;
         }
         stored
-    }
-    async fn get(&self, key: &str) -> Result<pgproof_core::sink::ByteStream> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<pgproof_core::sink::ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
     }
 }
 
@@ -617,9 +604,11 @@ async fn a_verification_cancelled_as_it_takes_its_lease_gives_the_lease_back() {
         .await
         .unwrap();
     let scope = Scope::new();
-    let sink: Arc<dyn Sink> = Arc::new(CancelledAsTheLeaseLands {
+    let sink: Arc<dyn Sink> = Arc::new(Hooked {
         inner: fs.clone(),
-        scope: scope.clone(),
+        hooks: CancelledAsTheLeaseLands {
+            scope: scope.clone(),
+        },
     });
     let server = cluster.params("postgres").unwrap();
     let err = Verify::new(sink, BackupRef::of(&manifest), server)

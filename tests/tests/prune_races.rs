@@ -14,9 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pgproof_core::catalog::{BackupLease, Keyring, SignedSink, SigningKey, layout};
 use pgproof_core::ops::{Action, Prune, RetentionPolicy};
-use pgproof_core::sink::{ByteStream, ObjectMeta, RetentionLock};
+use pgproof_core::sink::ObjectMeta;
 use pgproof_core::{Result, Sink};
 use pgproof_sink_fs::FsSink;
+use pgproof_tests::hooked::{Hooked, Hooks};
 use pgproof_tests::{Workspace, create_database, start_cluster, stderr};
 use serde_json::Value;
 
@@ -33,24 +34,14 @@ fn signed_sink(ws: &Workspace) -> Arc<SignedSink> {
 /// (the plan reads the whole database's listing once).
 #[derive(Debug)]
 struct VerificationStartsDuringPrune {
-    inner: Arc<SignedSink>,
     database: String,
     backup_id: String,
     lease_listings: AtomicUsize,
 }
 
 #[async_trait]
-impl Sink for VerificationStartsDuringPrune {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put(&self, key: &str, body: ByteStream) -> Result<u64> {
-        self.inner.put(key, body).await
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+impl Hooks for VerificationStartsDuringPrune {
+    async fn list(&self, inner: &dyn Sink, prefix: &str) -> Result<Vec<ObjectMeta>> {
         if prefix == layout::leases(&self.database, &self.backup_id)
             && self.lease_listings.fetch_add(1, Ordering::SeqCst) == 0
         {
@@ -61,16 +52,10 @@ impl Sink for VerificationStartsDuringPrune {
                 "verify (started during prune)",
                 Duration::from_secs(3600),
             )
-            .take(&*self.inner)
+            .take(inner)
             .await?;
         }
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    fn retention(&self) -> Option<RetentionLock> {
-        self.inner.retention()
+        inner.list(prefix).await
     }
 }
 
@@ -117,11 +102,13 @@ async fn a_lease_taken_after_the_plan_saves_the_backup() {
     };
     let (oldest, middle) = (&ids[0], &ids[1]);
     let signed = signed_sink(&ws);
-    let sink = Arc::new(VerificationStartsDuringPrune {
+    let sink = Arc::new(Hooked {
         inner: signed.clone(),
-        database: "app".into(),
-        backup_id: oldest.clone(),
-        lease_listings: AtomicUsize::new(0),
+        hooks: VerificationStartsDuringPrune {
+            database: "app".into(),
+            backup_id: oldest.clone(),
+            lease_listings: AtomicUsize::new(0),
+        },
     });
     let oldest_before = files_of(&ws, oldest);
     assert!(!oldest_before.iter().any(|f| f.contains("/lease/")));
@@ -144,7 +131,7 @@ async fn a_lease_taken_after_the_plan_saves_the_backup() {
     );
     assert!(matches!(action(middle), Action::Delete), "{decisions:?}");
     assert_eq!(
-        sink.lease_listings.load(Ordering::SeqCst),
+        sink.hooks.lease_listings.load(Ordering::SeqCst),
         1,
         "prune re-read the leases of the planned deletion once"
     );
