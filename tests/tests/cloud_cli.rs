@@ -351,8 +351,11 @@ async fn s3_directory_dump_keeps_only_a_window_of_the_archive_on_local_disk() {
         peak_disk as f64 / MIB as f64
     );
     // pg_dump is paused while it is 32 MiB ahead of the upload, and blocks are given
-    // back every 4 MiB read: the disk holds a window, not the file.
-    let window = 48 * MIB;
+    // back every 4 MiB read: the disk holds a window, not the file. The window also
+    // holds what pg_dump writes between the check and its SIGSTOP landing, which on
+    // a loaded 2-core run (the other tests of this file at work) reached 50 MiB
+    // once: bounded at 64 MiB, still a tenth of the file.
+    let window = 64 * MIB;
     assert!(
         largest > window + 16 * MIB,
         "the test needs a large table file: {largest}"
